@@ -1,0 +1,237 @@
+"""The SIMULATED judge: fills the JSON schema a request sends, dispatching on its name.
+
+Contract with the judge prompts (the user message; tags are literal):
+
+* ``group_comparison``: ``<problem>...</problem>``, the library as lines ``[E<n>] <text>``
+  between ``<library>`` and ``</library>``, attempts in ``<attempt ...>`` tags. Returns
+  ``{"analysis", "ops": [{"op", "id", "text", "reason"}]}``: ADD the problem's skill lesson
+  when no library line names the skill keyword; else UPDATE that line (p ~0.3) or NONE; with
+  p ~0.1 a vague ADD naming no skill instead. Unknown problem: NONE.
+* ``consolidation``: ``<library>`` as above and the proposed ops as a JSON list between
+  ``<proposals>`` and ``</proposals>``. Returns ``{"ops": [{"op", "id", "ids", "text",
+  "reason"}]}``: ADDs of one skill merged into one; an ADD whose skill the library already
+  names becomes an UPDATE of that line; two library lines naming one skill are MERGEd;
+  UPDATE/DELETE kept; NONE dropped.
+* ``sample_summary``: ``{"summary"}`` of the attempt in the user message.
+* any other schema: a minimal instance that validates.
+
+Every answer is then conformed to the schema sent, so a prompt's model may differ in detail
+(extra optional fields, ``additionalProperties: false``) and the answer still validates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+from tfgrpo.llm.sim.policy import text_of
+from tfgrpo.llm.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, Skill, find_row, skill_in_text
+
+UPDATE_P = 0.3
+VAGUE_P = 0.1
+
+_LIB_LINE = re.compile(r"^\s*\[(E\d+)\]\s*(.*?)\s*$", re.MULTILINE)
+
+
+def _between(text: str, tag: str) -> str | None:
+    m = re.search(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", text, re.DOTALL)
+    return m.group(1) if m else None
+
+
+def parse_library(text: str) -> list[tuple[str, str]]:
+    """``[(id, text)]`` of the ``[E<n>] <text>`` lines inside ``<library>``."""
+    body = _between(text, "library") or ""
+    return _LIB_LINE.findall(body)
+
+
+def _line_naming(library: list[tuple[str, str]], skill: Skill) -> list[str]:
+    return [eid for eid, text in library if skill.keyword in text.lower()]
+
+
+def _op(op: str, text: str = "", reason: str = "", id: str | None = None, ids: list[str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"op": op, "id": id, "text": text, "reason": reason}
+    if ids is not None:
+        out["ids"] = ids
+    return out
+
+
+def group_comparison(user: str, rng: random.Random) -> dict[str, Any]:
+    problem = (_between(user, "problem") or "").strip()
+    row = find_row(problem) if problem else None
+    if row is None:
+        return {"analysis": "The problem is not one I recognise, so no lesson is drawn.", "ops": [_op("NONE", reason="Unknown problem.")]}
+    skill = SKILLS_BY_NAME[row["skill"]]
+    named = _line_naming(parse_library(user), skill)
+    analysis = f"The better attempts {skill.approach}; the worse ones did not."
+    r = rng.random()
+    if r < VAGUE_P:
+        return {"analysis": "The attempts differ in care.", "ops": [_op("ADD", VAGUE_LESSON, "A general reminder to be careful.")]}
+    if not named:
+        text = rng.choice((skill.lesson, *skill.rewordings))
+        return {"analysis": analysis, "ops": [_op("ADD", text, f"No lesson yet covers {skill.keyword}.")]}
+    if r < VAGUE_P + UPDATE_P:
+        text = rng.choice(skill.rewordings)
+        return {"analysis": analysis, "ops": [_op("UPDATE", text, "A clearer wording of the existing lesson.", id=named[0])]}
+    return {"analysis": analysis + " The library already covers this.", "ops": [_op("NONE", reason="Already covered.")]}
+
+
+def consolidation(user: str) -> dict[str, Any]:
+    library = parse_library(user)
+    try:
+        proposals = json.loads(_between(user, "proposals") or "[]")
+    except json.JSONDecodeError:
+        proposals = []
+    out: list[dict[str, Any]] = []
+    for skill in SKILLS:  # two library lines naming one skill: merge them
+        named = _line_naming(library, skill)
+        if len(named) > 1:
+            out.append(_op("MERGE", skill.lesson, f"These lines all teach {skill.keyword}.", ids=named))
+    seen_skills: set[str] = set()
+    seen_texts: set[str] = set()
+    updated: set[str] = set()
+    for p in proposals if isinstance(proposals, list) else []:
+        if not isinstance(p, dict):
+            continue
+        kind = str(p.get("op", "")).upper()
+        text = str(p.get("text") or "")
+        if kind == "ADD":
+            skill = skill_in_text(text)
+            if skill is None:
+                if text and text not in seen_texts:
+                    seen_texts.add(text)
+                    out.append(_op("ADD", text, str(p.get("reason") or "A new lesson.")))
+                continue
+            named = _line_naming(library, skill)
+            if named:
+                if named[0] not in updated:
+                    updated.add(named[0])
+                    out.append(_op("UPDATE", text, f"The library already covers {skill.keyword}.", id=named[0]))
+            elif skill.name not in seen_skills:
+                seen_skills.add(skill.name)
+                out.append(_op("ADD", text, f"One lesson for {skill.keyword}."))
+        elif kind in ("UPDATE", "DELETE") and p.get("id"):
+            if kind == "UPDATE" and p["id"] in updated:
+                continue
+            updated.add(str(p["id"]))
+            out.append(_op(kind, text, str(p.get("reason") or "As proposed."), id=str(p["id"])))
+    return {"ops": [{**o, "ids": o.get("ids", [])} for o in out]}
+
+
+def sample_summary(user: str) -> dict[str, Any]:
+    attempt = _between(user, "attempt") or user
+    answers = re.findall(r"Answer\s*:\s*(.+)", attempt)
+    if answers:
+        return {"summary": f"The attempt reasons in a sentence or two and answers {answers[-1].strip()}."}
+    return {"summary": "The attempt gives no final answer line."}
+
+
+# ---------------------------------------------------------------------------------------
+# Generic schema filling
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while isinstance(schema, dict) and "$ref" in schema:
+        ref = schema["$ref"]
+        node: Any = root
+        for part in ref.lstrip("#/").split("/"):
+            node = node.get(part, {}) if part else node
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict, "null": type(None)}
+
+
+def _fits_type(value: Any, schema: dict[str, Any]) -> bool:
+    t = schema.get("type")
+    if "enum" in schema:
+        return value in schema["enum"]
+    if "const" in schema:
+        return value == schema["const"]
+    if t is None:
+        return True
+    types = t if isinstance(t, list) else [t]
+    for name in types:
+        py = _TYPES.get(name)
+        if py is not None and isinstance(value, py) and not (name in ("integer", "number") and isinstance(value, bool)):
+            return True
+    return False
+
+
+def conform(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """``value`` made valid for ``schema``: kept where it fits, filled where it is missing."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            branches = [_resolve(b, root) for b in schema[key]]
+            for b in branches:
+                if value is not None or b.get("type") == "null":
+                    if _fits_type(value, b):
+                        return conform(value, b, root)
+            return conform(None, branches[0], root)
+    if "allOf" in schema and schema["allOf"]:
+        return conform(value, {**schema["allOf"][0], **{k: v for k, v in schema.items() if k != "allOf"}}, root)
+    if value is not None and not _fits_type(value, schema):
+        value = None
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return value if value in schema["enum"] else schema["enum"][0]
+    t = schema.get("type")
+    t = (t[0] if t else None) if isinstance(t, list) else t
+    if t == "object" or (t is None and "properties" in schema):
+        src = value if isinstance(value, dict) else {}
+        props = schema.get("properties", {})
+        out = {}
+        for k, sub in props.items():
+            if k in src or k in schema.get("required", []):
+                out[k] = conform(src.get(k), sub, root)
+        if schema.get("additionalProperties", True) is not False:
+            out.update({k: v for k, v in src.items() if k not in props})
+        return out
+    if t == "array":
+        items = schema.get("items", {})
+        src = value if isinstance(value, list) else []
+        out_list = [conform(v, items, root) for v in src]
+        while len(out_list) < schema.get("minItems", 0):
+            out_list.append(conform(None, items, root))
+        return out_list
+    if value is not None:
+        return value
+    if "default" in schema:
+        return schema["default"]
+    return {"string": "", "integer": 0, "number": 0, "boolean": False, "null": None}.get(t, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Dispatch
+
+_BUILDERS = ("group_comparison", "consolidation", "sample_summary")
+
+
+def judge_content(messages: list[dict[str, Any]], response_format: dict[str, Any], rng: random.Random, malformed: bool = False) -> str:
+    """The JSON text of one simulated judge answer (cut short when ``malformed``)."""
+    user = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") == "user")
+    system = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")
+    schema: dict[str, Any] | None = None
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        name = str(spec.get("name", ""))
+        schema = spec.get("schema") or {}
+    else:
+        name = next((n for n in _BUILDERS if n in system), "")
+    if name == "group_comparison":
+        value: Any = group_comparison(user, rng)
+    elif name == "consolidation":
+        value = consolidation(user)
+    elif name == "sample_summary":
+        value = sample_summary(user)
+    else:
+        value = {}
+    if schema is not None:
+        value = conform(value, schema)
+    text = json.dumps(value, ensure_ascii=False)
+    return text[: max(1, len(text) // 2)] if malformed else text
