@@ -1,0 +1,100 @@
+"""``tfgrpo serve`` (a local vLLM server) and ``tfgrpo sim-server`` (the simulated model)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from tfgrpo.errors import UserError
+
+
+def _fail(e: UserError) -> typer.Exit:
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(2)
+
+
+def _block(alive: Callable[[], bool]) -> bool:
+    """Sleep until Ctrl-C (True) or until ``alive()`` turns false (False)."""
+    try:
+        while alive():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def serve(
+    model: str = typer.Argument(..., help="Model to serve (Hugging Face id or local path)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    tensor_parallel_size: int = typer.Option(1, help="GPUs to shard the model over."),
+    gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory vLLM may use."),
+    max_model_len: Optional[int] = typer.Option(None, help="Context length cap (default: the model's)."),
+    log: Path = typer.Option(Path("vllm.log"), "--log", help="File for vLLM's output."),
+    health_timeout: float = typer.Option(600.0, help="Seconds to wait for the server to become healthy."),
+    vllm_executable: Optional[str] = typer.Option(None, help="vllm executable (default: $TFGRPO_VLLM_EXECUTABLE or 'vllm')."),
+) -> None:
+    """Serve MODEL with vLLM (prefix caching on) until Ctrl-C."""
+    from tfgrpo.llm.launcher import VLLMServer
+
+    server = VLLMServer(
+        model, port=port, host=host, tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+        log_path=log, health_timeout=health_timeout, executable=vllm_executable,
+    )  # fmt: skip
+    typer.echo(f"starting vllm for {model} (log: {log}) ...")
+    try:
+        server.start()
+    except UserError as e:
+        raise _fail(e) from None
+    started = time.monotonic()
+    typer.echo(f"serving {model} at {server.base_url}")
+    typer.echo(f"try: tfgrpo train --model hosted_vllm/{model} --api-base {server.base_url}")
+    interrupted = _block(server.running)
+    server.stop()
+    if not interrupted:
+        raise _fail(UserError(f"vllm stopped unexpectedly after {_duration(time.monotonic() - started)}; see {log}"))
+    typer.echo(f"stopped vllm ({model}) after {_duration(time.monotonic() - started)}; log: {log}")
+
+
+def sim_server(
+    port: int = typer.Option(0, help="Port (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    seed: int = typer.Option(0, help="Seed: same seed, same answers."),
+    faults: str = typer.Option("", help="Faults to inject, one per request, e.g. '429,500,timeout,malformed'."),
+) -> None:
+    """Run the SIMULATED model (not a real LLM) for demos and tests, until Ctrl-C.
+
+    An OpenAI-compatible server whose policy answers the `demo` task's problems (better when its context names the problem's skill) and whose judge fills the requested JSON schema.
+    """
+    from tfgrpo.llm.sim import start_sim_server
+
+    try:
+        server = start_sim_server(seed=seed, host=host, port=port, faults=faults or None)
+    except (UserError, OSError) as e:
+        raise _fail(e if isinstance(e, UserError) else UserError(f"cannot bind {host}:{port}: {e}")) from None
+    started = time.monotonic()
+    typer.echo(f"SIMULATED model (not a real LLM) at {server.base_url}")
+    typer.echo("models: sim-policy, sim-judge (any OpenAI-compatible client; Ctrl-C to stop)")
+    _block(lambda: True)
+    server.stop()
+    r = server.stats.requests
+    typer.echo(
+        f"stopped sim server after {_duration(time.monotonic() - started)}: {r['policy']} policy and {r['judge']} judge requests, "
+        f"{server.stats.completions} completions, {server.stats.faults_injected} faults"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` and ``sim-server`` to the CLI app."""
+    app.command("serve")(serve)
+    app.command("sim-server")(sim_server)

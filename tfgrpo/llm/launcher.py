@@ -1,0 +1,181 @@
+"""Launch ``vllm serve`` as a child process and wait until it answers ``/health``.
+
+The child never outlives us: it gets ``PR_SET_PDEATHSIG`` (Linux) so the kernel sends it
+SIGTERM when we die, even by SIGKILL; it runs in its own session so a Ctrl-C in the terminal
+reaches only us, and we stop it ourselves (SIGTERM to its process group, then SIGKILL);
+an ``atexit`` hook stops it on a normal exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import httpx
+
+from tfgrpo.errors import UserError
+
+EXECUTABLE_ENV = "TFGRPO_VLLM_EXECUTABLE"
+LOG_TAIL_LINES = 20
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _resolve_executable(executable: str | os.PathLike[str] | None) -> str:
+    name = str(executable or os.environ.get(EXECUTABLE_ENV) or "vllm")
+    found = shutil.which(name)
+    if found is None:
+        raise UserError(f"vllm not found ({name}): pip install 'tfgrpo[vllm]' (needs a GPU) or pass --vllm-executable")
+    return found
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open(errors="replace") as f:
+            return "".join(deque(f, maxlen=lines)).rstrip()
+    except OSError:
+        return ""
+
+
+class VLLMServer:
+    """A ``vllm serve`` child process; ``base_url`` is its OpenAI-compatible endpoint.
+
+    ``with VLLMServer("Qwen/Qwen3-8B") as server: ...`` starts it and waits for health.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: Path | str = Path("vllm.log"),
+        health_timeout: float = 600.0,
+        executable: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.host = host
+        self.port = port or free_port(host)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_path)
+        self.health_timeout = health_timeout
+        self.executable = executable
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.host}:{self.port}/health"
+
+    def command(self) -> list[str]:
+        cmd = [
+            _resolve_executable(self.executable), "serve", self.model,
+            "--host", self.host, "--port", str(self.port),
+            "--enable-prefix-caching",
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            "--gpu-memory-utilization", str(self.gpu_memory_utilization),
+        ]  # fmt: skip
+        if self.max_model_len:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        return cmd + self.extra_args
+
+    def start(self) -> "VLLMServer":
+        """Start the process and block until ``/health`` answers 200."""
+        if self.process is not None:
+            return self
+        cmd = self.command()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        self.started_at = time.monotonic()
+        atexit.register(self.stop)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.health_timeout
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    raise UserError(f"vllm exited with code {code} before it was ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                try:
+                    if client.get(self.health_url).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"vllm was not healthy after {self.health_timeout:.0f}s (raise --health-timeout for a large model); "
+                        f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
+                time.sleep(0.5)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM to the process group, wait up to ``grace`` seconds, then SIGKILL."""
+        proc, self.process = self.process, None
+        atexit.unregister(self.stop)
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # workers the server left behind in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
