@@ -1,0 +1,164 @@
+"""Benchmark: naive vs shared-prefix training forward (+ backward) on the same model and batch.
+
+One process, one random-initialised Qwen2-architecture model, one batch of ``--groups`` groups
+of G responses of R tokens after a P-token prompt. Both variants compute per-token log-probs
+of the responses and back-propagate a loss through them; we time ``--repeats`` runs of each
+(after one warm-up) and report the best.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the timed runs (reset before
+each variant). On CPU torch keeps no allocator statistics and the resident set size does not
+shrink between variants (the allocator reuses freed pages), so we report what dominates the
+peak of a training forward: the bytes of the distinct tensors saved for backward (activations,
+attention inputs, logits), counted through ``torch.autograd.graph.saved_tensors_hooks`` over one
+step. With ``--forward-only`` nothing is saved and the CPU figures are 0.
+
+The last stdout line is one JSON object: prompt_len, response_len, group_size, naive_s,
+shared_s, speedup, max_abs_logprob_diff, peak_mem_naive_mb, peak_mem_shared_mb (and context).
+
+    python bench/prefix_sharing.py --json                 # CPU default: P=1024 R=64 G=8
+    python bench/prefix_sharing.py --device cuda --json   # 0.5B Qwen2 config in bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402  (the benchmark is a torch program; tfgrpo itself imports it lazily)
+
+from tfgrpo.params.model import random_qwen2  # noqa: E402
+from tfgrpo.params.prefix import GroupTokens, naive_logprobs, shared_prefix_logprobs  # noqa: E402
+
+# CPU: small enough to finish in about a minute on 2 cores, wide enough to be compute-bound.
+CPU_MODEL = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=2, vocab_size=2048)
+# CUDA: the Qwen2.5-0.5B shape, random weights.
+CUDA_MODEL = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936)
+
+
+def saved_for_backward_mb(model, batch, fn) -> float:
+    """MB of distinct tensor storages autograd saves for backward over one training step."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(model, batch, fn, backward=True)
+    return sum(seen.values()) / 2**20
+
+
+def make_batch(groups: int, p: int, r: int, g: int, vocab: int, device, seed: int) -> list[GroupTokens]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(groups):
+        prompt = torch.randint(0, vocab, (p,), generator=gen)
+        responses = torch.randint(0, vocab, (g, r), generator=gen)
+        mask = torch.ones(g, r, dtype=torch.long)
+        out.append(GroupTokens(prompt.to(device), responses.to(device), mask.to(device)))
+    return out
+
+
+def step(model, batch, fn, backward: bool):
+    model.zero_grad(set_to_none=True)
+    logps = []
+    for grp in batch:
+        logp = fn(model, grp)
+        if backward:
+            (logp * grp.mask).sum().div(grp.mask.sum()).backward()
+        logps.append(logp.detach().float())
+    return logps
+
+
+def measure(model, batch, fn, *, backward: bool, repeats: int, device: str):
+    step(model, batch, fn, backward)  # warm-up
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        logps = step(model, batch, fn, backward)
+        sync()
+        times.append(time.perf_counter() - t0)
+    if device == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        mem = saved_for_backward_mb(model, batch, fn) if backward else 0.0
+    return min(times), mem, logps
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompt-len", type=int, default=1024)
+    ap.add_argument("--response-len", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--groups", type=int, default=1, help="groups in the batch")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--forward-only", action="store_true", help="time the no-grad forward only")
+    ap.add_argument("--small", action="store_true", help="a much smaller model (for tests)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = ap.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked but no CUDA GPU is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shape = dict(CUDA_MODEL if args.device == "cuda" else CPU_MODEL)
+    if args.small:
+        shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=256)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model = random_qwen2(max_positions=args.prompt_len + args.response_len + 8, **shape).to(args.device, dtype)
+    model.train()
+    batch = make_batch(args.groups, args.prompt_len, args.response_len, args.group_size, shape["vocab_size"],
+                       args.device, seed=1)
+    backward = not args.forward_only
+    ctx = torch.enable_grad() if backward else torch.no_grad()
+    with ctx:
+        naive_s, naive_mb, naive_lp = measure(model, batch, naive_logprobs, backward=backward,
+                                              repeats=args.repeats, device=args.device)
+        shared_s, shared_mb, shared_lp = measure(model, batch, shared_prefix_logprobs, backward=backward,
+                                                 repeats=args.repeats, device=args.device)
+    diff = max(float((a - b).abs().max()) for a, b in zip(naive_lp, shared_lp))
+    result = {
+        "prompt_len": args.prompt_len,
+        "response_len": args.response_len,
+        "group_size": args.group_size,
+        "groups": args.groups,
+        "device": args.device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "threads": torch.get_num_threads(),
+        "backward": backward,
+        "naive_s": round(naive_s, 4),
+        "shared_s": round(shared_s, 4),
+        "speedup": round(naive_s / shared_s, 2),
+        "token_bound": round((args.group_size * (args.prompt_len + args.response_len))
+                             / (args.prompt_len + args.group_size * args.response_len), 2),
+        "max_abs_logprob_diff": diff,
+        "peak_mem_naive_mb": round(naive_mb, 1),
+        "peak_mem_shared_mb": round(shared_mb, 1),
+    }
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}", file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
