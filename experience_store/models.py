@@ -1,0 +1,71 @@
+"""Persisted records of the experience library. Field order is the file format; every record
+carries a ``version`` so readers can tell formats apart."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+OpKind = Literal["ADD", "UPDATE", "DELETE", "MERGE", "NONE"]
+
+
+class Provenance(BaseModel):
+    """Where a lesson came from."""
+
+    run: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    task: str | None = None
+    query_ids: list[str] = Field(default_factory=list)
+    rollout_ids: list[str] = Field(default_factory=list)
+    judge_model: str | None = None
+    merged_from: list[str] = Field(default_factory=list)
+
+
+class Stats(BaseModel):
+    """Usage credit: how often a lesson was shown, cited, and on which side of the advantage."""
+
+    retrieved: int = 0
+    cited: int = 0
+    helpful: int = 0
+    harmful: int = 0
+
+
+class Experience(BaseModel):
+    """One lesson: a short "When <condition>, <strategy>" sentence with a stable id."""
+
+    version: int = 1
+    id: str
+    text: str
+    title: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    status: Literal["active", "retired"] = "active"
+    revision: int = 1
+    created_step: int = 0
+    updated_step: int = 0
+    provenance: Provenance = Field(default_factory=Provenance)
+    stats: Stats = Field(default_factory=Stats)
+
+
+class ExperienceOp(BaseModel):
+    """An edit to the library. UPDATE and DELETE name ``id``; MERGE names ``ids`` and the new ``text``."""
+
+    op: OpKind
+    id: str | None = None
+    ids: list[str] = Field(default_factory=list)
+    text: str = ""
+    title: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    reason: str = ""
+
+
+class OpResult(BaseModel):
+    """What happened to one op when a step's ops were applied."""
+
+    version: int = 1
+    step: int
+    op: ExperienceOp
+    status: Literal["applied", "rejected", "noop"]
+    error: str | None = None
+    result_id: str | None = None

@@ -1,0 +1,3 @@
+from tfgrpo.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Progress bars, summary tables and the one-line error convention of every command."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tfgrpo.errors import UserError
+from tfgrpo.trainer import Hooks
+
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Errors a user can fix end in one line and exit status 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise fail(str(e)) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return run
+
+
+@contextlib.contextmanager
+def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
+    """Hooks that drive one rich progress bar per phase, on stderr."""
+    if not enabled:
+        yield Hooks()
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=False,
+    )
+    current: dict[str, Any] = {}
+
+    def on_phase(phase: str, total: int) -> None:
+        key = phase.rsplit(" ", 1)[-1]
+        if key in current:
+            progress.update(current[key], completed=progress.tasks[current[key]].total, visible=False)
+        current[key] = progress.add_task(phase, total=max(total, 0))
+
+    def on_advance(key: str) -> None:
+        if key in current:
+            progress.advance(current[key])
+
+    def on_step(record: Any) -> None:
+        for task_id in list(current.values()):
+            progress.remove_task(task_id)
+        current.clear()
+        reward = "n/a" if record.mean_reward is None else f"{record.mean_reward:.3f}"
+        progress.console.print(
+            f"step {record.step} (epoch {record.epoch + 1}): reward {reward}, judged {record.judged}/{record.groups}, "
+            f"ops {record.ops_applied} applied / {record.ops_rejected} rejected, library {record.library_size}"
+            + (f", judge failures {record.judge_failures}" if record.judge_failures else "")
+        )
+
+    with progress:
+        yield Hooks(on_phase=on_phase, on_advance=on_advance, on_step=on_step)
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def usage_table(usage: dict[str, Any]) -> Table:
+    t = Table(title="LLM usage by role", title_justify="left")
+    for col in ("role", "calls", "cache hits", "retries", "failures", "prompt tok", "completion tok", "cached tok", "cost $"):
+        t.add_column(col, justify="right" if col != "role" else "left")
+    for role, u in usage.items():
+        t.add_row(role, str(u["calls"]), str(u["cache_hits"]), str(u["retries"]), str(u["failures"]),
+                  str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cached_tokens"]),
+                  fmt(u["cost_usd"], 4) if u["cost_usd"] is not None else "n/a")
+    return t
+
+
+def train_tables(summary: dict[str, Any], steps: list[Any]) -> list[Table]:
+    t = Table(title="Training-free GRPO run", title_justify="left")
+    for col in ("step", "epoch", "mean reward", "judged", "ops applied", "rejected", "library"):
+        t.add_column(col, justify="right")
+    for s in steps:
+        t.add_row(str(s.step), str(s.epoch + 1), fmt(s.mean_reward), f"{s.judged}/{s.groups}",
+                  str(s.ops_applied), str(s.ops_rejected), str(s.library_size))
+    tail = Table(show_header=False, box=None)
+    tail.add_row("steps", str(summary["steps"]))
+    tail.add_row("library size", str(summary["library_size"]))
+    tail.add_row("judge failures", str(summary["judge_failures"]))
+    tail.add_row("rollout failures", str(summary["rollout_failures"]))
+    tail.add_row("wall time", f"{summary['wall_s']:.1f} s")
+    tail.add_row("run directory", summary["run_dir"])
+    tail.add_row("library", summary["library"])
+    return [t, usage_table(summary["usage"]), tail]
+
+
+def eval_table(report: dict[str, Any]) -> Table:
+    k = report["k"]
+    t = Table(title=f"Evaluation on {report['n_problems']} problems, k={k}", title_justify="left")
+    for col in ("", f"Mean@{k}", f"Pass@{k}", "failed requests"):
+        t.add_column(col, justify="right")
+    for arm in ("baseline", "library"):
+        r = report[arm]
+        t.add_row(arm, fmt(r["mean_at_k"]), fmt(r["pass_at_k"]), str(r["failures"]))
+    d_mean = report["library"]["mean_at_k"] - report["baseline"]["mean_at_k"]
+    d_pass = report["library"]["pass_at_k"] - report["baseline"]["pass_at_k"]
+    t.add_row("difference", f"{d_mean:+.3f}", f"{d_pass:+.3f}", "")
+    return t
+
+
+def emit(tables: list[Table], payload: dict[str, Any] | None, as_json: bool) -> None:
+    """Tables on stdout; with --json they go to stderr and stdout's last line is the JSON object."""
+    console = err_console if as_json else Console()
+    for t in tables:
+        console.print(t)
+    if as_json and payload is not None:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()

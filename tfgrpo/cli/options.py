@@ -1,0 +1,122 @@
+"""CLI options generated from the config models, so a setting is declared once.
+
+Every field carrying ``flag(...)`` becomes an option whose default is None ("not given"):
+a given flag overrides the YAML config, which overrides the model's default.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import typer
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+
+@dataclass
+class FlagSpec:
+    flag: str
+    short: str | None
+    paths: dict[type[BaseModel], tuple[str, ...]]  # config model -> where the value goes
+    field: FieldInfo
+    py_type: Any
+
+    @property
+    def param(self) -> str:
+        return "opt_" + self.flag.replace("-", "_")
+
+
+def _base_type(annotation: Any) -> Any:
+    """int | None -> int; Literal['a','b'] -> str; bool stays bool."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    if origin is Literal:
+        return type(typing.get_args(annotation)[0])
+    return annotation if annotation in (str, int, float, bool) else str
+
+
+def _walk(model: type[BaseModel], prefix: tuple[str, ...] = ()):
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _walk(ann, prefix + (name,))
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if "flag" in extra:
+            yield extra["flag"], extra.get("short"), prefix + (name,), info
+
+
+def collect(*models: type[BaseModel]) -> dict[str, FlagSpec]:
+    specs: dict[str, FlagSpec] = {}
+    for model in models:
+        for flag, short, path, info in _walk(model):
+            if flag in specs:
+                specs[flag].paths[model] = path
+            else:
+                specs[flag] = FlagSpec(flag, short, {model: path}, info, _base_type(info.annotation))
+    return specs
+
+
+def _help(info: FieldInfo) -> str:
+    text = info.description or ""
+    ann = info.annotation
+    choices = [a for a in typing.get_args(ann) if isinstance(a, str)] if typing.get_origin(ann) is Literal else []
+    if choices:
+        text += f" [{'|'.join(choices)}]"
+    default = info.get_default(call_default_factory=True)
+    if default not in (None, {}, []):
+        text += f" (default: {default})"
+    return text
+
+
+def option_parameters(specs: dict[str, FlagSpec], panel: str | None = None) -> list[inspect.Parameter]:
+    params = []
+    for spec in specs.values():
+        names = [f"--{spec.flag}/--no-{spec.flag}"] if spec.py_type is bool else [f"--{spec.flag}"]
+        if spec.short:
+            names.append(f"-{spec.short}")
+        opt = typer.Option(None, *names, help=_help(spec.field), show_default=False, rich_help_panel=panel)
+        params.append(inspect.Parameter(spec.param, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                        annotation=typing.Optional[spec.py_type]))
+    return params
+
+
+def with_generated_options(specs: dict[str, FlagSpec], panel: str | None = None) -> Callable[[Callable], Callable]:
+    """Add the generated options to a command; the command receives them as ``flags``:
+    a dict of flag name -> value for the flags the user gave."""
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "flags"]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            flags = {s.flag: kwargs.pop(s.param) for s in specs.values() if kwargs.get(s.param) is not None}
+            for s in specs.values():
+                kwargs.pop(s.param, None)
+            return fn(flags=flags, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + option_parameters(specs, panel))  # type: ignore[attr-defined]
+        return command
+
+    return wrap
+
+
+def apply_flags(data: dict[str, Any], flags: dict[str, Any], specs: dict[str, FlagSpec], model: type[BaseModel]) -> dict[str, Any]:
+    """Set each given flag that belongs to ``model`` at its nested path in ``data``."""
+    for flag, value in flags.items():
+        path = specs[flag].paths.get(model)
+        if path is None:
+            continue
+        node = data
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return data

@@ -1,0 +1,168 @@
+"""``tfgrpo train`` (training-free, or ``--mode params``) and ``tfgrpo demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
+from tfgrpo.cli.options import FlagSpec, apply_flags, collect, with_generated_options
+from tfgrpo.config import RunConfig, build, load_yaml
+from tfgrpo.errors import EndpointError, UserError
+from tfgrpo.evaluate import compare
+from tfgrpo.llm.endpoints import open_models
+from tfgrpo.prompting import Prompts
+from tfgrpo.task import Task, load_task
+from tfgrpo.trainer import RunDir, TrainResult, train
+
+# Settings a resumed run may change: how models are reached, and how long it trains.
+RESUMABLE = {"api-base", "api-key-env", "judge-api-base", "concurrency", "judge-concurrency", "timeout",
+             "max-retries", "epochs", "cache", "cache-path", "serve"}
+OWN_OPTIONS = {"out"}
+
+
+def _params_config_model():
+    try:
+        from tfgrpo.params.config import ParamsConfig
+    except ImportError:
+        return None
+    return ParamsConfig
+
+
+def _specs() -> dict[str, FlagSpec]:
+    models: list[Any] = [RunConfig]
+    pm = _params_config_model()
+    if pm is not None:
+        models.append(pm)
+    specs = collect(*models)
+    for name in OWN_OPTIONS:
+        specs.pop(name, None)
+    return specs
+
+
+SPECS = _specs()
+
+
+def build_task(name: str, task_args: dict[str, Any], data: str | None) -> Task:
+    kwargs = dict(task_args)
+    if data is not None:
+        kwargs["data"] = data
+    return load_task(name, **kwargs)
+
+
+def _new_run_dir(out: Path | None, task: str) -> RunDir:
+    path = out or Path("runs") / f"{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rd = RunDir(path)
+    if rd.exists():
+        raise UserError(f"{path} already holds a run: continue it with --resume {path}, or choose another --out")
+    return rd
+
+
+def resolve_run(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None) -> tuple[RunConfig, RunDir]:
+    if resume is not None:
+        rd = RunDir(resume)
+        if not rd.exists():
+            raise UserError(f"nothing to resume: {resume} has no config.yaml")
+        fixed = sorted(f for f in flags if f not in RESUMABLE and SPECS[f].paths.get(RunConfig))
+        if fixed:
+            raise UserError(f"a resumed run keeps its settings; cannot change --{', --'.join(fixed)} (start a new run instead)")
+        data = apply_flags(load_yaml(rd.config_path), flags, SPECS, RunConfig)
+        cfg = build(RunConfig, data)
+        return cfg, rd
+    data = load_yaml(config) if config else {}
+    cfg = build(RunConfig, apply_flags(data, flags, SPECS, RunConfig))
+    return cfg, _new_run_dir(out, cfg.task)
+
+
+def run_training(cfg: RunConfig, rd: RunDir, *, show_progress: bool = True) -> tuple[TrainResult, Task]:
+    task = build_task(cfg.task, cfg.task_args, cfg.data)
+    prompts = Prompts(cfg.prompts_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.path / "cache.sqlite") if cfg.cache else None
+    try:
+        with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
+                         log_dir=rd.path, cache_path=cache_path) as models, progress_hooks(show_progress) as hooks:
+            result = asyncio.run(train(cfg, task, models, rd, prompts=prompts, hooks=hooks))
+    except EndpointError as e:
+        raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; continue with: tfgrpo train --resume {rd.path}")
+        raise typer.Exit(130) from None
+    return result, task
+
+
+def _run_params(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None, as_json: bool) -> None:
+    pm = _params_config_model()
+    if pm is None:
+        raise UserError("parameter mode needs the [train] extra: pip install 'tfgrpo[train]'")
+    foreign = sorted(f for f in flags if pm not in SPECS[f].paths)
+    if foreign:
+        raise UserError(f"--{', --'.join(foreign)} only applies to the training-free mode (--mode free)")
+    from tfgrpo.params import run as run_params
+
+    data = load_yaml(config) if config else {}
+    data = apply_flags(data, flags, SPECS, pm)
+    if out is not None:
+        data["out"] = str(out)
+    cfg = build(pm, data)
+    summary = run_params(cfg, resume=str(resume) if resume else None)
+    emit([], summary, as_json)
+    if not as_json:
+        err_console.print(f"parameter-mode run finished: {summary.get('steps')} steps, run directory {summary.get('run_dir')}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    @with_generated_options(SPECS)
+    @user_errors
+    def train_cmd(
+        flags: dict[str, Any],
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with settings (flags override it)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<task>-<time>)"),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run in this directory"),
+        mode: str = typer.Option("free", "--mode", help="free: training-free GRPO (experience library); params: GRPO weight updates (needs [train])"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
+    ) -> None:
+        """Learn an experience library from groups of the model's own answers (training-free GRPO),
+        or with --mode params train the weights by GRPO."""
+        if mode not in ("free", "params"):
+            raise UserError(f"unknown --mode '{mode}' (choose free or params)")
+        if mode == "params":
+            _run_params(flags, config, out, resume, as_json)
+            return
+        foreign = sorted(f for f in flags if RunConfig not in SPECS[f].paths)
+        if foreign:
+            raise UserError(f"--{', --'.join(foreign)} only applies with --mode params")
+        cfg, rd = resolve_run(flags, config, out, resume)
+        result, _ = run_training(cfg, rd, show_progress=not quiet)
+        summary = result.summary()
+        emit(train_tables(summary, result.steps), summary, as_json)
+
+    @app.command("demo")
+    @user_errors
+    def demo_cmd(
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/demo-<time>)"),
+        epochs: int = typer.Option(2, "--epochs", help="Passes over the demo training set"),
+        k: int = typer.Option(4, "-k", help="Answers per problem in the evaluation"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
+    ) -> None:
+        """Offline demo: train on the built-in demo task with the SIMULATED model, then evaluate
+        baseline vs learned library. No network, no API key, a couple of minutes on a laptop."""
+        cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, group_size=4)
+        rd = _new_run_dir(out, "demo")
+        result, task = run_training(cfg, rd, show_progress=not quiet)
+        from experience_store import Library
+
+        block = Library(rd.path / "library").render()
+        with open_models(cfg.policy, sim_seed=cfg.sim_seed) as models:
+            report = asyncio.run(compare(models.policy, task, task.eval_samples(), block, Prompts(), k=k,
+                                         seed=cfg.seed, temperature=cfg.policy.temperature, max_tokens=None))
+        summary = result.summary()
+        summary["eval"] = report
+        emit([*train_tables(summary, result.steps), eval_table(report)], summary, as_json)

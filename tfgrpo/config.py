@@ -1,0 +1,117 @@
+"""Run configuration: small nested pydantic models, one per component.
+
+The CLI generates its flags from the fields that carry ``flag(...)``; a YAML file
+(``--config``) gives the same settings by their nested names. ``config.yaml`` in a run
+directory is the resolved config, enough to re-run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tfgrpo.config_fields import flag
+from tfgrpo.errors import UserError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PolicyConfig(_Model):
+    model: str = Field("sim", description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model", json_schema_extra=flag("model"))
+    api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
+    api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
+    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-tokens"))
+    concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
+    timeout: float = Field(120.0, gt=0, description="Seconds before one policy request times out", json_schema_extra=flag("timeout"))
+    max_retries: int = Field(6, ge=0, description="Retries of a request on 429, 5xx, timeouts and connection errors", json_schema_extra=flag("max-retries"))
+
+
+class JudgeConfig(_Model):
+    model: str | None = Field(None, description="Judge model (default: the policy model); a capable model matters here", json_schema_extra=flag("judge"))
+    api_base: str | None = Field(None, description="OpenAI-compatible base URL for the judge", json_schema_extra=flag("judge-api-base"))
+    api_key_env: str | None = Field(None, description="Environment variable holding the judge's API key")
+    temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0: deterministic)")
+    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per judge call")
+    concurrency: int = Field(8, gt=0, description="Concurrent judge requests", json_schema_extra=flag("judge-concurrency"))
+    timeout: float = Field(300.0, gt=0, description="Seconds before one judge request times out")
+    max_retries: int = Field(6, ge=0, description="Retries of a judge request on transient errors")
+    summaries: bool = Field(False, description="Summarise each attempt before the group comparison (worth it for long agent trajectories)", json_schema_extra=flag("summaries"))
+    skip_equal_groups: bool = Field(True, description="Skip groups whose answers all scored the same (they carry no contrast)", json_schema_extra=flag("skip-equal-groups"))
+    ground_truth: bool = Field(True, description="Show the judge the reference answer and the rewards; without it every group is judged blind", json_schema_extra=flag("ground-truth"))
+    max_ops_per_group: int = Field(3, ge=1, le=10, description="Most lessons one group comparison may propose")
+
+
+class LibraryConfig(_Model):
+    injection: Literal["all"] = Field("all", description="How experiences enter the prompt: 'all' injects the whole library (paper-faithful)", json_schema_extra=flag("injection"))
+    embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding spec stored with the library")
+
+
+class RunConfig(_Model):
+    """Everything a training-free run needs. Field order is the config.yaml layout."""
+
+    version: int = 1
+    task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
+    data: str | None = Field(None, description="Data file for the task (JSONL, JSON or Parquet) or a Hugging Face dataset id", json_schema_extra=flag("data"))
+    task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
+    epochs: int = Field(3, gt=0, description="Passes over the training set", json_schema_extra=flag("epochs"))
+    batch_size: int = Field(8, gt=0, description="Queries per step", json_schema_extra=flag("batch-size"))
+    group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
+    limit: int | None = Field(None, gt=0, description="Use only the first N training samples", json_schema_extra=flag("limit"))
+    seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
+    advantage: Literal["grpo", "dr_grpo", "gdpo"] = Field("grpo", description="Numeric advantage: grpo, dr_grpo or gdpo", json_schema_extra=flag("advantage"))
+    cache: bool = Field(True, description="Serve repeated requests from the response cache", json_schema_extra=flag("cache"))
+    cache_path: str | None = Field(None, description="Response cache file (default: cache.sqlite in the run directory); share one between runs to pay no call twice", json_schema_extra=flag("cache-path"))
+    prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
+    sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
+    serve: str | None = Field(None, description="Start 'vllm serve MODEL' for the length of the run and use it as the policy", json_schema_extra=flag("serve"))
+    serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    library: LibraryConfig = Field(default_factory=LibraryConfig)
+
+
+class EvalConfig(_Model):
+    version: int = 1
+    task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
+    data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id", json_schema_extra=flag("data"))
+    task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
+    k: int = Field(4, gt=0, description="Answers per problem (Mean@k, Pass@k)", json_schema_extra=flag("k", "k"))
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N problems", json_schema_extra=flag("limit"))
+    seed: int = Field(0, description="Sampling seed, the same for baseline and library", json_schema_extra=flag("seed"))
+    cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
+    prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
+    sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def build(model: type[_Model], data: dict[str, Any]) -> Any:
+    """Validate a config; a bad value becomes one line naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise UserError(f"invalid config value for {where}: {err['msg']}") from None
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,96 @@
+"""Turn model settings into clients: start the simulated model or a vLLM server when asked,
+and stop them when the run ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from tfgrpo.errors import UserError
+from tfgrpo.llm.cache import ResponseCache
+from tfgrpo.llm.client import LLMClient, RetryPolicy
+from tfgrpo.llm.usage import Usage
+
+SIM = "sim"
+
+
+def is_sim(model: str | None) -> bool:
+    return model is not None and (model == SIM or model.startswith("sim/"))
+
+
+@dataclass
+class Models:
+    policy: LLMClient
+    judge: LLMClient | None
+    usage: Usage
+    policy_name: str
+    judge_name: str | None
+
+
+def _client(model: str, role: str, access: Any, api_base: str | None, api_key: str | None,
+            cache: ResponseCache | None, usage: Usage) -> LLMClient:
+    return LLMClient(
+        model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
+        timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
+    )
+
+
+def _key(env_name: str | None) -> str | None:
+    if not env_name:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise UserError(f"environment variable {env_name} (API key) is not set")
+    return value
+
+
+@contextlib.contextmanager
+def open_models(
+    policy: Any,
+    judge: Any | None = None,
+    *,
+    sim_seed: int = 0,
+    serve: str | None = None,
+    serve_args: dict[str, Any] | None = None,
+    log_dir: Path | None = None,
+    cache_path: Path | None = None,
+) -> Iterator[Models]:
+    """Clients for the policy (and judge), with any local server they need running."""
+    usage = Usage()
+    cache = ResponseCache(cache_path) if cache_path is not None else None
+    with contextlib.ExitStack() as stack:
+        if cache is not None:
+            stack.callback(cache.close)
+        sim_url: str | None = None
+        judge_model = None if judge is None else (judge.model or policy.model)
+        if is_sim(policy.model) or is_sim(judge_model):
+            from tfgrpo.llm.sim import start_sim_server
+
+            server = stack.enter_context(start_sim_server(seed=sim_seed))
+            sim_url = server.base_url
+        p_model, p_base = policy.model, policy.api_base
+        if serve:
+            from tfgrpo.llm.launcher import VLLMServer
+
+            log_path = (log_dir or Path(".")) / "vllm.log"
+            server = stack.enter_context(VLLMServer(serve, log_path=log_path, **(serve_args or {})))
+            p_base = server.base_url
+            if is_sim(p_model):
+                p_model = f"hosted_vllm/{serve}"
+        if is_sim(p_model):
+            # The simulator's seed is part of the model name, so cached answers never cross seeds.
+            p_client = _client(f"openai/sim-policy-s{sim_seed}", "policy", policy, sim_url, "sim", cache, usage)
+        else:
+            p_client = _client(p_model, "policy", policy, p_base, _key(policy.api_key_env), cache, usage)
+        j_client = None
+        if judge is not None:
+            if is_sim(judge_model):
+                j_client = _client(f"openai/sim-judge-s{sim_seed}", "judge", judge, sim_url, "sim", cache, usage)
+            else:
+                j_base = judge.api_base or (p_base if judge.model is None else None)
+                j_key = _key(judge.api_key_env) if judge.api_key_env else (_key(policy.api_key_env) if judge.model is None else None)
+                j_client = _client(judge_model or p_model, "judge", judge, j_base, j_key, cache, usage)
+        yield Models(policy=p_client, judge=j_client, usage=usage, policy_name=p_model, judge_name=judge_model)

@@ -1,0 +1,60 @@
+"""Group sampling: G answers per query from the policy, with the library injected into the
+system prompt (the same place in training and evaluation)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from tfgrpo.llm.client import Completion, LLMClient
+from tfgrpo.prompting import Prompts
+from tfgrpo.rewards import combine, score_group
+from tfgrpo.task import Sample, Task
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed that depends only on its parts (not on Python's per-process hash salt)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def agent_messages(task: Task, sample: Sample, experiences: str, prompts: Prompts) -> list[dict[str, Any]]:
+    system = prompts.render(task.template, instructions=task.instructions, experiences=experiences)
+    if sample.messages:
+        rest = [m for m in sample.messages if m.get("role") != "system"]
+        given = "\n\n".join(str(m.get("content", "")) for m in sample.messages if m.get("role") == "system")
+        return [{"role": "system", "content": f"{system}\n\n{given}".strip()}, *rest]
+    return [{"role": "system", "content": system}, {"role": "user", "content": sample.prompt or ""}]
+
+
+@dataclass
+class Group:
+    """One query's G answers with their rewards (rewards[G][K]) and combined reward per answer."""
+
+    sample: Sample
+    completions: list[Completion]
+    rewards: list[list[float | None]]
+    combined: list[float | None]
+
+
+async def sample_group(
+    client: LLMClient,
+    task: Task,
+    sample: Sample,
+    experiences: str,
+    prompts: Prompts,
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int | None,
+    seed: int,
+    use_cache: bool = True,
+) -> Group:
+    messages = agent_messages(task, sample, experiences, prompts)
+    completions = await client.sample(
+        messages, n=n, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed, use_cache=use_cache
+    )
+    rewards = await score_group(task.rewards, sample, [c.text for c in completions])
+    combined = [combine(row, task.weights) for row in rewards]
+    return Group(sample=sample, completions=completions, rewards=rewards, combined=combined)

@@ -1,0 +1,280 @@
+"""The training-free GRPO loop: epochs x batches of queries; each step samples a group per query,
+scores it, asks the judge for the semantic advantage of the groups with contrast, consolidates
+the proposals and applies them to the library as one versioned transaction.
+
+Run directory (design.md): config.yaml, rollouts.jsonl, groups.jsonl, ops.jsonl, steps.jsonl,
+library/, cache.sqlite. A line in steps.jsonl is a step's commit: on resume, anything a
+later, unfinished step wrote is discarded and the step is redone; its LLM calls come back from
+the response cache, so no finished call is paid twice and the library ends exactly as an
+uninterrupted run's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from experience_store import Library, Provenance
+from tfgrpo.config import RunConfig, dump_yaml
+from tfgrpo.distill import consolidate
+from tfgrpo.judge import Attempt, GroupJudgement, judge_group
+from tfgrpo.llm.endpoints import Models
+from tfgrpo.llm.usage import Usage
+from tfgrpo.prompting import Prompts
+from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
+from tfgrpo.rewards import group_advantages, has_contrast
+from tfgrpo.rollout import Group, sample_group, stable_seed
+from tfgrpo.task import Task
+
+RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
+
+
+class RunDir:
+    """The files of one run. Appends are flushed line by line (durable mid-run)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def append(self, name: str, records: list[BaseModel]) -> None:
+        if not records:
+            return
+        with self.file(name).open("a", encoding="utf-8") as f:
+            for r in records:
+                f.write(r.model_dump_json() + "\n")
+            f.flush()
+
+    def read(self, name: str) -> list[dict[str, Any]]:
+        p = self.file(name)
+        if not p.is_file():
+            return []
+        rows = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: it belongs to an uncommitted step
+        return rows
+
+    def steps(self) -> list[StepRecord]:
+        return [StepRecord.model_validate(r) for r in self.read("steps.jsonl")]
+
+    def discard_after(self, step: int) -> None:
+        """Drop every record an unfinished step wrote (steps after ``step``), and torn lines."""
+        for name in (*RECORD_FILES, "steps.jsonl"):
+            p = self.file(name)
+            if not p.is_file():
+                continue
+            keep = [r for r in self.read(name) if r.get("step", 0) <= step]
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
+            tmp.replace(p)
+
+
+@dataclass
+class Hooks:
+    """Progress callbacks (the CLI wires rich progress bars to them)."""
+
+    on_phase: Callable[[str, int], None] = lambda phase, total: None
+    on_advance: Callable[[str], None] = lambda phase: None
+    on_step: Callable[[StepRecord], None] = lambda record: None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: list[StepRecord]
+    library_size: int
+    usage: Usage
+    wall_s: float
+    resumed_from: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        usage = self.usage.to_dict()
+        return {
+            "steps": len(self.steps),
+            "library_size": self.library_size,
+            "reward_by_step": [s.mean_reward for s in self.steps],
+            "calls": {role: u["calls"] for role, u in usage.items()},
+            "tokens": {role: u["total_tokens"] for role, u in usage.items()},
+            "usage": usage,
+            "judge_failures": sum(s.judge_failures for s in self.steps),
+            "rollout_failures": sum(s.rollout_failures for s in self.steps),
+            "ops_applied": sum(s.ops_applied for s in self.steps),
+            "ops_rejected": sum(s.ops_rejected for s in self.steps),
+            "resumed_from_step": self.resumed_from,
+            "wall_s": round(self.wall_s, 3),
+            "run_dir": str(self.run_dir),
+            "library": str(self.run_dir / "library"),
+        }
+
+
+def plan_batches(n_samples: int, batch_size: int, epochs: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(epoch, sample indices) for every step of the run, reshuffled each epoch by the seed."""
+    plan = []
+    for epoch in range(epochs):
+        order = list(range(n_samples))
+        random.Random(stable_seed(seed, "epoch", epoch)).shuffle(order)
+        for start in range(0, n_samples, batch_size):
+            plan.append((epoch, order[start : start + batch_size]))
+    return plan
+
+
+def _usage_delta(before: dict[str, Any], after: Usage) -> dict[str, Any]:
+    now = after.to_dict()
+    out = {}
+    for role, vals in now.items():
+        prev = before.get(role, {})
+        out[role] = {k: (v - (prev.get(k) or 0) if isinstance(v, (int, float)) and v is not None else v) for k, v in vals.items()}
+    return out
+
+
+async def train(
+    cfg: RunConfig,
+    task: Task,
+    models: Models,
+    run_dir: RunDir,
+    *,
+    prompts: Prompts,
+    hooks: Hooks | None = None,
+) -> TrainResult:
+    hooks = hooks or Hooks()
+    started = time.monotonic()
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    if not run_dir.exists():
+        run_dir.config_path.write_text(dump_yaml(cfg))
+    done = run_dir.steps()
+    last = done[-1].step if done else 0
+    run_dir.discard_after(last)
+    library = Library(run_dir.path / "library", embedding=cfg.library.embedding)
+    library.discard_after(last)
+    library.sync()
+
+    samples = task.dataset[: cfg.limit] if cfg.limit else task.dataset
+    plan = plan_batches(len(samples), cfg.batch_size, cfg.epochs, cfg.seed)
+    steps = list(done)
+    use_cache = cfg.cache
+    assert models.judge is not None
+    for step, (epoch, indices) in enumerate(plan, start=1):
+        if step <= last:
+            continue
+        t0 = time.monotonic()
+        usage_before = models.usage.to_dict()
+        batch = [samples[i] for i in indices]
+        experiences = library.render()
+
+        hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
+
+        async def one(sample, _epoch=epoch):
+            g = await sample_group(
+                models.policy, task, sample, experiences, prompts, n=cfg.group_size,
+                temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens,
+                seed=stable_seed(cfg.seed, "rollout", _epoch, sample.id), use_cache=use_cache,
+            )
+            hooks.on_advance("rollouts")
+            return g
+
+        groups: list[Group] = await asyncio.gather(*(one(s) for s in batch))
+        advantages = group_advantages([g.rewards for g in groups], task.weights, cfg.advantage)
+
+        to_judge = [
+            i for i, g in enumerate(groups)
+            if not cfg.judge.ground_truth or not cfg.judge.skip_equal_groups
+            or has_contrast(g.combined, task.min_reward, task.max_reward)
+        ]
+        hooks.on_phase(f"step {step}/{len(plan)} judging", len(to_judge))
+
+        async def judge_one(i: int) -> GroupJudgement:
+            g = groups[i]
+            attempts = [
+                Attempt(j + 1, c.text if c.ok else f"(no answer: request failed: {c.error})", g.combined[j])
+                for j, c in enumerate(g.completions)
+            ]
+            out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, experiences,
+                                    pass_threshold=task.pass_threshold, use_cache=use_cache)
+            hooks.on_advance("judging")
+            return out
+
+        judgements = dict(zip(to_judge, await asyncio.gather(*(judge_one(i) for i in to_judge))))
+        proposals = [p for j in judgements.values() for p in j.proposals]
+        hooks.on_phase(f"step {step}/{len(plan)} consolidating", 1 if proposals else 0)
+        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, experiences, use_cache=use_cache)
+        if distilled.called:
+            hooks.on_advance("consolidating")
+
+        # ---- write the step: records first, then the library version, then the commit line
+        rollouts, group_records, failures = [], [], []
+        for i, g in enumerate(groups):
+            for j, c in enumerate(g.completions):
+                rollouts.append(RolloutRecord(
+                    step=step, epoch=epoch, rollout_id=f"s{step}-{g.sample.id}-{j}", sample_id=g.sample.id, index=j,
+                    text=c.text, error=c.error, finish_reason=c.finish_reason, cached=c.cached,
+                    rewards=g.rewards[j], reward=g.combined[j], advantage=advantages[i][j],
+                ))
+            jd = judgements.get(i)
+            group_records.append(GroupRecord(
+                step=step, epoch=epoch, sample_id=g.sample.id, rewards=g.combined, advantages=advantages[i],
+                judged=jd is not None, skip_reason=None if jd is not None else "all answers scored the same",
+                analysis=jd.comparison.analysis if jd and jd.comparison else None,
+                proposals=[p.model_dump() for p in (jd.comparison.ops if jd and jd.comparison else [])],
+                summaries=jd.summaries if jd else [], error=jd.error if jd else None,
+            ))
+            if jd is not None and jd.error:
+                failures.append(JudgeFailure(step=step, stage="group_comparison", sample_id=g.sample.id, error=jd.error, raw=jd.raw))
+        if distilled.error:
+            failures.append(JudgeFailure(step=step, stage="consolidation", error=distilled.error, raw=distilled.raw))
+        source_ids = sorted({groups[i].sample.id for i, j in judgements.items() if j.proposals})
+        provenance = Provenance(
+            run=run_dir.path.name, epoch=epoch, step=step, task=task.name, query_ids=source_ids,
+            rollout_ids=[r.rollout_id for r in rollouts if r.sample_id in source_ids],
+            judge_model=models.judge_name,
+        )
+        run_dir.append("rollouts.jsonl", rollouts)
+        run_dir.append("groups.jsonl", group_records)
+        results = library.apply(distilled.ops, step, provenance)
+        run_dir.append("ops.jsonl", [*results, *failures])
+
+        present = [r for g in groups for r in g.combined if r is not None]
+        kinds = Counter(r.op.op for r in results if r.status == "applied")
+        record = StepRecord(
+            step=step, epoch=epoch, sample_ids=[s.id for s in batch],
+            mean_reward=(sum(present) / len(present)) if present else None,
+            group_mean_rewards=[_mean(g.combined) for g in groups],
+            groups=len(groups), judged=len(judgements), proposals=len(proposals),
+            ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected"),
+            ops_by_kind=dict(kinds), judge_failures=len(failures),
+            rollout_failures=sum(1 for g in groups for c in g.completions if not c.ok),
+            library_size=len(library), usage=_usage_delta(usage_before, models.usage),
+            wall_s=round(time.monotonic() - t0, 3),
+        )
+        run_dir.append("steps.jsonl", [record])
+        steps.append(record)
+        hooks.on_step(record)
+
+    return TrainResult(
+        run_dir=run_dir.path, steps=steps, library_size=len(library), usage=models.usage,
+        wall_s=time.monotonic() - started, resumed_from=last,
+    )
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
