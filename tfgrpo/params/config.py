@@ -34,7 +34,7 @@ class ParamsConfig(BaseModel):
     group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).", json_schema_extra=flag("group-size"))
     out: str = Field("runs/params", description="Run directory (metrics, checkpoints).", json_schema_extra=flag("out"))
     seed: int = Field(0, description="Random seed.", json_schema_extra=flag("seed"))
-    steps: int = Field(40, ge=1, description="Optimiser steps to run.", json_schema_extra=flag("steps"))
+    steps: int = Field(80, ge=1, description="Optimiser steps to run.", json_schema_extra=flag("steps"))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.",
                                                    json_schema_extra=flag("device"))
 

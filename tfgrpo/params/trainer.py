@@ -1,0 +1,385 @@
+"""The parameter-mode loop: sample groups, score them, GRPO-update the weights.
+
+One step: take ``batch_size`` prompts; sample G responses each (vLLM or HF generate); score
+them with the task's rewards; with dynamic sampling drop groups whose rewards are all equal
+and refill from further prompts; advantages from ``group_advantages``; then
+``updates_per_batch`` passes of micro-batches of whole groups through the shared-prefix
+forward (prompt once per group), the chosen loss (``losses.py``) normalised over the whole
+batch, one AdamW step. Runs single-process (CPU or one GPU) or under ``accelerate launch`` /
+torchrun (DDP, or FSDP from the accelerate config): the forward is one ``GroupScorer`` module
+call per micro-batch, so the wrapper sees one forward per backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tfgrpo.errors import UserError
+from tfgrpo.params.config import ParamsConfig
+from tfgrpo.rewards import group_advantages
+from tfgrpo.task import Task, load_task
+
+MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
+
+
+def train(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+    cfg.check()
+    task = load_task(cfg.task, **({"data": cfg.data} if cfg.data else {}))
+    try:
+        import torch
+    except ImportError:
+        raise UserError("parameter mode needs torch: pip install 'tfgrpo[train]'") from None
+    device = resolve_device(cfg.device)
+    try:
+        return _Run(cfg, task, device, progress).loop(resume)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            "CUDA out of memory: lower --micro-batch-groups "
+            f"({cfg.micro_batch_groups}), --max-response-len ({cfg.max_response_len}), --max-prompt-len "
+            f"({cfg.max_prompt_len}) or --group-size ({cfg.group_size}); or use --lora-r / --gradient-checkpointing"
+        ) from None
+
+
+def resolve_device(want: str) -> str:
+    import torch
+
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES, or use --device cpu)")
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
+def _scorer_class():
+    import torch
+
+    from tfgrpo.params.prefix import group_logprobs
+
+    class GroupScorer(torch.nn.Module):
+        """The policy behind one forward per micro-batch (what DDP/FSDP wrap)."""
+
+        def __init__(self, model, shared: bool):
+            super().__init__()
+            self.model, self.shared = model, shared
+
+        def forward(self, groups):
+            return group_logprobs(self.model, groups, shared=self.shared, with_entropy=True)
+
+    return GroupScorer
+
+
+class _Run:
+    def __init__(self, cfg: ParamsConfig, task: Task, device: str, progress: bool):
+        import torch
+        from accelerate import Accelerator
+
+        from tfgrpo.params.generate import make_generator
+        from tfgrpo.params.model import load_policy
+
+        self.cfg, self.task, self.progress = cfg, task, progress
+        self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
+        self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
+        self.acc = Accelerator(cpu=device == "cpu")
+        self.run_dir = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        model, self.tokenizer = load_policy(cfg.model, seed=cfg.seed, dtype=cfg.dtype, lora_r=cfg.lora_r,
+                                            lora_alpha=cfg.lora_alpha,
+                                            gradient_checkpointing=cfg.gradient_checkpointing)
+        self.initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.reference = self._reference(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scorer, self.optimizer = self.acc.prepare(_scorer_class()(model, cfg.prefix_sharing), optimizer)
+        self.generator = make_generator(cfg.generator, self.policy, self.tokenizer, model_name=cfg.model,
+                                        device=self.acc.device.type, max_new_tokens=self.max_len,
+                                        temperature=cfg.temperature, seed=cfg.seed)
+
+    @property
+    def policy(self):
+        return self.acc.unwrap_model(self.scorer).model
+
+    def _reference(self, model):
+        """Frozen initial policy for the KL term (beta > 0); with LoRA the adapters are switched
+        off instead of keeping a copy."""
+        if not self.cfg.beta or self.cfg.lora_r:
+            return None
+        import copy
+
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def loop(self, resume: str | None) -> dict[str, Any]:
+        from tfgrpo.params.checkpoint import latest_checkpoint, load_checkpoint
+        from tfgrpo.params.rollout import SampleOrder
+
+        t0 = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"step": 0, "cursor": 0, "reward_by_step": []}
+        if resume:
+            ckpt = latest_checkpoint(resume)
+            state = load_checkpoint(ckpt, self.policy, self.optimizer)
+            self._log(f"resumed from {ckpt} at step {state['step']}")
+        else:
+            self._write_config()
+        order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
+        rewards: list[float | None] = list(state["reward_by_step"])
+        last_ckpt = None
+        with open(self.run_dir / "steps.jsonl", "a") as steps_file:
+            for step in range(state["step"] + 1, self.cfg.steps + 1):
+                metrics = self.step(step, order)
+                rewards.append(metrics["reward_mean"])
+                if self.acc.is_main_process:
+                    steps_file.write(json.dumps(metrics) + "\n")
+                    steps_file.flush()
+                self._log(_format(metrics))
+                if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
+                    last_ckpt = self.save(step, order.cursor, rewards)
+        final = self.export()
+        changed = any(not self.policy.get_parameter(n).detach().equal(v) for n, v in self.initial.items())
+        summary = {
+            "steps": self.cfg.steps,
+            "reward_by_step": rewards,
+            "run_dir": str(self.run_dir),
+            "final_checkpoint": str(last_ckpt) if last_ckpt else None,
+            "final_model": str(final),
+            "params_changed": changed,
+            "loss": self.cfg.loss,
+            "model": self.cfg.model,
+            "device": self.acc.device.type,
+            "processes": self.acc.num_processes,
+            "wall_s": round(time.perf_counter() - t0, 2),
+        }
+        self._log_summary(summary)
+        return summary
+
+    def step(self, step: int, order) -> dict[str, Any]:
+        import torch
+
+        from tfgrpo.params.rollout import keep_informative, reward_weights, sample_groups, score_groups
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 7919 + step * 31 + self.acc.process_index)
+        weights = reward_weights(self.task, self.overlong)
+        t0 = time.perf_counter()
+        drawn = self._draw(order)
+        first = list(drawn)
+        kept = keep_informative(drawn, weights) if cfg.use_dynamic_sampling else drawn
+        refills = 0
+        while cfg.use_dynamic_sampling and len(kept) < cfg.batch_size and refills < MAX_REFILLS:
+            more = self._draw(order)
+            drawn += more
+            kept += keep_informative(more, weights)
+            refills += 1
+        kept = kept[: cfg.batch_size]
+        gen_s = time.perf_counter() - t0
+        task_rewards = [r for g in first for r in g.combined if r is not None]
+        metrics: dict[str, Any] = {
+            "step": step,
+            "reward_mean": _mean(task_rewards),
+            "reward_std": _std(task_rewards),
+            "reward_missing": sum(r is None for g in first for r in g.combined),
+            "groups_sampled": len(drawn),
+            "groups_trained": len(kept),
+            "gen_tokens": sum(len(r) for g in drawn for r in g.responses),
+            "gen_s": round(gen_s, 3),
+        }
+        t1 = time.perf_counter()
+        if kept:
+            metrics.update(self.update(kept, weights))
+            self.generator.sync_weights(self.policy)
+        train_s = time.perf_counter() - t1
+        metrics["train_s"] = round(train_s, 3)
+        metrics["tokens_per_s"] = round((metrics["gen_tokens"] + metrics.get("train_tokens", 0)) / (gen_s + train_s), 1)
+        return metrics
+
+    def _draw(self, order):
+        from tfgrpo.params.rollout import sample_groups, score_groups
+
+        groups = sample_groups(self.generator, self.tokenizer, self.task, order.take(self.cfg.batch_size),
+                               group_size=self.cfg.group_size, max_prompt_len=self.cfg.max_prompt_len)
+        score_groups(self.task, groups, max_len=self.max_len, overlong_buffer=self.overlong)
+        return groups
+
+    # -- the update -------------------------------------------------------------------------
+
+    def update(self, groups, weights) -> dict[str, Any]:
+        import torch
+
+        from tfgrpo.params import losses
+
+        cfg = self.cfg
+        eps_low, eps_high = cfg.clip_range
+        loss_name = cfg.effective_loss
+        adv = group_advantages([g.rewards for g in groups], weights, mode=cfg.advantage_mode)
+        tensors = [self._tensors(g, a) for g, a in zip(groups, adv)]
+        micro = [tensors[i: i + cfg.micro_batch_groups] for i in range(0, len(tensors), cfg.micro_batch_groups)]
+        denom = losses.loss_denominator(loss_name, [t.mask for t in tensors], max_len=self.max_len)
+        old = self._old_logprobs(micro) if cfg.updates_per_batch > 1 else None
+        ref = self._ref_logprobs(micro) if cfg.beta else None
+        stats = _Stats()
+        for _ in range(cfg.updates_per_batch):
+            for k, mb in enumerate(micro):
+                sync = contextlib.nullcontext() if k == len(micro) - 1 else self.acc.no_sync(self.scorer)
+                with sync:
+                    outs = self.scorer(mb)
+                    total = 0.0
+                    for j, (t, (logp, entropy)) in enumerate(zip(mb, outs)):
+                        old_lp = old[k][j] if old is not None else logp.detach()
+                        ref_lp = ref[k][j] if ref is not None else None
+                        mask = t.mask.to(logp.dtype)
+                        total = total + losses.policy_loss(
+                            loss_name, logp, old_lp, t.advantages, mask, eps_low=eps_low, eps_high=eps_high,
+                            max_len=self.max_len, ref_logp=ref_lp, beta=cfg.beta, denominator=denom)
+                        stats.add(logp, old_lp, ref_lp, entropy, t, mask, eps_low, eps_high, loss_name == "gspo")
+                    self.acc.backward(total)
+                    stats.loss += float(total.detach())
+            grad_norm = self.acc.clip_grad_norm_(self.scorer.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        out = stats.summary(cfg.updates_per_batch)
+        out["grad_norm"] = round(float(grad_norm), 4) if grad_norm is not None else None
+        return out
+
+    def _tensors(self, group, advantages):
+        import torch
+
+        from tfgrpo.params.prefix import GroupTokens
+
+        dev = self.acc.device
+        width = max(1, max(len(r) for r in group.responses))
+        pad = self.tokenizer.pad_token_id
+        responses = torch.full((len(group.responses), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(responses)
+        for i, r in enumerate(group.responses):
+            responses[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        t = GroupTokens(torch.tensor(group.prompt, dtype=torch.long, device=dev), responses.to(dev), mask.to(dev))
+        t.advantages = torch.tensor(advantages, dtype=torch.float32, device=dev)
+        return t
+
+    def _old_logprobs(self, micro):
+        import torch
+
+        with torch.no_grad():
+            return [[lp.detach() for lp, _ in self.scorer(mb)] for mb in micro]
+
+    def _ref_logprobs(self, micro):
+        import torch
+
+        from tfgrpo.params.prefix import group_logprobs
+
+        with torch.no_grad():
+            if self.reference is not None:
+                return [group_logprobs(self.reference, mb, shared=self.cfg.prefix_sharing) for mb in micro]
+            with self.policy.disable_adapter():  # LoRA: the base model is the reference
+                return [group_logprobs(self.policy, mb, shared=self.cfg.prefix_sharing) for mb in micro]
+
+    # -- persistence and output -------------------------------------------------------------
+
+    def save(self, step: int, cursor: int, rewards: list) -> Path | None:
+        from tfgrpo.params.checkpoint import checkpoint_dir, save_checkpoint
+
+        path = checkpoint_dir(self.run_dir, step)
+        if self.acc.is_main_process:
+            save_checkpoint(path, self.policy, self.optimizer,
+                            {"step": step, "cursor": cursor, "reward_by_step": rewards})
+        self.acc.wait_for_everyone()
+        return path
+
+    def export(self) -> Path:
+        from tfgrpo.params.model import save_pretrained
+
+        path = self.run_dir / "final"
+        if self.acc.is_main_process:
+            save_pretrained(self.policy, self.tokenizer, path)
+        self.acc.wait_for_everyone()
+        return path
+
+    def _write_config(self) -> None:
+        import yaml
+
+        if self.acc.is_main_process:
+            data = {"mode": "params", **self.cfg.model_dump()}
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def _log(self, line: str) -> None:
+        if self.progress and self.acc.is_main_process:
+            print(line, file=sys.stderr, flush=True)
+
+    def _log_summary(self, s: dict[str, Any]) -> None:
+        if not (self.progress and self.acc.is_main_process):
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="parameter-mode run", show_header=False)
+        r = [x for x in s["reward_by_step"] if x is not None]
+        for k, v in [("steps", s["steps"]), ("model", s["model"]), ("loss", s["loss"]),
+                     ("reward first → last", f"{r[0]:.3f} → {r[-1]:.3f}" if r else "-"),
+                     ("checkpoint", s["final_checkpoint"]), ("model export", s["final_model"]),
+                     ("metrics", str(self.run_dir / "steps.jsonl")), ("wall", f"{s['wall_s']} s")]:
+            table.add_row(k, str(v))
+        Console(stderr=True).print(table)
+
+
+class _Stats:
+    """Token-weighted means of the per-step metrics over all micro-batches."""
+
+    def __init__(self):
+        self.loss = 0.0
+        self.tokens = 0.0
+        self.entropy = self.kl = self.clip = 0.0
+        self.have_kl = False
+
+    def add(self, logp, old_lp, ref_lp, entropy, t, mask, eps_low, eps_high, sequence_level):
+        from tfgrpo.params import losses
+
+        n = float(mask.sum())
+        self.tokens += n
+        self.entropy += float((entropy * mask).sum())
+        self.clip += n * losses.clip_fraction(logp.detach(), old_lp, t.advantages, mask, eps_low=eps_low,
+                                              eps_high=eps_high, sequence_level=sequence_level)
+        if ref_lp is not None:
+            self.have_kl = True
+            self.kl += float((losses.k3_kl(logp.detach(), ref_lp) * mask).sum())
+
+    def summary(self, passes: int) -> dict[str, Any]:
+        n = max(self.tokens, 1.0)
+        return {
+            "loss": round(self.loss / passes, 6),
+            "kl": round(self.kl / n, 6) if self.have_kl else None,
+            "clip_fraction": round(self.clip / n, 4),
+            "entropy": round(self.entropy / n, 4),
+            "train_tokens": int(self.tokens),
+        }
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def _std(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    m = sum(xs) / len(xs)
+    return round(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)), 4)
+
+
+def _format(m: dict[str, Any]) -> str:
+    def f(k, fmt="{:.3f}"):
+        v = m.get(k)
+        return "-" if v is None else fmt.format(v)
+
+    return (f"step {m['step']:>4}  reward {f('reward_mean')} ± {f('reward_std')}  loss {f('loss', '{:.4f}')}  "
+            f"kl {f('kl', '{:.4f}')}  clip {f('clip_fraction')}  entropy {f('entropy')}  "
+            f"groups {m['groups_trained']}/{m['groups_sampled']}  {f('tokens_per_s', '{:.0f}')} tok/s")
