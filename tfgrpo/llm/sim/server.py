@@ -87,6 +87,11 @@ class SimStats:
         return {"requests": self.requests, "completions": self.completions, "faults": self.faults}
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many concurrent clients connect at once (batched rollouts)
+
+
 class SimServer:
     """A running simulated model. Use as a context manager, or call :meth:`stop`."""
 
@@ -97,8 +102,7 @@ class SimServer:
         self._faults: deque[str] = deque(parse_faults(faults))
         self._faults_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.sim = self  # type: ignore[attr-defined]
         self.host = host
         self.port: int = self._httpd.server_address[1]
@@ -153,6 +157,7 @@ def _words(text: str) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server_version = "tfgrpo-sim/0.1"
 
     @property
