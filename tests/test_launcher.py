@@ -1,0 +1,188 @@
+"""The vLLM launcher and the ``serve`` / ``sim-server`` commands, with a fake vllm executable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tfgrpo.cli.serve import register
+from tfgrpo.errors import UserError
+from tfgrpo.llm.launcher import VLLMServer
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
+CLI = "import typer; from tfgrpo.cli.serve import register; app = typer.Typer(); register(app); app()"
+
+
+@pytest.fixture
+def fake_vllm(tmp_path) -> Path:
+    exe = tmp_path / "vllm"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_VLLM}" "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+# ------------------------------------------------------------------------------- launcher
+
+
+def test_starts_serves_and_stops(fake_vllm, tmp_path):
+    log = tmp_path / "logs" / "vllm.log"
+    with VLLMServer("tiny-model", executable=fake_vllm, log_path=log, health_timeout=20, max_model_len=4096) as server:
+        assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        pid = server.process.pid
+        r = openai.OpenAI(base_url=server.base_url, api_key="x").chat.completions.create(
+            model="tiny-model", messages=[{"role": "user", "content": "What is 2 + 2?"}]
+        )
+        assert r.choices[0].message.content.splitlines()[-1].startswith("Answer: ")
+    assert wait_until(lambda: gone(pid))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=1)
+    text = log.read_text()
+    assert "Uvicorn running on" in text and "Shutting down" in text
+
+
+def test_command_line(fake_vllm):
+    cmd = VLLMServer("m", port=1234, executable=fake_vllm, tensor_parallel_size=2, max_model_len=8192, extra_args=["--dtype", "bfloat16"]).command()
+    assert cmd[1:3] == ["serve", "m"] and "--enable-prefix-caching" in cmd
+    assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--max-model-len") + 1] == "8192" and cmd[-2:] == ["--dtype", "bfloat16"]
+    assert "--max-model-len" not in VLLMServer("m", executable=fake_vllm).command()
+
+
+def test_executable_from_environment(fake_vllm, monkeypatch):
+    monkeypatch.setenv("TFGRPO_VLLM_EXECUTABLE", str(fake_vllm))
+    assert VLLMServer("m").command()[0] == str(fake_vllm)
+
+
+def test_missing_executable_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("TFGRPO_VLLM_EXECUTABLE", raising=False)
+    with pytest.raises(UserError, match=r"vllm not found.*pip install 'tfgrpo\[vllm\]'.*--vllm-executable"):
+        VLLMServer("m", executable=tmp_path / "no-such-vllm", log_path=tmp_path / "v.log").start()
+
+
+def test_early_exit_shows_the_log(fake_vllm, tmp_path):
+    with pytest.raises(UserError, match=r"(?s)exited with code 1.*out of memory"):
+        VLLMServer("fail-early", executable=fake_vllm, log_path=tmp_path / "v.log", health_timeout=20).start()
+
+
+def test_health_timeout_stops_the_process(fake_vllm, tmp_path):
+    server = VLLMServer("never-healthy", executable=fake_vllm, log_path=tmp_path / "v.log", health_timeout=1.5)
+    with pytest.raises(UserError, match="not healthy after 2s"):
+        server.start()
+    assert server.process is None
+
+
+def test_child_dies_when_the_parent_is_killed(fake_vllm, tmp_path):
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tfgrpo.llm.launcher import VLLMServer\n"
+        f"s = VLLMServer('m', executable={str(fake_vllm)!r}, log_path={str(tmp_path / 'v.log')!r}, health_timeout=20).start()\n"
+        "print(s.process.pid, s.port, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid, port = map(int, parent.stdout.readline().split())
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(5)
+        assert wait_until(lambda: gone(child_pid), 5.0), "vllm outlived its parent"
+    finally:
+        parent.kill()
+        try:
+            os.kill(child_pid, signal.SIGKILL)
+        except (ProcessLookupError, NameError, UnboundLocalError):
+            pass
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def cli_app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_serve_missing_executable_exits_2():
+    result = CliRunner().invoke(cli_app(), ["serve", "m", "--vllm-executable", "/nonexistent/vllm"])
+    assert result.exit_code == 2
+    assert "error: vllm not found" in result.stderr
+
+
+def test_sim_server_help_says_simulated():
+    result = CliRunner().invoke(cli_app(), ["sim-server", "--help"])
+    assert result.exit_code == 0 and "SIMULATED" in result.output and "not a real LLM" in result.output
+
+
+def test_sim_server_bad_faults_exit_2():
+    result = CliRunner().invoke(cli_app(), ["sim-server", "--faults", "429,explode"])
+    assert result.exit_code == 2 and "error: unknown fault" in result.stderr
+
+
+def run_until_ctrl_c(args: list[str], ready: str, timeout: float = 20.0) -> tuple[list[str], str, int]:
+    """Start the CLI, read stdout up to the line containing ``ready``, then send SIGINT."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if ready in line:
+                break
+        assert any(ready in line for line in lines), lines
+        url = next(w for line in lines for w in line.split() if w.startswith("http://"))
+        r = openai.OpenAI(base_url=url, api_key="x").chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+        return lines + out.splitlines(), err, proc.returncode
+    finally:
+        proc.kill()
+
+
+def test_sim_server_command_runs_until_ctrl_c():
+    lines, err, code = run_until_ctrl_c(["sim-server", "--seed", "3"], ready="SIMULATED model")
+    assert code == 0, err
+    assert "stopped sim server" in lines[-1] and "1 policy" in lines[-1]
+
+
+def test_serve_command_runs_until_ctrl_c(fake_vllm, tmp_path):
+    log = tmp_path / "serve.log"
+    lines, err, code = run_until_ctrl_c(["serve", "tiny", "--vllm-executable", str(fake_vllm), "--log", str(log)], ready="--api-base")
+    assert code == 0, err
+    assert any(line.startswith("try: tfgrpo train --model hosted_vllm/tiny --api-base http://127.0.0.1:") for line in lines)
+    assert lines[-1].startswith("stopped vllm (tiny) after") and "Uvicorn running" in log.read_text()
