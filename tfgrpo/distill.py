@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from experience_store import ExperienceOp
 from tfgrpo.config import JudgeConfig
-from tfgrpo.judge import ProposedOp, judge_messages, upper_op
+from tfgrpo.judge import ProposedOp, check_op_fields, judge_messages, upper_op
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.prompting import Prompts
 from tfgrpo.structured import ask_structured, schema_for
@@ -29,6 +29,7 @@ class ConsolidatedOp(BaseModel):
     reason: str = Field("", description="One sentence: why this edit")
 
     _op = field_validator("op", mode="before")(upper_op)
+    _fields = model_validator(mode="after")(check_op_fields)
 
 
 class Consolidation(BaseModel):

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tfgrpo.config import JudgeConfig
 from tfgrpo.llm.client import LLMClient
@@ -26,6 +26,18 @@ def upper_op(v: Any) -> Any:
     return v.strip().upper() if isinstance(v, str) else v
 
 
+def check_op_fields(op: Any) -> Any:
+    """An op must carry what its kind needs, so that output cut off mid-op (which the tolerant
+    parser can close) is caught and repaired instead of applied half-empty."""
+    if op.op in ("ADD", "UPDATE", "MERGE") and not op.text.strip():
+        raise ValueError(f"{op.op} needs a non-empty text")
+    if op.op in ("UPDATE", "DELETE") and not op.id:
+        raise ValueError(f"{op.op} needs the id of the lesson it changes")
+    if op.op == "MERGE" and len(getattr(op, "ids", [])) < 2:
+        raise ValueError("MERGE needs at least two ids")
+    return op
+
+
 class ProposedOp(BaseModel):
     op: Literal["ADD", "UPDATE", "DELETE", "NONE"]
     id: str | None = Field(None, description="Library id for UPDATE and DELETE, e.g. E3")
@@ -33,6 +45,7 @@ class ProposedOp(BaseModel):
     reason: str = Field("", description="One sentence: why this edit")
 
     _op = field_validator("op", mode="before")(upper_op)
+    _fields = model_validator(mode="after")(check_op_fields)
 
 
 class GroupComparison(BaseModel):

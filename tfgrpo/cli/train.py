@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with settings (flags override it)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<task>-<time>)"),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run in this directory"),
-        mode: str = typer.Option("free", "--mode", help="free: training-free GRPO (experience library); params: GRPO weight updates (needs [train])"),
+        mode: str = typer.Option("free", "--mode", help="free: training-free GRPO (experience library); params: GRPO weight updates (needs the train extra)"),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
     ) -> None:

@@ -1,0 +1,56 @@
+import pytest
+
+from tfgrpo.distill import Consolidation
+from tfgrpo.judge import GroupComparison
+from tfgrpo.llm import LLMClient, RetryPolicy
+from tfgrpo.llm.sim import start_sim_server
+from tfgrpo.prompting import Prompts
+from tfgrpo.structured import ParseError, ask_structured, parse_output
+
+GOOD = '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}]}'
+
+
+@pytest.mark.parametrize("text", [
+    GOOD,
+    f"Sure! Here it is:\n```json\n{GOOD}\n```\nHope that helps.",
+    f"<think>the {{ braces }} here are not JSON</think>{GOOD}",
+    '{"analysis": "a", "ops": [{"op": "add", "text": "When x, y.", "reason": "r",},],}',  # trailing commas, lower case
+    '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}',  # cut off
+])
+def test_tolerant_parser_reads_damaged_output(text):
+    out = parse_output(text, GroupComparison)
+    assert out.ops[0].op == "ADD" and out.ops[0].text == "When x, y."
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("", "empty"),
+    ("I cannot help with that.", "expected a JSON object"),
+    ('{"ops": [{"op": "RENAME"}]}', "analysis"),
+    ('{"analysis": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
+])
+def test_parser_errors_name_the_problem(text, msg):
+    with pytest.raises(ParseError, match=msg):
+        parse_output(text, GroupComparison)
+
+
+def _messages():
+    prompts = Prompts()
+    user = prompts.render("consolidate.j2", library="[E1] When A, do a.", proposals='[{"op": "ADD", "id": null, "text": "When B, do b.", "reason": "r"}]', schema="{}")
+    return [{"role": "system", "content": prompts.render("judge_system.j2")}, {"role": "user", "content": user}]
+
+
+async def test_one_repair_retry_fixes_malformed_output():
+    with start_sim_server(seed=0, faults=["malformed"]) as sim:
+        c = LLMClient(model="openai/sim-judge", role="judge", api_base=sim.base_url, api_key="sim")
+        out = await ask_structured(c, _messages(), Consolidation, "consolidation")
+        assert out.ok and len(out.raw) == 2
+        assert c.usage.roles["judge"].calls == 2
+
+
+async def test_failure_after_the_repair_is_returned_not_raised():
+    with start_sim_server(seed=0, faults=["malformed", "malformed"]) as sim:
+        c = LLMClient(model="openai/sim-judge", role="judge", api_base=sim.base_url, api_key="sim",
+                      retry=RetryPolicy(max_retries=0))
+        out = await ask_structured(c, _messages(), Consolidation, "consolidation")
+        assert not out.ok and "after one repair" in out.error
+        assert len(out.raw) == 2 and out.raw[0]
