@@ -60,7 +60,7 @@ def load_policy(name: str, *, seed: int = 0, dtype: str = "auto", lora_r: int = 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer = _plain_fast_tokenizer(name) or AutoTokenizer.from_pretrained(name)
             torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
                            "float16": torch.float16}[dtype]
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
@@ -74,6 +74,20 @@ def load_policy(name: str, *, seed: int = 0, dtype: str = "auto", lora_r: int = 
     if lora_r > 0:
         model = with_lora(model, lora_r, lora_alpha or 2 * lora_r)
     return model, tokenizer
+
+
+def _plain_fast_tokenizer(path: str):
+    """A locally saved generic tokenizer (such as the tiny one) loaded as it was saved:
+    ``AutoTokenizer`` would pick the model type's tokenizer class and replace its pre-tokenizer."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in (
+            "TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return None
 
 
 def with_lora(model, r: int, alpha: int):
