@@ -261,13 +261,26 @@ async def test_consolidation(sim):
     text = f"<library>\n{lib}\n</library>\n<proposals>\n{json.dumps(proposals)}\n</proposals>"
     ops = (await judge(sim, "consolidation", Consolidation, text))["ops"]
     by_kind = Counter(o["op"] for o in ops)
-    assert by_kind == {"ADD": 1, "UPDATE": 2, "DELETE": 1, "MERGE": 1}
+    assert by_kind == {"ADD": 1, "UPDATE": 1, "DELETE": 1, "MERGE": 1}
     (add,) = [o for o in ops if o["op"] == "ADD"]
-    assert skill_in_text(add["text"]) == pct
-    assert {(o["id"], skill_in_text(o["text"]).name) for o in ops if o["op"] == "UPDATE"} == {("E2", "average"), ("E3", "clock")}
+    assert skill_in_text(add["text"]) == pct  # two ADDs of one skill became one
+    (update,) = [o for o in ops if o["op"] == "UPDATE"]
+    assert update["id"] == "E2" and skill_in_text(update["text"]) == avg  # restated lesson -> UPDATE
     (merge,) = [o for o in ops if o["op"] == "MERGE"]
-    assert merge["ids"] == ["E3", "E4"]
+    assert merge["ids"] == ["E3", "E4"] and skill_in_text(merge["text"]) == clk  # and the clock ADD folds into it
     assert [o["id"] for o in ops if o["op"] == "DELETE"] == ["E1"]
+    assert Consolidation.model_validate({"ops": ops})
+
+
+async def test_consolidation_delete_wins_over_update(sim):
+    proposals = [
+        {"op": "DELETE", "id": "E1", "text": "", "reason": "wrong"},
+        {"op": "UPDATE", "id": "E1", "text": "When x, y.", "reason": "r"},
+        {"op": "UPDATE", "id": "E2", "text": "When a, b.", "reason": "r"},
+    ]
+    text = f"<library>\n[E1] When p, q.\n[E2] When r, s.\n</library>\n<proposals>{json.dumps(proposals)}</proposals>"
+    ops = (await judge(sim, "consolidation", Consolidation, text))["ops"]
+    assert [(o["op"], o["id"]) for o in ops] == [("DELETE", "E1"), ("UPDATE", "E2")]
 
 
 async def test_sample_summary(sim):

@@ -83,39 +83,38 @@ def consolidation(user: str) -> dict[str, Any]:
         proposals = json.loads(_between(user, "proposals") or "[]")
     except json.JSONDecodeError:
         proposals = []
-    out: list[dict[str, Any]] = []
-    for skill in SKILLS:  # two library lines naming one skill: merge them
-        named = _line_naming(library, skill)
+    proposals = [p for p in proposals if isinstance(p, dict)] if isinstance(proposals, list) else []
+    kind = lambda p: str(p.get("op", "")).upper()  # noqa: E731
+    # DELETE wins over every other edit of its id; a merged id takes no other edit either.
+    deleted = [str(p["id"]) for p in proposals if kind(p) == "DELETE" and p.get("id")]
+    out = [_op("DELETE", "", "As proposed.", id=i) for i in dict.fromkeys(deleted)]
+    touched = set(deleted)
+    merged_skills: set[str] = set()
+    for skill in SKILLS:  # two live library lines naming one skill: merge them
+        named = [i for i in _line_naming(library, skill) if i not in touched]
         if len(named) > 1:
             out.append(_op("MERGE", skill.lesson, f"These lines all teach {skill.keyword}.", ids=named))
-    seen_skills: set[str] = set()
-    seen_texts: set[str] = set()
-    updated: set[str] = set()
-    for p in proposals if isinstance(proposals, list) else []:
-        if not isinstance(p, dict):
-            continue
-        kind = str(p.get("op", "")).upper()
+            touched.update(named)
+            merged_skills.add(skill.name)
+    added: set[str] = set()
+    for p in proposals:
         text = str(p.get("text") or "")
-        if kind == "ADD":
-            skill = skill_in_text(text)
-            if skill is None:
-                if text and text not in seen_texts:
-                    seen_texts.add(text)
-                    out.append(_op("ADD", text, str(p.get("reason") or "A new lesson.")))
-                continue
-            named = _line_naming(library, skill)
-            if named:
-                if named[0] not in updated:
-                    updated.add(named[0])
-                    out.append(_op("UPDATE", text, f"The library already covers {skill.keyword}.", id=named[0]))
-            elif skill.name not in seen_skills:
-                seen_skills.add(skill.name)
-                out.append(_op("ADD", text, f"One lesson for {skill.keyword}."))
-        elif kind in ("UPDATE", "DELETE") and p.get("id"):
-            if kind == "UPDATE" and p["id"] in updated:
-                continue
-            updated.add(str(p["id"]))
-            out.append(_op(kind, text, str(p.get("reason") or "As proposed."), id=str(p["id"])))
+        if kind(p) == "UPDATE" and p.get("id") and str(p["id"]) not in touched:
+            touched.add(str(p["id"]))
+            out.append(_op("UPDATE", text, str(p.get("reason") or "As proposed."), id=str(p["id"])))
+        if kind(p) != "ADD" or not text:
+            continue
+        skill = skill_in_text(text)
+        key = skill.name if skill else text
+        if key in added or key in merged_skills:
+            continue
+        added.add(key)
+        named = [i for i in _line_naming(library, skill) if i not in deleted] if skill else []
+        if named and named[0] not in touched:
+            touched.add(named[0])
+            out.append(_op("UPDATE", text, f"The library already covers {skill.keyword}.", id=named[0]))  # type: ignore[union-attr]
+        elif not named:
+            out.append(_op("ADD", text, f"One lesson for {skill.keyword}." if skill else str(p.get("reason") or "A new lesson.")))
     return {"ops": [{**o, "ids": o.get("ids", [])} for o in out]}
 
 
