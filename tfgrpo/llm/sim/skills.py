@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tfgrpo.task import builtin_dir, read_rows
+
 
 @dataclass(frozen=True)
 class Skill:
@@ -124,8 +126,6 @@ def skill_in_text(text: str) -> Skill | None:
 @lru_cache(maxsize=1)
 def demo_rows() -> tuple[dict[str, Any], ...]:
     """The rows of ``tasks/data/demo.jsonl`` (id, split, skill, question, answer)."""
-    from tfgrpo.task import builtin_dir, read_rows
-
     return tuple(read_rows(builtin_dir("tasks") / "data" / "demo.jsonl"))
 
 
