@@ -1,0 +1,25 @@
+"""Run the real ``tfgrpo`` entry point in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
+CMD = [sys.executable, "-m", "tfgrpo"]
+
+
+def tfgrpo(*args: str, check: bool = True, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CMD, *args], capture_output=True, text=True, env=env or ENV, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tfgrpo {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no stdout; stderr:\n{proc.stderr[-2000:]}"
+    return json.loads(lines[-1])

@@ -1,0 +1,120 @@
+"""Killed at any moment and resumed: no step applied twice, no finished call paid twice, and
+the same library as an uninterrupted run."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import CMD, ENV, last_json, tfgrpo
+
+
+def final_state(run: Path) -> dict:
+    versions = sorted((run / "library" / "versions").glob("*.json"))
+    state = json.loads(versions[-1].read_text())
+    for e in state["experiences"]:  # the run's name and how the judge was addressed may differ
+        e["provenance"].pop("run")
+        e["provenance"].pop("judge_model")
+    return state
+
+
+def committed(run: Path) -> int:
+    p = run / "steps.jsonl"
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def comparable(run: Path, name: str) -> list:
+    rows = [json.loads(line) for line in (run / name).read_text().splitlines()]
+    for r in rows:
+        r.pop("cached", None)
+        r.pop("wall_s", None)
+        r.pop("usage", None)
+    return rows
+
+
+@pytest.fixture
+def sim_server():
+    """The simulated model in its own process, so the test can freeze it mid-request."""
+    proc = subprocess.Popen([*CMD, "sim-server", "--port", "0", "--seed", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    url = None
+    deadline = time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
+        if m:
+            url = m.group(1)
+    assert url, "sim-server did not print its URL"
+    yield proc, url
+    os.kill(proc.pid, signal.SIGCONT)
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [1, 4])
+def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_library(tmp_path, sim_server, kill_after):
+    server, url = sim_server
+    common = ["train", "--task", "demo", "--epochs", "2", "--json"]
+    reference = tmp_path / "reference"
+    ref = last_json(tfgrpo(*common, "--model", "sim", "--out", str(reference)))
+
+    run = tmp_path / "killed"
+    remote = ["--model", "openai/sim-policy-s0", "--api-base", url, "--judge", "openai/sim-judge-s0",
+              "--judge-api-base", url]
+    env = {**ENV, "OPENAI_API_KEY": "sim"}  # the simulator takes any key; the openai client wants one
+    proc = subprocess.Popen([*CMD, *common, *remote, "--out", str(run), "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while committed(run) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(server.pid, signal.SIGSTOP)  # every request in flight now hangs: the run is inside a step
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    os.kill(server.pid, signal.SIGCONT)
+    done_before = committed(run)
+    assert kill_after <= done_before < ref["steps"], f"the kill did not land mid-run: {proc.stderr.read()[-2000:]}"
+
+    resumed = last_json(tfgrpo("train", "--resume", str(run), "--json", "--api-base", url, "--judge-api-base", url, env=env))
+    assert resumed["steps"] == ref["steps"]
+    assert resumed["resumed_from_step"] == done_before
+    # finished calls come back from the cache: the resumed run only pays for the steps it had left
+    assert resumed["usage"]["policy"]["calls"] <= (ref["steps"] - done_before) * 8
+    assert final_state(run)["experiences"] == final_state(reference)["experiences"]
+    for name in ("rollouts.jsonl", "groups.jsonl", "steps.jsonl"):
+        assert comparable(run, name) == comparable(reference, name), name
+    ops = [json.loads(line) for line in (run / "ops.jsonl").read_text().splitlines()]
+    assert [o["step"] for o in ops] == sorted(o["step"] for o in ops)  # no step applied twice
+
+
+def test_resume_discards_what_an_unfinished_step_wrote(tmp_path):
+    run = tmp_path / "run"
+    first = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--json"))
+    assert first["steps"] == 4
+    # Pretend step 4 was cut off after writing its records and its library version.
+    steps = (run / "steps.jsonl").read_text().splitlines()
+    (run / "steps.jsonl").write_text("\n".join(steps[:3]) + "\n")
+    with (run / "rollouts.jsonl").open("a") as f:
+        f.write('{"step": 4, "half a line')
+    clean = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(tmp_path / "clean"), "--json"))
+    resumed = last_json(tfgrpo("train", "--resume", str(run), "--json"))
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 4
+    assert resumed["usage"]["policy"]["calls"] == 0 and resumed["usage"]["policy"]["cache_hits"] == 8 * 5
+    assert final_state(run)["experiences"] == final_state(tmp_path / "clean")["experiences"]
+    assert comparable(run, "rollouts.jsonl") == comparable(tmp_path / "clean", "rollouts.jsonl")
+    assert clean["library_size"] == resumed["library_size"]
+
+
+def test_resume_may_extend_epochs_but_not_change_the_task(tmp_path):
+    run = tmp_path / "run"
+    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--quiet")
+    more = last_json(tfgrpo("train", "--resume", str(run), "--epochs", "2", "--json"))
+    assert more["steps"] == 8 and more["resumed_from_step"] == 4
+    proc = tfgrpo("train", "--resume", str(run), "--group-size", "3", check=False)
+    assert proc.returncode == 2 and "cannot change --group-size" in proc.stderr
