@@ -83,7 +83,7 @@ def test_reward_that_raises_is_missing_not_fatal(tmp_path):
     task_file = tmp_path / "flaky.py"
     task_file.write_text(
         "from tfgrpo.rewards import reward\n"
-        "from tfgrpo.task import Sample, Task, task\n"
+        "from tfgrpo.tasks import Sample, Task, task\n"
         "@reward\n"
         "def flaky(sample, completion):\n"
         "    if len(completion) % 2:\n"
@@ -152,3 +152,17 @@ def test_module_entry_prints_json_last_line(tmp_path):
 def test_cuda_training_step(tmp_path):
     summary = run(quick(tmp_path, device="cuda", generator="hf"), progress=False)
     assert summary["device"] == "cuda" and summary["params_changed"]
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(tmp_path):
+    """DDP on CPU (gloo): processes take different prompts and agree on every collective."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tfgrpo.params",
+           "--task", "toy", "--model", "tiny", "--steps", "3", "--batch-size", "2", "--group-size", "4",
+           "--device", "cpu", "--out", str(tmp_path / "ddp"), "--json", "--quiet"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["processes"] == 2 and summary["params_changed"] and len(summary["reward_by_step"]) == 3

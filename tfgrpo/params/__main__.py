@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from tfgrpo.errors import UserError
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if as_json:
+    if as_json and os.environ.get("RANK", "0") == "0":  # one line under torchrun / accelerate launch
         print(json.dumps(summary))
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 from tfgrpo.errors import UserError
 from tfgrpo.params.config import ParamsConfig
 from tfgrpo.rewards import group_advantages
-from tfgrpo.task import Task, load_task
+from tfgrpo.tasks import Task, load_task
 
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
@@ -165,7 +165,7 @@ class _Run:
     def step(self, step: int, order) -> dict[str, Any]:
         import torch
 
-        from tfgrpo.params.rollout import keep_informative, reward_weights, sample_groups, score_groups
+        from tfgrpo.params.rollout import keep_informative, reward_weights
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 7919 + step * 31 + self.acc.process_index)
@@ -175,21 +175,25 @@ class _Run:
         first = list(drawn)
         kept = keep_informative(drawn, weights) if cfg.use_dynamic_sampling else drawn
         refills = 0
-        while cfg.use_dynamic_sampling and len(kept) < cfg.batch_size and refills < MAX_REFILLS:
+        # every decision that changes the number of collectives is taken on all processes' counts
+        while (cfg.use_dynamic_sampling and refills < MAX_REFILLS
+               and min(self._everyone(len(kept))) < cfg.batch_size):
             more = self._draw(order)
             drawn += more
             kept += keep_informative(more, weights)
             refills += 1
-        kept = kept[: cfg.batch_size]
+        kept = kept[: min(self._everyone(min(len(kept), cfg.batch_size)))]
         gen_s = time.perf_counter() - t0
-        task_rewards = [r for g in first for r in g.combined if r is not None]
+        first_rewards = [r for g in first for r in g.combined]
+        all_rewards = [r for rank in self._everyone(first_rewards) for r in rank]
+        task_rewards = [r for r in all_rewards if r is not None]
         metrics: dict[str, Any] = {
             "step": step,
             "reward_mean": _mean(task_rewards),
             "reward_std": _std(task_rewards),
-            "reward_missing": sum(r is None for g in first for r in g.combined),
-            "groups_sampled": len(drawn),
-            "groups_trained": len(kept),
+            "reward_missing": len(all_rewards) - len(task_rewards),
+            "groups_sampled": sum(self._everyone(len(drawn))),
+            "groups_trained": sum(self._everyone(len(kept))),
             "gen_tokens": sum(len(r) for g in drawn for r in g.responses),
             "gen_s": round(gen_s, 3),
         }
@@ -205,7 +209,9 @@ class _Run:
     def _draw(self, order):
         from tfgrpo.params.rollout import sample_groups, score_groups
 
-        groups = sample_groups(self.generator, self.tokenizer, self.task, order.take(self.cfg.batch_size),
+        world, rank = self.acc.num_processes, self.acc.process_index
+        samples = order.take(self.cfg.batch_size * world)[rank::world]  # each process its own prompts
+        groups = sample_groups(self.generator, self.tokenizer, self.task, samples,
                                group_size=self.cfg.group_size, max_prompt_len=self.cfg.max_prompt_len)
         score_groups(self.task, groups, max_len=self.max_len, overlong_buffer=self.overlong)
         return groups
@@ -223,7 +229,9 @@ class _Run:
         adv = group_advantages([g.rewards for g in groups], weights, mode=cfg.advantage_mode)
         tensors = [self._tensors(g, a) for g, a in zip(groups, adv)]
         micro = [tensors[i: i + cfg.micro_batch_groups] for i in range(0, len(tensors), cfg.micro_batch_groups)]
-        denom = losses.loss_denominator(loss_name, [t.mask for t in tensors], max_len=self.max_len)
+        # all losses' normalisers add up over processes; DDP averages gradients, hence / world
+        local = losses.loss_denominator(loss_name, [t.mask for t in tensors], max_len=self.max_len)
+        denom = sum(self._everyone(local)) / self.acc.num_processes
         old = self._old_logprobs(micro) if cfg.updates_per_batch > 1 else None
         ref = self._ref_logprobs(micro) if cfg.beta else None
         stats = _Stats()
@@ -249,6 +257,14 @@ class _Run:
         out = stats.summary(cfg.updates_per_batch)
         out["grad_norm"] = round(float(grad_norm), 4) if grad_norm is not None else None
         return out
+
+    def _everyone(self, value) -> list:
+        """``value`` from every process (a one-element list when running alone)."""
+        if self.acc.num_processes == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
 
     def _tensors(self, group, advantages):
         import torch
