@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tfgrpo.llm.sim.skills import SKILLS_BY_NAME
 from tfgrpo.rewards import reward
-from tfgrpo.task import Sample, Task, read_rows, task
+from tfgrpo.tasks import Sample, Task, read_rows, task
 
 DATA = Path(__file__).resolve().parent / "data" / "demo.jsonl"
 

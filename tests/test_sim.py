@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from tfgrpo.errors import UserError
 from tfgrpo.llm.sim import BASE_P, SKILLED_P, expected_accuracy, parse_faults, start_sim_server
 from tfgrpo.llm.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, demo_rows, skill_in_text
-from tfgrpo.task import load_task
+from tfgrpo.tasks import load_task
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -22,10 +22,18 @@ def test_tolerant_parser_reads_damaged_output(text):
     assert out.ops[0].op == "ADD" and out.ops[0].text == "When x, y."
 
 
+def test_strict_reading_refuses_repairs():
+    cut = '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x'
+    with pytest.raises(ParseError, match="invalid JSON"):
+        parse_output(cut, GroupComparison, lenient=False)
+    assert parse_output(f"```json\n{GOOD}\n```", GroupComparison, lenient=False).ops[0].text == "When x, y."
+
+
 @pytest.mark.parametrize("text,msg", [
     ("", "empty"),
     ("I cannot help with that.", "expected a JSON object"),
     ('{"ops": [{"op": "RENAME"}]}', "analysis"),
+    ('{"analysis": "cut before the ops"}', "ops"),
     ('{"analysis": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
 ])
 def test_parser_errors_name_the_problem(text, msg):

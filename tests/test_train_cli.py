@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import last_json, tfgrpo
 from tfgrpo.llm.sim import BASE_P, SKILLED_P
 from tfgrpo.llm.sim.skills import SKILLS_BY_NAME
-from tfgrpo.task import load_task
+from tfgrpo.tasks import load_task
 
 
 def library_texts(run: Path) -> list[str]:

@@ -33,7 +33,7 @@ class ConsolidatedOp(BaseModel):
 
 
 class Consolidation(BaseModel):
-    ops: list[ConsolidatedOp] = Field(default_factory=list)
+    ops: list[ConsolidatedOp] = Field(description="The edits to apply; [] for none")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.prompting import Prompts
 from tfgrpo.rollout import sample_group, stable_seed
-from tfgrpo.task import Sample, Task
+from tfgrpo.tasks import Sample, Task
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -19,7 +19,7 @@ from tfgrpo.config import JudgeConfig
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.prompting import Prompts
 from tfgrpo.structured import ask_structured, schema_for
-from tfgrpo.task import Sample
+from tfgrpo.tasks import Sample
 
 
 def upper_op(v: Any) -> Any:
@@ -50,7 +50,7 @@ class ProposedOp(BaseModel):
 
 class GroupComparison(BaseModel):
     analysis: str = Field(description="What the better attempts did that the worse did not")
-    ops: list[ProposedOp] = Field(default_factory=list)
+    ops: list[ProposedOp] = Field(description="At most a few edits; [] when nothing general was learned")
 
 
 class SampleSummary(BaseModel):

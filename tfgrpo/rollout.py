@@ -10,7 +10,7 @@ from typing import Any
 from tfgrpo.llm.client import Completion, LLMClient
 from tfgrpo.prompting import Prompts
 from tfgrpo.rewards import combine, score_group
-from tfgrpo.task import Sample, Task
+from tfgrpo.tasks import Sample, Task
 
 
 def stable_seed(*parts: Any) -> int:

@@ -31,9 +31,11 @@ def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema_for(model), "strict": False}}
 
 
-def parse_output(text: str | None, model: type[M]) -> M:
+def parse_output(text: str | None, model: type[M], *, lenient: bool = True) -> M:
     """Read ``model`` from free text: strips reasoning blocks and code fences, finds the JSON
-    object, repairs small syntax damage (trailing commas, cut-off output), then validates."""
+    object and validates it. ``lenient`` also repairs syntax damage (trailing commas, output cut
+    off mid-object); a repaired object may have lost its tail, so the first reading of a judge
+    answer is strict and only the answer to the repair request is read leniently."""
     if text is None or not text.strip():
         raise ParseError("empty output")
     body = _THINK.sub("", text).strip()
@@ -44,7 +46,9 @@ def parse_output(text: str | None, model: type[M]) -> M:
     candidate = body[start : end + 1] if start != -1 and end > start else body[start:] if start != -1 else body
     try:
         data = json.loads(candidate)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        if not lenient:
+            raise ParseError(f"invalid JSON ({e.msg} at character {e.pos})") from None
         data = json_repair.loads(candidate)
     if not isinstance(data, dict):
         raise ParseError(f"expected a JSON object, got {type(data).__name__}: {body[:80]!r}")
@@ -85,7 +89,7 @@ async def ask_structured(
     if not first.ok:
         return StructuredResult(None, [None], error=f"request failed: {first.error}")
     try:
-        return StructuredResult(parse_output(first.text, model), [first.text])
+        return StructuredResult(parse_output(first.text, model, lenient=False), [first.text])
     except ParseError as e:
         error = str(e)
     repair = messages + [

@@ -32,7 +32,7 @@ from tfgrpo.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast
 from tfgrpo.rollout import Group, sample_group, stable_seed
-from tfgrpo.task import Task
+from tfgrpo.tasks import Task
 
 RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
 

@@ -16,7 +16,7 @@ from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.evaluate import compare
 from tfgrpo.llm.endpoints import open_models
 from tfgrpo.prompting import Prompts
-from tfgrpo.task import Task, load_task
+from tfgrpo.tasks import Task, load_task
 from tfgrpo.trainer import RunDir, TrainResult, train
 
 # Settings a resumed run may change: how models are reached, and how long it trains.

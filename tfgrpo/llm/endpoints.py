@@ -64,22 +64,22 @@ def open_models(
     with contextlib.ExitStack() as stack:
         if cache is not None:
             stack.callback(cache.close)
-        sim_url: str | None = None
-        judge_model = None if judge is None else (judge.model or policy.model)
-        if is_sim(policy.model) or is_sim(judge_model):
-            from tfgrpo.llm.sim import start_sim_server
-
-            server = stack.enter_context(start_sim_server(seed=sim_seed))
-            sim_url = server.base_url
         p_model, p_base = policy.model, policy.api_base
         if serve:
             from tfgrpo.llm.launcher import VLLMServer
 
             log_path = (log_dir or Path(".")) / "vllm.log"
-            server = stack.enter_context(VLLMServer(serve, log_path=log_path, **(serve_args or {})))
-            p_base = server.base_url
+            launched = stack.enter_context(VLLMServer(serve, log_path=log_path, **(serve_args or {})))
+            p_base = launched.base_url
             if is_sim(p_model):
                 p_model = f"hosted_vllm/{serve}"
+        # The judge defaults to the policy's model, reached the same way.
+        judge_model = None if judge is None else (judge.model or p_model)
+        sim_url: str | None = None
+        if is_sim(p_model) or is_sim(judge_model):
+            from tfgrpo.llm.sim import start_sim_server
+
+            sim_url = stack.enter_context(start_sim_server(seed=sim_seed)).base_url
         if is_sim(p_model):
             # The simulator's seed is part of the model name, so cached answers never cross seeds.
             p_client = _client(f"openai/sim-policy-s{sim_seed}", "policy", policy, sim_url, "sim", cache, usage)
@@ -90,7 +90,8 @@ def open_models(
             if is_sim(judge_model):
                 j_client = _client(f"openai/sim-judge-s{sim_seed}", "judge", judge, sim_url, "sim", cache, usage)
             else:
-                j_base = judge.api_base or (p_base if judge.model is None else None)
-                j_key = _key(judge.api_key_env) if judge.api_key_env else (_key(policy.api_key_env) if judge.model is None else None)
-                j_client = _client(judge_model or p_model, "judge", judge, j_base, j_key, cache, usage)
+                same = judge.model is None
+                j_base = judge.api_base or (p_base if same else None)
+                j_key = _key(judge.api_key_env or (policy.api_key_env if same else None))
+                j_client = _client(judge_model, "judge", judge, j_base, j_key, cache, usage)
         yield Models(policy=p_client, judge=j_client, usage=usage, policy_name=p_model, judge_name=judge_model)

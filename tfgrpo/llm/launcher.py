@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import shlex
 import subprocess
 import sys
 import time
@@ -117,6 +118,8 @@ class VLLMServer:
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            log.write(("$ " + shlex.join(cmd) + "\n").encode())  # the log says what was started
+            log.flush()
             self.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=_die_with_parent,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tfgrpo.task import builtin_dir, read_rows
+from tfgrpo.tasks import builtin_dir, read_rows
 
 
 @dataclass(frozen=True)

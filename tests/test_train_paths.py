@@ -1,0 +1,102 @@
+"""Other ways a training-free run meets the world: a launched vLLM (substitute executable),
+a judge that fails, an endpoint that throws 429/500/timeouts, an installed wheel."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import ENV, last_json, tfgrpo
+from tfgrpo.config import RunConfig
+from tfgrpo.llm.endpoints import open_models
+from tfgrpo.llm.sim import start_sim_server
+from tfgrpo.prompting import Prompts
+from tfgrpo.tasks import load_task
+from tfgrpo.trainer import RunDir, train
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
+
+
+def test_train_with_serve_launches_and_stops_vllm(tmp_path):
+    exe = tmp_path / "vllm"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_VLLM}" "$@"\n')
+    exe.chmod(0o755)
+    out = tmp_path / "run"
+    env = {**ENV, "TFGRPO_VLLM_EXECUTABLE": str(exe)}
+    summary = last_json(tfgrpo("train", "--task", "demo", "--serve", "Qwen/Qwen3-8B", "--epochs", "1",
+                               "--out", str(out), "--json", env=env))
+    assert summary["steps"] == 4 and summary["calls"]["policy"] == 32 and summary["calls"]["judge"] > 0
+    log = (out / "vllm.log").read_text()
+    assert "Qwen/Qwen3-8B" in log and "--enable-prefix-caching" in log
+    assert "hosted_vllm/Qwen/Qwen3-8B" in (out / "steps.jsonl").read_text() or summary["library_size"] > 0
+
+
+def _run(tmp_path, faults, **cfg_kw):
+    """A run against an external simulator with injected faults, through the Python API."""
+    with start_sim_server(seed=0, faults=faults, timeout_delay=2.0) as sim:
+        cfg = RunConfig(task="demo", epochs=1, batch_size=8, group_size=4, **cfg_kw)
+        cfg.policy.model, cfg.policy.api_base, cfg.policy.timeout = "openai/sim-policy-s0", sim.base_url, 1.0
+        cfg.judge.model, cfg.judge.api_base = "openai/sim-judge-s0", sim.base_url
+        for side in (cfg.policy, cfg.judge):
+            side.api_key_env = "SIM_KEY"
+        rd = RunDir(tmp_path / "run")
+        with open_models(cfg.policy, cfg.judge, cache_path=rd.path / "cache.sqlite") as models:
+            return asyncio.run(train(cfg, load_task("demo"), models, rd, prompts=Prompts())), rd, sim
+
+
+def test_injected_429_500_timeouts_are_recovered(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIM_KEY", "sim")
+    result, rd, sim = _run(tmp_path, ["429", "500", "timeout", "503"])
+    summary = result.summary()
+    assert summary["steps"] == 4 and summary["rollout_failures"] == 0
+    assert summary["usage"]["policy"]["retries"] + summary["usage"]["judge"]["retries"] == 4
+    assert sim.stats.faults_injected == 4
+
+
+def test_failed_judge_calls_are_recorded_and_library_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIM_KEY", "sim")
+    # Step 1's 8 policy requests succeed; from then on every answer is cut off mid-JSON. The
+    # first reading is strict, so every judge call asks for a repair; a repaired answer that
+    # still does not validate is a recorded failure.
+    result, rd, _ = _run(tmp_path, ["ok"] * 8 + ["malformed"] * 200)
+    summary = result.summary()
+    assert summary["judge_failures"] >= 1
+    assert summary["usage"]["judge"]["calls"] >= 2 * sum(s.judged for s in result.steps)  # all repaired once
+    ops = [json.loads(line) for line in (rd.path / "ops.jsonl").read_text().splitlines()]
+    failures = [o for o in ops if o.get("status") == "judge_failed"]
+    assert len(failures) == summary["judge_failures"]
+    assert all("after one repair" in f["error"] and f["raw"][0] for f in failures)  # bad output kept
+    groups = [json.loads(line) for line in (rd.path / "groups.jsonl").read_text().splitlines()]
+    assert sum(1 for g in groups if g["error"]) == sum(1 for f in failures if f["stage"] == "group_comparison")
+
+
+def test_blind_judging_judges_every_group(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIM_KEY", "sim")
+    cfg_judge = {"judge": {"ground_truth": False}}
+    result, rd, _ = _run(tmp_path, [], **cfg_judge)
+    assert all(s.judged == s.groups for s in result.steps)
+
+
+@pytest.mark.slow
+def test_wheel_carries_builtin_tasks_and_prompts(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, env=ENV, capture_output=True)
+    wheel = next(tmp_path.glob("tfgrpo-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("tfgrpo/_builtin/tasks/demo.py", "tfgrpo/_builtin/tasks/data/demo.jsonl", "tfgrpo/_builtin/tasks/math.py",
+                 "tfgrpo/_builtin/prompts/agent.j2", "tfgrpo/_builtin/prompts/compare.j2", "experience_store/library.py"):
+        assert name in names, name
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, env=ENV, capture_output=True)
+    code = ("import tfgrpo.tasks as t; from tfgrpo.prompting import Prompts; "
+            "print(t.builtin_dir('tasks')); print(len(t.load_task('demo').dataset)); "
+            "print(Prompts().render('agent.j2', instructions='x', experiences='[E1] y')[:1])")
+    out = subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": str(target)}, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].startswith(str(target)) and out[1] == "32" and out[2] == "x"
