@@ -71,6 +71,15 @@ def apply_ops(
         e = new.get(exp_id) if exp_id else None
         return e if e is not None and e.status == "active" else None
 
+    def add(op: ExperienceOp, text: str, provenance: Provenance) -> None:
+        exp = Experience(
+            id=f"E{new.next_id}", text=text, title=op.title, tags=list(op.tags),
+            created_step=step, updated_step=step, provenance=provenance,
+        )
+        new.next_id += 1
+        new.experiences.append(exp)
+        results.append(OpResult(step=step, op=op, status="applied", result_id=exp.id))
+
     def duplicate_of(text: str, ignore: set[str] = frozenset()) -> Experience | None:  # type: ignore[assignment]
         key = _norm(text)
         return next((e for e in new.active() if e.id not in ignore and _norm(e.text) == key), None)
@@ -92,13 +101,7 @@ def apply_ops(
             if dup is not None:
                 results.append(OpResult(step=step, op=op, status="noop", error=f"duplicate of {dup.id}", result_id=dup.id))
                 continue
-            exp = Experience(
-                id=f"E{new.next_id}", text=text, title=op.title, tags=list(op.tags),
-                created_step=step, updated_step=step, provenance=prov.model_copy(deep=True),
-            )
-            new.next_id += 1
-            new.experiences.append(exp)
-            results.append(OpResult(step=step, op=op, status="applied", result_id=exp.id))
+            add(op, text, prov.model_copy(deep=True))
         elif op.op == "UPDATE":
             target = active_or_none(op.id)
             if target is None:
@@ -145,13 +148,7 @@ def apply_ops(
             if dup is not None:
                 results.append(OpResult(step=step, op=op, status="applied", result_id=dup.id))
                 continue
-            exp = Experience(
-                id=f"E{new.next_id}", text=text, title=op.title, tags=list(op.tags),
-                created_step=step, updated_step=step, provenance=merged_prov,
-            )
-            new.next_id += 1
-            new.experiences.append(exp)
-            results.append(OpResult(step=step, op=op, status="applied", result_id=exp.id))
+            add(op, text, merged_prov)
     return new, results
 
 
