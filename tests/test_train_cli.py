@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import last_json, tfgrpo
+from cli_helpers import ENV, last_json, tfgrpo
 from tfgrpo.llm.sim import BASE_P, SKILLED_P
 from tfgrpo.llm.sim.skills import SKILLS_BY_NAME
 from tfgrpo.tasks import load_task
@@ -129,3 +129,21 @@ def test_user_task_by_path(tmp_path):
                                "--out", str(tmp_path / "run"), "--json"))
     assert summary["steps"] == 2
     assert re.search(r"task: .*mytask.py:adder", (tmp_path / "run" / "config.yaml").read_text())
+
+
+def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    args = ["train", "--model", "openai/some-model", "--api-base", f"http://127.0.0.1:{port}/v1", "--max-retries", "1",
+            "--out", str(out), "--quiet"]
+    proc = tfgrpo(*args, check=False, env={**ENV, "OPENAI_API_KEY": "k"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "unreachable after 2 attempts" in proc.stderr and f"--resume {out}" in proc.stderr
+    no_key = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"}
+    proc = tfgrpo("train", "--resume", str(out), check=False, env=no_key)
+    assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "unreachable after" not in proc.stderr

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +222,7 @@ class LLMClient:
 def _backend_supports_n(model: str) -> bool:
     import litellm
 
+    litellm.suppress_debug_info = True  # its "use litellm.turn_on_debug()" hint on every error
     try:
         provider = litellm.get_llm_provider(model)[1]
         params = litellm.get_supported_openai_params(model=model.split("/", 1)[-1], custom_llm_provider=provider) or []
@@ -238,9 +240,16 @@ def _status(e: Exception) -> int | None:
     return code if isinstance(code, int) else None
 
 
+_CREDENTIALS = re.compile(r"missing credentials|api[_ ]key (must be set|is missing|not (set|found))|no api key", re.IGNORECASE)
+_PREFIX = re.compile(r"^\s*(litellm\.)?\w*(Error|Exception)\s*[:-]\s*")
+
+
 def _classify(e: Exception) -> str:
     """'retry' (transient), 'request' (this request is bad), or 'fatal' (no request can succeed)."""
     import litellm
+
+    if _CREDENTIALS.search(str(e)):
+        return "fatal"  # litellm reports a missing key as a server error; retrying cannot help
 
     if isinstance(e, (asyncio.TimeoutError, litellm.Timeout, litellm.APIConnectionError)):
         return "retry"
@@ -285,5 +294,11 @@ def _cost(resp: Any) -> float | None:
 
 
 def _short(e: Exception) -> str:
+    """``RateLimitError: <message>``, without the chain of prefixes litellm stacks up."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    while True:
+        trimmed = _PREFIX.sub("", msg, count=1)
+        if trimmed == msg:
+            break
+        msg = trimmed
     return f"{type(e).__name__}: {msg[:300]}"
