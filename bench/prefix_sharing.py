@@ -3,11 +3,11 @@
 One process, one random-initialised Qwen2-architecture model, one batch of ``--groups`` groups
 of G responses of R tokens after a P-token prompt. Both variants compute per-token log-probs
 of the responses and back-propagate a loss through them; we time ``--repeats`` runs of each
-(after one warm-up) and report the best.
+(after one warm-up each), alternating the two, and report each one's best.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the timed runs (reset before
-each variant). On CPU torch keeps no allocator statistics and the resident set size does not
-shrink between variants (the allocator reuses freed pages), so we report what dominates the
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over one separate step of each
+variant (reset before it). On CPU torch keeps no allocator statistics and the resident set
+size does not shrink between variants (the allocator reuses freed pages), so we report what dominates the
 peak of a training forward: the bytes of the distinct tensors saved for backward (activations,
 attention inputs, logits), counted through ``torch.autograd.graph.saved_tensors_hooks`` over one
 step. With ``--forward-only`` nothing is saved and the CPU figures are 0.
@@ -78,24 +78,32 @@ def step(model, batch, fn, backward: bool):
     return logps
 
 
-def measure(model, batch, fn, *, backward: bool, repeats: int, device: str):
-    step(model, batch, fn, backward)  # warm-up
+def measure(model, batch, fns, *, backward: bool, repeats: int, device: str):
+    """Best time of each variant over ``repeats`` rounds. The variants alternate within each
+    round, so a load change on a shared machine hits both alike."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+    for fn in fns:
+        step(model, batch, fn, backward)  # warm-up
+    best = [float("inf")] * len(fns)
+    logps = [None] * len(fns)
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        logps = step(model, batch, fn, backward)
-        sync()
-        times.append(time.perf_counter() - t0)
-    if device == "cuda":
-        mem = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        mem = saved_for_backward_mb(model, batch, fn) if backward else 0.0
-    return min(times), mem, logps
+        for i, fn in enumerate(fns):
+            sync()
+            t0 = time.perf_counter()
+            logps[i] = step(model, batch, fn, backward)
+            sync()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    mems = []
+    for fn in fns:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            step(model, batch, fn, backward)
+            sync()
+            mems.append(torch.cuda.max_memory_allocated() / 2**20)
+        else:
+            mems.append(saved_for_backward_mb(model, batch, fn) if backward else 0.0)
+    return best, mems, logps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,10 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     backward = not args.forward_only
     ctx = torch.enable_grad() if backward else torch.no_grad()
     with ctx:
-        naive_s, naive_mb, naive_lp = measure(model, batch, naive_logprobs, backward=backward,
-                                              repeats=args.repeats, device=args.device)
-        shared_s, shared_mb, shared_lp = measure(model, batch, shared_prefix_logprobs, backward=backward,
-                                                 repeats=args.repeats, device=args.device)
+        (naive_s, shared_s), (naive_mb, shared_mb), (naive_lp, shared_lp) = measure(
+            model, batch, [naive_logprobs, shared_prefix_logprobs], backward=backward, repeats=args.repeats,
+            device=args.device)
     diff = max(float((a - b).abs().max()) for a, b in zip(naive_lp, shared_lp))
     result = {
         "prompt_len": args.prompt_len,
