@@ -25,11 +25,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class GroupTokens:
-    """One group on the device: ``prompt[P]``, ``responses[G, R]`` right-padded, ``mask[G, R]``."""
+    """One group on the device: ``prompt[P]``, ``responses[G, R]`` right-padded, ``mask[G, R]``,
+    and (when training) one advantage per response."""
 
     prompt: "torch.Tensor"
     responses: "torch.Tensor"
     mask: "torch.Tensor"
+    advantages: "torch.Tensor | None" = None
 
 
 def naive_logprobs(model, group: GroupTokens, *, with_entropy: bool = False):

@@ -279,9 +279,8 @@ class _Run:
         for i, r in enumerate(group.responses):
             responses[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        t = GroupTokens(torch.tensor(group.prompt, dtype=torch.long, device=dev), responses.to(dev), mask.to(dev))
-        t.advantages = torch.tensor(advantages, dtype=torch.float32, device=dev)
-        return t
+        return GroupTokens(torch.tensor(group.prompt, dtype=torch.long, device=dev), responses.to(dev), mask.to(dev),
+                           torch.tensor(advantages, dtype=torch.float32, device=dev))
 
     def _old_logprobs(self, micro):
         import torch
