@@ -147,3 +147,19 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
     no_key = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"}
     proc = tfgrpo("train", "--resume", str(out), check=False, env=no_key)
     assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "unreachable after" not in proc.stderr
+
+
+def test_prompts_dir_overrides_a_builtin_template(tmp_path):
+    from tfgrpo.llm.sim.skills import SKILLS
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    # An agent prompt that already names every hidden skill: the simulator answers as if
+    # the library were complete, from the first step on.
+    hints = "; ".join(s.keyword for s in SKILLS)
+    (prompts / "agent.j2").write_text("{{ instructions }}\nKeep in mind: " + hints + "\n{{ experiences }}")
+    summary = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--prompts-dir", str(prompts),
+                               "--out", str(tmp_path / "run"), "--json"))
+    assert summary["reward_by_step"][0] > SKILLED_P - 0.15
+    proc = tfgrpo("train", "--prompts-dir", str(tmp_path / "missing"), check=False)
+    assert proc.returncode == 2 and "prompts directory not found" in proc.stderr
