@@ -211,8 +211,9 @@ class _Run:
 
         world, rank = self.acc.num_processes, self.acc.process_index
         samples = order.take(self.cfg.batch_size * world)[rank::world]  # each process its own prompts
-        groups = sample_groups(self.generator, self.tokenizer, self.task, samples,
-                               group_size=self.cfg.group_size, max_prompt_len=self.cfg.max_prompt_len)
+        with self._full_params():
+            groups = sample_groups(self.generator, self.tokenizer, self.task, samples,
+                                   group_size=self.cfg.group_size, max_prompt_len=self.cfg.max_prompt_len)
         score_groups(self.task, groups, max_len=self.max_len, overlong_buffer=self.overlong)
         return groups
 
@@ -257,6 +258,16 @@ class _Run:
         out = stats.summary(cfg.updates_per_batch)
         out["grad_norm"] = round(float(grad_norm), 4) if grad_norm is not None else None
         return out
+
+    def _full_params(self):
+        """Under FSDP, gather the sharded weights for generation and saving; otherwise nothing."""
+        from accelerate.utils import DistributedType
+
+        if self.acc.distributed_type != DistributedType.FSDP:
+            return contextlib.nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(self.scorer, writeback=False)
 
     def _everyone(self, value) -> list:
         """``value`` from every process (a one-element list when running alone)."""
@@ -305,9 +316,10 @@ class _Run:
         from tfgrpo.params.checkpoint import checkpoint_dir, save_checkpoint
 
         path = checkpoint_dir(self.run_dir, step)
-        if self.acc.is_main_process:
-            save_checkpoint(path, self.policy, self.optimizer,
-                            {"step": step, "cursor": cursor, "reward_by_step": rewards})
+        with self._full_params():
+            if self.acc.is_main_process:
+                save_checkpoint(path, self.policy, self.optimizer,
+                                {"step": step, "cursor": cursor, "reward_by_step": rewards})
         self.acc.wait_for_everyone()
         return path
 
@@ -315,8 +327,13 @@ class _Run:
         from tfgrpo.params.model import save_pretrained
 
         path = self.run_dir / "final"
-        if self.acc.is_main_process:
-            save_pretrained(self.policy, self.tokenizer, path)
+        if not self.progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        with self._full_params():
+            if self.acc.is_main_process:
+                save_pretrained(self.policy, self.tokenizer, path)
         self.acc.wait_for_everyone()
         return path
 
