@@ -69,7 +69,7 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         reward = "n/a" if record.mean_reward is None else f"{record.mean_reward:.3f}"
         progress.console.print(
             f"step {record.step} (epoch {record.epoch + 1}): reward {reward}, judged {record.judged}/{record.groups}, "
-            f"ops {record.ops_applied} applied / {record.ops_rejected} rejected, library {record.library_size}"
+            f"ops {record.ops_applied} applied/{record.ops_rejected} rejected, library {record.library_size}"
             + (f", judge failures {record.judge_failures}" if record.judge_failures else "")
         )
 
@@ -87,7 +87,7 @@ def fmt(v: Any, digits: int = 3) -> str:
 
 def usage_table(usage: dict[str, Any]) -> Table:
     t = Table(title="LLM usage by role", title_justify="left")
-    for col in ("role", "calls", "cache hits", "retries", "failures", "prompt tok", "completion tok", "cached tok", "cost $"):
+    for col in ("role", "calls", "from cache", "retries", "failed", "tok in", "tok out", "cached in", "cost $"):
         t.add_column(col, justify="right" if col != "role" else "left")
     for role, u in usage.items():
         t.add_row(role, str(u["calls"]), str(u["cache_hits"]), str(u["retries"]), str(u["failures"]),
