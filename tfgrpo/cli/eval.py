@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
         cfg = build(EvalConfig, apply_flags(load_yaml(config) if config else {}, flags, SPECS, EvalConfig))
         lib = Library(library_dir(library), at_step=step)
         if step is not None and step not in lib.versions():
-            raise UserError(f"no library version for step {step} in {library} (have {lib.versions()[:1]}..{lib.versions()[-1:]})")
+            have = lib.versions()
+            span = f"steps {have[0]} to {have[-1]}" if have else "no versions"
+            raise UserError(f"no library version for step {step} in {library} (it has {span})")
         task = build_task(cfg.task, cfg.task_args, cfg.data)
         samples = task.eval_samples()[: cfg.limit] if cfg.limit else task.eval_samples()
         from rich.progress import Progress
