@@ -1,24 +1,43 @@
 """Runtime experience library: works with only pydantic, chromadb and jinja2 installed.
 
 This package must never import ``tfgrpo``: agents in production use a learned library
-without the learning toolkit.
+without the learning toolkit::
+
+    from experience_store import Pack
+    context = Pack.load("pack.zip").render("the user's question")
 """
 
-from experience_store.embedding import LexicalEmbedding, embedding_from_spec
-from experience_store.library import Library, LibraryState, apply_ops
+from experience_store.embedding import LexicalEmbedding, embedding_from_spec, parse_spec, same_spec, spec_label
+from experience_store.errors import ConflictError, PackError, StoreError
+from experience_store.library import Library, LibraryState, apply_ops, prune_ops
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
+from experience_store.pack import Pack, PackManifest
 from experience_store.render import render_experiences
+from experience_store.retrieval import Index, Injection, estimate_tokens, select
 
 __all__ = [
+    "ConflictError",
     "Experience",
     "ExperienceOp",
+    "Index",
+    "Injection",
     "LexicalEmbedding",
     "Library",
     "LibraryState",
     "OpResult",
+    "Pack",
+    "PackError",
+    "PackManifest",
     "Provenance",
     "Stats",
+    "StoreError",
     "apply_ops",
     "embedding_from_spec",
+    "estimate_tokens",
+    "parse_spec",
+    "prune_ops",
     "render_experiences",
+    "same_spec",
+    "select",
+    "spec_label",
 ]

@@ -13,18 +13,23 @@ every write succeeded, so an error leaves the library exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
-from experience_store.embedding import embedding_from_spec
-from experience_store.models import Experience, ExperienceOp, OpResult, Provenance
+from experience_store.embedding import DEFAULT_SPEC
+from experience_store.errors import ConflictError, StoreError
+from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 from experience_store.render import DEFAULT_BLOCK, render_experiences
+from experience_store.retrieval import Index, Injection, Mode, TokenCounter, select
 
 log = logging.getLogger(__name__)
 COLLECTION = "experiences"
@@ -37,7 +42,7 @@ class LibraryState(BaseModel):
     version: int = 1
     step: int = 0
     next_id: int = 1
-    embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512})
+    embedding: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_SPEC))
     experiences: list[Experience] = Field(default_factory=list)
 
     def get(self, exp_id: str) -> Experience | None:
@@ -55,12 +60,18 @@ def _norm(text: str) -> str:
 
 
 def apply_ops(
-    state: LibraryState, ops: Iterable[ExperienceOp], step: int, provenance: Provenance | None = None
+    state: LibraryState, ops: Iterable[ExperienceOp], step: int, provenance: Provenance | None = None,
+    credit: dict[str, Stats] | None = None,
 ) -> tuple[LibraryState, list[OpResult]]:
     """Pure function: the next state and one result per op. Unknown ids are rejected, never
-    turned into ADD; an exact duplicate of an active lesson is never stored twice."""
+    turned into ADD; an exact duplicate of an active lesson is never stored twice. ``credit``
+    (usage counted during the step, by id) is added to the stats before the ops apply."""
     new = state.model_copy(deep=True)
     new.step = step
+    for exp_id, delta in (credit or {}).items():
+        target = new.get(exp_id)
+        if target is not None:
+            target.stats.add(delta)
     results: list[OpResult] = []
     prov = provenance or Provenance(step=step)
 
@@ -128,6 +139,18 @@ def apply_ops(
             target.status = "retired"
             target.updated_step = step
             results.append(OpResult(step=step, op=op, status="applied", result_id=target.id))
+        elif op.op == "RESTORE":
+            target = new.get(op.id) if op.id else None
+            if target is None or target.status != "retired":
+                reject(op, f"RESTORE needs a retired id, got {op.id!r}")
+                continue
+            dup = duplicate_of(target.text)
+            if dup is not None:
+                reject(op, f"RESTORE {target.id} would duplicate {dup.id}")
+                continue
+            target.status = "active"
+            target.updated_step = step
+            results.append(OpResult(step=step, op=op, status="applied", result_id=target.id))
         elif op.op == "MERGE":
             ids = list(dict.fromkeys(op.ids))
             sources = [active_or_none(i) for i in ids]
@@ -152,18 +175,52 @@ def apply_ops(
     return new, results
 
 
-class Library:
-    """A versioned experience library in a directory, indexed in Chroma."""
+def prune_ops(state: LibraryState, step: int, *, unused_steps: int, min_votes: int = 3, harmful_share: float = 0.5) -> list[ExperienceOp]:
+    """DELETE ops (reason "prune: ...") for active lessons that are mostly harmful (at least
+    ``min_votes`` cited outcomes, more than ``harmful_share`` of them harmful) or not cited for
+    ``unused_steps`` steps (0: never prune for disuse). A RESTORE op brings one back."""
+    ops = []
+    for e in state.active():
+        votes = e.stats.helpful + e.stats.harmful
+        last = e.stats.last_cited_step if e.stats.last_cited_step is not None else e.created_step
+        if votes >= min_votes and e.stats.harmful > harmful_share * votes:
+            why = f"prune: harmful in {e.stats.harmful} of {votes} cited answers"
+        elif unused_steps > 0 and step - last >= unused_steps:
+            why = f"prune: not cited for {step - last} steps"
+        else:
+            continue
+        ops.append(ExperienceOp(op="DELETE", id=e.id, reason=why))
+    return ops
 
-    def __init__(self, path: str | Path, *, at_step: int | None = None, embedding: dict[str, Any] | None = None):
+
+class Library:
+    """A versioned experience library in a directory, indexed in Chroma.
+
+    ``store="http://host:port"`` keeps the index in a Chroma server (``HttpClient``) and makes
+    the server's commit log the source of truth shared by every writer of ``collection``.
+    Writers never lose an op: a commit names the version it was based on, and the loser of a
+    race gets ``ConflictError`` with nothing applied (a file lock does the same for two
+    processes on one directory).
+    """
+
+    def __init__(self, path: str | Path, *, at_step: int | None = None, embedding: dict[str, Any] | None = None,
+                 store: str | None = None, collection: str | None = None):
         self.path = Path(path)
         self.versions_dir = self.path / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        self.state = self._load(at_step)
-        if embedding is not None and not self.versions():
-            self.state.embedding = dict(embedding)
+        self.store = store
+        self.collection_name = collection or COLLECTION
         self._client = None
         self._collection = None
+        self._commits = None
+        self._base_commit = 0
+        self.state = self._load(at_step)
+        if store is not None and at_step is None:
+            self._base_commit, shared = self._latest_commit()
+            if shared is not None:
+                self.state = shared
+        if embedding is not None and not self.versions() and not self._base_commit:
+            self.state.embedding = dict(embedding)
 
     # ---------------------------------------------------------------- versions
     def versions(self) -> list[int]:
@@ -186,7 +243,8 @@ class Library:
         for s in self.versions():
             if s > step:
                 self._version_path(s).unlink()
-        self.state = self._load(step)
+        if self.store is None:
+            self.state = self._load(step)
 
     # ----------------------------------------------------------------- reading
     @property
@@ -199,36 +257,124 @@ class Library:
     def render(self, template: str = DEFAULT_BLOCK) -> str:
         return render_experiences(self.state.active(), template)
 
+    @property
+    def index(self) -> Index:
+        return Index(self.collection(), self.state.embedding)
+
+    def inject(self, query: str, *, mode: Mode = "all", budget: int = 2000, k: int = 8,
+               count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
+        """The experiences for one query (see ``retrieval.select``)."""
+        index = self.index if mode != "all" else None
+        return select(self.state.active(), query, index=index, mode=mode, budget=budget, k=k,
+                      count_tokens=count_tokens, template=template)
+
+    def near_duplicates(self, texts: list[str], threshold: float) -> list[list[tuple[str, float]]]:
+        return self.index.near_duplicates(texts, threshold) if len(self) else [[] for _ in texts]
+
     # ----------------------------------------------------------------- writing
-    def apply(self, ops: Iterable[ExperienceOp], step: int, provenance: Provenance | None = None) -> list[OpResult]:
-        """Apply a step's ops as one transaction and write version ``step``."""
-        new, results = apply_ops(self.state, ops, step, provenance)
-        path = self._version_path(step)
-        tmp = path.with_suffix(".tmp")
-        existed = path.exists()
-        try:
-            tmp.write_text(new.model_dump_json(indent=1))
-            os.replace(tmp, path)
-            self._sync_index(new)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            if not existed:
-                path.unlink(missing_ok=True)
-            self._sync_index_quietly(self.state)
-            raise
+    def apply(self, ops: Iterable[ExperienceOp], step: int, provenance: Provenance | None = None,
+              credit: dict[str, Stats] | None = None) -> list[OpResult]:
+        """Apply a step's ops as one transaction and write version ``step``. Raises
+        ``ConflictError`` (nothing applied) when another writer committed since this library
+        was read."""
+        new, results = apply_ops(self.state, ops, step, provenance, credit)
+        with self._lock():
+            on_disk = self.versions()
+            if self.store is None and on_disk and on_disk[-1] != self.state.step and on_disk[-1] >= step:
+                raise ConflictError(
+                    f"library {self.path} was changed by another writer (it is at step {on_disk[-1]}, this writer "
+                    f"read step {self.state.step}); step {step}'s ops were not applied: reopen the library and retry"
+                )
+            if self.store is not None:
+                self._commit_shared(new)
+            path = self._version_path(step)
+            tmp = path.with_suffix(".tmp")
+            existed = path.exists()
+            try:
+                tmp.write_text(new.model_dump_json(indent=1))
+                os.replace(tmp, path)
+                self._sync_index(new)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                if not existed:
+                    path.unlink(missing_ok=True)
+                self._sync_index_quietly(self.state)
+                raise
         self.state = new
         return results
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """An exclusive lock on the library directory for the length of a commit."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the version check alone guards the commit
+            yield
+            return
+        with open(self.path / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------ shared store
+    def _client_or_connect(self):
+        if self._client is None:
+            import chromadb
+
+            settings = chromadb.Settings(anonymized_telemetry=False)
+            if self.store is None:
+                self._client = chromadb.PersistentClient(path=str(self.path / "chroma"), settings=settings)
+            else:
+                parsed = urlparse(self.store)
+                if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                    raise StoreError(f"--store must look like http://host:port, got {self.store!r}")
+                try:
+                    self._client = chromadb.HttpClient(host=parsed.hostname, port=parsed.port or 8000,
+                                                       ssl=parsed.scheme == "https", settings=settings)
+                    self._client.heartbeat()
+                except Exception as e:
+                    self._client = None
+                    raise StoreError(f"cannot reach the Chroma server at {self.store}: {str(e).splitlines()[0][:200]}") from None
+        return self._client
+
+    def _commit_log(self):
+        if self._commits is None:
+            self._commits = self._client_or_connect().get_or_create_collection(
+                f"{self.collection_name}-commits", embedding_function=None)
+        return self._commits
+
+    def _latest_commit(self) -> tuple[int, LibraryState | None]:
+        log_ = self._commit_log()
+        ids = log_.get(include=[])["ids"]
+        if not ids:
+            return 0, None
+        last = max(ids)
+        doc = log_.get(ids=[last], include=["documents"])["documents"][0]
+        return int(last[1:]), LibraryState.model_validate_json(doc)
+
+    def _commit_shared(self, new: LibraryState) -> None:
+        """Optimistic versioning: commit n+1 is written with add(), which never overwrites;
+        whoever's token is stored under that id won."""
+        n = self._base_commit + 1
+        token = uuid.uuid4().hex
+        log_ = self._commit_log()
+        log_.add(ids=[f"c{n:09d}"], documents=[new.model_dump_json()], metadatas=[{"token": token, "step": new.step}],
+                 embeddings=[[0.0, 1.0]])
+        stored = log_.get(ids=[f"c{n:09d}"], include=["metadatas"])["metadatas"][0]
+        if stored.get("token") != token:
+            raise ConflictError(
+                f"shared library {self.collection_name!r} on {self.store} got commit {n} from another writer first; "
+                f"step {new.step}'s ops were not applied: reopen the library and retry"
+            )
+        self._base_commit = n
 
     # ------------------------------------------------------------------- index
     def collection(self):
         if self._collection is None:
-            import chromadb
-
-            self._client = chromadb.PersistentClient(
-                path=str(self.path / "chroma"), settings=chromadb.Settings(anonymized_telemetry=False)
-            )
-            self._collection = self._client.get_or_create_collection(
-                COLLECTION, embedding_function=None, metadata={"hnsw:space": "cosine"}
+            self._collection = self._client_or_connect().get_or_create_collection(
+                self.collection_name, embedding_function=None, metadata={"hnsw:space": "cosine"}
             )
         return self._collection
 
@@ -246,13 +392,7 @@ class Library:
             col.delete(ids=stale)
         changed = [e for e in want.values() if indexed.get(e.id) != (e.text, e.revision)]
         if changed:
-            embed = embedding_from_spec(state.embedding)
-            col.upsert(
-                ids=[e.id for e in changed],
-                documents=[e.text for e in changed],
-                embeddings=embed([e.text for e in changed]),
-                metadatas=[{"revision": e.revision, "created_step": e.created_step, "updated_step": e.updated_step} for e in changed],
-            )
+            Index(col, state.embedding).upsert(changed)
 
     def _sync_index_quietly(self, state: LibraryState) -> None:
         try:

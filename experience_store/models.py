@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-OpKind = Literal["ADD", "UPDATE", "DELETE", "MERGE", "NONE"]
+OpKind = Literal["ADD", "UPDATE", "DELETE", "MERGE", "RESTORE", "NONE"]
 
 
 class Provenance(BaseModel):
@@ -30,6 +30,15 @@ class Stats(BaseModel):
     cited: int = 0
     helpful: int = 0
     harmful: int = 0
+    last_cited_step: int | None = None
+
+    def add(self, other: "Stats") -> None:
+        self.retrieved += other.retrieved
+        self.cited += other.cited
+        self.helpful += other.helpful
+        self.harmful += other.harmful
+        if other.last_cited_step is not None:
+            self.last_cited_step = max(self.last_cited_step or 0, other.last_cited_step)
 
 
 class Experience(BaseModel):
@@ -49,7 +58,8 @@ class Experience(BaseModel):
 
 
 class ExperienceOp(BaseModel):
-    """An edit to the library. UPDATE and DELETE name ``id``; MERGE names ``ids`` and the new ``text``."""
+    """An edit to the library. UPDATE, DELETE and RESTORE (a retired lesson back) name ``id``;
+    MERGE names ``ids`` and the new ``text``."""
 
     op: OpKind
     id: str | None = None

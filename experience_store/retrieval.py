@@ -1,0 +1,123 @@
+"""Choosing which experiences enter a prompt, within a token budget.
+
+Modes: ``all`` injects the whole library (paper-faithful; no budget); ``retrieve`` takes the
+top-k by embedding similarity to the query and keeps, in order of similarity, those that fit
+the budget; ``auto`` injects everything while the library fits the budget and retrieves beyond.
+
+Tokens are counted by a ``count_tokens(text) -> int`` the caller gives (the toolkit passes the
+policy model's tokenizer where it is known); without one, an estimate of 4 characters a token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+from experience_store.embedding import embedding_from_spec
+from experience_store.models import Experience
+from experience_store.render import DEFAULT_BLOCK, render_experiences
+
+Mode = Literal["all", "retrieve", "auto"]
+TokenCounter = Callable[[str], int]
+
+
+def estimate_tokens(text: str) -> int:
+    """About 4 characters a token (English prose with common tokenizers); never 0 for text."""
+    return (len(text) + 3) // 4
+
+
+class Index:
+    """Top-k and near-duplicate search over a Chroma collection of experience texts."""
+
+    def __init__(self, collection: Any, embedding: dict[str, Any]):
+        self.collection = collection
+        self.embed = embedding_from_spec(embedding)
+
+    @classmethod
+    def in_memory(cls, experiences: Sequence[Experience], embedding: dict[str, Any]) -> "Index":
+        """An ephemeral (process-local) index, e.g. for a pack loaded without a store."""
+        import chromadb
+
+        client = chromadb.EphemeralClient(settings=chromadb.Settings(anonymized_telemetry=False))
+        col = client.create_collection(f"pack-{uuid.uuid4().hex}", embedding_function=None, metadata={"hnsw:space": "cosine"})
+        index = cls(col, embedding)
+        index.upsert(experiences)
+        return index
+
+    def upsert(self, experiences: Sequence[Experience], batch: int = 2000) -> None:
+        items = list(experiences)
+        for start in range(0, len(items), batch):
+            part = items[start : start + batch]
+            self.collection.upsert(
+                ids=[e.id for e in part], documents=[e.text for e in part], embeddings=self.embed([e.text for e in part]),
+                metadatas=[{"revision": e.revision, "created_step": e.created_step, "updated_step": e.updated_step} for e in part],
+            )
+
+    def search_vectors(self, vectors: list[list[float]], k: int) -> list[list[tuple[str, float]]]:
+        """For each vector, up to k (id, cosine similarity) pairs, most similar first."""
+        n = self.collection.count()
+        if n == 0 or not vectors:
+            return [[] for _ in vectors]
+        res = self.collection.query(query_embeddings=vectors, n_results=min(k, n), include=["distances"])
+        return [[(i, 1.0 - float(d)) for i, d in zip(ids, dists)] for ids, dists in zip(res["ids"], res["distances"])]
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        return self.search_vectors(self.embed([query]), k)[0]
+
+    def near_duplicates(self, texts: Sequence[str], threshold: float, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each text, the indexed experiences whose cosine similarity is at least ``threshold``."""
+        if not texts:
+            return []
+        hits = self.search_vectors(self.embed(list(texts)), k)
+        return [[(i, s) for i, s in row if s >= threshold] for row in hits]
+
+
+@dataclass
+class Injection:
+    """What one prompt receives: the rendered block and the ids in it."""
+
+    text: str
+    ids: list[str]
+    tokens: int
+    mode: str
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def select(
+    experiences: Sequence[Experience],
+    query: str,
+    *,
+    index: Index | None,
+    mode: Mode = "all",
+    budget: int = 2000,
+    k: int = 8,
+    count_tokens: TokenCounter | None = None,
+    template: str = DEFAULT_BLOCK,
+) -> Injection:
+    """The experiences for one query, rendered. ``experiences`` are the active ones."""
+    count = count_tokens or estimate_tokens
+    active = [e for e in experiences if e.status == "active"]
+    if mode not in ("all", "retrieve", "auto"):
+        raise ValueError(f"unknown injection mode {mode!r}")
+    if mode in ("all", "auto"):
+        block = render_experiences(active, template)
+        tokens = count(block) if block else 0
+        if mode == "all" or tokens <= budget:
+            return Injection(block, [e.id for e in active], tokens, "all")
+    if index is None or not active:
+        return Injection("", [], 0, "retrieve")
+    by_id = {e.id: e for e in active}
+    hits = [(i, s) for i, s in index.search(query, k) if i in by_id]
+    chosen: list[Experience] = []
+    used = 0
+    for exp_id, _ in hits:
+        line = render_experiences([by_id[exp_id]], template)
+        cost = count(line) + 1
+        if used + cost > budget:
+            continue
+        chosen.append(by_id[exp_id])
+        used += cost
+    block = render_experiences(chosen, template)
+    return Injection(block, [e.id for e in chosen], count(block) if block else 0, "retrieve",
+                     {i: round(s, 4) for i, s in hits if i in {e.id for e in chosen}})

@@ -1,0 +1,186 @@
+"""Packs: round trip, runtime use without the toolkit, and refusal of malicious or broken packs."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from experience_store import Experience, OpResult, ExperienceOp, Pack, PackError
+from experience_store import pack as pack_mod
+
+LESSONS = [
+    "When adding fractions, rewrite both over a common denominator first.",
+    "When a triangle is right-angled, use the Pythagorean theorem for the missing side.",
+    "When a percentage changes twice, multiply the growth factors instead of adding percentages.",
+    "When counting arrangements with repeats, divide by the factorial of each repeat count.",
+]
+
+
+def make_pack(**meta) -> Pack:
+    exps = [Experience(id=f"E{i + 1}", text=t, created_step=1, updated_step=1) for i, t in enumerate(LESSONS)]
+    hist = [OpResult(step=1, op=ExperienceOp(op="ADD", text=t), status="applied", result_id=f"E{i + 1}") for i, t in enumerate(LESSONS)]
+    return Pack.build(exps, hist, task="demo", policy_model="sim", **meta)
+
+
+def test_round_trip_zip_and_directory(tmp_path):
+    pack = make_pack(name="demo-lessons")
+    for target in (tmp_path / "x.zip", tmp_path / "xdir"):
+        pack.write(target)
+        back = Pack.load(target)
+        assert [e.text for e in back.active] == LESSONS
+        assert back.manifest.counts == {"experiences": 4, "retired": 0, "history": 4}
+        assert back.manifest.embedding == {"name": "lexical", "dim": 512}
+        assert set(back.manifest.files) == {"experiences.jsonl", "history.jsonl"}
+    assert "Pack.load" in (tmp_path / "xdir" / "README.md").read_text()
+
+
+def test_render_retrieves_the_relevant_lesson_within_budget(tmp_path):
+    pack = make_pack()
+    pack.write(tmp_path / "x.zip")
+    loaded = Pack.load(tmp_path / "x.zip")
+    assert loaded.render("a triangle with a right angle: find the missing side", mode="retrieve", k=1) == f"[E2] {LESSONS[1]}"
+    everything = loaded.render("anything", mode="auto", budget=10_000)
+    assert everything.count("\n") == 3  # auto: all four fit the budget
+    small = loaded.inject("percentage growth twice", mode="auto", budget=30)
+    assert small.mode == "retrieve" and small.ids[0] == "E3" and small.tokens <= 30
+
+
+def test_runtime_import_cannot_reach_the_toolkit(tmp_path):
+    make_pack().write(tmp_path / "x.zip")
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tfgrpo', 'torch', 'litellm'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from experience_store import Pack
+print(Pack.load({str(tmp_path / 'x.zip')!r}).render('right triangle side', mode='retrieve', k=1))
+assert not any(m.split('.')[0] in ('tfgrpo', 'torch', 'litellm') for m in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == f"[E2] {LESSONS[1]}"
+
+
+def _rezip(src: Path, dst: Path, edit) -> Path:
+    with zipfile.ZipFile(src) as zf:
+        files = {i.filename: zf.read(i) for i in zf.infolist()}
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in edit(files):
+            out.writestr(name, data)
+    return dst
+
+
+def _symlink_named(files):
+    for name, data in files.items():
+        if name == "README.md":
+            info = zipfile.ZipInfo("README.md")
+            info.external_attr = (0o120777 << 16)
+            yield info, b"/etc/passwd"
+        else:
+            yield name, data
+
+
+def _manifest(change):
+    def edit(files):
+        meta = json.loads(files["manifest.json"])
+        change(meta)
+        files["manifest.json"] = json.dumps(meta).encode()
+        return files.items()
+    return edit
+
+
+def _replace(name, data):
+    def edit(files):
+        files[name] = data
+        return files.items()
+    return edit
+
+
+def _extra(name, data):
+    def edit(files):
+        return [*files.items(), (name, data)]
+    return edit
+
+
+def _bad_experience_line(files):
+    lines = files["experiences.jsonl"].decode().splitlines()
+    lines[1] = json.dumps({"id": "E2"})  # no text
+    data = ("\n".join(lines) + "\n").encode()
+    files["experiences.jsonl"] = data
+    meta = json.loads(files["manifest.json"])
+    import hashlib
+    meta["files"]["experiences.jsonl"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    files["manifest.json"] = json.dumps(meta).encode()
+    return files.items()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_extra("../evil.txt", b"x"), "points outside the pack"),
+    (_extra("/etc/evil", b"x"), "points outside the pack"),
+    (_extra("sub/../../x", b"x"), "points outside the pack"),
+    (_extra("run.py", b"import os"), "unexpected entry 'run.py'"),
+    (_symlink_named, "is a symlink"),
+    (_extra("README.md", b"again"), "appears twice"),
+    (_replace("experiences.jsonl", b"\x00" * (4 << 20)), "zip bomb"),
+    (_replace("manifest.json", b"{not json"), "manifest.json is not valid JSON"),
+    (_manifest(lambda m: m.update(format_version=99)), "format version 99 is not supported"),
+    (_manifest(lambda m: m.update(format="something-else")), "does not describe"),
+    (_manifest(lambda m: m.update(counts="many")), "manifest.json: counts"),
+    (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedding"),
+    (_replace("experiences.jsonl", b'{"id": "E1", "text": "When X, do the wrong thing."}\n'), "checksum mismatch for experiences.jsonl"),
+    (_bad_experience_line, "experiences.jsonl line 2: text: Field required"),
+])
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_malicious_or_broken_pack_is_refused_in_one_line(tmp_path, edit, message):
+    good = make_pack().write(tmp_path / "good.zip")
+    bad = _rezip(good, tmp_path / "bad.zip", edit)
+    with pytest.raises(PackError) as exc:
+        Pack.load(bad)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_size_limits_are_enforced_without_trusting_headers(tmp_path, monkeypatch):
+    good = make_pack().write(tmp_path / "good.zip")
+    monkeypatch.setattr(pack_mod, "MAX_MEMBER_BYTES", 200)
+    with pytest.raises(PackError, match="over the 200-byte limit"):
+        Pack.load(good)
+    monkeypatch.setattr(pack_mod, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(pack_mod, "MAX_TOTAL_BYTES", 1000)
+    with pytest.raises(PackError, match="total over"):
+        Pack.load(good)
+
+
+def test_directory_pack_with_symlink_or_tampering_is_refused(tmp_path):
+    d = make_pack().write(tmp_path / "dir")
+    os.symlink("/etc/hostname", d / "README.md.tmp")
+    with pytest.raises(PackError, match="symlink"):
+        Pack.load(d)
+    (d / "README.md.tmp").unlink()
+    (d / "experiences.jsonl").write_text((d / "experiences.jsonl").read_text().replace("common", "uncommon"))
+    with pytest.raises(PackError, match="checksum mismatch"):
+        Pack.load(d)
+    with pytest.raises(PackError, match="not a readable zip"):
+        Pack.load(tmp_path / "dir" / "manifest.json")
+
+
+def test_diff_and_merge_dedup_across_packs(tmp_path):
+    a = make_pack()
+    other = [Experience(id="E1", text=LESSONS[0].upper()),  # exact duplicate up to case
+             Experience(id="E2", text="When a triangle is right-angled, use the Pythagorean theorem for the missing side!"),
+             Experience(id="E3", text="When dividing by a fraction, multiply by its reciprocal.")]
+    b = Pack.build(other, [], task="demo")
+    d = a.diff(b)
+    assert [e.text for e in d.added][-1] == other[2].text and d.same == 1
+    merged, skipped = a.merge(b)
+    assert len(merged.active) == 5
+    assert [s["duplicate_of"] for s in skipped] == ["E1", "E2"]
+    assert merged.active[-1].text == other[2].text and merged.active[-1].id == "E5"
+    with pytest.raises(PackError, match="embedded differently"):
+        a.merge(Pack.build(other, [], embedding={"name": "lexical", "dim": 64}))

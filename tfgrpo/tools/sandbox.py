@@ -1,0 +1,301 @@
+"""Run untrusted Python in a confined child process (the ``python`` tool and ``tfgrpo sandbox run``).
+
+Each run gets an empty temporary working directory (removed afterwards), a scrubbed
+environment, and limits on CPU time, memory (address space), processes, file size, open
+files, output size and wall-clock time. Where the machine allows it the code also runs in
+new network and PID namespaces and under a Landlock ruleset (see ``_confine.py``);
+:func:`isolation` says what this machine provides, and docs/agents.md lists what is not
+isolated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CONFINE = Path(__file__).with_name("_confine.py")
+PIDS_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")
+SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
+LIMIT_KINDS = ("wall", "cpu", "memory", "processes", "output", "file_size")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sandboxed run may use."""
+
+    wall_s: float = 10.0
+    cpu_s: int = 5
+    memory_mb: int = 1024
+    processes: int = 32
+    output_bytes: int = 64 * 1024  # per stream; more ends the run and is cut off
+    file_mb: int = 16
+    open_files: int = 64
+
+
+@dataclass
+class SandboxResult:
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    signal: int | None
+    wall_s: float
+    cpu_s: float | None
+    limit: str | None = None  # which limit stopped the code: one of LIMIT_KINDS, or None
+    truncated: bool = False
+    isolation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.limit is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------
+# What the machine allows
+
+
+def _pids_cgroup_root() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for root in PIDS_CGROUP_ROOTS:
+        probe = Path(root) / f"tfgrpo-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        try:
+            if (probe / "pids.max").is_file():
+                return root
+        finally:
+            probe.rmdir()
+    return None
+
+
+def _read_paths() -> list[str]:
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    return sorted(paths) + list(SYSTEM_READ_PATHS)
+
+
+@lru_cache(maxsize=1)
+def isolation() -> dict[str, Any]:
+    """What confinement this machine gives, found by running a probe in the sandbox once."""
+    probe = (
+        "import os, socket\n"
+        "out = {}\n"
+        "try:\n"
+        "    socket.create_connection(('1.1.1.1', 53), timeout=1); out['network'] = 'reachable'\n"
+        "except OSError as e:\n"
+        "    out['network'] = 'blocked: ' + (e.strerror or str(e))\n"
+        "try:\n"
+        "    open('/etc/hostname').read(); out['read_outside'] = 'allowed'\n"
+        "except OSError as e:\n"
+        "    out['read_outside'] = 'blocked: ' + (e.strerror or str(e))\n"
+        "out['pid'] = os.getpid()\n"
+        "print(__import__('json').dumps(out))\n"
+    )
+    plan = _plan()
+    res = _run_sync(probe, Limits(wall_s=10))
+    seen: dict[str, Any] = {}
+    try:
+        seen = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        seen = {"probe_error": (res.stderr or res.stdout)[-300:]}
+    return {
+        "namespaces": res.isolation.get("namespaces"),
+        "landlock_abi": plan["landlock_abi"] if "setup_error" not in res.isolation else None,
+        "process_limit": "pids cgroup" if plan["cgroup_root"] else ("RLIMIT_NPROC" if os.geteuid() != 0 else None),
+        "network": seen.get("network"),
+        "read_outside_workdir": seen.get("read_outside"),
+        "pid_namespace": seen.get("pid") == 1,
+        **({"setup_error": res.isolation["setup_error"]} if "setup_error" in res.isolation else {}),
+        **({"probe_error": seen["probe_error"]} if "probe_error" in seen else {}),
+    }
+
+
+@lru_cache(maxsize=1)
+def _plan() -> dict[str, Any]:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    abi = int(libc.syscall(444, None, 0, 1))
+    return {"cgroup_root": _pids_cgroup_root(), "landlock_abi": abi if abi > 0 else None}
+
+
+# ---------------------------------------------------------------------------------------
+# One run
+
+
+def _env(workdir: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    }
+
+
+def _prepare(code: str, limits: Limits, files: dict[str, str] | None) -> tuple[Path, Path, str | None]:
+    plan = _plan()
+    base = Path(tempfile.mkdtemp(prefix="tfgrpo-sbx-"))
+    work = base / "work"
+    work.mkdir()
+    for name, text in (files or {}).items():
+        target = (work / name).resolve()
+        if work.resolve() not in target.parents:
+            raise ValueError(f"sandbox file name escapes the working directory: {name}")
+        target.write_text(text)
+    (work / "main.py").write_text(code)
+    cgroup = None
+    if plan["cgroup_root"]:
+        cgroup = os.path.join(plan["cgroup_root"], f"tfgrpo-sbx-{uuid.uuid4().hex[:12]}")
+        os.mkdir(cgroup)
+        Path(cgroup, "pids.max").write_text(str(limits.processes))
+    spec = {
+        "workdir": str(work),
+        "status_path": str(base / "status.json"),
+        "cmd": [sys.executable, "-I", "main.py"],
+        "env": _env(str(work)),
+        "namespaces": True,
+        "landlock": plan["landlock_abi"] is not None,
+        "read_paths": _read_paths(),
+        "cgroup": cgroup,
+        # Without a cgroup a non-root user still has RLIMIT_NPROC (it counts the user's other
+        # processes too, so the budget starts from what the user already runs).
+        "nproc": None if (cgroup or os.geteuid() == 0) else _user_tasks() + limits.processes,
+        "limits": {
+            "cpu_s": int(limits.cpu_s), "memory_bytes": int(limits.memory_mb) << 20,
+            "file_bytes": int(limits.file_mb) << 20, "open_files": int(limits.open_files),
+        },
+    }
+    spec_path = base / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    return base, spec_path, cgroup
+
+
+def _user_tasks() -> int:
+    uid, n = os.getuid(), 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    n += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                continue
+    return n
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int, over: asyncio.Event) -> tuple[bytes, bool]:
+    buf = bytearray()
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return bytes(buf), False
+        room = cap - len(buf)
+        buf.extend(chunk[: max(room, 0)])
+        if len(chunk) > room:
+            over.set()
+            return bytes(buf), True
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def run_python(code: str, limits: Limits | None = None, *, files: dict[str, str] | None = None) -> SandboxResult:
+    """Run ``code`` as ``main.py`` in a fresh sandbox; never raises for what the code does."""
+    limits = limits or Limits()
+    base, spec_path, cgroup = _prepare(code, limits, files)
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", str(CONFINE), str(spec_path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=_env(str(base)), start_new_session=True,
+    )
+    over = asyncio.Event()
+    readers = asyncio.gather(_read_capped(proc.stdout, limits.output_bytes, over),  # type: ignore[arg-type]
+                             _read_capped(proc.stderr, limits.output_bytes, over))  # type: ignore[arg-type]
+    over_wait = asyncio.ensure_future(over.wait())
+    done_wait = asyncio.ensure_future(proc.wait())
+    limit: str | None = None
+    try:
+        done, _ = await asyncio.wait({over_wait, done_wait}, timeout=limits.wall_s, return_when=asyncio.FIRST_COMPLETED)
+        if over_wait in done:
+            limit = "output"
+        elif not done:
+            limit = "wall"
+    finally:
+        over_wait.cancel()
+        if limit is not None or proc.returncode is None:
+            _kill_group(proc.pid)
+        await proc.wait()
+        (out, out_cut), (err, err_cut) = await readers
+    wall = time.monotonic() - started
+    status: dict[str, Any] = {}
+    try:
+        status = json.loads((base / "status.json").read_text())
+    except (OSError, ValueError):
+        pass  # the launcher was killed (wall clock or output limit)
+    shutil.rmtree(base, ignore_errors=True)
+    if cgroup:
+        _remove_cgroup(cgroup)
+    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    applied = status.get("applied", {})
+    if "setup_error" in applied:
+        stderr = f"sandbox setup failed: {applied['setup_error']}\n{stderr}"
+    sig = status.get("signal")
+    cpu = status.get("cpu_s")
+    limit = limit or _which_limit(sig, cpu, stderr, limits)
+    return SandboxResult(
+        stdout=stdout, stderr=stderr, exit_code=status.get("exit_code") if status else (None if limit else proc.returncode), signal=sig, wall_s=round(wall, 3),
+        cpu_s=round(cpu, 3) if cpu is not None else None, limit=limit, truncated=out_cut or err_cut,
+        isolation=applied,
+    )
+
+
+def _which_limit(sig: int | None, cpu: float | None, stderr: str, limits: Limits) -> str | None:
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu >= limits.cpu_s - 0.05):
+        return "cpu"
+    tail = stderr[-2000:]
+    if sig == signal.SIGXFSZ or "File too large" in tail:  # Python ignores SIGXFSZ: the write fails
+        return "file_size"
+    if "MemoryError" in tail or "Cannot allocate memory" in tail:
+        return "memory"
+    if "Resource temporarily unavailable" in tail and ("fork" in tail or "thread" in tail or "Errno 11" in tail):
+        return "processes"
+    return None
+
+
+def _remove_cgroup(path: str) -> None:
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)  # processes still exiting
+
+
+def _run_sync(code: str, limits: Limits) -> SandboxResult:
+    return asyncio.run(run_python(code, limits))
+
+
+def run_file(path: str | Path, limits: Limits | None = None) -> SandboxResult:
+    """Run a file's code in the sandbox (``tfgrpo sandbox run``)."""
+    return _run_sync(Path(path).read_text(), limits or Limits())
