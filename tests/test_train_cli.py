@@ -163,3 +163,17 @@ def test_prompts_dir_overrides_a_builtin_template(tmp_path):
     assert summary["reward_by_step"][0] > SKILLED_P - 0.15
     proc = tfgrpo("train", "--prompts-dir", str(tmp_path / "missing"), check=False)
     assert proc.returncode == 2 and "prompts directory not found" in proc.stderr
+
+
+def test_yaml_config_with_flags_on_top(tmp_path):
+    import yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: demo\nepochs: 3\nbatch_size: 16\ngroup_size: 2\npolicy:\n  temperature: 0.5\njudge:\n  max_ops_per_group: 1\n")
+    summary = last_json(tfgrpo("train", "--config", str(cfg), "--epochs", "1", "--model", "sim", "--out", str(tmp_path / "run"), "--json"))
+    assert summary["steps"] == 2  # 32 problems / 16 per step, one epoch: the flag beat the file
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["group_size"] == 2 and saved["policy"]["temperature"] == 0.5
+    assert saved["judge"]["max_ops_per_group"] == 1 and saved["policy"]["model"] == "sim"
+    groups = [json.loads(line) for line in (tmp_path / "run" / "groups.jsonl").read_text().splitlines()]
+    assert all(len(g["proposals"]) <= 1 for g in groups) and all(len(g["rewards"]) == 2 for g in groups)
