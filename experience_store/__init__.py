@@ -7,6 +7,7 @@ without the learning toolkit::
     context = Pack.load("pack.zip").render("the user's question")
 """
 
+from experience_store.credit import cited_ids, usage_credit
 from experience_store.embedding import LexicalEmbedding, embedding_from_spec, parse_spec, same_spec, spec_label
 from experience_store.errors import ConflictError, PackError, StoreError
 from experience_store.library import Library, LibraryState, apply_ops, prune_ops
@@ -32,6 +33,7 @@ __all__ = [
     "Stats",
     "StoreError",
     "apply_ops",
+    "cited_ids",
     "embedding_from_spec",
     "estimate_tokens",
     "parse_spec",
@@ -40,4 +42,5 @@ __all__ = [
     "same_spec",
     "select",
     "spec_label",
+    "usage_credit",
 ]

@@ -175,6 +175,12 @@ def apply_ops(
     return new, results
 
 
+def _collection_name(name: str) -> str:
+    """A Chroma collection name (3-512 of [a-zA-Z0-9._-], alphanumeric at both ends)."""
+    clean = re.sub(r"[^a-zA-Z0-9._-]+", "-", name).strip("-._")
+    return f"lib-{clean or 'x'}-x"[: 500] if len(clean) < 3 else clean[:500]
+
+
 def prune_ops(state: LibraryState, step: int, *, unused_steps: int, min_votes: int = 3, harmful_share: float = 0.5) -> list[ExperienceOp]:
     """DELETE ops (reason "prune: ...") for active lessons that are mostly harmful (at least
     ``min_votes`` cited outcomes, more than ``harmful_share`` of them harmful) or not cited for
@@ -209,7 +215,7 @@ class Library:
         self.versions_dir = self.path / "versions"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self.store = store
-        self.collection_name = collection or COLLECTION
+        self.collection_name = _collection_name(collection) if collection else COLLECTION
         self._client = None
         self._collection = None
         self._commits = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tfgrpo.config_fields import flag
 from tfgrpo.errors import UserError
@@ -48,8 +48,26 @@ class JudgeConfig(_Model):
 
 
 class LibraryConfig(_Model):
-    injection: Literal["all"] = Field("all", description="How experiences enter the prompt: 'all' injects the whole library (paper-faithful)", json_schema_extra=flag("injection"))
-    embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding spec stored with the library")
+    injection: Literal["all", "retrieve", "auto"] = Field("all", description="How experiences enter the prompt: 'all' injects the whole library (paper-faithful), 'retrieve' the top-k most similar to the query within the token budget, 'auto' all while it fits the budget and retrieve beyond", json_schema_extra=flag("injection"))
+    budget_tokens: int = Field(2000, gt=0, description="Token budget of the injected experiences in retrieve and auto modes (counted with the policy's tokenizer where known)", json_schema_extra=flag("inject-budget"))
+    top_k: int = Field(8, gt=0, description="Experiences retrieved per query in retrieve and auto modes", json_schema_extra=flag("top-k"))
+    embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL", json_schema_extra=flag("embedding"))
+    dedup_threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a proposed lesson is handed to consolidation as a MERGE candidate", json_schema_extra=flag("dedup-threshold"))
+    prune_unused_steps: int = Field(0, ge=0, description="Retire lessons not cited for this many steps (0: never)", json_schema_extra=flag("prune-unused"))
+    prune_min_votes: int = Field(3, ge=1, description="Cited outcomes needed before a mostly harmful lesson is retired")
+    prune_harmful_share: float = Field(0.5, ge=0, le=1, description="Share of harmful cited outcomes above which a lesson is retired")
+    store: str | None = Field(None, description="Chroma server http://host:port shared by several writers (default: a local index in the run directory)", json_schema_extra=flag("store"))
+    collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
+
+    @field_validator("embedding", mode="before")
+    @classmethod
+    def _spec(cls, value: Any) -> Any:
+        from experience_store import StoreError, parse_spec
+
+        try:
+            return parse_spec(value) if isinstance(value, (str, dict)) else value
+        except StoreError as e:
+            raise ValueError(str(e)) from None
 
 
 class RunConfig(_Model):

@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from experience_store import ExperienceOp
-from tfgrpo.config import JudgeConfig
+from experience_store import ExperienceOp, Library, Stats, apply_ops, prune_ops
+from tfgrpo.config import JudgeConfig, LibraryConfig
 from tfgrpo.judge import ProposedOp, check_op_fields, judge_messages, upper_op
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.prompting import Prompts
@@ -64,6 +64,7 @@ async def consolidate(
     library: str,
     *,
     use_cache: bool = True,
+    candidates: list[dict] | None = None,
 ) -> Distilled:
     live = [p for p in proposals if p.op != "NONE"]
     if not live:
@@ -71,6 +72,7 @@ async def consolidate(
     user = prompts.render(
         "consolidate.j2", library=library, proposals=json.dumps(order_proposals(live), indent=1, ensure_ascii=False),
         schema=json.dumps(schema_for(Consolidation)),
+        candidates=json.dumps(candidates, indent=1, ensure_ascii=False) if candidates else "",
     )
     out = await ask_structured(client, judge_messages(prompts, user), Consolidation, "consolidation",
                                temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache)
@@ -83,3 +85,26 @@ async def consolidate(
         if o.op != "NONE"
     ]
     return Distilled(ops=ops, called=True, raw=out.raw)
+
+
+def merge_candidates(library: Library, proposals: list[ProposedOp], threshold: float) -> list[dict]:
+    """Library lessons whose embedding is within ``threshold`` cosine of a proposed ADD or
+    UPDATE text (an UPDATE's own target excluded): consolidation sees them as MERGE candidates."""
+    live = [p for p in proposals if p.op in ("ADD", "UPDATE") and p.text.strip()]
+    hits = library.near_duplicates([p.text for p in live], threshold)
+    out = []
+    for p, near in zip(live, hits):
+        similar = [{"id": i, "similarity": round(s, 3)} for i, s in near if i != p.id]
+        if similar:
+            out.append({"proposal": p.text, "op": p.op, "id": p.id, "similar_to": similar})
+    return out
+
+
+def prune_for(library: Library, cfg: LibraryConfig, credit: dict[str, Stats], step: int, ops: list[ExperienceOp]) -> list[ExperienceOp]:
+    """Prune DELETEs for this step, judged on the stats including this step's credit, leaving
+    alone the lessons this step's ops already touch."""
+    touched = {i for o in ops for i in (o.id, *o.ids) if i}
+    preview, _ = apply_ops(library.state, [], step, credit=credit)
+    pruned = prune_ops(preview, step, unused_steps=cfg.prune_unused_steps, min_votes=cfg.prune_min_votes,
+                       harmful_share=cfg.prune_harmful_share)
+    return [o for o in pruned if o.id not in touched]

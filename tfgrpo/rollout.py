@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from tfgrpo.llm.client import Completion, LLMClient
 from tfgrpo.prompting import Prompts
@@ -17,6 +17,24 @@ def stable_seed(*parts: Any) -> int:
     """A seed that depends only on its parts (not on Python's per-process hash salt)."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def token_counter(model: str | None) -> Callable[[str], int]:
+    """Token counting for the injection budget: the policy's tokenizer through litellm where
+    it is known, else experience_store's estimate (the simulated model has no tokenizer)."""
+    from experience_store import estimate_tokens
+
+    if model is None or model == "sim" or model.startswith("sim/"):
+        return estimate_tokens
+    import litellm
+
+    def count(text: str) -> int:
+        try:
+            return int(litellm.token_counter(model=model, text=text))
+        except Exception:  # unknown model or tokenizer not available offline
+            return estimate_tokens(text)
+
+    return count
 
 
 def agent_messages(task: Task, sample: Sample, experiences: str, prompts: Prompts) -> list[dict[str, Any]]:

@@ -22,16 +22,16 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from experience_store import Library, Provenance
+from experience_store import Library, Provenance, usage_credit
 from tfgrpo.config import RunConfig, dump_yaml
-from tfgrpo.distill import consolidate
+from tfgrpo.distill import consolidate, merge_candidates, prune_for
 from tfgrpo.judge import Attempt, GroupJudgement, judge_group
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
 from tfgrpo.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast
-from tfgrpo.rollout import Group, sample_group, stable_seed
+from tfgrpo.rollout import Group, sample_group, stable_seed, token_counter
 from tfgrpo.tasks import Task
 
 RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
@@ -164,7 +164,9 @@ async def train(
     done = run_dir.steps()
     last = done[-1].step if done else 0
     run_dir.discard_after(last)
-    library = Library(run_dir.path / "library", embedding=cfg.library.embedding)
+    library = Library(run_dir.path / "library", embedding=cfg.library.embedding, store=cfg.library.store,
+                      collection=cfg.library.collection or (run_dir.path.name if cfg.library.store else None))
+    count_tokens = token_counter(models.policy_name)
     library.discard_after(last)
     library.sync()
 
@@ -180,12 +182,17 @@ async def train(
         usage_before = models.usage.to_dict()
         batch = [samples[i] for i in indices]
         experiences = library.render()
+        shown: dict[str, list[str]] = {}  # sample id -> experience ids injected into its prompt
 
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
 
         async def one(sample, _epoch=epoch):
+            lib = cfg.library
+            injected = library.inject(sample.user_text(), mode=lib.injection, budget=lib.budget_tokens, k=lib.top_k,
+                                      count_tokens=count_tokens)
+            shown[sample.id] = injected.ids
             g = await sample_group(
-                models.policy, task, sample, experiences, prompts, n=cfg.group_size,
+                models.policy, task, sample, injected.text, prompts, n=cfg.group_size,
                 temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens,
                 seed=stable_seed(cfg.seed, "rollout", _epoch, sample.id), use_cache=use_cache,
             )
@@ -216,7 +223,9 @@ async def train(
         judgements = dict(zip(to_judge, await asyncio.gather(*(judge_one(i) for i in to_judge))))
         proposals = [p for j in judgements.values() for p in j.proposals]
         hooks.on_phase(f"step {step}/{len(plan)} consolidating", 1 if proposals else 0)
-        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, experiences, use_cache=use_cache)
+        candidates = merge_candidates(library, proposals, cfg.library.dedup_threshold)
+        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, experiences, use_cache=use_cache,
+                                      candidates=candidates)
         if distilled.called:
             hooks.on_advance("consolidating")
 
@@ -249,7 +258,10 @@ async def train(
         )
         run_dir.append("rollouts.jsonl", rollouts)
         run_dir.append("groups.jsonl", group_records)
-        results = library.apply(distilled.ops, step, provenance)
+        credit = usage_credit(((shown[g.sample.id], c.text, advantages[i][j]) for i, g in enumerate(groups)
+                               for j, c in enumerate(g.completions)), step)
+        pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
+        results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
         run_dir.append("ops.jsonl", [*results, *failures])
 
         present = [r for g in groups for r in g.combined if r is not None]

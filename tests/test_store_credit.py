@@ -1,0 +1,79 @@
+"""Usage credit from citations, pruning (reversible), near-duplicate MERGE candidates, and
+retrieval injection in a real training run."""
+
+import json
+
+from cli_helpers import last_json, tfgrpo
+from experience_store import ExperienceOp, Library, Stats, cited_ids, prune_ops, usage_credit
+from tfgrpo.config import LibraryConfig
+from tfgrpo.distill import merge_candidates, prune_for
+from tfgrpo.judge import ProposedOp
+from tfgrpo.prompting import Prompts
+
+
+def add(lib, *texts, step=1):
+    return lib.apply([ExperienceOp(op="ADD", text=t) for t in texts], step=step)
+
+
+def test_citations_credit_helpful_harmful_retrieved_cited():
+    assert cited_ids("Using [E3] and [E12], then [E3] again; not E4 or [X1].") == ["E3", "E12"]
+    credit = usage_credit([
+        (["E1", "E2"], "By [E1] the answer is 4.", 1.2),
+        (["E1", "E2"], "Following [E1] and [E2]: 5.", -0.8),
+        (["E1", "E2"], "No citation here.", 0.5),
+        (["E2"], "Cites [E1] though it was not shown.", 1.0),
+    ], step=7)
+    assert credit["E1"] == Stats(retrieved=3, cited=2, helpful=1, harmful=1, last_cited_step=7)
+    assert credit["E2"] == Stats(retrieved=4, cited=1, helpful=0, harmful=1, last_cited_step=7)
+
+
+def test_credit_is_stored_and_prune_retires_harmful_and_unused_reversibly(tmp_path):
+    lib = Library(tmp_path / "lib")
+    add(lib, "When A, do a.", "When B, do b.", "When C, do c.")
+    lib.apply([], step=2, credit={"E1": Stats(retrieved=5, cited=4, helpful=1, harmful=3, last_cited_step=2),
+                                  "E2": Stats(retrieved=5, cited=2, helpful=2, last_cited_step=2)})
+    assert lib.state.get("E1").stats.harmful == 3
+    ops = prune_ops(lib.state, step=6, unused_steps=5)
+    assert {o.id: o.reason for o in ops} == {"E1": "prune: harmful in 3 of 4 cited answers", "E3": "prune: not cited for 5 steps"}
+    res = lib.apply(ops, step=6)
+    assert [e.id for e in lib.experiences] == ["E2"]
+    assert all(r.op.reason.startswith("prune:") for r in res)
+    lib.apply([ExperienceOp(op="RESTORE", id="E3")], step=7)
+    assert [e.id for e in lib.experiences] == ["E2", "E3"]
+    assert lib.apply([ExperienceOp(op="RESTORE", id="E2")], step=8)[0].status == "rejected"
+
+
+def test_prune_for_uses_this_steps_credit_and_spares_touched_ids(tmp_path):
+    lib = Library(tmp_path / "lib")
+    add(lib, "When A, do a.", "When B, do b.")
+    cfg = LibraryConfig(prune_min_votes=2)
+    credit = {i: Stats(cited=2, harmful=2, last_cited_step=2) for i in ("E1", "E2")}
+    pruned = prune_for(lib, cfg, credit, 2, [ExperienceOp(op="UPDATE", id="E2", text="When B, do b well.")])
+    assert [o.id for o in pruned] == ["E1"]
+
+
+def test_near_duplicate_proposals_reach_consolidation_as_merge_candidates(tmp_path):
+    lib = Library(tmp_path / "lib")
+    add(lib, "When adding fractions, rewrite both over a common denominator first.", "When stuck, reread the question.")
+    props = [ProposedOp(op="ADD", text="When adding fractions, rewrite both over a common denominator first!"),
+             ProposedOp(op="ADD", text="When a percentage changes twice, multiply the factors.")]
+    cands = merge_candidates(lib, props, threshold=0.9)
+    assert len(cands) == 1 and cands[0]["similar_to"][0]["id"] == "E1"
+    prompt = Prompts().render("consolidate.j2", library=lib.render(), proposals="[]", schema="{}", candidates=json.dumps(cands))
+    assert "<merge_candidates>" in prompt and '"E1"' in prompt
+
+
+def test_training_with_retrieval_injection_counts_usage(tmp_path):
+    out = tmp_path / "run"
+    summary = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "2", "--limit", "16",
+                               "--injection", "retrieve", "--top-k", "2", "--inject-budget", "200",
+                               "--out", str(out), "--json", "-q"))
+    assert summary["library_size"] > 2
+    lib = Library(out / "library")
+    retrieved = [e.stats.retrieved for e in lib.experiences]
+    assert sum(retrieved) > 0
+    # each prompt got at most top-k=2 lessons: 16 queries x 5 answers x 2 per step, at most
+    steps = summary["steps"]
+    assert sum(e.stats.retrieved for e in lib.state.experiences) <= steps * 8 * 5 * 2
+    cfg = (out / "config.yaml").read_text()
+    assert "injection: retrieve" in cfg and "top_k: 2" in cfg
