@@ -10,7 +10,7 @@ without the learning toolkit::
 from experience_store.credit import cited_ids, usage_credit
 from experience_store.embedding import LexicalEmbedding, embedding_from_spec, parse_spec, same_spec, spec_label
 from experience_store.errors import ConflictError, PackError, StoreError
-from experience_store.library import Library, LibraryState, apply_ops, prune_ops
+from experience_store.library import Library, LibraryState, apply_ops, diff_states, prune_ops
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 from experience_store.pack import Pack, PackManifest
 from experience_store.render import render_experiences
@@ -34,6 +34,7 @@ __all__ = [
     "StoreError",
     "apply_ops",
     "cited_ids",
+    "diff_states",
     "embedding_from_spec",
     "estimate_tokens",
     "parse_spec",

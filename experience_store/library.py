@@ -20,16 +20,19 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
-from experience_store.embedding import DEFAULT_SPEC
+from experience_store.embedding import DEFAULT_SPEC, same_spec, spec_label
 from experience_store.errors import ConflictError, StoreError
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 from experience_store.render import DEFAULT_BLOCK, render_experiences
 from experience_store.retrieval import Index, Injection, Mode, TokenCounter, select
+
+if TYPE_CHECKING:
+    from experience_store.pack import Pack
 
 log = logging.getLogger(__name__)
 COLLECTION = "experiences"
@@ -284,6 +287,29 @@ class Library:
         ``ConflictError`` (nothing applied) when another writer committed since this library
         was read."""
         new, results = apply_ops(self.state, ops, step, provenance, credit)
+        self._commit(new, step)
+        return results
+
+    def import_pack(self, pack: "Pack", *, reembed: bool = False) -> list[OpResult]:
+        """Add a pack's lessons as the next version. An empty library becomes the pack (ids,
+        stats and provenance kept, the pack's embedding adopted); a non-empty one gets them as
+        ADD ops (exact duplicates skipped), which needs the same embedding spec or ``reembed``."""
+        step = max([*self.versions(), self.state.step]) + 1
+        if not self.state.experiences:
+            exps = [e.model_copy(deep=True) for e in pack.experiences]
+            top = max((int(e.id[1:]) for e in exps if e.id[1:].isdigit()), default=0)
+            new = LibraryState(step=step, next_id=top + 1, embedding=dict(pack.manifest.embedding), experiences=exps)
+            self._commit(new, step)
+            return [OpResult(step=step, op=ExperienceOp(op="ADD", text=e.text, reason="pack import"), status="applied",
+                             result_id=e.id) for e in pack.active]
+        if not same_spec(self.state.embedding, pack.manifest.embedding) and not reembed:
+            raise StoreError(f"the pack was embedded with {spec_label(pack.manifest.embedding)} but this library uses "
+                             f"{spec_label(self.state.embedding)}; re-embed it with --reembed (or import into a new library)")
+        origin = Provenance(run=f"pack:{pack.manifest.name or pack.manifest.source_run or 'unnamed'}", step=step, task=pack.manifest.task)
+        ops = [ExperienceOp(op="ADD", text=e.text, title=e.title, tags=list(e.tags), reason=f"pack import of {e.id}") for e in pack.active]
+        return self.apply(ops, step, origin)
+
+    def _commit(self, new: LibraryState, step: int) -> None:
         with self._lock():
             on_disk = self.versions()
             if self.store is None and on_disk and on_disk[-1] != self.state.step and on_disk[-1] >= step:
@@ -307,7 +333,6 @@ class Library:
                 self._sync_index_quietly(self.state)
                 raise
         self.state = new
-        return results
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -408,3 +433,21 @@ class Library:
 
     def export_jsonl(self) -> str:
         return "".join(json.dumps(e.model_dump(), ensure_ascii=False) + "\n" for e in self.state.experiences)
+
+
+def diff_states(a: LibraryState, b: LibraryState) -> dict[str, list[Experience]]:
+    """What changed from version ``a`` to ``b`` by id: added, retired, changed (new text), restored."""
+    before = {e.id: e for e in a.experiences}
+    out: dict[str, list[Experience]] = {"added": [], "retired": [], "changed": [], "restored": []}
+    for e in b.experiences:
+        old = before.get(e.id)
+        was_active = old is not None and old.status == "active"
+        if e.status == "active" and old is None:
+            out["added"].append(e)
+        elif e.status == "active" and not was_active:
+            out["restored"].append(e)
+        elif e.status == "retired" and was_active:
+            out["retired"].append(e)
+        elif e.status == "active" and old is not None and old.text != e.text:
+            out["changed"].append(e)
+    return out

@@ -1,0 +1,163 @@
+"""``tfgrpo pack export|import|verify|show|diff|merge``: experience packs (see experience_store.pack)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.table import Table
+
+import tfgrpo
+from experience_store import Library, OpResult, Pack, spec_label
+from tfgrpo.cli.console import emit, err_console
+from tfgrpo.cli.eval import library_dir
+from tfgrpo.cli.library import experience_row, store_errors
+from tfgrpo.errors import UserError
+
+
+def pack_from_run(run: Path, step: int | None, eval_file: Path | None, name: str | None) -> Pack:
+    """The library of ``run`` (at ``step``) with the ops that built it and the run's metadata."""
+    lib = Library(library_dir(run), at_step=step)
+    have = lib.versions()
+    if step is not None and step not in have:
+        raise UserError(f"{run}: no library version for step {step}" + (f" (it has steps {have[0]} to {have[-1]})" if have else ""))
+    if not have:
+        raise UserError(f"{run}: the library has no versions yet")
+    run_dir = lib.path.parent
+    cfg: dict[str, Any] = {}
+    if (run_dir / "config.yaml").is_file():
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    history = []
+    ops_file = run_dir / "ops.jsonl"
+    if ops_file.is_file():
+        for line in ops_file.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                if row.get("status") in ("applied", "rejected", "noop") and row.get("step", 0) <= lib.state.step:
+                    history.append(OpResult.model_validate(row))
+            except (json.JSONDecodeError, ValidationError):
+                continue  # torn line of an unfinished step, or another record kind
+    evals = None
+    source = eval_file or (run_dir / "eval.json" if (run_dir / "eval.json").is_file() else None)
+    if source is not None:
+        try:
+            evals = json.loads(Path(source).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read eval results {source}: {e}") from None
+        if not isinstance(evals, dict):
+            raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
+    policy = (cfg.get("policy") or {}).get("model")
+    return Pack.build(
+        lib.state.experiences, history, name=name or run_dir.name, toolkit_version=tfgrpo.__version__,
+        task=cfg.get("task"), policy_model=policy, judge_model=(cfg.get("judge") or {}).get("model") or policy,
+        source_run=run_dir.name, source_step=lib.state.step, embedding=lib.state.embedding, eval=evals,
+    )
+
+
+def manifest_table(pack: Pack, title: str) -> Table:
+    m = pack.manifest
+    t = Table(title=title, title_justify="left", show_header=False)
+    for key, value in (("name", m.name), ("format", f"{m.format} v{m.format_version}"), ("toolkit", m.toolkit_version),
+                       ("task", m.task), ("policy", m.policy_model), ("judge", m.judge_model),
+                       ("source", f"{m.source_run}@{m.source_step}" if m.source_run else None),
+                       ("embedding", spec_label(m.embedding)), ("lessons", m.counts.get("experiences")),
+                       ("retired", m.counts.get("retired")), ("history ops", m.counts.get("history")),
+                       ("created", m.created)):
+        t.add_row(key, "n/a" if value is None else str(value))
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Portable experience packs: export, import, verify, show, diff, merge.", no_args_is_help=True)
+    app.add_typer(group, name="pack")
+    json_opt = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")
+
+    @group.command("export")
+    @store_errors
+    def export_cmd(run: Path = typer.Argument(..., help="Run directory"),
+                   out: Path = typer.Option(..., "--out", "-o", help="Pack to write: x.zip, or a directory"),
+                   step: Optional[int] = typer.Option(None, "--step", help="Library as it was after this step (default: latest)"),
+                   eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval results to record (tfgrpo eval --json output; default: eval.json in the run)"),
+                   name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the run's)"),
+                   as_json: bool = json_opt) -> None:
+        """Write a run's library (with the ops that built it) as a verifiable pack."""
+        pack = pack_from_run(run, step, eval_file, name)
+        pack.write(out)
+        emit([manifest_table(pack, f"wrote {out}")], {"pack": str(out), **pack.manifest.model_dump(mode="json")}, as_json)
+
+    @group.command("verify")
+    @store_errors
+    def verify_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"), as_json: bool = json_opt) -> None:
+        """Check paths, sizes, schema, format version and checksums; exit 2 with the reason if any fails."""
+        p = Pack.load(pack)
+        if not as_json:
+            err_console.print(f"ok: {pack} ({p.manifest.counts.get('experiences', 0)} lessons, checksums match)")
+        emit([], {"ok": True, "pack": str(pack), "counts": p.manifest.counts,
+                  "sha256": {n: f.sha256 for n, f in p.manifest.files.items()}}, as_json)
+
+    @group.command("show")
+    @store_errors
+    def show_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
+                 query: Optional[str] = typer.Option(None, "--query", help="Show what would be injected for this query"),
+                 as_json: bool = json_opt) -> None:
+        """The manifest and the lessons (or, with --query, the block injected for it)."""
+        p = Pack.load(pack)
+        lessons = Table(title="lessons", title_justify="left")
+        lessons.add_column("id")
+        lessons.add_column("lesson")
+        injected = p.inject(query) if query is not None else None
+        for e in p.active:
+            if injected is None or e.id in injected.ids:
+                lessons.add_row(e.id, e.text)
+        payload = {"manifest": p.manifest.model_dump(mode="json"), "experiences": [experience_row(e) for e in p.active]}
+        if injected is not None:
+            payload["injected"] = {"ids": injected.ids, "tokens": injected.tokens, "mode": injected.mode, "text": injected.text}
+        emit([manifest_table(p, str(pack)), lessons], payload, as_json)
+
+    @group.command("diff")
+    @store_errors
+    def diff_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"), as_json: bool = json_opt) -> None:
+        """Lessons only in A (-) and only in B (+), compared by text."""
+        d = Pack.load(a).diff(Pack.load(b))
+        t = Table(title=f"{a} -> {b}: {d.same} in both", title_justify="left")
+        t.add_column("")
+        t.add_column("id")
+        t.add_column("lesson")
+        for e in d.removed:
+            t.add_row("-", e.id, e.text)
+        for e in d.added:
+            t.add_row("+", e.id, e.text)
+        emit([t], d.as_dict(), as_json)
+
+    @group.command("merge")
+    @store_errors
+    def merge_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"),
+                  out: Path = typer.Option(..., "--out", "-o", help="Merged pack to write"),
+                  threshold: float = typer.Option(0.9, "--threshold", help="Cosine similarity at which a lesson of B counts as a duplicate"),
+                  as_json: bool = json_opt) -> None:
+        """A's lessons plus B's that are not (near-)duplicates of one already kept."""
+        merged, skipped = Pack.load(a).merge(Pack.load(b), threshold=threshold, name=out.stem)
+        merged.write(out)
+        emit([manifest_table(merged, f"wrote {out}; {len(skipped)} duplicates skipped")],
+             {"pack": str(out), "experiences": len(merged.active), "skipped": skipped}, as_json)
+
+    @group.command("import")
+    @store_errors
+    def import_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
+                   into: Path = typer.Option(..., "--into", help="Run or library directory to add the lessons to (created if missing)"),
+                   reembed: bool = typer.Option(False, "--reembed", help="Re-embed the pack with the library's embedding when the specs differ"),
+                   as_json: bool = json_opt) -> None:
+        """Verify a pack, then add its lessons to a library as one new version (nothing is written if verification fails)."""
+        p = Pack.load(pack)
+        target = into / "library" if (into / "library").is_dir() or not (into / "versions").is_dir() else into
+        lib = Library(target)
+        results = lib.import_pack(p, reembed=reembed)
+        added = sum(1 for r in results if r.status == "applied")
+        if not as_json:
+            err_console.print(f"imported {added} lessons into {target} (step {lib.state.step}, {len(lib)} active)")
+        emit([], {"library": str(target), "step": lib.state.step, "added": added,
+                  "skipped": sum(1 for r in results if r.status != "applied"), "size": len(lib)}, as_json)
