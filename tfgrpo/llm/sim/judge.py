@@ -27,7 +27,8 @@ import re
 from typing import Any
 
 from tfgrpo.llm.sim.policy import text_of
-from tfgrpo.llm.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, Skill, find_row, skill_in_text
+from tfgrpo.llm.sim.agentic import find_tool_row
+from tfgrpo.llm.sim.skills import ALL_SKILLS, SKILLS_BY_NAME, TOOL_SKILLS_BY_TASK, VAGUE_LESSON, Skill, find_row, skill_in_text
 
 UPDATE_P = 0.3
 VAGUE_P = 0.1
@@ -57,12 +58,20 @@ def _op(op: str, text: str = "", reason: str = "", id: str | None = None, ids: l
     return out
 
 
+def _skill_of(problem: str) -> Skill | None:
+    """The skill a problem exercises: a demo problem's hidden skill, or an agentic task's tool skill."""
+    row = find_row(problem)
+    if row is not None:
+        return SKILLS_BY_NAME[row["skill"]]
+    found = find_tool_row(problem)
+    return TOOL_SKILLS_BY_TASK[found[0]] if found else None
+
+
 def group_comparison(user: str, rng: random.Random) -> dict[str, Any]:
     problem = (_between(user, "problem") or "").strip()
-    row = find_row(problem) if problem else None
-    if row is None:
+    skill = _skill_of(problem) if problem else None
+    if skill is None:
         return {"analysis": "The problem is not one I recognise, so no lesson is drawn.", "ops": [_op("NONE", reason="Unknown problem.")]}
-    skill = SKILLS_BY_NAME[row["skill"]]
     named = _line_naming(parse_library(user), skill)
     analysis = f"The better attempts {skill.approach}; the worse ones did not."
     r = rng.random()
@@ -90,7 +99,7 @@ def consolidation(user: str) -> dict[str, Any]:
     out = [_op("DELETE", "", "As proposed.", id=i) for i in dict.fromkeys(deleted)]
     touched = set(deleted)
     merged_skills: set[str] = set()
-    for skill in SKILLS:  # two live library lines naming one skill: merge them
+    for skill in ALL_SKILLS:  # two live library lines naming one skill: merge them
         named = [i for i in _line_naming(library, skill) if i not in touched]
         if len(named) > 1:
             out.append(_op("MERGE", skill.lesson, f"These lines all teach {skill.keyword}.", ids=named))
@@ -118,12 +127,37 @@ def consolidation(user: str) -> dict[str, Any]:
     return {"ops": [{**o, "ids": o.get("ids", [])} for o in out]}
 
 
+_CALLED = re.compile(r"the agent called (\w+)\((.*?)\)( \[(\w+)\])?\n\s*-> (.*)")
+
+
 def sample_summary(user: str) -> dict[str, Any]:
     attempt = _between(user, "attempt") or user
+    calls = _CALLED.findall(attempt)
+    if calls or "Final answer:" in attempt:  # a tool-calling trajectory
+        steps = [f"called {name}" + (f" ({err}, told so)" if err else f", which returned: {result.strip()[:80]}")
+                 for name, _, _, err, result in calls]
+        final = attempt.rsplit("Final answer:", 1)[-1].strip().splitlines()
+        stopped = " It was stopped by a limit." if "was stopped by its" in attempt else ""
+        done = "; then ".join(steps) if steps else "used no tool"
+        return {"summary": f"The agent {done}.{stopped} Final answer: {(final[-1] if final else '(none)')[:120]}"}
     answers = re.findall(r"Answer\s*:\s*(.+)", attempt)
     if answers:
         return {"summary": f"The attempt reasons in a sentence or two and answers {answers[-1].strip()}."}
     return {"summary": "The attempt gives no final answer line."}
+
+
+def grade(user: str) -> dict[str, Any]:
+    """The simulated grader: right when the attempt's last ``Answer:`` line holds the expected
+    answer (the reference answer shown, else the bundled dataset's)."""
+    problem = (_between(user, "problem") or "").strip()
+    expected = (_between(user, "reference_answer") or "").strip()
+    if not expected:
+        found = find_tool_row(problem)
+        row = found[1] if found else find_row(problem)
+        expected = str((row or {}).get("answer", ""))
+    answers = re.findall(r"Answer\s*:\s*(.+)", _between(user, "attempt") or "")
+    correct = bool(expected) and bool(answers) and expected.lower() in answers[-1].lower()
+    return {"reason": "The final answer matches." if correct else "The final answer does not match.", "correct": correct}
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,7 +242,7 @@ def conform(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = No
 # ---------------------------------------------------------------------------------------
 # Dispatch
 
-_BUILDERS = ("group_comparison", "consolidation", "sample_summary")
+_BUILDERS = ("group_comparison", "consolidation", "sample_summary", "grade")
 
 
 def judge_content(messages: list[dict[str, Any]], response_format: dict[str, Any], rng: random.Random, malformed: bool = False) -> str:
@@ -228,6 +262,8 @@ def judge_content(messages: list[dict[str, Any]], response_format: dict[str, Any
         value = consolidation(user)
     elif name == "sample_summary":
         value = sample_summary(user)
+    elif name == "grade":
+        value = grade(user)
     else:
         value = {}
     if schema is not None:

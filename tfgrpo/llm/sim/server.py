@@ -7,7 +7,10 @@ Choice ``i`` of a request is a pure function of (server seed, request ``seed``, 
 
 Faults for client tests are a FIFO queue, one consumed per chat request: ``429`` (with
 ``Retry-After``), ``500``, ``503``, ``timeout`` (answer after ``timeout_delay`` seconds),
-``malformed`` (content cut in half: invalid JSON for the judge), ``ok``.
+``malformed`` (content cut in half: invalid JSON for the judge; for a request with ``tools``,
+the arguments of the tool call cut in half), ``ok``.
+
+A request with ``tools`` is answered by the simulated tool-calling agent (``agentic.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
 from tfgrpo.errors import UserError
+from tfgrpo.llm.sim.agentic import agent_reply
 from tfgrpo.llm.sim.judge import judge_content
 from tfgrpo.llm.sim.policy import choice_rng, policy_completion, text_of
 
@@ -226,9 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "timeout":
             sim.wait(sim.timeout_delay)
+        tools = body.get("tools") if role == "policy" and isinstance(body.get("tools"), list) else None
         contents = []
+        calls: list[Any] = []
         for i in range(max(1, n)):
             rng = choice_rng(sim.seed, body.get("seed"), messages, i, salt=role)
+            if tools:
+                # The plan is drawn from the opening messages only, so it holds over the turns.
+                reply = agent_reply(messages, tools, choice_rng(sim.seed, body.get("seed"), messages[:2], i, salt="agent"),
+                                    malformed=fault == "malformed")
+                contents.append(reply["content"])
+                calls.append(reply["tool_calls"])
+                continue
             if role == "judge":
                 text = judge_content(messages, rf, rng, malformed=fault == "malformed")
             else:
@@ -239,7 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
         sim.stats.record_completions(len(contents))
         model = str(body.get("model") or f"sim-{role}")
         prompt_tokens = sum(_words(text_of(m.get("content"))) for m in messages)
-        completion_tokens = sum(_words(c) for c in contents)
+        completion_tokens = sum(_words(c or "") for c in contents)
+        completion_tokens += sum(_words(c["function"]["arguments"]) for cs in calls if cs for c in cs)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         ident, created = f"chatcmpl-sim-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
@@ -250,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
             {"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop", "logprobs": None}
             for i, c in enumerate(contents)
         ]
+        for choice, cs in zip(choices, calls):
+            if cs:
+                choice["message"]["tool_calls"] = cs
+                choice["finish_reason"] = "tool_calls"
         self._send_json(200, {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": choices, "usage": usage})
 
     def _stream(self, ident: str, created: int, model: str, contents: list[str], usage: dict[str, int] | None) -> None:

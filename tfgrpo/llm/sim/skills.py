@@ -107,7 +107,41 @@ SKILLS: tuple[Skill, ...] = (
     ),
 )
 
+# One tool-use skill per agentic task (math-tools, docqa, sql, code): the simulated agent
+# uses its tools well far more often when its context names the keyword (llm/sim/agentic.py).
+TOOL_SKILLS: tuple[Skill, ...] = (
+    Skill(
+        "math-tools",
+        "run it in python",
+        "When a computation has more than two steps, write a short program and run it in python before answering; copy the printed result.",
+        ("When arithmetic is long or error-prone, do not work it out by hand: run it in python and answer with what the program prints.",),
+        "wrote a program for the computation and ran it with the python tool",
+    ),
+    Skill(
+        "docqa",
+        "search the corpus",
+        "When a question asks for a specific fact, search the corpus with its most distinctive names first, and answer only from what the passages say.",
+        ("When a fact is asked about a named place or person, search the corpus for that name before answering instead of guessing.",),
+        "searched for the distinctive names and answered from the passage",
+    ),
+    Skill(
+        "sql",
+        "inspect the schema",
+        "When querying a database, inspect the schema first (sqlite_master) and write the query with the exact tables, columns and filters the question needs.",
+        ("When a question is about a database, inspect the schema before writing SQL, and check that the query answers exactly what was asked.",),
+        "looked at the schema first and wrote the query against the exact columns",
+    ),
+    Skill(
+        "code",
+        "run the tests",
+        "When writing a function, run the tests from the problem statement in python before giving the final code, and fix every failure first.",
+        ("When asked for code, run the tests with the python tool and only answer once they pass.",),
+        "ran the given tests, saw the failure and fixed the code",
+    ),
+)
+ALL_SKILLS: tuple[Skill, ...] = SKILLS + TOOL_SKILLS
 SKILLS_BY_NAME: dict[str, Skill] = {s.name: s for s in SKILLS}
+TOOL_SKILLS_BY_TASK: dict[str, Skill] = {s.name: s for s in TOOL_SKILLS}
 
 # A lesson that names no skill: the simulated judge proposes it now and then, as a real
 # judge sometimes writes an unhelpful generic rule.
@@ -117,7 +151,7 @@ VAGUE_LESSON = "When unsure, re-check the arithmetic before answering."
 def skill_in_text(text: str) -> Skill | None:
     """The first skill whose keyword occurs in ``text`` (case-insensitive)."""
     low = text.lower()
-    for s in SKILLS:
+    for s in ALL_SKILLS:
         if s.keyword in low:
             return s
     return None

@@ -1,0 +1,103 @@
+"""Rewards for runs without reference answers: self-consistency and an LLM grader.
+
+* :func:`self_consistency` scores each answer by agreement with its group's majority answer
+  (1.0 in the majority, 0.0 otherwise; tied leaders score 0.5), as in the method's
+  no-ground-truth ablation. Pair it with ``--no-ground-truth`` so the judge sees no labels.
+* :func:`llm_grader` asks a grader model whether an answer is right (against the reference
+  answer when the sample has one) and scores 1.0 or 0.0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field
+
+from tfgrpo.rewards import Reward, group_reward, reward
+
+Extract = Callable[[str], "str | None"]
+_ANSWER_LINE = re.compile(r"^\W*answer\W*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def answer_line(text: str | None) -> str | None:
+    """The value of the last ``Answer: <value>`` line."""
+    found = _ANSWER_LINE.findall(text or "")
+    return found[-1].strip().strip("*`").strip() if found else None
+
+
+def normalise(answer: str | None) -> str | None:
+    """Lower case, single spaces, no surrounding punctuation or articles: for exact-match checks."""
+    if not answer:
+        return None
+    text = re.sub(r"[^\w\s.-]", " ", answer.lower())
+    words = [w for w in text.split() if w not in ("the", "a", "an")]
+    return " ".join(words).strip(" .") or None
+
+
+def self_consistency(extract: Extract, *, name: str = "self_consistency", weight: float = 1.0) -> Reward:
+    """A group reward: agreement of each answer (as ``extract`` reads it) with the group's majority."""
+
+    def agree(sample: Any, completions: list[str]) -> list[float]:
+        answers = [normalise(extract(c)) for c in completions]
+        counts = Counter(a for a in answers if a)
+        if not counts:
+            return [0.0] * len(completions)
+        top = max(counts.values())
+        leaders = {a for a, n in counts.items() if n == top}
+        share = 1.0 if len(leaders) == 1 else 0.5
+        return [share if a in leaders else 0.0 for a in answers]
+
+    return group_reward(agree, name=name, weight=weight)
+
+
+class Grade(BaseModel):
+    reason: str = Field(description="One sentence: why the answer is right or wrong")
+    correct: bool
+
+
+GRADE_PROMPT = """Grade the final answer of an agent.
+
+<problem>
+{problem}
+</problem>
+{reference}
+<attempt>
+{attempt}
+</attempt>
+
+Is the attempt's final answer correct? Reply with a JSON object matching this schema:
+{schema}"""
+
+
+def llm_grader(model: str, *, api_base: str | None = None, api_key_env: str | None = None,
+               name: str = "llm_grader", weight: float = 1.0) -> Reward:
+    """A reward asking ``model`` (a litellm name, or ``sim`` for the SIMULATED grader)."""
+    from tfgrpo.llm.client import LLMClient
+    from tfgrpo.structured import ask_structured, schema_for
+
+    state: dict[str, Any] = {}
+
+    def client() -> LLMClient:
+        if "client" not in state:
+            base, key, name_ = api_base, os.environ.get(api_key_env) if api_key_env else None, model
+            if model == "sim":
+                from tfgrpo.llm.sim import start_sim_server
+
+                state["server"] = start_sim_server()  # stopped with the process (daemon threads)
+                base, key, name_ = state["server"].base_url, "sim", "openai/sim-judge"
+            state["client"] = LLMClient(model=name_, role="grader", api_base=base, api_key=key)
+        return state["client"]
+
+    async def grade(sample: Any, completion: str) -> float | None:
+        reference = f"\n<reference_answer>{sample.answer}</reference_answer>\n" if sample.answer is not None else ""
+        user = GRADE_PROMPT.format(problem=sample.user_text(), reference=reference, attempt=completion,
+                                   schema=json.dumps(schema_for(Grade)))
+        out = await ask_structured(client(), [{"role": "user", "content": user}], Grade, "grade", temperature=0.0,
+                                   max_tokens=256)
+        return (1.0 if out.value.correct else 0.0) if out.ok and out.value is not None else None
+
+    return reward(grade, name=name, weight=weight)
