@@ -54,6 +54,14 @@ class Group:
     completions: list[Completion]
     rewards: list[list[float | None]]
     combined: list[float | None]
+    trajectories: list[Any] | None = None  # agent.Trajectory per answer, for tasks with tools
+
+    def attempt_text(self, j: int) -> str:
+        """Answer ``j`` as the judge sees it: the whole trajectory for a tool-calling rollout."""
+        if self.trajectories is not None and self.trajectories[j] is not None:
+            return self.trajectories[j].render()
+        c = self.completions[j]
+        return c.text if c.ok else f"(no answer: request failed: {c.error})"
 
 
 async def sample_group(
@@ -68,11 +76,41 @@ async def sample_group(
     max_tokens: int | None,
     seed: int,
     use_cache: bool = True,
+    agent: Any = None,
 ) -> Group:
+    """G answers to one query, scored. A task with tools runs G tool-calling rollouts
+    (limits from ``agent``, a :class:`tfgrpo.config.AgentConfig`) instead of one request."""
     messages = agent_messages(task, sample, experiences, prompts)
+    if task.tools:
+        return await _sample_agent_group(client, task, sample, messages, n=n, temperature=temperature,
+                                         max_tokens=max_tokens, seed=seed, use_cache=use_cache, limits=agent)
     completions = await client.sample(
         messages, n=n, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed, use_cache=use_cache
     )
     rewards = await score_group(task.rewards, sample, [c.text for c in completions])
     combined = [combine(row, task.weights) for row in rewards]
     return Group(sample=sample, completions=completions, rewards=rewards, combined=combined)
+
+
+async def _sample_agent_group(client: LLMClient, task: Task, sample: Sample, messages: list[dict[str, Any]], *, n: int,
+                              temperature: float, max_tokens: int | None, seed: int, use_cache: bool, limits: Any) -> Group:
+    import asyncio
+
+    from tfgrpo.agent import run_agent
+    from tfgrpo.config import AgentConfig
+    from tfgrpo.tools.base import toolset
+
+    tools = toolset(task.tools)
+    runs = await asyncio.gather(*(
+        run_agent(client, messages, tools, limits=limits or AgentConfig(), temperature=temperature, seed=seed + i,
+                  max_tokens=max_tokens or task.max_tokens, use_cache=use_cache)
+        for i in range(n)
+    ))
+    completions = []
+    for i, (c, _) in enumerate(runs):
+        c.index = i
+        completions.append(c)
+    rewards = await score_group(task.rewards, sample, [c.text for c in completions])
+    combined = [combine(row, task.weights) for row in rewards]
+    return Group(sample=sample, completions=completions, rewards=rewards, combined=combined,
+                 trajectories=[t for _, t in runs])

@@ -15,6 +15,8 @@ failure that stops the run at a point where it can be resumed.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import os
 import random
@@ -43,6 +45,8 @@ class Completion:
     cached: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Calls the model asked for (OpenAI tools API): [{"id", "type", "function": {"name", "arguments"}}]
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,6 +80,7 @@ class LLMClient:
     cache: ResponseCache | None = None
     usage: Usage = field(default_factory=Usage)
     supports_n: bool | None = None
+    price_per_mtok: tuple[float, float] | None = None  # USD per 1M prompt/completion tokens, for unpriced models
     _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,9 +103,11 @@ class LLMClient:
         max_tokens: int | None = None,
         seed: int | None = None,
         response_format: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
         use_cache: bool = True,
     ) -> list[Completion]:
-        """G samples for one prompt, cached ones first; failed samples come back with text None."""
+        """G samples for one prompt, cached ones first; failed samples come back with text None.
+        With ``tools`` (OpenAI function schemas) a completion may carry ``tool_calls``."""
         request = {
             "model": self.model,
             "messages": messages,
@@ -109,6 +116,8 @@ class LLMClient:
             "seed": seed,
             "response_format": response_format,
         }
+        if tools:
+            request["tools"] = tools  # only when given: keys of plain requests stay as they were
         key = request_key(request)
         indices = list(range(n))
         cached = self.cache.get_many(key, indices) if (self.cache is not None and use_cache) else {}
@@ -135,6 +144,7 @@ class LLMClient:
                             "finish_reason": c.finish_reason,
                             "prompt_tokens": c.prompt_tokens,
                             "completion_tokens": c.completion_tokens,
+                            **({"tool_calls": c.tool_calls} if c.tool_calls else {}),
                         },
                     )
         return [out[i] for i in indices]
@@ -152,9 +162,11 @@ class LLMClient:
             "drop_params": True,
             "max_retries": 0,
         }
-        for k in ("max_tokens", "response_format"):
-            if request[k] is not None:
+        for k in ("max_tokens", "response_format", "tools"):
+            if request.get(k) is not None:
                 kwargs[k] = request[k]
+        if request.get("tools") and _skips_mcp_gateway():
+            kwargs["_skip_mcp_handler"] = True
         if seed is not None:
             kwargs["seed"] = seed
         if self.api_base:
@@ -195,7 +207,10 @@ class LLMClient:
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
         stats.cached_tokens += int(getattr(details, "cached_tokens", 0) or 0)
-        stats.add_cost(_cost(resp))
+        cost = _cost(resp)
+        if cost is None and self.price_per_mtok is not None:
+            cost = (prompt_tokens * self.price_per_mtok[0] + completion_tokens * self.price_per_mtok[1]) / 1e6
+        stats.add_cost(cost)
         choices = list(getattr(resp, "choices", []) or [])
         out: list[Completion] = []
         per_choice_prompt = prompt_tokens // max(1, len(indices))
@@ -206,6 +221,7 @@ class LLMClient:
                 continue
             ch = choices[pos]
             text = getattr(ch.message, "content", None)
+            calls = _tool_calls(ch.message)
             # Completion tokens of one choice: the backend reports the request's total; split evenly.
             out.append(
                 Completion(
@@ -214,9 +230,40 @@ class LLMClient:
                     finish_reason=getattr(ch, "finish_reason", None),
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
+                    tool_calls=calls,
                 )
             )
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def _skips_mcp_gateway() -> bool:
+    """Recent litellm imports its MCP gateway (the optional ``mcp`` package) for every request
+    with ``tools`` unless told to skip it; we send plain function tools, never MCP ones."""
+    import importlib.util
+
+    import litellm.main
+
+    if importlib.util.find_spec("mcp") is not None:
+        return False
+    try:
+        return "_skip_mcp_handler" in inspect.getsource(litellm.main)
+    except (OSError, TypeError):
+        return False
+
+
+def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
+    """The message's tool calls as plain dicts; arguments stay the raw string the model wrote."""
+    calls = getattr(message, "tool_calls", None) or []
+    out = []
+    for c in calls:
+        fn = getattr(c, "function", None)
+        out.append({
+            "id": str(getattr(c, "id", "") or f"call_{len(out)}"),
+            "type": "function",
+            "function": {"name": str(getattr(fn, "name", "") or ""), "arguments": str(getattr(fn, "arguments", "") or "")},
+        })
+    return out or None
 
 
 def _backend_supports_n(model: str) -> bool:
