@@ -14,7 +14,7 @@ from experience_store.library import Library, LibraryState, apply_ops, diff_stat
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 from experience_store.pack import Pack, PackManifest
 from experience_store.render import render_experiences
-from experience_store.retrieval import Index, Injection, estimate_tokens, select
+from experience_store.retrieval import Index, Injection, Selector, estimate_tokens
 
 __all__ = [
     "ConflictError",
@@ -30,6 +30,7 @@ __all__ = [
     "PackError",
     "PackManifest",
     "Provenance",
+    "Selector",
     "Stats",
     "StoreError",
     "apply_ops",
@@ -41,7 +42,6 @@ __all__ = [
     "prune_ops",
     "render_experiences",
     "same_spec",
-    "select",
     "spec_label",
     "usage_credit",
 ]

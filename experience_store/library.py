@@ -29,7 +29,7 @@ from experience_store.embedding import DEFAULT_SPEC, same_spec, spec_label
 from experience_store.errors import ConflictError, StoreError
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 from experience_store.render import DEFAULT_BLOCK, render_experiences
-from experience_store.retrieval import Index, Injection, Mode, TokenCounter, select
+from experience_store.retrieval import Index, Injection, Mode, Selector, TokenCounter
 
 if TYPE_CHECKING:
     from experience_store.pack import Pack
@@ -223,6 +223,7 @@ class Library:
         self._collection = None
         self._commits = None
         self._base_commit = 0
+        self._selector: tuple[LibraryState, Selector] | None = None
         self.state = self._load(at_step)
         if store is not None and at_step is None:
             self._base_commit, shared = self._latest_commit()
@@ -272,10 +273,17 @@ class Library:
 
     def inject(self, query: str, *, mode: Mode = "all", budget: int = 2000, k: int = 8,
                count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
-        """The experiences for one query (see ``retrieval.select``)."""
-        index = self.index if mode != "all" else None
-        return select(self.state.active(), query, index=index, mode=mode, budget=budget, k=k,
-                      count_tokens=count_tokens, template=template)
+        """The experiences for one query (see ``retrieval``)."""
+        if self._selector is None or self._selector[0] is not self.state:
+            index = None
+
+            def lazy_index() -> Index:
+                nonlocal index
+                index = index or self.index
+                return index
+
+            self._selector = (self.state, Selector(self.state.experiences, lazy_index))
+        return self._selector[1].select(query, mode=mode, budget=budget, k=k, count_tokens=count_tokens, template=template)
 
     def near_duplicates(self, texts: list[str], threshold: float) -> list[list[tuple[str, float]]]:
         return self.index.near_duplicates(texts, threshold) if len(self) else [[] for _ in texts]

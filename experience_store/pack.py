@@ -32,7 +32,7 @@ from experience_store.embedding import DEFAULT_SPEC, parse_spec, same_spec, spec
 from experience_store.errors import PackError, StoreError
 from experience_store.models import Experience, OpResult
 from experience_store.render import DEFAULT_BLOCK
-from experience_store.retrieval import Index, Injection, Mode, TokenCounter, select
+from experience_store.retrieval import Index, Injection, Mode, Selector, TokenCounter
 
 FORMAT = "tfgrpo-experience-pack"
 FORMAT_VERSION = 1
@@ -95,6 +95,7 @@ class Pack:
         self.experiences = experiences
         self.history = history
         self._index: Index | None = None
+        self._selector: Selector | None = None
 
     # --------------------------------------------------------------- building
     @classmethod
@@ -180,9 +181,11 @@ class Pack:
 
     def inject(self, query: str, *, mode: Mode = "auto", budget: int = 1500, k: int = 8,
                count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
-        index = self.index() if mode != "all" else None
-        return select(self.active, query, index=index, mode=mode, budget=budget, k=k,
-                      count_tokens=count_tokens, template=template)
+        """The experiences for ``query``: all of them while they fit ``budget``, else the top ``k``
+        by similarity that fit (``mode`` all/retrieve/auto, see ``retrieval``)."""
+        if self._selector is None:
+            self._selector = Selector(self.experiences, self.index)
+        return self._selector.select(query, mode=mode, budget=budget, k=k, count_tokens=count_tokens, template=template)
 
     def render(self, query: str = "", **options: Any) -> str:
         """The context block for ``query``: lines ``[E12] When ..., ...`` (see ``inject``)."""

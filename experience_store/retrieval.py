@@ -84,40 +84,46 @@ class Injection:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def select(
-    experiences: Sequence[Experience],
-    query: str,
-    *,
-    index: Index | None,
-    mode: Mode = "all",
-    budget: int = 2000,
-    k: int = 8,
-    count_tokens: TokenCounter | None = None,
-    template: str = DEFAULT_BLOCK,
-) -> Injection:
-    """The experiences for one query, rendered. ``experiences`` are the active ones."""
-    count = count_tokens or estimate_tokens
-    active = [e for e in experiences if e.status == "active"]
-    if mode not in ("all", "retrieve", "auto"):
-        raise ValueError(f"unknown injection mode {mode!r}")
-    if mode in ("all", "auto"):
-        block = render_experiences(active, template)
-        tokens = count(block) if block else 0
-        if mode == "all" or tokens <= budget:
-            return Injection(block, [e.id for e in active], tokens, "all")
-    if index is None or not active:
-        return Injection("", [], 0, "retrieve")
-    by_id = {e.id: e for e in active}
-    hits = [(i, s) for i, s in index.search(query, k) if i in by_id]
-    chosen: list[Experience] = []
-    used = 0
-    for exp_id, _ in hits:
-        line = render_experiences([by_id[exp_id]], template)
-        cost = count(line) + 1
-        if used + cost > budget:
-            continue
-        chosen.append(by_id[exp_id])
-        used += cost
-    block = render_experiences(chosen, template)
-    return Injection(block, [e.id for e in chosen], count(block) if block else 0, "retrieve",
-                     {i: round(s, 4) for i, s in hits if i in {e.id for e in chosen}})
+class Selector:
+    """Injection for one fixed set of active experiences: the ``all`` block and its token
+    count are computed once per counter, lookups by id are O(1), so a query costs one
+    embedding and one vector search however large the library is."""
+
+    def __init__(self, experiences: Sequence[Experience], index: Callable[[], Index] | None):
+        self.active = [e for e in experiences if e.status == "active"]
+        self.by_id = {e.id: e for e in self.active}
+        self._index = index
+        self._all: dict[tuple[int, str], tuple[str, int]] = {}
+
+    def all_block(self, count: TokenCounter, template: str) -> tuple[str, int]:
+        key = (id(count), template)
+        if key not in self._all:
+            block = render_experiences(self.active, template)
+            self._all[key] = (block, count(block) if block else 0)
+        return self._all[key]
+
+    def select(self, query: str, *, mode: Mode = "all", budget: int = 2000, k: int = 8,
+               count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
+        """The experiences for one query, rendered (see the module docstring for the modes)."""
+        count = count_tokens or estimate_tokens
+        if mode not in ("all", "retrieve", "auto"):
+            raise ValueError(f"unknown injection mode {mode!r}")
+        if mode in ("all", "auto"):
+            block, tokens = self.all_block(count, template)
+            if mode == "all" or tokens <= budget:
+                return Injection(block, list(self.by_id), tokens, "all")
+        if self._index is None or not self.active:
+            return Injection("", [], 0, "retrieve")
+        hits = [(i, s) for i, s in self._index().search(query, k) if i in self.by_id]
+        chosen: list[Experience] = []
+        used = 0
+        for exp_id, _ in hits:
+            cost = count(render_experiences([self.by_id[exp_id]], template)) + 1
+            if used + cost > budget:
+                continue
+            chosen.append(self.by_id[exp_id])
+            used += cost
+        block = render_experiences(chosen, template)
+        ids = [e.id for e in chosen]
+        return Injection(block, ids, count(block) if block else 0, "retrieve",
+                         {i: round(s, 4) for i, s in hits if i in ids})

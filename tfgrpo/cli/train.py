@@ -12,6 +12,7 @@ import typer
 from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
 from tfgrpo.cli.options import FlagSpec, apply_flags, collect, with_generated_options
 from tfgrpo.config import RunConfig, build, load_yaml
+from experience_store import StoreError
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.evaluate import compare
 from tfgrpo.llm.endpoints import open_models
@@ -88,6 +89,8 @@ def run_training(cfg: RunConfig, rd: RunDir, *, show_progress: bool = True) -> t
                          log_dir=rd.path, cache_path=cache_path) as models, progress_hooks(show_progress) as hooks:
             result = asyncio.run(train(cfg, task, models, rd, prompts=prompts, hooks=hooks))
     except EndpointError as e:
+        raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
+    except StoreError as e:  # e.g. another writer committed to the shared library first
         raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
     except KeyboardInterrupt:
         err_console.print(f"interrupted; continue with: tfgrpo train --resume {rd.path}")
