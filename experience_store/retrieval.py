@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
-from experience_store.embedding import embedding_from_spec
+from experience_store.embedding import embedding_from_spec, spec_label
+from experience_store.errors import StoreError
 from experience_store.models import Experience
 from experience_store.render import DEFAULT_BLOCK, render_experiences
 
@@ -32,7 +33,17 @@ class Index:
 
     def __init__(self, collection: Any, embedding: dict[str, Any]):
         self.collection = collection
-        self.embed = embedding_from_spec(embedding)
+        self.spec = embedding
+        self._embed = embedding_from_spec(embedding)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        try:
+            return [list(map(float, v)) for v in self._embed(list(texts))]
+        except StoreError:
+            raise
+        except Exception as e:  # a model that cannot be downloaded, an API without a key, ...
+            raise StoreError(f"embedding {spec_label(self.spec)} failed ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                             "use another embedding spec, e.g. lexical") from None
 
     @classmethod
     def in_memory(cls, experiences: Sequence[Experience], embedding: dict[str, Any]) -> "Index":

@@ -184,3 +184,24 @@ def test_diff_and_merge_dedup_across_packs(tmp_path):
     assert merged.active[-1].text == other[2].text and merged.active[-1].id == "E5"
     with pytest.raises(PackError, match="embedded differently"):
         a.merge(Pack.build(other, [], embedding={"name": "lexical", "dim": 64}))
+
+
+def test_embedding_specs_parse_and_unavailable_ones_fail_in_one_line(tmp_path, monkeypatch):
+    from experience_store import StoreError, parse_spec
+
+    assert parse_spec("lexical:64") == {"name": "lexical", "dim": 64}
+    assert parse_spec("st:/models/minilm") == {"name": "sentence-transformers", "model": "/models/minilm"}
+    assert parse_spec("litellm:openai/text-embedding-3-small") == {"name": "litellm", "model": "openai/text-embedding-3-small"}
+    assert parse_spec("chroma-default") == {"name": "chroma-default"}
+    with pytest.raises(StoreError, match="needs a model"):
+        parse_spec("litellm")
+    # a pack whose model is not installed here: a clear message, or re-embed it on load
+    exps = [Experience(id="E1", text=LESSONS[0]), Experience(id="E2", text=LESSONS[1])]
+    Pack.build(exps, [], embedding={"name": "sentence-transformers", "model": "no-such-model-here"}).write(tmp_path / "st.zip")
+    pack = Pack.load(tmp_path / "st.zip")
+    assert pack.render("q", mode="all") == f"[E1] {LESSONS[0]}\n[E2] {LESSONS[1]}"  # 'all' needs no embedding
+    with pytest.raises(StoreError) as exc:
+        pack.render("right triangle", mode="retrieve")
+    assert "sentence-transformers:no-such-model-here" in str(exc.value) and "\n" not in str(exc.value)
+    again = Pack.load(tmp_path / "st.zip", embedding="lexical")
+    assert again.inject("right-angled triangle missing side", mode="retrieve", k=1).ids == ["E2"]

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from experience_store import StoreError
 from tfgrpo.errors import UserError
 from tfgrpo.trainer import Hooks
 
@@ -25,13 +26,14 @@ def fail(message: str) -> typer.Exit:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Errors a user can fix end in one line and exit status 2, never a traceback."""
+    """Errors a user can fix end in one line and exit status 2, never a traceback
+    (experience_store has its own error type: it cannot import tfgrpo)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, StoreError) as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")

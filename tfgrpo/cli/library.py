@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from experience_store import Experience, Library, LibraryState, StoreError, diff_states
+from experience_store import Experience, Library, LibraryState, diff_states
 from tfgrpo.cli.console import emit, user_errors
 from tfgrpo.cli.eval import library_dir
 from tfgrpo.errors import UserError
-
-
-def store_errors(fn: Callable) -> Callable:
-    """experience_store's own errors (it cannot import tfgrpo) become one-line user errors."""
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StoreError as e:
-            raise UserError(str(e)) from None
-
-    return user_errors(run)
 
 
 def open_version(ref: str) -> tuple[Library, LibraryState, str]:
@@ -52,7 +38,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="library")
 
     @group.command("log")
-    @store_errors
+    @user_errors
     def log_cmd(run: Path = typer.Argument(..., help="Run directory (or its library/ folder)"),
                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")) -> None:
         """One line per step: library size and what the step added, changed, retired."""
@@ -71,7 +57,7 @@ def register(app: typer.Typer) -> None:
         emit([t], {"run": str(run), "versions": rows}, as_json)
 
     @group.command("show")
-    @store_errors
+    @user_errors
     def show_cmd(ref: str = typer.Argument(..., help="RUN or RUN@STEP"),
                  retired: bool = typer.Option(False, "--retired", help="Also list retired lessons"),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")) -> None:
@@ -88,7 +74,7 @@ def register(app: typer.Typer) -> None:
                    "experiences": [experience_row(e) for e in items]}, as_json)
 
     @group.command("diff")
-    @store_errors
+    @user_errors
     def diff_cmd(a: str = typer.Argument(..., help="RUN@STEP (or RUN for its latest)"),
                  b: str = typer.Argument(..., help="RUN@STEP (or RUN for its latest)"),
                  as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")) -> None:
@@ -107,4 +93,4 @@ def register(app: typer.Typer) -> None:
         emit([t], {"a": la, "b": lb, **{k: [experience_row(e) for e in v] for k, v in d.items()}}, as_json)
 
 
-__all__ = ["experience_row", "open_version", "register", "store_errors"]
+__all__ = ["experience_row", "open_version", "register"]

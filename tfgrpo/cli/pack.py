@@ -13,9 +13,9 @@ from rich.table import Table
 
 import tfgrpo
 from experience_store import Library, OpResult, Pack, spec_label
-from tfgrpo.cli.console import emit, err_console
+from tfgrpo.cli.console import emit, err_console, user_errors
 from tfgrpo.cli.eval import library_dir
-from tfgrpo.cli.library import experience_row, store_errors
+from tfgrpo.cli.library import experience_row
 from tfgrpo.errors import UserError
 
 
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
     json_opt = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")
 
     @group.command("export")
-    @store_errors
+    @user_errors
     def export_cmd(run: Path = typer.Argument(..., help="Run directory"),
                    out: Path = typer.Option(..., "--out", "-o", help="Pack to write: x.zip, or a directory"),
                    step: Optional[int] = typer.Option(None, "--step", help="Library as it was after this step (default: latest)"),
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         emit([manifest_table(pack, f"wrote {out}")], {"pack": str(out), **pack.manifest.model_dump(mode="json")}, as_json)
 
     @group.command("verify")
-    @store_errors
+    @user_errors
     def verify_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"), as_json: bool = json_opt) -> None:
         """Check paths, sizes, schema, format version and checksums; exit 2 with the reason if any fails."""
         p = Pack.load(pack)
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
                   "sha256": {n: f.sha256 for n, f in p.manifest.files.items()}}, as_json)
 
     @group.command("show")
-    @store_errors
+    @user_errors
     def show_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
                  query: Optional[str] = typer.Option(None, "--query", help="Show what would be injected for this query"),
                  as_json: bool = json_opt) -> None:
@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
         emit([manifest_table(p, str(pack)), lessons], payload, as_json)
 
     @group.command("diff")
-    @store_errors
+    @user_errors
     def diff_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"), as_json: bool = json_opt) -> None:
         """Lessons only in A (-) and only in B (+), compared by text."""
         d = Pack.load(a).diff(Pack.load(b))
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
         emit([t], d.as_dict(), as_json)
 
     @group.command("merge")
-    @store_errors
+    @user_errors
     def merge_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"),
                   out: Path = typer.Option(..., "--out", "-o", help="Merged pack to write"),
                   threshold: float = typer.Option(0.9, "--threshold", help="Cosine similarity at which a lesson of B counts as a duplicate"),
@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
              {"pack": str(out), "experiences": len(merged.active), "skipped": skipped}, as_json)
 
     @group.command("import")
-    @store_errors
+    @user_errors
     def import_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
                    into: Path = typer.Option(..., "--into", help="Run or library directory to add the lessons to (created if missing)"),
                    reembed: bool = typer.Option(False, "--reembed", help="Re-embed the pack with the library's embedding when the specs differ"),

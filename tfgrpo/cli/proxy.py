@@ -7,14 +7,13 @@ from pathlib import Path
 import typer
 
 from experience_store import Pack
-from tfgrpo.cli.console import err_console
-from tfgrpo.cli.library import store_errors
+from tfgrpo.cli.console import err_console, user_errors
 from tfgrpo.errors import UserError
 
 
 def register(app: typer.Typer) -> None:
     @app.command("proxy")
-    @store_errors
+    @user_errors
     def proxy_cmd(
         pack: Path = typer.Option(..., "--pack", help="Experience pack (zip or directory) to inject"),
         upstream: str = typer.Option(..., "--upstream", help="OpenAI-compatible base URL to forward to, with its /v1 (e.g. http://localhost:8000/v1)"),
