@@ -1,6 +1,7 @@
 """Two writers never lose an op: on one run directory (file lock + version check) and on one
 collection of a Chroma server (``chroma run`` on loopback, optimistic commit log)."""
 
+import multiprocessing
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,30 @@ def test_two_writers_on_one_directory_the_loser_gets_a_clear_error(tmp_path):
     c = Library(tmp_path / "lib")  # reopened: sees A's op and builds on it
     c.apply([add("When B, do b.")], step=2)
     assert [e.text for e in Library(tmp_path / "lib").experiences] == ["When A, do a.", "When B, do b."]
+
+
+def _writer(path, text, barrier, results):
+    lib = Library(path)  # both processes read the same (empty) version
+    barrier.wait()
+    try:
+        lib.apply([add(text)], step=1)
+        results.put(("won", text))
+    except ConflictError as e:
+        results.put(("lost", str(e)))
+
+
+def test_two_processes_racing_on_one_directory_exactly_one_wins(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(tmp_path / "lib", f"When {c}, do {c}.", barrier, results)) for c in "XY"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in procs)
+    assert [o[0] for o in outcomes] == ["lost", "won"]
+    assert "not applied" in outcomes[0][1]
+    assert [e.text for e in Library(tmp_path / "lib").experiences] == [outcomes[1][1]]
 
 
 def free_port() -> int:
