@@ -77,3 +77,17 @@ def test_training_with_retrieval_injection_counts_usage(tmp_path):
     assert sum(e.stats.retrieved for e in lib.state.experiences) <= steps * 8 * 5 * 2
     cfg = (out / "config.yaml").read_text()
     assert "injection: retrieve" in cfg and "top_k: 2" in cfg
+
+
+def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
+    from experience_store import Injection
+    from tfgrpo.distill import consolidation_view
+
+    lib = Library(tmp_path / "lib")
+    add(lib, "When A, do a.", "When B, do b.", "When C, do c.", "When D, do d.")
+    shown = [Injection("", ["E1"], 0, "retrieve")]
+    cands = [{"proposal": "x", "op": "ADD", "id": None, "similar_to": [{"id": "E3", "similarity": 0.95}]}]
+    props = [ProposedOp(op="DELETE", id="E4")]
+    view = consolidation_view(lib, LibraryConfig(injection="retrieve"), shown, cands, props)
+    assert view == "[E1] When A, do a.\n[E3] When C, do c.\n[E4] When D, do d."
+    assert consolidation_view(lib, LibraryConfig(), shown, cands, props) == lib.render()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from experience_store import ExperienceOp, Library, Stats, apply_ops, prune_ops
+from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops, prune_ops, render_experiences
 from tfgrpo.config import JudgeConfig, LibraryConfig
 from tfgrpo.judge import ProposedOp, check_op_fields, judge_messages, upper_op
 from tfgrpo.llm.client import LLMClient
@@ -108,3 +108,15 @@ def prune_for(library: Library, cfg: LibraryConfig, credit: dict[str, Stats], st
     pruned = prune_ops(preview, step, unused_steps=cfg.prune_unused_steps, min_votes=cfg.prune_min_votes,
                        harmful_share=cfg.prune_harmful_share)
     return [o for o in pruned if o.id not in touched]
+
+
+def consolidation_view(library: Library, cfg: LibraryConfig, shown: Iterable[Injection], candidates: list[dict],
+                       proposals: list[ProposedOp]) -> str:
+    """The library as consolidation sees it: all of it in ``all`` mode; otherwise the lessons
+    this step's prompts showed plus those the proposals name or nearly duplicate, so the prompt
+    stays bounded however large the library grows."""
+    if cfg.injection == "all":
+        return library.render()
+    ids = {i for inj in shown for i in inj.ids} | {p.id for p in proposals if p.id}
+    ids |= {s["id"] for c in candidates for s in c["similar_to"]}
+    return render_experiences(e for e in library.experiences if e.id in ids)

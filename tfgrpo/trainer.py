@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from experience_store import Library, Provenance, usage_credit
+from experience_store import Injection, Library, Provenance, usage_credit
 from tfgrpo.config import RunConfig, dump_yaml
-from tfgrpo.distill import consolidate, merge_candidates, prune_for
+from tfgrpo.distill import consolidate, consolidation_view, merge_candidates, prune_for
 from tfgrpo.judge import Attempt, GroupJudgement, judge_group
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
@@ -182,7 +182,7 @@ async def train(
         usage_before = models.usage.to_dict()
         batch = [samples[i] for i in indices]
         experiences = library.render()
-        shown: dict[str, list[str]] = {}  # sample id -> experience ids injected into its prompt
+        shown: dict[str, Injection] = {}  # sample id -> the experiences injected into its prompt
 
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
 
@@ -190,7 +190,7 @@ async def train(
             lib = cfg.library
             injected = library.inject(sample.user_text(), mode=lib.injection, budget=lib.budget_tokens, k=lib.top_k,
                                       count_tokens=count_tokens)
-            shown[sample.id] = injected.ids
+            shown[sample.id] = injected
             g = await sample_group(
                 models.policy, task, sample, injected.text, prompts, n=cfg.group_size,
                 temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens,
@@ -215,7 +215,7 @@ async def train(
                 Attempt(j + 1, c.text if c.ok else f"(no answer: request failed: {c.error})", g.combined[j])
                 for j, c in enumerate(g.completions)
             ]
-            out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, experiences,
+            out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, shown[g.sample.id].text,
                                     pass_threshold=task.pass_threshold, use_cache=use_cache)
             hooks.on_advance("judging")
             return out
@@ -224,7 +224,8 @@ async def train(
         proposals = [p for j in judgements.values() for p in j.proposals]
         hooks.on_phase(f"step {step}/{len(plan)} consolidating", 1 if proposals else 0)
         candidates = merge_candidates(library, proposals, cfg.library.dedup_threshold)
-        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, experiences, use_cache=use_cache,
+        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, consolidation_view(library, cfg.library, shown.values(), candidates, proposals),
+                                      use_cache=use_cache,
                                       candidates=candidates)
         if distilled.called:
             hooks.on_advance("consolidating")
@@ -258,7 +259,7 @@ async def train(
         )
         run_dir.append("rollouts.jsonl", rollouts)
         run_dir.append("groups.jsonl", group_records)
-        credit = usage_credit(((shown[g.sample.id], c.text, advantages[i][j]) for i, g in enumerate(groups)
+        credit = usage_credit(((shown[g.sample.id].ids, c.text, advantages[i][j]) for i, g in enumerate(groups)
                                for j, c in enumerate(g.completions)), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
