@@ -26,7 +26,7 @@ class PolicyConfig(_Model):
     api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
     api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
-    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-tokens"))
+    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-completion-tokens"))
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
     timeout: float = Field(120.0, gt=0, description="Seconds before one policy request times out", json_schema_extra=flag("timeout"))
     max_retries: int = Field(6, ge=0, description="Retries of a request on 429, 5xx, timeouts and connection errors", json_schema_extra=flag("max-retries"))
@@ -41,10 +41,11 @@ class JudgeConfig(_Model):
     concurrency: int = Field(8, gt=0, description="Concurrent judge requests", json_schema_extra=flag("judge-concurrency"))
     timeout: float = Field(300.0, gt=0, description="Seconds before one judge request times out")
     max_retries: int = Field(6, ge=0, description="Retries of a judge request on transient errors")
-    summaries: bool = Field(False, description="Summarise each attempt before the group comparison (worth it for long agent trajectories)", json_schema_extra=flag("summaries"))
+    summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: on for tasks with tools, whose trajectories are long; off otherwise)", json_schema_extra=flag("summaries"))
     skip_equal_groups: bool = Field(True, description="Skip groups whose answers all scored the same (they carry no contrast)", json_schema_extra=flag("skip-equal-groups"))
     ground_truth: bool = Field(True, description="Show the judge the reference answer and the rewards; without it every group is judged blind", json_schema_extra=flag("ground-truth"))
     max_ops_per_group: int = Field(3, ge=1, le=10, description="Most lessons one group comparison may propose")
+    leak_guard: Literal["reject", "flag", "off"] = Field("reject", description="Lessons copying training problem text (long word overlap, or its numbers and names): reject them, flag them but keep them, or do not check", json_schema_extra=flag("leak-guard"))
 
 
 class LibraryConfig(_Model):
@@ -70,6 +71,26 @@ class LibraryConfig(_Model):
             raise ValueError(str(e)) from None
 
 
+class SplitConfig(_Model):
+    fractions: str | None = Field(None, description="Split the task's dataset into train/validation/test by --split-seed, e.g. 70/15/15 (default: the task's own train and test sets)", json_schema_extra=flag("split"))
+    seed: int = Field(0, description="Seed of --split: the same seed gives the same split in train and eval", json_schema_extra=flag("split-seed"))
+
+
+class BudgetConfig(_Model):
+    max_cost: float | None = Field(None, gt=0, description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)", json_schema_extra=flag("max-cost"))
+    max_tokens: int | None = Field(None, gt=0, description="Run budget in tokens (policy + judge, prompt + completion), same rule", json_schema_extra=flag("max-tokens"))
+    max_calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("max-calls"))
+    price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
+
+
+class AgentConfig(_Model):
+    """Limits of one tool-calling rollout (tasks with tools); a rollout hitting one is scored as it stands."""
+
+    max_turns: int = Field(8, gt=0, description="Most model turns per tool-calling rollout", json_schema_extra=flag("max-turns"))
+    max_tokens: int = Field(4096, gt=0, description="Most completion tokens per tool-calling rollout, over all its turns", json_schema_extra=flag("agent-max-tokens"))
+    wall_s: float = Field(300.0, gt=0, description="Most seconds per tool-calling rollout, tool calls included", json_schema_extra=flag("agent-wall-s"))
+
+
 class RunConfig(_Model):
     """Everything a training-free run needs. Field order is the config.yaml layout."""
 
@@ -89,9 +110,14 @@ class RunConfig(_Model):
     sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
     serve: str | None = Field(None, description="Start 'vllm serve MODEL' for the length of the run and use it as the policy", json_schema_extra=flag("serve"))
     serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
+    select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
+    val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     library: LibraryConfig = Field(default_factory=LibraryConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
 
 class EvalConfig(_Model):
@@ -99,13 +125,17 @@ class EvalConfig(_Model):
     task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
     data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id", json_schema_extra=flag("data"))
     task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
-    k: int = Field(4, gt=0, description="Answers per problem (Mean@k, Pass@k)", json_schema_extra=flag("k", "k"))
+    k: int = Field(4, gt=0, description="k of Mean@k and Pass@k", json_schema_extra=flag("k", "k"))
+    n: int | None = Field(None, gt=0, description="Answers sampled per problem and seed, n >= k (default: k); more gives tighter estimates", json_schema_extra=flag("n", "n"))
+    seeds: int = Field(1, gt=0, description="Sampling seeds: --seed, --seed+1, ...; baseline and library share them", json_schema_extra=flag("seeds"))
+    eval_on: Literal["test", "validation", "train"] = Field("test", description="Which part of the --split to evaluate on", json_schema_extra=flag("eval-on"))
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N problems", json_schema_extra=flag("limit"))
     seed: int = Field(0, description="Sampling seed, the same for baseline and library", json_schema_extra=flag("seed"))
     cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
     prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
     sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,73 +1,226 @@
 """Mean@k and Pass@k for the baseline (no experiences) and with a library, on the same problems
-with the same sampling seeds, side by side.
+with the same sampling seeds, with intervals and a paired test of the difference.
 
-Mean@k: the fraction of right answers among k samples, averaged over problems.
-Pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) from n >= k samples with c right
-(Chen et al., 2021); with n = k it is the fraction of problems solved at least once.
+* n >= k answers per problem and seed. Mean@k: the fraction right (c/n estimates the
+  expected fraction among k). Pass@k: the unbiased 1 - C(n-c, k)/C(n, k) (tfgrpo.stats).
+* Several seeds: a problem's value is its mean over seeds; seeds are reported one by one too.
+* Intervals: percentile bootstrap over problems (95%). The difference library - baseline is
+  paired per problem; its p-value comes from a sign-flip permutation test. "Significant"
+  means the interval of the difference excludes 0; otherwise the verdict says, in words,
+  "no significant difference".
+
+Saved results (``save``): ``results.jsonl`` one line per answer, ``summary.json`` the summary
+printed by ``tfgrpo eval --json``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
-from math import comb
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.prompting import Prompts
 from tfgrpo.rollout import sample_group, stable_seed
+from tfgrpo.stats import bootstrap_ci, paired_permutation_p, pass_at_k
 from tfgrpo.tasks import Sample, Task
 
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    if k > n:
-        raise ValueError(f"k={k} is larger than the number of samples n={n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
+__all__ = ["ArmRun", "EvalReport", "arm_summary", "compare", "latest_summary", "pass_at_k", "run_arm", "save",
+           "saved_summaries", "select_best_epoch", "selected_step"]
 
 
 @dataclass
-class ArmResult:
-    """One arm of the comparison (baseline or library)."""
+class ArmRun:
+    """One arm (baseline or library): right answers per (seed, problem), and every answer."""
 
-    correct: dict[str, int] = field(default_factory=dict)
-    n: int = 0
+    name: str
+    n: int
+    correct: dict[tuple[int, str], int] = field(default_factory=dict)
+    answers: list[dict[str, Any]] = field(default_factory=list)
     failures: int = 0
 
-    def mean_at_k(self) -> float:
-        return sum(c / self.n for c in self.correct.values()) / len(self.correct) if self.correct else 0.0
-
-    def pass_at(self, k: int) -> float:
-        return sum(pass_at_k(self.n, c, k) for c in self.correct.values()) / len(self.correct) if self.correct else 0.0
-
-    def to_dict(self, k: int) -> dict[str, Any]:
-        return {"mean_at_k": round(self.mean_at_k(), 6), "pass_at_k": round(self.pass_at(k), 6),
-                "problems": len(self.correct), "samples": self.n * len(self.correct), "failures": self.failures}
+    def per_problem(self, ids: Sequence[str], seeds: Sequence[int], k: int) -> tuple[list[float], list[float]]:
+        """Mean@k and Pass@k of each problem (in ``ids`` order), averaged over seeds."""
+        means, passes = [], []
+        for sid in ids:
+            cs = [self.correct[(s, sid)] for s in seeds]
+            means.append(sum(c / self.n for c in cs) / len(cs))
+            passes.append(sum(pass_at_k(self.n, c, k) for c in cs) / len(cs))
+        return means, passes
 
 
 async def run_arm(
     client: LLMClient, task: Task, samples: list[Sample], experiences: str, prompts: Prompts, *,
-    k: int, seed: int, temperature: float, max_tokens: int | None, on_advance: Callable[[], None] = lambda: None,
-) -> ArmResult:
-    arm = ArmResult(n=k)
+    name: str, n: int, seeds: Sequence[int], temperature: float, max_tokens: int | None,
+    on_advance: Callable[[], None] = lambda: None,
+) -> ArmRun:
+    arm = ArmRun(name=name, n=n)
 
-    async def one(s: Sample) -> None:
-        g = await sample_group(client, task, s, experiences, prompts, n=k, temperature=temperature,
+    async def one(seed: int, s: Sample) -> None:
+        g = await sample_group(client, task, s, experiences, prompts, n=n, temperature=temperature,
                                max_tokens=max_tokens, seed=stable_seed(seed, "eval", s.id))
-        arm.correct[s.id] = sum(1 for r in g.combined if r is not None and r >= task.pass_threshold)
+        right = [r is not None and r >= task.pass_threshold for r in g.combined]
+        arm.correct[(seed, s.id)] = sum(right)
         arm.failures += sum(1 for c in g.completions if not c.ok)
+        arm.answers.extend(
+            {"version": 1, "arm": name, "seed": seed, "sample_id": s.id, "index": c.index, "reward": g.combined[j],
+             "correct": right[j], "text": c.text, "error": c.error, "cached": c.cached}
+            for j, c in enumerate(g.completions)
+        )
         on_advance()
 
-    await asyncio.gather(*(one(s) for s in samples))
+    await asyncio.gather(*(one(seed, s) for seed in seeds for s in samples))
+    arm.answers.sort(key=lambda a: (a["seed"], a["sample_id"], a["index"]))
     return arm
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def arm_summary(arm: ArmRun, ids: Sequence[str], seeds: Sequence[int], k: int) -> dict[str, Any]:
+    """Mean@k, Pass@k and their bootstrap intervals over problems for one arm."""
+    means, passes = arm.per_problem(ids, seeds, k)
+    boot = seeds[0] if seeds else 0
+    return {
+        "mean_at_k": _r(sum(means) / len(means)), "pass_at_k": _r(sum(passes) / len(passes)),
+        "ci95": [_r(v) for v in bootstrap_ci(means, seed=boot)],
+        "pass_ci95": [_r(v) for v in bootstrap_ci(passes, seed=boot + 1)],
+        "problems": len(ids), "samples": arm.n * len(ids) * len(seeds), "failures": arm.failures,
+    }
+
+
+def paired_diff(base: Sequence[float], lib: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """Per-problem differences lib - base: mean, bootstrap interval, permutation p-value."""
+    d = [b2 - b1 for b1, b2 in zip(base, lib)]
+    low, high = bootstrap_ci(d, seed=seed + 2)
+    mean = sum(d) / len(d)
+    significant = not (low <= 0.0 <= high) and any(d)
+    return {"mean": _r(mean), "ci95": [_r(low), _r(high)], "p_value": _r(paired_permutation_p(d, seed=seed + 3)),
+            "significant": bool(significant)}
+
+
+def verdict(diff: dict[str, Any], k: int) -> str:
+    low, high = diff["ci95"]
+    if not diff["significant"]:
+        return (f"no significant difference: Mean@{k} library - baseline = {diff['mean']:+.3f}, "
+                f"95% CI [{low:+.3f}, {high:+.3f}] holds 0, p = {diff['p_value']:.3g}")
+    better = "better" if diff["mean"] > 0 else "worse"
+    return (f"library {better} than baseline: Mean@{k} {diff['mean']:+.3f}, "
+            f"95% CI [{low:+.3f}, {high:+.3f}], p = {diff['p_value']:.3g}")
+
+
+@dataclass
+class EvalReport:
+    summary: dict[str, Any]
+    answers: list[dict[str, Any]]
 
 
 async def compare(
     client: LLMClient, task: Task, samples: list[Sample], library_block: str, prompts: Prompts, *,
-    k: int, seed: int, temperature: float, max_tokens: int | None, on_advance: Callable[[], None] = lambda: None,
+    k: int, n: int | None = None, seeds: Sequence[int] = (0,), temperature: float, max_tokens: int | None,
+    on_advance: Callable[[], None] = lambda: None,
+) -> EvalReport:
+    """Baseline and library on the same problems and seeds. Raises ValueError on k > n or no
+    problems (the CLI turns these into one-line errors before calling)."""
+    n = n or k
+    if k > n:
+        raise ValueError(f"k={k} is larger than n={n}")
+    if not samples:
+        raise ValueError("no problems to evaluate")
+    seeds = list(seeds)
+    kwargs = dict(n=n, seeds=seeds, temperature=temperature, max_tokens=max_tokens, on_advance=on_advance)
+    base = await run_arm(client, task, samples, "", prompts, name="baseline", **kwargs)
+    lib = await run_arm(client, task, samples, library_block, prompts, name="library", **kwargs)
+    ids = [s.id for s in samples]
+    diff = paired_diff(base.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])
+    by_seed = [
+        {"seed": s, **{arm.name: {key: arm_summary(arm, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}
+                       for arm in (base, lib)}}
+        for s in seeds
+    ]
+    summary = {
+        "baseline": arm_summary(base, ids, seeds, k), "library": arm_summary(lib, ids, seeds, k), "diff": diff,
+        "verdict": verdict(diff, k), "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
+        "task": task.name, "by_seed": by_seed,
+    }
+    return EvalReport(summary=summary, answers=base.answers + lib.answers)
+
+
+# ---------------------------------------------------------------------------- saved results
+
+def save(report: EvalReport, directory: str | Path) -> Path:
+    """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with (d / "results.jsonl").open("w", encoding="utf-8") as f:
+        for a in report.answers:
+            f.write(json.dumps(a, ensure_ascii=False) + "\n")
+    tmp = d / "summary.json.tmp"
+    tmp.write_text(json.dumps(report.summary, indent=1, ensure_ascii=False))
+    tmp.replace(d / "summary.json")
+    return d
+
+
+LATEST_EVAL = "eval.json"  # in a run directory: a copy of the newest summary saved there (a pack's manifest reads it)
+
+
+def saved_summaries(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every ``eval/<name>/summary.json`` under a run directory, by name (oldest first)."""
+    root = Path(run_dir) / "eval"
+    out: dict[str, dict[str, Any]] = {}
+    for p in sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime):
+        try:
+            out[p.parent.name] = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def latest_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """The most recent saved eval summary of a run (what a pack's manifest carries), or None."""
+    found = saved_summaries(run_dir)
+    return list(found.values())[-1] if found else None
+
+
+# ---------------------------------------------------------------------------- best-val selection
+
+SELECTION_FILE = "selection.json"
+
+
+async def select_best_epoch(
+    client: LLMClient, task: Task, validation: list[Sample], library_dir: Path, epoch_steps: dict[int, int],
+    prompts: Prompts, *, n: int, seed: int, temperature: float, max_tokens: int | None,
+    on_advance: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    kwargs = dict(k=k, seed=seed, temperature=temperature, max_tokens=max_tokens, on_advance=on_advance)
-    base = await run_arm(client, task, samples, "", prompts, **kwargs)
-    lib = await run_arm(client, task, samples, library_block, prompts, **kwargs)
-    return {"baseline": base.to_dict(k), "library": lib.to_dict(k), "n_problems": len(samples), "k": k, "seed": seed}
+    """Score the library after each epoch (``epoch_steps``: epoch -> its last step) on the
+    validation split by Mean@n and choose the best; ties go to the earlier epoch (fewer lessons
+    to carry). The baseline (no library) is scored alongside for reference."""
+    from experience_store import Library
+
+    ids = [s.id for s in validation]
+    kwargs = dict(n=n, seeds=[seed], temperature=temperature, max_tokens=max_tokens, on_advance=on_advance)
+    base = await run_arm(client, task, validation, "", prompts, name="baseline", **kwargs)
+    candidates = []
+    for epoch, step in sorted(epoch_steps.items()):
+        lib = Library(library_dir, at_step=step)
+        arm = await run_arm(client, task, validation, lib.render(), prompts, name=f"epoch {epoch + 1}", **kwargs)
+        summary = arm_summary(arm, ids, [seed], n)
+        candidates.append({"epoch": epoch + 1, "step": step, "library_size": len(lib),
+                           "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})
+    best = max(candidates, key=lambda c: (c["mean_at_k"], -c["step"]))
+    return {"version": 1, "criterion": "best-val", "metric": f"Mean@{n} on the validation split",
+            "validation_problems": len(validation), "n": n, "seed": seed,
+            "baseline": {k: v for k, v in arm_summary(base, ids, [seed], n).items() if k in ("mean_at_k", "ci95")},
+            "candidates": candidates, "chosen": {"epoch": best["epoch"], "step": best["step"]}}
+
+
+def selected_step(run_dir: str | Path) -> int | None:
+    """The library step a ``--select best-val`` run kept, or None (then the latest counts)."""
+    p = Path(run_dir) / SELECTION_FILE
+    try:
+        return int(json.loads(p.read_text())["chosen"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

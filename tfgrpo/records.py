@@ -22,6 +22,7 @@ class RolloutRecord(BaseModel):
     rewards: list[float | None]
     reward: float | None
     advantage: float
+    trajectory: dict[str, Any] | None = None  # agent.Trajectory of a tool-calling rollout
 
 
 class GroupRecord(BaseModel):
@@ -69,3 +70,4 @@ class StepRecord(BaseModel):
     library_size: int
     usage: dict[str, Any]
     wall_s: float
+    ops_leaked: int = 0  # lessons the leak guard rejected (or flagged) this step

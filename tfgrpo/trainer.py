@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -23,9 +24,11 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from experience_store import Injection, Library, Provenance, usage_credit
+from tfgrpo.budget import Budget
 from tfgrpo.config import RunConfig, dump_yaml
 from tfgrpo.distill import consolidate, consolidation_view, merge_candidates, prune_for
 from tfgrpo.judge import Attempt, GroupJudgement, judge_group
+from tfgrpo.leak import LeakGuard
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
 from tfgrpo.prompting import Prompts
@@ -105,6 +108,7 @@ class TrainResult:
     usage: Usage
     wall_s: float
     resumed_from: int = 0
+    stopped: str | None = None  # why a budget stopped the run before its last step
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -120,6 +124,9 @@ class TrainResult:
             "rollout_failures": sum(s.rollout_failures for s in self.steps),
             "ops_applied": sum(s.ops_applied for s in self.steps),
             "ops_rejected": sum(s.ops_rejected for s in self.steps),
+            "leaks": sum(s.ops_leaked for s in self.steps),
+            "status": "stopped_by_budget" if self.stopped else "finished",
+            "stopped_reason": self.stopped,
             "resumed_from_step": self.resumed_from,
             "wall_s": round(self.wall_s, 3),
             "run_dir": str(self.run_dir),
@@ -173,11 +180,17 @@ async def train(
     samples = task.dataset[: cfg.limit] if cfg.limit else task.dataset
     plan = plan_batches(len(samples), cfg.batch_size, cfg.epochs, cfg.seed)
     steps = list(done)
+    budget, stopped = Budget(cfg.budget), None
+    write_status(run_dir, "running", None, len(done), len(plan))  # still "running" after a crash: resumable
+    guard = LeakGuard(s.user_text() for s in samples) if cfg.judge.leak_guard != "off" else None
     use_cache = cfg.cache
     assert models.judge is not None
     for step, (epoch, indices) in enumerate(plan, start=1):
         if step <= last:
             continue
+        stopped = budget.stop_reason([s.usage for s in steps])
+        if stopped:
+            break
         t0 = time.monotonic()
         usage_before = models.usage.to_dict()
         batch = [samples[i] for i in indices]
@@ -229,6 +242,9 @@ async def train(
                                       candidates=candidates)
         if distilled.called:
             hooks.on_advance("consolidating")
+        leaks = []
+        if guard is not None:
+            distilled.ops, leaks = guard.screen(distilled.ops, step, cfg.judge.leak_guard)
 
         # ---- write the step: records first, then the library version, then the commit line
         rollouts, group_records, failures = [], [], []
@@ -263,7 +279,7 @@ async def train(
                                for j, c in enumerate(g.completions)), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
-        run_dir.append("ops.jsonl", [*results, *failures])
+        run_dir.append("ops.jsonl", [*results, *leaks, *failures])
 
         present = [r for g in groups for r in g.combined if r is not None]
         kinds = Counter(r.op.op for r in results if r.status == "applied")
@@ -273,7 +289,7 @@ async def train(
             group_mean_rewards=[_mean(g.combined) for g in groups],
             groups=len(groups), judged=len(judgements), proposals=len(proposals),
             ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected"),
-            ops_by_kind=dict(kinds), judge_failures=len(failures),
+            ops_by_kind=dict(kinds), judge_failures=len(failures), ops_leaked=len(leaks),
             rollout_failures=sum(1 for g in groups for c in g.completions if not c.ok),
             library_size=len(library), usage=_usage_delta(usage_before, models.usage),
             wall_s=round(time.monotonic() - t0, 3),
@@ -282,10 +298,24 @@ async def train(
         steps.append(record)
         hooks.on_step(record)
 
+    write_status(run_dir, "stopped_by_budget" if stopped else "finished", stopped, len(steps), len(plan))
     return TrainResult(
         run_dir=run_dir.path, steps=steps, library_size=len(library), usage=models.usage,
-        wall_s=time.monotonic() - started, resumed_from=last,
+        wall_s=time.monotonic() - started, resumed_from=last, stopped=stopped,
     )
+
+
+STATUS_FILE = "status.json"
+
+
+def write_status(run_dir: RunDir, status: str, reason: str | None, steps_done: int, steps_planned: int) -> None:
+    """status.json: running (with the pid, so a crashed session can be told from a live one),
+    finished, or stopped_by_budget with the reason."""
+    data = {"version": 1, "status": status, "reason": reason, "steps_done": steps_done, "steps_planned": steps_planned,
+            "pid": os.getpid()}
+    tmp = run_dir.file(STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(run_dir.file(STATUS_FILE))
 
 
 def _mean(values: list[float | None]) -> float | None:

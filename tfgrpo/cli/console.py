@@ -73,6 +73,7 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
             f"step {record.step} (epoch {record.epoch + 1}): reward {reward}, judged {record.judged}/{record.groups}, "
             f"ops {record.ops_applied} applied/{record.ops_rejected} rejected, library {record.library_size}"
             + (f", judge failures {record.judge_failures}" if record.judge_failures else "")
+            + (f", leaks caught {record.ops_leaked}" if record.ops_leaked else "")
         )
 
     with progress:
@@ -116,17 +117,23 @@ def train_tables(summary: dict[str, Any], steps: list[Any]) -> list[Table]:
     return [t, usage_table(summary["usage"]), tail]
 
 
+def _ci(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def eval_table(report: dict[str, Any]) -> Table:
-    k = report["k"]
-    t = Table(title=f"Evaluation on {report['n_problems']} problems, k={k}", title_justify="left")
-    for col in ("", f"Mean@{k}", f"Pass@{k}", "failed requests"):
+    k, n, seeds = report["k"], report.get("n", report["k"]), report.get("seeds", [report.get("seed")])
+    t = Table(title=f"Evaluation on {report['n_problems']} problems, k={k}, n={n}, seeds {seeds}",
+              caption=report.get("verdict"), title_justify="left", caption_justify="left")
+    for col in ("", f"Mean@{k}", "95% CI", f"Pass@{k}", "95% CI ", "failed requests"):
         t.add_column(col, justify="right")
     for arm in ("baseline", "library"):
         r = report[arm]
-        t.add_row(arm, fmt(r["mean_at_k"]), fmt(r["pass_at_k"]), str(r["failures"]))
-    d_mean = report["library"]["mean_at_k"] - report["baseline"]["mean_at_k"]
+        t.add_row(arm, fmt(r["mean_at_k"]), _ci(r.get("ci95")), fmt(r["pass_at_k"]), _ci(r.get("pass_ci95")), str(r["failures"]))
+    d = report.get("diff") or {"mean": report["library"]["mean_at_k"] - report["baseline"]["mean_at_k"]}
     d_pass = report["library"]["pass_at_k"] - report["baseline"]["pass_at_k"]
-    t.add_row("difference", f"{d_mean:+.3f}", f"{d_pass:+.3f}", "")
+    p = f"p = {d['p_value']:.3g}" if "p_value" in d else ""
+    t.add_row("difference", f"{d['mean']:+.3f}", _ci(d.get("ci95")), f"{d_pass:+.3f}", "", p)
     return t
 
 

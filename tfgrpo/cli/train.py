@@ -11,18 +11,21 @@ import typer
 
 from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
 from tfgrpo.cli.options import FlagSpec, apply_flags, collect, with_generated_options
+from tfgrpo.budget import parse_price
 from tfgrpo.config import RunConfig, build, load_yaml
 from experience_store import StoreError
 from tfgrpo.errors import EndpointError, UserError
-from tfgrpo.evaluate import compare
+from tfgrpo.evaluate import SELECTION_FILE, compare, save, select_best_epoch
 from tfgrpo.llm.endpoints import open_models
 from tfgrpo.prompting import Prompts
+from tfgrpo.split import split_task
 from tfgrpo.tasks import Task, load_task
 from tfgrpo.trainer import RunDir, TrainResult, train
 
 # Settings a resumed run may change: how models are reached, and how long it trains.
 RESUMABLE = {"api-base", "api-key-env", "judge-api-base", "concurrency", "judge-concurrency", "timeout",
-             "max-retries", "epochs", "cache", "cache-path", "serve"}
+             "max-retries", "epochs", "cache", "cache-path", "serve",
+             "max-cost", "max-tokens", "max-calls", "price-per-mtok", "select", "val-n"}
 OWN_OPTIONS = {"out"}
 
 
@@ -81,13 +84,26 @@ def resolve_run(flags: dict[str, Any], config: Path | None, out: Path | None, re
 
 def run_training(cfg: RunConfig, rd: RunDir, *, show_progress: bool = True) -> tuple[TrainResult, Task]:
     task = build_task(cfg.task, cfg.task_args, cfg.data)
+    splits = split_task(task, cfg.split.fractions, cfg.split.seed)
+    task.dataset, task.eval_dataset = splits.part("train"), splits.test
+    if cfg.select == "best-val" and not splits.validation:
+        raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
     prompts = Prompts(cfg.prompts_dir)
+    price = parse_price(cfg.budget.price_per_mtok)
     rd.path.mkdir(parents=True, exist_ok=True)
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.path / "cache.sqlite") if cfg.cache else None
     try:
         with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
-                         log_dir=rd.path, cache_path=cache_path) as models, progress_hooks(show_progress) as hooks:
-            result = asyncio.run(train(cfg, task, models, rd, prompts=prompts, hooks=hooks))
+                         log_dir=rd.path, cache_path=cache_path, price_per_mtok=price) as models, \
+                progress_hooks(show_progress) as hooks:
+
+            async def session() -> TrainResult:
+                result = await train(cfg, task, models, rd, prompts=prompts, hooks=hooks)
+                if cfg.select == "best-val" and not result.stopped:
+                    result.extra["selection"] = await _select(cfg, task, splits.validation, models, rd, prompts, hooks)
+                return result
+
+            result = asyncio.run(session())
     except EndpointError as e:
         raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
     except StoreError as e:  # e.g. another writer committed to the shared library first
@@ -95,7 +111,29 @@ def run_training(cfg: RunConfig, rd: RunDir, *, show_progress: bool = True) -> t
     except KeyboardInterrupt:
         err_console.print(f"interrupted; continue with: tfgrpo train --resume {rd.path}")
         raise typer.Exit(130) from None
+    if result.stopped:
+        err_console.print(f"[yellow]stopped by budget:[/yellow] {result.stopped}; every finished step is saved: "
+                          f"continue with tfgrpo train --resume {rd.path} and a higher limit", highlight=False, soft_wrap=True)
     return result, task
+
+
+async def _select(cfg: RunConfig, task: Task, validation: list, models: Any, rd: RunDir, prompts: Prompts, hooks: Any) -> dict[str, Any]:
+    """--select best-val: score each epoch's library on the validation split, write selection.json."""
+    import json
+
+    epoch_steps = {s.epoch: s.step for s in rd.steps()}
+    hooks.on_phase("validation: each epoch's library", len(validation) * (len(epoch_steps) + 1))
+    selection = await select_best_epoch(
+        models.policy, task, validation, rd.path / "library", epoch_steps, prompts, n=cfg.val_n, seed=cfg.seed,
+        temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens, on_advance=lambda: hooks.on_advance("library"),
+    )
+    rd.file(SELECTION_FILE).write_text(json.dumps(selection, indent=1))
+    chosen = selection["chosen"]
+    scores = ", ".join(f"epoch {c['epoch']} {c['mean_at_k']:.3f}" for c in selection["candidates"])
+    err_console.print(f"best-val: kept the library of epoch {chosen['epoch']} (step {chosen['step']}); "
+                      f"validation {selection['metric']}: baseline {selection['baseline']['mean_at_k']:.3f}, {scores}",
+                      highlight=False, soft_wrap=True)
+    return selection
 
 
 def _run_params(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None, as_json: bool) -> None:
@@ -144,6 +182,8 @@ def register(app: typer.Typer) -> None:
         cfg, rd = resolve_run(flags, config, out, resume)
         result, _ = run_training(cfg, rd, show_progress=not quiet)
         summary = result.summary()
+        if "selection" in result.extra:
+            summary["selected_step"] = result.extra["selection"]["chosen"]["step"]
         emit(train_tables(summary, result.steps), summary, as_json)
 
     @app.command("demo")
@@ -165,7 +205,8 @@ def register(app: typer.Typer) -> None:
         block = Library(rd.path / "library").render()
         with open_models(cfg.policy, sim_seed=cfg.sim_seed) as models:
             report = asyncio.run(compare(models.policy, task, task.eval_samples(), block, Prompts(), k=k,
-                                         seed=cfg.seed, temperature=cfg.policy.temperature, max_tokens=None))
+                                         seeds=[cfg.seed], temperature=cfg.policy.temperature, max_tokens=None))
+        save(report, rd.path / "eval" / "demo")
         summary = result.summary()
-        summary["eval"] = report
-        emit([*train_tables(summary, result.steps), eval_table(report)], summary, as_json)
+        summary["eval"] = report.summary
+        emit([*train_tables(summary, result.steps), eval_table(report.summary)], summary, as_json)

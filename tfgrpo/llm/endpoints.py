@@ -31,10 +31,11 @@ class Models:
 
 
 def _client(model: str, role: str, access: Any, api_base: str | None, api_key: str | None,
-            cache: ResponseCache | None, usage: Usage) -> LLMClient:
+            cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None) -> LLMClient:
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
+        price_per_mtok=price,
     )
 
 
@@ -57,8 +58,10 @@ def open_models(
     serve_args: dict[str, Any] | None = None,
     log_dir: Path | None = None,
     cache_path: Path | None = None,
+    price_per_mtok: tuple[float, float] | None = None,
 ) -> Iterator[Models]:
-    """Clients for the policy (and judge), with any local server they need running."""
+    """Clients for the policy (and judge), with any local server they need running.
+    ``price_per_mtok`` prices the calls of models litellm has no price for."""
     usage = Usage()
     cache = ResponseCache(cache_path) if cache_path is not None else None
     with contextlib.ExitStack() as stack:
@@ -82,16 +85,16 @@ def open_models(
             sim_url = stack.enter_context(start_sim_server(seed=sim_seed)).base_url
         if is_sim(p_model):
             # The simulator's seed is part of the model name, so cached answers never cross seeds.
-            p_client = _client(f"openai/sim-policy-s{sim_seed}", "policy", policy, sim_url, "sim", cache, usage)
+            p_client = _client(f"openai/sim-policy-s{sim_seed}", "policy", policy, sim_url, "sim", cache, usage, price_per_mtok)
         else:
-            p_client = _client(p_model, "policy", policy, p_base, _key(policy.api_key_env), cache, usage)
+            p_client = _client(p_model, "policy", policy, p_base, _key(policy.api_key_env), cache, usage, price_per_mtok)
         j_client = None
         if judge is not None:
             if is_sim(judge_model):
-                j_client = _client(f"openai/sim-judge-s{sim_seed}", "judge", judge, sim_url, "sim", cache, usage)
+                j_client = _client(f"openai/sim-judge-s{sim_seed}", "judge", judge, sim_url, "sim", cache, usage, price_per_mtok)
             else:
                 same = judge.model is None
                 j_base = judge.api_base or (p_base if same else None)
                 j_key = _key(judge.api_key_env or (policy.api_key_env if same else None))
-                j_client = _client(judge_model, "judge", judge, j_base, j_key, cache, usage)
+                j_client = _client(judge_model, "judge", judge, j_base, j_key, cache, usage, price_per_mtok)
         yield Models(policy=p_client, judge=j_client, usage=usage, policy_name=p_model, judge_name=judge_model)

@@ -1,0 +1,77 @@
+"""The estimators and the paired test against values worked out by hand."""
+
+import pytest
+
+from tfgrpo.evaluate import ArmRun, arm_summary, paired_diff, verdict
+from tfgrpo.stats import bootstrap_ci, paired_permutation_p, pass_at_k
+
+
+@pytest.mark.parametrize("n,c,k,expected", [
+    (5, 2, 2, 1 - 3 / 10),     # 1 - C(3,2)/C(5,2)
+    (8, 3, 4, 1 - 5 / 70),     # 1 - C(5,4)/C(8,4)
+    (4, 1, 1, 0.25),           # k = 1: the fraction right
+    (10, 0, 3, 0.0),           # never right
+    (4, 3, 2, 1.0),            # fewer wrong answers than k: every k-subset holds a right one
+    (4, 2, 4, 1.0),            # n = k: solved at least once
+    (4, 0, 4, 0.0),
+])
+def test_pass_at_k_hand_computed(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_refuses_k_above_n():
+    with pytest.raises(ValueError, match="larger than"):
+        pass_at_k(3, 1, 4)
+
+
+def test_arm_summary_means_over_problems_and_seeds():
+    arm = ArmRun(name="baseline", n=4, correct={(0, "a"): 2, (0, "b"): 0, (1, "a"): 4, (1, "b"): 1})
+    s = arm_summary(arm, ["a", "b"], [0, 1], k=2)
+    # Mean@2 per problem: a (2/4 + 4/4)/2 = 0.75, b (0 + 1/4)/2 = 0.125 -> 0.4375
+    assert s["mean_at_k"] == pytest.approx(0.4375)
+    # Pass@2: a: seed0 1 - C(2,2)/C(4,2) = 5/6, seed1 1 -> 11/12; b: seed0 0, seed1 1 - C(3,2)/C(4,2) = 1/2 -> 1/4
+    assert s["pass_at_k"] == pytest.approx((11 / 12 + 1 / 4) / 2, abs=1e-6)
+    assert s["samples"] == 4 * 2 * 2 and s["problems"] == 2
+    low, high = s["ci95"]
+    assert 0.125 <= low <= s["mean_at_k"] <= high <= 0.75
+
+
+def test_bootstrap_interval_of_a_constant_is_the_constant():
+    assert bootstrap_ci([0.3] * 20) == pytest.approx((0.3, 0.3))
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    values = [0.0, 1.0] * 200  # mean 0.5, sd 0.5, se 0.025 -> about [0.451, 0.549]
+    low, high = bootstrap_ci(values, resamples=4000)
+    assert low == pytest.approx(0.5 - 1.96 * 0.025, abs=0.008)
+    assert high == pytest.approx(0.5 + 1.96 * 0.025, abs=0.008)
+
+
+def test_permutation_p_exact_on_constructed_data():
+    # 10 problems all better by 1: only the all-plus and all-minus patterns reach |mean| = 1.
+    assert paired_permutation_p([1.0] * 10) == pytest.approx(2 / 2**10)
+    # Differences cancel: every pattern is at least as extreme as 0.
+    assert paired_permutation_p([1.0, -1.0, 1.0, -1.0]) == 1.0
+    # [1, 1, 1, 0]: |sum| = 3 needs the three ones to share a sign: 2 of 8 patterns.
+    assert paired_permutation_p([1.0, 1.0, 1.0, 0.0]) == pytest.approx(0.25)
+    # Nothing differs at all.
+    assert paired_permutation_p([0.0] * 5) == 1.0
+
+
+def test_permutation_p_sampled_beyond_the_exact_size():
+    # 40 equal gains: no random sign pattern of 20000 matches, p = 1 / (1 + 20000).
+    assert paired_permutation_p([0.5] * 40) == pytest.approx(1 / 20001)
+    # Symmetric noise around 0: far from significant.
+    assert paired_permutation_p([0.25, -0.25] * 20) > 0.5
+
+
+def test_paired_diff_says_no_significant_difference_when_the_interval_holds_zero():
+    same = paired_diff([0.5, 0.25, 1.0, 0.0], [0.5, 0.25, 1.0, 0.0])
+    assert same == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    assert verdict(same, 4).startswith("no significant difference")
+    noisy = paired_diff([0.5] * 8, [0.75, 0.25] * 4)
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and not noisy["significant"]
+    assert "no significant difference" in verdict(noisy, 4)
+    better = paired_diff([0.25] * 12, [0.75] * 12)
+    assert better["significant"] and better["mean"] == 0.5 and better["p_value"] == pytest.approx(2 / 2**12, abs=1e-6)
+    assert verdict(better, 4).startswith("library better")

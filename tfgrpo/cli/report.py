@@ -1,0 +1,33 @@
+"""``tfgrpo report RUN``: PNG plots and a self-contained report.html for one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tfgrpo.cli.console import err_console, user_errors
+from tfgrpo.errors import UserError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    @user_errors
+    def report_cmd(
+        run: Path = typer.Argument(..., help="Run directory"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the plots and report.html (default: RUN/report)"),
+    ) -> None:
+        """Plot a run (reward, library edits, tokens and cost per step, evaluations) and write one
+        self-contained report.html with the library, its most helpful and harmful lessons and the config."""
+        if not run.is_dir():
+            raise UserError(f"no run directory at {run}")
+        from tfgrpo.report import write_report
+
+        rep = write_report(run, out)
+        for p in rep.plots:
+            err_console.print(f"plot   {p}", highlight=False)
+        if rep.missing:
+            err_console.print(f"[yellow]missing from the run, left out of the report:[/yellow] {', '.join(rep.missing)}",
+                              highlight=False, soft_wrap=True)
+        typer.echo(str(rep.html))
