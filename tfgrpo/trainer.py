@@ -207,7 +207,7 @@ async def train(
             g = await sample_group(
                 models.policy, task, sample, injected.text, prompts, n=cfg.group_size,
                 temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens,
-                seed=stable_seed(cfg.seed, "rollout", _epoch, sample.id), use_cache=use_cache,
+                seed=stable_seed(cfg.seed, "rollout", _epoch, sample.id), use_cache=use_cache, agent=cfg.agent,
             )
             hooks.on_advance("rollouts")
             return g
@@ -222,13 +222,13 @@ async def train(
         ]
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(to_judge))
 
+        # Tool-calling trajectories are long: summarise each before the comparison unless told not to.
+        judge_cfg = cfg.judge if cfg.judge.summaries is not None else cfg.judge.model_copy(update={"summaries": bool(task.tools)})
+
         async def judge_one(i: int) -> GroupJudgement:
             g = groups[i]
-            attempts = [
-                Attempt(j + 1, c.text if c.ok else f"(no answer: request failed: {c.error})", g.combined[j])
-                for j, c in enumerate(g.completions)
-            ]
-            out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, shown[g.sample.id].text,
+            attempts = [Attempt(j + 1, g.attempt_text(j), g.combined[j]) for j in range(len(g.completions))]
+            out = await judge_group(models.judge, prompts, judge_cfg, g.sample, attempts, shown[g.sample.id].text,
                                     pass_threshold=task.pass_threshold, use_cache=use_cache)
             hooks.on_advance("judging")
             return out
@@ -254,6 +254,7 @@ async def train(
                     step=step, epoch=epoch, rollout_id=f"s{step}-{g.sample.id}-{j}", sample_id=g.sample.id, index=j,
                     text=c.text, error=c.error, finish_reason=c.finish_reason, cached=c.cached,
                     rewards=g.rewards[j], reward=g.combined[j], advantage=advantages[i][j],
+                    trajectory=g.trajectories[j].model_dump() if g.trajectories else None,
                 ))
             jd = judgements.get(i)
             group_records.append(GroupRecord(

@@ -23,9 +23,9 @@ def _register() -> None:
     from tfgrpo.cli import eval as eval_cli
     from tfgrpo.cli import library as library_cli
     from tfgrpo.cli import pack as pack_cli
+    from tfgrpo.cli import proxy as proxy_cli
     from tfgrpo.cli import report as report_cli
     from tfgrpo.cli import runs as runs_cli
-    from tfgrpo.cli import proxy as proxy_cli
     from tfgrpo.cli import sandbox as sandbox_cli
     from tfgrpo.cli import train as train_cli
 
@@ -33,9 +33,9 @@ def _register() -> None:
     eval_cli.register(app)
     library_cli.register(app)
     pack_cli.register(app)
+    proxy_cli.register(app)
     report_cli.register(app)
     runs_cli.register(app)
-    proxy_cli.register(app)
     sandbox_cli.register(app)
     try:
         from tfgrpo.cli import serve as serve_cli
