@@ -224,13 +224,12 @@ class Library:
         self._commits = None
         self._base_commit = 0
         self._selector: tuple[LibraryState, Selector] | None = None
+        self._new_embedding = dict(embedding) if embedding is not None else None  # for a library with no version yet
         self.state = self._load(at_step)
         if store is not None and at_step is None:
             self._base_commit, shared = self._latest_commit()
             if shared is not None:
                 self.state = shared
-        if embedding is not None and not self.versions() and not self._base_commit:
-            self.state.embedding = dict(embedding)
 
     # ---------------------------------------------------------------- versions
     def versions(self) -> list[int]:
@@ -242,7 +241,7 @@ class Library:
     def _load(self, at_step: int | None) -> LibraryState:
         steps = [s for s in self.versions() if at_step is None or s <= at_step]
         if not steps:
-            return LibraryState()
+            return LibraryState(**({"embedding": dict(self._new_embedding)} if self._new_embedding else {}))
         return LibraryState.model_validate_json(self._version_path(steps[-1]).read_text())
 
     def state_at(self, step: int) -> LibraryState:

@@ -91,3 +91,15 @@ def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
     view = consolidation_view(lib, LibraryConfig(injection="retrieve"), shown, cands, props)
     assert view == "[E1] When A, do a.\n[E3] When C, do c.\n[E4] When D, do d."
     assert consolidation_view(lib, LibraryConfig(), shown, cands, props) == lib.render()
+
+
+def test_training_keeps_the_chosen_embedding_and_refuses_an_unavailable_one(tmp_path):
+    out = tmp_path / "run"
+    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--embedding", "lexical:64",
+           "--injection", "auto", "--inject-budget", "30", "--out", str(out), "-q")
+    lib = Library(out / "library")
+    assert lib.state.embedding == {"name": "lexical", "dim": 64} and len(lib) > 0
+    bad = tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--embedding",
+                 "st:no-such-model-here", "--out", str(tmp_path / "bad"), "-q", check=False)
+    assert bad.returncode == 2 and "embedding sentence-transformers:no-such-model-here" in bad.stderr
+    assert "Traceback" not in bad.stderr
