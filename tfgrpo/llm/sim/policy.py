@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -72,9 +73,12 @@ def policy_completion(messages: list[dict[str, Any]], rng: random.Random) -> str
     skill = SKILLS_BY_NAME[row["skill"]]
     context = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") in ("system", "user")).lower()
     p = SKILLED_P if skill.keyword in context else BASE_P
+    # Like a real agent told to cite what it used, cite the lesson that names the skill.
+    cited = re.search(r"\[(e\d+)\][^\n]*" + re.escape(skill.keyword), context)
+    cite = f" (following [{cited.group(1).upper()}])" if cited else ""
     if rng.random() < p:
         opener = rng.choice(["The key step is to", "First I", "Here I"])
-        return f"{opener} {skill.approach}. Working through it carefully gives {row['answer']}.\nAnswer: {row['answer']}"
+        return f"{opener} {skill.approach}{cite}. Working through it carefully gives {row['answer']}.\nAnswer: {row['answer']}"
     value = wrong_answer(row["answer"], rng)
     opener = rng.choice(["I take the numbers as they are given", "I compute directly from left to right", "A quick estimate is enough here"])
-    return f"{opener}. That gives {value}.\nAnswer: {value}"
+    return f"{opener}{cite}. That gives {value}.\nAnswer: {value}"
