@@ -58,8 +58,9 @@ class LibraryState(BaseModel):
         return [e for e in self.experiences if e.status == "active"]
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
+def norm_text(text: str) -> str:
+    """A lesson's text for exact-duplicate checks: case and spacing aside."""
+    return " ".join(text.lower().split())
 
 
 def apply_ops(
@@ -95,8 +96,8 @@ def apply_ops(
         results.append(OpResult(step=step, op=op, status="applied", result_id=exp.id))
 
     def duplicate_of(text: str, ignore: set[str] = frozenset()) -> Experience | None:  # type: ignore[assignment]
-        key = _norm(text)
-        return next((e for e in new.active() if e.id not in ignore and _norm(e.text) == key), None)
+        key = norm_text(text)
+        return next((e for e in new.active() if e.id not in ignore and norm_text(e.text) == key), None)
 
     for op in ops:
         text = op.text.strip()
@@ -225,6 +226,7 @@ class Library:
         self._base_commit = 0
         self._selector: tuple[LibraryState, Selector] | None = None
         self._new_embedding = dict(embedding) if embedding is not None else None  # for a library with no version yet
+        self._at_step = at_step
         self.state = self._load(at_step)
         if store is not None and at_step is None:
             self._base_commit, shared = self._latest_commit()
@@ -275,10 +277,13 @@ class Library:
         """The experiences for one query (see ``retrieval``)."""
         if self._selector is None or self._selector[0] is not self.state:
             index = None
+            # The Chroma index holds the latest version; an earlier one (``at_step``) gets its own.
+            historical = (self._at_step is not None if self.store is not None
+                          else self.state.step < max(self.versions(), default=self.state.step))
 
             def lazy_index() -> Index:
                 nonlocal index
-                index = index or self.index
+                index = index or (Index.in_memory(self.state.active(), self.state.embedding) if historical else self.index)
                 return index
 
             self._selector = (self.state, Selector(self.state.experiences, lazy_index))
@@ -297,11 +302,16 @@ class Library:
         self._commit(new, step)
         return results
 
-    def import_pack(self, pack: "Pack", *, reembed: bool = False) -> list[OpResult]:
-        """Add a pack's lessons as the next version. An empty library becomes the pack (ids,
+    def import_pack(self, pack: "Pack", *, reembed: bool = False, step: int | None = None) -> list[OpResult]:
+        """Add a pack's lessons as version ``step`` (default: the next one; 0 makes it the starting
+        library of a run trained in this directory). An empty library becomes the pack (ids,
         stats and provenance kept, the pack's embedding adopted); a non-empty one gets them as
         ADD ops (exact duplicates skipped), which needs the same embedding spec or ``reembed``."""
-        step = max([*self.versions(), self.state.step]) + 1
+        latest = max([*self.versions(), self.state.step])
+        if step is None:
+            step = latest + 1
+        elif step < latest:
+            raise StoreError(f"cannot import as version {step}: library {self.path} is already at step {latest}")
         if not self.state.experiences:
             exps = [e.model_copy(deep=True) for e in pack.experiences]
             top = max((int(e.id[1:]) for e in exps if e.id[1:].isdigit()), default=0)

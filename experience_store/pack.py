@@ -24,12 +24,13 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experience_store.embedding import DEFAULT_SPEC, parse_spec, same_spec, spec_label
 from experience_store.errors import PackError, StoreError
+from experience_store.library import norm_text
 from experience_store.models import Experience, OpResult
 from experience_store.render import DEFAULT_BLOCK
 from experience_store.retrieval import Index, Injection, Mode, Selector, TokenCounter
@@ -41,12 +42,23 @@ ALLOWED = ("manifest.json", *DATA_FILES, "README.md")
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_TOTAL_BYTES = 128 * 1024 * 1024
 MAX_RATIO = 100  # uncompressed / compressed, per member
+MERGE_THRESHOLD = 0.9  # cosine similarity at which a lesson counts as a near-duplicate in a merge
 
 
 class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha256: str
     bytes: int
+
+
+class InjectionSettings(BaseModel):
+    """How the source run injected its library (``library`` in its config.yaml). The defaults
+    are for packs that do not record it."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["all", "retrieve", "auto"] = "auto"
+    budget_tokens: int = Field(1500, gt=0)
+    top_k: int = Field(8, gt=0)
 
 
 class PackManifest(BaseModel):
@@ -64,6 +76,7 @@ class PackManifest(BaseModel):
     source_run: str | None = None
     source_step: int | None = None
     embedding: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_SPEC))
+    injection: InjectionSettings | None = None
     eval: dict[str, Any] | None = None
     counts: dict[str, int] = Field(default_factory=dict)
     files: dict[str, FileEntry] = Field(default_factory=dict)
@@ -179,13 +192,19 @@ class Pack:
             self._index = Index.in_memory(self.active, self.manifest.embedding)
         return self._index
 
-    def inject(self, query: str, *, mode: Mode = "auto", budget: int = 1500, k: int = 8,
+    def injection_settings(self) -> InjectionSettings:
+        """Mode, budget and top-k as the source run used them (the defaults for older packs)."""
+        return self.manifest.injection or InjectionSettings()
+
+    def inject(self, query: str, *, mode: Mode | None = None, budget: int | None = None, k: int | None = None,
                count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
-        """The experiences for ``query``: all of them while they fit ``budget``, else the top ``k``
-        by similarity that fit (``mode`` all/retrieve/auto, see ``retrieval``)."""
+        """The experiences for ``query`` (``mode`` all/retrieve/auto, see ``retrieval``): by default
+        as the run that learned them injected them (``injection_settings``)."""
         if self._selector is None:
             self._selector = Selector(self.experiences, self.index)
-        return self._selector.select(query, mode=mode, budget=budget, k=k, count_tokens=count_tokens, template=template)
+        settings = self.injection_settings()
+        return self._selector.select(query, mode=mode or settings.mode, budget=settings.budget_tokens if budget is None else budget,
+                                     k=settings.top_k if k is None else k, count_tokens=count_tokens, template=template)
 
     def render(self, query: str = "", **options: Any) -> str:
         """The context block for ``query``: lines ``[E12] When ..., ...`` (see ``inject``)."""
@@ -193,13 +212,13 @@ class Pack:
 
     # ------------------------------------------------------- diff and merge
     def diff(self, other: "Pack") -> PackDiff:
-        mine = {_norm(e.text): e for e in self.active}
-        theirs = {_norm(e.text): e for e in other.active}
+        mine = {norm_text(e.text): e for e in self.active}
+        theirs = {norm_text(e.text): e for e in other.active}
         return PackDiff(added=[e for k, e in theirs.items() if k not in mine],
                         removed=[e for k, e in mine.items() if k not in theirs],
                         same=len(mine.keys() & theirs.keys()))
 
-    def merge(self, other: "Pack", *, threshold: float = 0.92, name: str | None = None) -> tuple["Pack", list[dict[str, Any]]]:
+    def merge(self, other: "Pack", *, threshold: float = MERGE_THRESHOLD, name: str | None = None) -> tuple["Pack", list[dict[str, Any]]]:
         """This pack's lessons plus the other's that are not (near-)duplicates of one already
         kept; ids renumbered E1.. in order. Returns the pack and the skipped duplicates."""
         if not same_spec(self.manifest.embedding, other.manifest.embedding):
@@ -210,7 +229,7 @@ class Pack:
         index = Index.in_memory([], self.manifest.embedding)
         seen: dict[str, str] = {}
         for source, e in [("A", e) for e in self.active] + [("B", e) for e in other.active]:
-            key = _norm(e.text)
+            key = norm_text(e.text)
             near = index.near_duplicates([e.text], threshold)[0] if kept else []
             if key in seen or near:
                 skipped.append({"from": source, "id": e.id, "text": e.text, "duplicate_of": seen.get(key) or near[0][0]})
@@ -224,10 +243,6 @@ class Pack:
         return Pack.build(kept, [], name=name, task=m.task if m.task == other.manifest.task else None,
                           policy_model=m.policy_model if m.policy_model == other.manifest.policy_model else None,
                           toolkit_version=m.toolkit_version, embedding=m.embedding), skipped
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 # ------------------------------------------------------------------ hardened reading

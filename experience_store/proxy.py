@@ -57,7 +57,8 @@ def inject_messages(messages: list[dict[str, Any]], block: str) -> list[dict[str
 
 
 class InjectingProxy:
-    def __init__(self, pack: Pack, upstream: str, *, mode: Mode = "auto", budget: int = 1500, k: int = 8):
+    def __init__(self, pack: Pack, upstream: str, *, mode: Mode | None = None, budget: int | None = None, k: int | None = None):
+        """``mode``, ``budget`` and ``k`` default to the pack's (``Pack.injection_settings``)."""
         self.pack = pack
         self.upstream = upstream.rstrip("/")
         self.mode, self.budget, self.k = mode, budget, k
@@ -122,8 +123,8 @@ class InjectingProxy:
         return json.dumps(req).encode()
 
 
-def serve(pack: Pack, upstream: str, *, host: str = "127.0.0.1", port: int = 8100, mode: Mode = "auto",
-          budget: int = 1500, k: int = 8, print_fn: Any = print) -> None:
+def serve(pack: Pack, upstream: str, *, host: str = "127.0.0.1", port: int = 8100, mode: Mode | None = None,
+          budget: int | None = None, k: int | None = None, print_fn: Any = print) -> None:
     """Run the proxy until interrupted."""
     proxy = InjectingProxy(pack, upstream, mode=mode, budget=budget, k=k)
     web.run_app(proxy.app(), host=host, port=port, print=print_fn, handle_signals=True)

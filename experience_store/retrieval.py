@@ -28,6 +28,11 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
+def _rank(hit: tuple[str, float]) -> tuple[float, int, str]:
+    """Sort key of a search hit: most similar first, then ids in natural order (E2 before E10)."""
+    return (-round(hit[1], 6), len(hit[0]), hit[0])
+
+
 class Index:
     """Top-k and near-duplicate search over a Chroma collection of experience texts."""
 
@@ -66,12 +71,21 @@ class Index:
             )
 
     def search_vectors(self, vectors: list[list[float]], k: int) -> list[list[tuple[str, float]]]:
-        """For each vector, up to k (id, cosine similarity) pairs, most similar first."""
+        """For each vector, up to k (id, cosine similarity) pairs, most similar first; equal
+        similarities (to 6 decimals) in id order, so the same library and query always give
+        the same k (Chroma returns ties in any order, and cuts them anywhere)."""
         n = self.collection.count()
-        if n == 0 or not vectors:
+        if n == 0 or not vectors or k <= 0:
             return [[] for _ in vectors]
-        res = self.collection.query(query_embeddings=vectors, n_results=min(k, n), include=["distances"])
-        return [[(i, 1.0 - float(d)) for i, d in zip(ids, dists)] for ids, dists in zip(res["ids"], res["distances"])]
+        fetch = min(n, 2 * k)
+        while True:
+            res = self.collection.query(query_embeddings=vectors, n_results=fetch, include=["distances"])
+            rows = [sorted(((i, 1.0 - float(d)) for i, d in zip(ids, dists)), key=_rank)
+                    for ids, dists in zip(res["ids"], res["distances"])]
+            # a tie at the k-th place that reaches the last fetched result may go on beyond it
+            if fetch >= n or not any(len(r) > k and _rank(r[k - 1])[0] == _rank(r[-1])[0] for r in rows):
+                return [r[:k] for r in rows]
+            fetch = min(n, 2 * fetch)
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         return self.search_vectors(self.embed([query]), k)[0]

@@ -205,3 +205,16 @@ def test_embedding_specs_parse_and_unavailable_ones_fail_in_one_line(tmp_path, m
     assert "sentence-transformers:no-such-model-here" in str(exc.value) and "\n" not in str(exc.value)
     again = Pack.load(tmp_path / "st.zip", embedding="lexical")
     assert again.inject("right-angled triangle missing side", mode="retrieve", k=1).ids == ["E2"]
+
+
+def test_injection_defaults_to_the_source_runs_settings(tmp_path):
+    make_pack(injection={"mode": "retrieve", "budget_tokens": 500, "top_k": 1}).write(tmp_path / "r.zip")
+    loaded = Pack.load(tmp_path / "r.zip")
+    assert loaded.manifest.injection.model_dump() == {"mode": "retrieve", "budget_tokens": 500, "top_k": 1}
+    assert loaded.inject("a right-angled triangle: the missing side").ids == ["E2"]  # retrieve, top 1
+    assert len(loaded.inject("a right-angled triangle", mode="all").ids) == 4  # the caller's choice wins
+    older = make_pack()  # a pack without recorded settings: auto, 1500 tokens, top 8
+    assert older.manifest.injection is None and older.injection_settings().model_dump() == {"mode": "auto", "budget_tokens": 1500, "top_k": 8}
+    assert len(older.inject("a right-angled triangle").ids) == 4
+    with pytest.raises(Exception, match="injection"):
+        make_pack(injection={"mode": "everything"})

@@ -103,3 +103,50 @@ def test_pack_diff_and_merge(run, tmp_path):
     assert merged["experiences"] == len(pm.active) <= len(pa.active) + len(pb.active)
     assert len(merged["skipped"]) >= diff["same"]  # every lesson present in both is kept once
     assert len({e.text for e in pm.active}) == len(pm.active)
+
+
+def test_export_follows_best_val_attaches_only_matching_eval_and_omits_leaks(run, tmp_path):
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "selection.json").write_text(json.dumps({"chosen": {"step": 2}}))
+    (copy / "eval.json").write_text(json.dumps({"library_step": 4, "library": {"mean_at_k": 0.7}}))
+    leak = {"step": 1, "op": {"op": "ADD", "text": "SECRET training problem: 17 fence posts"}, "status": "rejected",
+            "error": "leak: quotes a training problem"}
+    with (copy / "ops.jsonl").open("a") as fh:
+        fh.write(json.dumps(leak) + "\n")
+        fh.write(json.dumps({**leak, "status": "noop", "error": "leak flagged (kept): quotes a training problem"}) + "\n")
+    chosen = last_json(tfgrpo("pack", "export", str(copy), "--out", str(tmp_path / "a.zip"), "--json"))
+    assert chosen["source_step"] == 2 and chosen["eval"] is None  # eval.json scored step 4, not step 2
+    assert [e.text for e in Pack.load(tmp_path / "a.zip").experiences] == [e.text for e in Library(copy / "library", at_step=2).state.experiences]
+    history = Pack.load(tmp_path / "a.zip").history
+    assert history and not any("SECRET" in r.op.text for r in history)
+    latest = last_json(tfgrpo("pack", "export", str(copy), "--out", str(tmp_path / "b.zip"), "--step", "4", "--json"))
+    assert latest["source_step"] == 4 and latest["eval"]["library"]["mean_at_k"] == 0.7
+    library_cfg = yaml.safe_load((copy / "config.yaml").read_text())["library"]
+    assert latest["injection"] == {"mode": library_cfg["injection"], "budget_tokens": library_cfg["budget_tokens"],
+                                   "top_k": library_cfg["top_k"]}
+
+
+def test_imported_pack_is_the_starting_library_of_a_run_trained_there(run, tmp_path):
+    pack = tmp_path / "p.zip"
+    tfgrpo("pack", "export", str(run), "--out", str(pack))
+    before = Library(run / "library").versions()
+    refused = tfgrpo("pack", "import", str(pack), "--into", str(run), check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "import into a new directory and train there" in refused.stderr
+    assert Library(run / "library").versions() == before
+    target = tmp_path / "lib-run"
+    res = last_json(tfgrpo("pack", "import", str(pack), "--into", str(target), "--json"))
+    assert res["step"] == 0 and Library(target / "library").versions() == [0]
+    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "16", "--out", str(target), "-q")
+    lib = Library(target / "library")
+    assert lib.versions()[0] == 0 and {e.text for e in Pack.load(pack).active} <= {e.text for e in lib.state_at(0).active()}
+    rewards = [json.loads(line)["mean_reward"] for line in (target / "steps.jsonl").read_text().splitlines()]
+    fresh = tmp_path / "fresh"
+    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "16", "--out", str(fresh), "-q")
+    baseline = [json.loads(line)["mean_reward"] for line in (fresh / "steps.jsonl").read_text().splitlines()]
+    assert rewards[0] >= baseline[0] + 0.3, (rewards, baseline)  # the sim was given the pack's skills at step 1

@@ -142,3 +142,21 @@ def test_bad_pack_or_upstream_is_one_line(tmp_path, pack_path):
                       (["--pack", str(pack_path), "--upstream", "localhost:9"], "--upstream must be an http(s) URL")):
         proc = subprocess.run([*CMD, "proxy", *args], env=ENV, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and msg in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_injection_defaults_to_the_packs_recorded_settings(tmp_path):
+    pack = tmp_path / "retrieve1.zip"
+    Pack.build([Experience(id=f"E{i + 1}", text=t) for i, t in enumerate(LESSONS)], [], task="demo",
+               injection={"mode": "retrieve", "budget_tokens": 800, "top_k": 1}).write(pack)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proc, url = start_proxy(pack, f"http://127.0.0.1:{server.server_address[1]}/v1")  # no --injection/--top-k
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "A right-angled triangle has legs 3 and 4."}])
+        system = Recorder.bodies[-1]["messages"][0]["content"]
+        assert f"[E2] {LESSONS[1]}" in system and LESSONS[0] not in system and LESSONS[2] not in system
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.shutdown()

@@ -1,10 +1,12 @@
-"""Usage credit from citations, pruning (reversible), near-duplicate MERGE candidates, and
-retrieval injection in a real training run."""
+"""Usage credit from citations, pruning (reversible), near-duplicate MERGE candidates,
+retrieval injection in a real training run, deterministic retrieval (ties by id), retrieval
+from an earlier version, and an imported starting library (version 0)."""
 
 import json
 
 from cli_helpers import last_json, tfgrpo
-from experience_store import ExperienceOp, Library, Stats, cited_ids, prune_ops, usage_credit
+from experience_store import Experience, ExperienceOp, Index, Library, Pack, Stats, cited_ids, prune_ops, usage_credit
+from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.config import LibraryConfig
 from tfgrpo.distill import merge_candidates, prune_for
 from tfgrpo.judge import ProposedOp
@@ -103,3 +105,46 @@ def test_training_keeps_the_chosen_embedding_and_refuses_an_unavailable_one(tmp_
                  "st:no-such-model-here", "--out", str(tmp_path / "bad"), "-q", check=False)
     assert bad.returncode == 2 and "embedding sentence-transformers:no-such-model-here" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+SAME = "When a quadratic will not factor, use the quadratic formula."
+
+
+def test_ties_at_the_kth_place_are_broken_by_id_every_time():
+    # 30 lessons with one text: every one is equally similar to the query, so Chroma alone
+    # returns any 3 of them (a different 3 from one index build to the next).
+    exps = [Experience(id=f"E{i}", text=SAME) for i in range(1, 31)]
+    for _ in range(4):
+        index = Index.in_memory(exps, {"name": "lexical", "dim": 512})
+        assert [i for i, _ in index.search("quadratic formula", 3)] == ["E1", "E2", "E3"]
+        assert [i for i, _ in index.near_duplicates([SAME], 0.9, k=4)[0]] == ["E1", "E2", "E3", "E4"]
+        assert Pack.build(exps).inject("quadratic formula", mode="retrieve", k=3).ids == ["E1", "E2", "E3"]
+
+
+def test_ties_keep_the_more_similar_lessons_first_then_ids_in_natural_order():
+    exps = [Experience(id=f"E{i}", text=SAME) for i in range(1, 13)] + [Experience(id="E13", text="quadratic formula")]
+    index = Index.in_memory(exps, {"name": "lexical", "dim": 512})
+    assert [i for i, _ in index.search("quadratic formula", 4)] == ["E13", "E1", "E2", "E3"]
+
+
+def test_an_earlier_version_retrieves_from_its_own_lessons(tmp_path):
+    lib = Library(tmp_path / "lib")
+    lib.apply([ExperienceOp(op="ADD", text="When adding fractions, use a common denominator."),
+               ExperienceOp(op="ADD", text="When a triangle is right-angled, use Pythagoras.")], step=1)
+    lib.apply([ExperienceOp(op="DELETE", id="E1"),
+               ExperienceOp(op="UPDATE", id="E2", text="When counting fence posts, add one to the gaps."),
+               ExperienceOp(op="ADD", text="When adding fractions with a common denominator, add the numerators.")], step=2)
+    old = Library(tmp_path / "lib", at_step=1)
+    assert old.inject("adding fractions: common denominator", mode="retrieve", k=1).ids == ["E1"]  # retired later
+    assert old.inject("right-angled triangle Pythagoras", mode="retrieve", k=1).ids == ["E2"]  # reworded later
+    assert Library(tmp_path / "lib").inject("adding fractions: common denominator", mode="retrieve", k=1).ids == ["E3"]
+
+
+def test_import_as_version_zero_survives_a_fresh_runs_discard(tmp_path):
+    pack = Pack.build([Experience(id="E1", text=SAME)])
+    lib = Library(tmp_path / "lib")
+    lib.import_pack(pack, step=0)
+    assert lib.versions() == [0]
+    lib.discard_after(0)  # what training in this directory does before its first step
+    assert [e.text for e in Library(tmp_path / "lib").experiences] == [SAME]
+    assert Pack.merge.__kwdefaults__["threshold"] == MERGE_THRESHOLD

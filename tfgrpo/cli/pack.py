@@ -13,48 +13,64 @@ from rich.table import Table
 
 import tfgrpo
 from experience_store import Library, OpResult, Pack, spec_label
+from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.cli.console import emit, err_console, user_errors
 from tfgrpo.cli.eval import library_dir
 from tfgrpo.cli.library import experience_row
 from tfgrpo.errors import UserError
+from tfgrpo.evaluate import LATEST_EVAL, selected_step
+from tfgrpo.trainer import RunDir
+
+
+def _read_eval(source: Path) -> dict[str, Any]:
+    try:
+        evals = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read eval results {source}: {e}") from None
+    if not isinstance(evals, dict):
+        raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
+    return evals
 
 
 def pack_from_run(run: Path, step: int | None, eval_file: Path | None, name: str | None) -> Pack:
-    """The library of ``run`` (at ``step``) with the ops that built it and the run's metadata."""
-    lib = Library(library_dir(run), at_step=step)
+    """The library of ``run`` (at ``step``; default: the step ``--select best-val`` kept, else the
+    latest, as ``tfgrpo eval`` uses) with the ops that built it and the run's metadata."""
+    path = library_dir(run)
+    run_dir = path.parent
+    if step is None:
+        step = selected_step(run_dir)
+    lib = Library(path, at_step=step)
     have = lib.versions()
     if step is not None and step not in have:
         raise UserError(f"{run}: no library version for step {step}" + (f" (it has steps {have[0]} to {have[-1]})" if have else ""))
     if not have:
         raise UserError(f"{run}: the library has no versions yet")
-    run_dir = lib.path.parent
     cfg: dict[str, Any] = {}
     if (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     history = []
-    ops_file = run_dir / "ops.jsonl"
-    if ops_file.is_file():
-        for line in ops_file.read_text(encoding="utf-8").splitlines():
+    for row in RunDir(run_dir).read("ops.jsonl"):
+        if (row.get("status") in ("applied", "rejected", "noop") and row.get("step", 0) <= lib.state.step
+                and not str(row.get("error") or "").startswith("leak")):  # a leak record quotes training problems
             try:
-                row = json.loads(line)
-                if row.get("status") in ("applied", "rejected", "noop") and row.get("step", 0) <= lib.state.step:
-                    history.append(OpResult.model_validate(row))
-            except (json.JSONDecodeError, ValidationError):
-                continue  # torn line of an unfinished step, or another record kind
+                history.append(OpResult.model_validate(row))
+            except ValidationError:
+                continue  # another record kind
     evals = None
-    source = eval_file or (run_dir / "eval.json" if (run_dir / "eval.json").is_file() else None)
-    if source is not None:
-        try:
-            evals = json.loads(Path(source).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read eval results {source}: {e}") from None
-        if not isinstance(evals, dict):
-            raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
+    if eval_file is not None:
+        evals = _read_eval(eval_file)
+    elif (run_dir / LATEST_EVAL).is_file():
+        latest = _read_eval(run_dir / LATEST_EVAL)
+        evals = latest if latest.get("library_step") == lib.state.step else None  # results of another version
     policy = (cfg.get("policy") or {}).get("model")
+    injection = {k: v for k, v in (cfg.get("library") or {}).items() if k in ("budget_tokens", "top_k")}
+    if (cfg.get("library") or {}).get("injection"):
+        injection["mode"] = cfg["library"]["injection"]
     return Pack.build(
         lib.state.experiences, history, name=name or run_dir.name, toolkit_version=tfgrpo.__version__,
         task=cfg.get("task"), policy_model=policy, judge_model=(cfg.get("judge") or {}).get("model") or policy,
-        source_run=run_dir.name, source_step=lib.state.step, embedding=lib.state.embedding, eval=evals,
+        source_run=run_dir.name, source_step=lib.state.step, embedding=lib.state.embedding,
+        injection=injection or None, eval=evals,
     )
 
 
@@ -80,8 +96,8 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def export_cmd(run: Path = typer.Argument(..., help="Run directory"),
                    out: Path = typer.Option(..., "--out", "-o", help="Pack to write: x.zip, or a directory"),
-                   step: Optional[int] = typer.Option(None, "--step", help="Library as it was after this step (default: latest)"),
-                   eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval results to record (tfgrpo eval --json output; default: eval.json in the run)"),
+                   step: Optional[int] = typer.Option(None, "--step", help="Library as it was after this step (default: the one --select best-val kept, else the latest)"),
+                   eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval results to record (tfgrpo eval --json output; default: the run's eval.json when it evaluated the exported step)"),
                    name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the run's)"),
                    as_json: bool = json_opt) -> None:
         """Write a run's library (with the ops that built it) as a verifiable pack."""
@@ -137,7 +153,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def merge_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"),
                   out: Path = typer.Option(..., "--out", "-o", help="Merged pack to write"),
-                  threshold: float = typer.Option(0.9, "--threshold", help="Cosine similarity at which a lesson of B counts as a duplicate"),
+                  threshold: float = typer.Option(MERGE_THRESHOLD, "--threshold", help="Cosine similarity at which a lesson of B counts as a duplicate"),
                   as_json: bool = json_opt) -> None:
         """A's lessons plus B's that are not (near-)duplicates of one already kept."""
         merged, skipped = Pack.load(a).merge(Pack.load(b), threshold=threshold, name=out.stem)
@@ -148,14 +164,21 @@ def register(app: typer.Typer) -> None:
     @group.command("import")
     @user_errors
     def import_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
-                   into: Path = typer.Option(..., "--into", help="Run or library directory to add the lessons to (created if missing)"),
+                   into: Path = typer.Option(..., "--into", help="New directory to train in (tfgrpo train --out DIR starts from the pack), or a library directory; created if missing"),
                    reembed: bool = typer.Option(False, "--reembed", help="Re-embed the pack with the library's embedding when the specs differ"),
                    as_json: bool = json_opt) -> None:
-        """Verify a pack, then add its lessons to a library as one new version (nothing is written if verification fails)."""
+        """Verify a pack, then add its lessons to a library (nothing is written if verification fails).
+        Into a directory without a run they become version 0, the library a run trained there starts from."""
         p = Pack.load(pack)
-        target = into / "library" if (into / "library").is_dir() or not (into / "versions").is_dir() else into
+        try:
+            target = library_dir(into)
+        except UserError:
+            target = into / "library"
+        if (target.parent / "steps.jsonl").is_file():
+            raise UserError(f"{target.parent} holds a run, whose resume would drop the import: import into a new "
+                            "directory and train there (tfgrpo train --out DIR)")
         lib = Library(target)
-        results = lib.import_pack(p, reembed=reembed)
+        results = lib.import_pack(p, reembed=reembed, step=0 if max(lib.versions(), default=0) == 0 else None)
         added = sum(1 for r in results if r.status == "applied")
         if not as_json:
             err_console.print(f"imported {added} lessons into {target} (step {lib.state.step}, {len(lib)} active)")
