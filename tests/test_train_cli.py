@@ -177,3 +177,34 @@ def test_yaml_config_with_flags_on_top(tmp_path):
     assert saved["judge"]["max_ops_per_group"] == 1 and saved["policy"]["model"] == "sim"
     groups = [json.loads(line) for line in (tmp_path / "run" / "groups.jsonl").read_text().splitlines()]
     assert all(len(g["proposals"]) <= 1 for g in groups) and all(len(g["rewards"]) == 2 for g in groups)
+
+
+def test_eval_injects_as_the_run_did(trained, tmp_path):
+    import shutil
+
+    import yaml
+
+    out, _, _ = trained
+    copy = tmp_path / "retrieve-run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("eval", "eval.json"))
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["library"].update(injection="retrieve", top_k=1, budget_tokens=40)
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["eval", "--task", "demo", "--model", "sim", "-k", "4", "--json", "--quiet"]
+    full = last_json(tfgrpo(*args, "--library", str(out)))
+    one = last_json(tfgrpo(*args, "--library", str(copy)))
+    assert full["baseline"] == one["baseline"]  # same problems, same seeds
+    # one retrieved lesson per query names the right skill far less often than the whole library
+    assert one["library"]["mean_at_k"] < full["library"]["mean_at_k"] - 0.2
+
+
+def test_resume_keeps_what_it_changed_and_refuses_config_or_out(tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--quiet")
+    tfgrpo("train", "--resume", str(run), "--epochs", "2", "--quiet")
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2  # a later plain resume keeps 2
+    for extra in (["--out", str(tmp_path / "x")], ["--config", str(run / "config.yaml")]):
+        proc = tfgrpo("train", "--resume", str(run), *extra, check=False)
+        assert proc.returncode == 2 and "drop --config/--out" in proc.stderr

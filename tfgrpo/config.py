@@ -163,3 +163,8 @@ def build(model: type[_Model], data: dict[str, Any]) -> Any:
 
 def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory was made with."""
+    return build(RunConfig, load_yaml(Path(run_dir) / "config.yaml"))

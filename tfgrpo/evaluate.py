@@ -19,11 +19,11 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.prompting import Prompts
-from tfgrpo.rollout import sample_group, stable_seed
+from tfgrpo.rollout import injector, sample_group, stable_seed
 from tfgrpo.stats import bootstrap_ci, paired_permutation_p, pass_at_k
 from tfgrpo.tasks import Sample, Task
 
@@ -51,16 +51,20 @@ class ArmRun:
         return means, passes
 
 
+Experiences = Union[str, Callable[[Sample], Any]]  # one block for all, or an injector (rollout.injector)
+
+
 async def run_arm(
-    client: LLMClient, task: Task, samples: list[Sample], experiences: str, prompts: Prompts, *,
-    name: str, n: int, seeds: Sequence[int], temperature: float, max_tokens: int | None,
+    client: LLMClient, task: Task, samples: list[Sample], experiences: Experiences, prompts: Prompts, *,
+    name: str, n: int, seeds: Sequence[int], temperature: float, max_tokens: int | None, agent: Any = None,
     on_advance: Callable[[], None] = lambda: None,
 ) -> ArmRun:
     arm = ArmRun(name=name, n=n)
 
     async def one(seed: int, s: Sample) -> None:
-        g = await sample_group(client, task, s, experiences, prompts, n=n, temperature=temperature,
-                               max_tokens=max_tokens, seed=stable_seed(seed, "eval", s.id))
+        block = experiences(s).text if callable(experiences) else experiences
+        g = await sample_group(client, task, s, block, prompts, n=n, temperature=temperature,
+                               max_tokens=max_tokens, seed=stable_seed(seed, "eval", s.id), agent=agent)
         right = [r is not None and r >= task.pass_threshold for r in g.combined]
         arm.correct[(seed, s.id)] = sum(right)
         arm.failures += sum(1 for c in g.completions if not c.ok)
@@ -119,9 +123,9 @@ class EvalReport:
 
 
 async def compare(
-    client: LLMClient, task: Task, samples: list[Sample], library_block: str, prompts: Prompts, *,
+    client: LLMClient, task: Task, samples: list[Sample], library_block: Experiences, prompts: Prompts, *,
     k: int, n: int | None = None, seeds: Sequence[int] = (0,), temperature: float, max_tokens: int | None,
-    on_advance: Callable[[], None] = lambda: None,
+    agent: Any = None, on_advance: Callable[[], None] = lambda: None,
 ) -> EvalReport:
     """Baseline and library on the same problems and seeds. Raises ValueError on k > n or no
     problems (the CLI turns these into one-line errors before calling)."""
@@ -131,7 +135,7 @@ async def compare(
     if not samples:
         raise ValueError("no problems to evaluate")
     seeds = list(seeds)
-    kwargs = dict(n=n, seeds=seeds, temperature=temperature, max_tokens=max_tokens, on_advance=on_advance)
+    kwargs = dict(n=n, seeds=seeds, temperature=temperature, max_tokens=max_tokens, agent=agent, on_advance=on_advance)
     base = await run_arm(client, task, samples, "", prompts, name="baseline", **kwargs)
     lib = await run_arm(client, task, samples, library_block, prompts, name="library", **kwargs)
     ids = [s.id for s in samples]
@@ -193,7 +197,7 @@ SELECTION_FILE = "selection.json"
 async def select_best_epoch(
     client: LLMClient, task: Task, validation: list[Sample], library_dir: Path, epoch_steps: dict[int, int],
     prompts: Prompts, *, n: int, seed: int, temperature: float, max_tokens: int | None,
-    on_advance: Callable[[], None] = lambda: None,
+    injection: Any, model: str | None, agent: Any = None, on_advance: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Score the library after each epoch (``epoch_steps``: epoch -> its last step) on the
     validation split by Mean@n and choose the best; ties go to the earlier epoch (fewer lessons
@@ -201,12 +205,12 @@ async def select_best_epoch(
     from experience_store import Library
 
     ids = [s.id for s in validation]
-    kwargs = dict(n=n, seeds=[seed], temperature=temperature, max_tokens=max_tokens, on_advance=on_advance)
+    kwargs = dict(n=n, seeds=[seed], temperature=temperature, max_tokens=max_tokens, agent=agent, on_advance=on_advance)
     base = await run_arm(client, task, validation, "", prompts, name="baseline", **kwargs)
     candidates = []
     for epoch, step in sorted(epoch_steps.items()):
         lib = Library(library_dir, at_step=step)
-        arm = await run_arm(client, task, validation, lib.render(), prompts, name=f"epoch {epoch + 1}", **kwargs)
+        arm = await run_arm(client, task, validation, injector(lib, injection, model), prompts, name=f"epoch {epoch + 1}", **kwargs)
         summary = arm_summary(arm, ids, [seed], n)
         candidates.append({"epoch": epoch + 1, "step": step, "library_size": len(lib),
                            "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})

@@ -22,7 +22,7 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,19 @@ def token_counter(model: str | None) -> Callable[[str], int]:
     return count
 
 
+def injector(library: Any, settings: Any, model: str | None) -> Callable[[Sample], Any]:
+    """The experiences each query gets under a run's injection settings (``LibraryConfig``):
+    one function for training, validation and evaluation, so all see the library alike.
+    Returns ``experience_store.Injection`` (``.text`` is the block for the prompt)."""
+    count = token_counter(model)
+
+    def inject(sample: Sample) -> Any:
+        return library.inject(sample.user_text(), mode=settings.injection, budget=settings.budget_tokens,
+                              k=settings.top_k, count_tokens=count)
+
+    return inject
+
+
 def agent_messages(task: Task, sample: Sample, experiences: str, prompts: Prompts) -> list[dict[str, Any]]:
     system = prompts.render(task.template, instructions=task.instructions, experiences=experiences)
     if sample.messages:

@@ -34,7 +34,7 @@ from tfgrpo.llm.usage import Usage
 from tfgrpo.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast
-from tfgrpo.rollout import Group, sample_group, stable_seed, token_counter
+from tfgrpo.rollout import Group, injector, sample_group, stable_seed
 from tfgrpo.tasks import Task
 
 RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
@@ -166,14 +166,14 @@ async def train(
     hooks = hooks or Hooks()
     started = time.monotonic()
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    if not run_dir.exists():
-        run_dir.config_path.write_text(dump_yaml(cfg))
+    # Always the resolved settings, so what a resume changed (epochs, budgets, endpoints) is kept.
+    run_dir.config_path.write_text(dump_yaml(cfg))
     done = run_dir.steps()
     last = done[-1].step if done else 0
     run_dir.discard_after(last)
     library = Library(run_dir.path / "library", embedding=cfg.library.embedding, store=cfg.library.store,
                       collection=cfg.library.collection or (run_dir.path.name if cfg.library.store else None))
-    count_tokens = token_counter(models.policy_name)
+    inject = injector(library, cfg.library, models.policy_name)
     library.discard_after(last)
     library.sync()
 
@@ -194,15 +194,12 @@ async def train(
         t0 = time.monotonic()
         usage_before = models.usage.to_dict()
         batch = [samples[i] for i in indices]
-        experiences = library.render()
         shown: dict[str, Injection] = {}  # sample id -> the experiences injected into its prompt
 
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
 
         async def one(sample, _epoch=epoch):
-            lib = cfg.library
-            injected = library.inject(sample.user_text(), mode=lib.injection, budget=lib.budget_tokens, k=lib.top_k,
-                                      count_tokens=count_tokens)
+            injected = inject(sample)
             shown[sample.id] = injected
             g = await sample_group(
                 models.policy, task, sample, injected.text, prompts, n=cfg.group_size,

@@ -12,10 +12,10 @@ import typer
 from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
 from tfgrpo.cli.options import FlagSpec, apply_flags, collect, with_generated_options
 from tfgrpo.budget import parse_price
-from tfgrpo.config import RunConfig, build, load_yaml
+from tfgrpo.config import EvalConfig, RunConfig, build, load_yaml
 from experience_store import StoreError
 from tfgrpo.errors import EndpointError, UserError
-from tfgrpo.evaluate import SELECTION_FILE, compare, save, select_best_epoch
+from tfgrpo.evaluate import SELECTION_FILE, select_best_epoch
 from tfgrpo.llm.endpoints import open_models
 from tfgrpo.prompting import Prompts
 from tfgrpo.split import split_task
@@ -68,6 +68,9 @@ def _new_run_dir(out: Path | None, task: str) -> RunDir:
 
 def resolve_run(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None) -> tuple[RunConfig, RunDir]:
     if resume is not None:
+        if config is not None or out is not None:
+            raise UserError("--resume continues a run with its own config.yaml and directory; drop --config/--out "
+                            "(change endpoints, epochs or budgets with their flags)")
         rd = RunDir(resume)
         if not rd.exists():
             raise UserError(f"nothing to resume: {resume} has no config.yaml")
@@ -125,7 +128,8 @@ async def _select(cfg: RunConfig, task: Task, validation: list, models: Any, rd:
     hooks.on_phase("validation: each epoch's library", len(validation) * (len(epoch_steps) + 1))
     selection = await select_best_epoch(
         models.policy, task, validation, rd.path / "library", epoch_steps, prompts, n=cfg.val_n, seed=cfg.seed,
-        temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens, on_advance=lambda: hooks.on_advance("library"),
+        temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens, injection=cfg.library,
+        model=models.policy_name, agent=cfg.agent, on_advance=lambda: hooks.on_advance("library"),
     )
     rd.file(SELECTION_FILE).write_text(json.dumps(selection, indent=1))
     chosen = selection["chosen"]
@@ -200,13 +204,9 @@ def register(app: typer.Typer) -> None:
         cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, group_size=4)
         rd = _new_run_dir(out, "demo")
         result, task = run_training(cfg, rd, show_progress=not quiet)
-        from experience_store import Library
+        from tfgrpo.cli.eval import evaluate_library
 
-        block = Library(rd.path / "library").render()
-        with open_models(cfg.policy, sim_seed=cfg.sim_seed) as models:
-            report = asyncio.run(compare(models.policy, task, task.eval_samples(), block, Prompts(), k=k,
-                                         seeds=[cfg.seed], temperature=cfg.policy.temperature, max_tokens=None))
-        save(report, rd.path / "eval" / "demo")
+        report = evaluate_library(EvalConfig(task="demo", k=k, seed=cfg.seed), rd.path, name="demo", quiet=quiet)
         summary = result.summary()
-        summary["eval"] = report.summary
-        emit([*train_tables(summary, result.steps), eval_table(report.summary)], summary, as_json)
+        summary["eval"] = report
+        emit([*train_tables(summary, result.steps), eval_table(report)], summary, as_json)
