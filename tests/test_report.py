@@ -184,3 +184,17 @@ def test_most_helpful_and_harmful_lessons_are_ranked_by_credit(tmp_path):
     assert helpful.index("E2") < helpful.index("E3") < helpful.index("E1")
     assert "E1" in harmful.split("</table>", 1)[0] and "E2" not in harmful.split("</table>", 1)[0]
     assert "config.yaml" in text and "steps.jsonl" in text  # listed as missing
+
+
+def test_parameter_mode_runs_are_listed_and_reported_as_such(tmp_path):
+    pytest.importorskip("torch")
+    from cli_helpers import tfgrpo
+
+    from tfgrpo.report import load_run, run_status
+
+    tfgrpo("train", "--mode", "params", "--task", "toy", "--model", "tiny", "--steps", "2", "--out", str(tmp_path / "p"), "--json")
+    run = load_run(tmp_path / "p")
+    assert run_status(run) == "finished" and run.models == ("tiny", None)
+    assert run.missing == []  # no library or ops to miss in parameter mode
+    listing = tfgrpo("runs", str(tmp_path)).stdout
+    assert "tiny / -" in listing and "finished" in listing

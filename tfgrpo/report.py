@@ -27,6 +27,7 @@ import yaml
 
 from tfgrpo.budget import total_spend
 from tfgrpo.evaluate import SELECTION_FILE, saved_summaries
+from tfgrpo.trainer import RunDir
 
 OP_KINDS = ("ADD", "UPDATE", "MERGE", "DELETE", "RESTORE")
 EXPECTED = ("config.yaml", "steps.jsonl", "ops.jsonl", "library/versions")
@@ -47,18 +48,25 @@ class RunData:
     missing: list[str] = field(default_factory=list)
 
     @property
+    def params_mode(self) -> bool:
+        return (self.config or {}).get("mode") == "params"
+
+    @property
+    def models(self) -> tuple[str | None, str | None]:
+        """(policy, judge); parameter mode has no judge."""
+        cfg = self.config or {}
+        if self.params_mode:
+            return cfg.get("model"), None
+        policy = (cfg.get("policy") or {}).get("model")
+        return policy, (cfg.get("judge") or {}).get("model") or policy
+
+    @property
     def spend(self):
         return total_spend(s.get("usage") or {} for s in self.steps)
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-    return rows
+    return RunDir(path.parent).read(path.name)  # skips a line cut short by a kill
 
 
 def load_run(path: str | Path) -> RunData:
@@ -79,6 +87,8 @@ def load_run(path: str | Path) -> RunData:
 
     run.config = read("config.yaml", lambda f: yaml.safe_load(f.read_text()) or {})
     run.steps = read("steps.jsonl", _jsonl) or []
+    if run.params_mode:  # weights were trained: there is no library and no ops to miss
+        return _read_status(run, read)
     run.ops = read("ops.jsonl", _jsonl) or []
     versions = sorted((p / "library" / "versions").glob("*.json")) if (p / "library" / "versions").is_dir() else []
     if versions:
@@ -88,7 +98,11 @@ def load_run(path: str | Path) -> RunData:
     run.evals = saved_summaries(p)
     if (p / SELECTION_FILE).is_file():
         run.selection = read(SELECTION_FILE, lambda f: json.loads(f.read_text()))
-    if (p / "status.json").is_file():
+    return _read_status(run, read)
+
+
+def _read_status(run: RunData, read) -> RunData:
+    if (run.path / "status.json").is_file():
         run.status = read("status.json", lambda f: json.loads(f.read_text()))
     return run
 
@@ -352,7 +366,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     spend = run.spend
     facts = [
         ["status", run_status(run)], ["task", cfg.get("task")],
-        ["policy", (cfg.get("policy") or {}).get("model")], ["judge", (cfg.get("judge") or {}).get("model") or "(policy model)"],
+        ["policy", run.models[0]], ["judge", run.models[1] or "-"],
         ["steps", len(run.steps)], ["library size", run.steps[-1].get("library_size") if run.steps else None],
         ["tokens", f"{spend.tokens:,}"], ["LLM calls", spend.calls],
         ["cost", f"${spend.cost:.4f}" if not spend.unpriced else f"unknown (no price for {', '.join(spend.unpriced)})"],

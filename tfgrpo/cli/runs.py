@@ -32,16 +32,15 @@ def register(app: typer.Typer) -> None:
         for p in paths:
             run = load_run(p)
             cfg = run.config or {}
-            policy = (cfg.get("policy") or {}).get("model")
-            judge = (cfg.get("judge") or {}).get("model") or policy
+            policy, judge = run.models
             best = best_eval(run)
             score = (f"{best['library']['mean_at_k']:.3f} vs {best['baseline']['mean_at_k']:.3f} (Mean@{best.get('k')})"
                      if best else "-")
             spend = run.spend
-            cost = "-" if not run.steps else (f"${spend.cost:.4f}" if not spend.unpriced else f"{spend.tokens:,} tok")
+            cost = "-" if not run.steps or run.params_mode else (f"${spend.cost:.4f}" if not spend.unpriced else f"{spend.tokens:,} tok")
             steps = f"{len(run.steps)}/{(run.status or {}).get('steps_planned', '?')}"
-            t.add_row(p.name, str(cfg.get("task")), f"{policy} / {judge}", steps,
-                      str(run.steps[-1].get("library_size")) if run.steps else "-", score, cost, run_status(run))
+            t.add_row(p.name, str(cfg.get("task")), f"{policy} / {judge or '-'}", steps,
+                      str(run.steps[-1].get("library_size", "-")) if run.steps else "-", score, cost, run_status(run))
         if not paths:
             typer.echo(f"no runs in {folder}")
             return

@@ -131,6 +131,7 @@ class _Run:
             self._log(f"resumed from {ckpt} at step {state['step']}")
         else:
             self._write_config()
+        self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
         last_ckpt = None
@@ -145,6 +146,7 @@ class _Run:
                 if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
                     last_ckpt = self.save(step, order.cursor, rewards)
         final = self.export()
+        self._status("finished", self.cfg.steps)
         changed = any(not self.policy.get_parameter(n).detach().equal(v) for n, v in self.initial.items())
         summary = {
             "steps": self.cfg.steps,
@@ -343,6 +345,13 @@ class _Run:
         if self.acc.is_main_process:
             data = {"mode": "params", **self.cfg.model_dump()}
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def _status(self, status: str, steps_done: int) -> None:
+        """status.json as the training-free runs write it, so `tfgrpo runs` and `report` read both."""
+        from tfgrpo.trainer import RunDir, write_status
+
+        if self.acc.is_main_process:
+            write_status(RunDir(self.run_dir), status, None, steps_done, self.cfg.steps)
 
     def _log(self, line: str) -> None:
         if self.progress and self.acc.is_main_process:
