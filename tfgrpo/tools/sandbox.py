@@ -198,16 +198,19 @@ def _user_tasks() -> int:
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int, over: asyncio.Event) -> tuple[bytes, bool]:
+    """Keep at most ``cap`` bytes, but drain the pipe to EOF: a pipe left unread pauses its
+    transport, and asyncio's ``Process.wait()`` then never sees the pipes close (a hang)."""
     buf = bytearray()
+    cut = False
     while True:
         chunk = await stream.read(65536)
         if not chunk:
-            return bytes(buf), False
+            return bytes(buf), cut
         room = cap - len(buf)
         buf.extend(chunk[: max(room, 0)])
-        if len(chunk) > room:
-            over.set()
-            return bytes(buf), True
+        if len(chunk) > room and not cut:
+            cut = True
+            over.set()  # the caller kills the process group; EOF follows
 
 
 def _kill_group(pid: int) -> None:
