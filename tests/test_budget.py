@@ -35,6 +35,7 @@ def test_cost_budget_needs_a_price():
         parse_price("cheap")
 
 
+@pytest.mark.slow
 def test_run_stops_at_a_step_boundary_and_resumes_with_a_higher_limit(tmp_path):
     out = tmp_path / "run"
     first = tfgrpo("train", "--model", "sim", "--epochs", "1", "--max-calls", "30", "--out", str(out), "--json", "-q")

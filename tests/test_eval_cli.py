@@ -40,6 +40,7 @@ def test_eval_json_contract_and_saved_results(run):
     assert right / (2 * 32 * 4) == pytest.approx(r["library"]["mean_at_k"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_empty_library_shows_no_significant_difference_in_words(tmp_path):
     (tmp_path / "lib" / "versions").mkdir(parents=True)
     proc = tfgrpo("eval", "--library", str(tmp_path / "lib"), "-k", "2", "--limit", "8", "--save-dir", str(tmp_path), "-q")
@@ -63,6 +64,7 @@ def test_split_is_fixed_by_its_seed_and_ids():
     assert parse_fractions("0.8,0.2") == (0.8, 0.2, 0.0)
 
 
+@pytest.mark.slow
 def test_select_best_val_keeps_the_best_epoch_and_eval_uses_it(tmp_path):
     out = tmp_path / "run"
     s = last_json(tfgrpo("train", "--model", "sim", "--epochs", "3", "--split", "50/25/25", "--select", "best-val",

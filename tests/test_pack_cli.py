@@ -131,6 +131,7 @@ def test_export_follows_best_val_attaches_only_matching_eval_and_omits_leaks(run
                                    "top_k": library_cfg["top_k"]}
 
 
+@pytest.mark.slow
 def test_imported_pack_is_the_starting_library_of_a_run_trained_there(run, tmp_path):
     pack = tmp_path / "p.zip"
     tfgrpo("pack", "export", str(run), "--out", str(pack))

@@ -93,6 +93,7 @@ def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_library(tmp_path, 
     assert [o["step"] for o in ops] == sorted(o["step"] for o in ops)  # no step applied twice
 
 
+@pytest.mark.slow
 def test_resume_discards_what_an_unfinished_step_wrote(tmp_path):
     run = tmp_path / "run"
     first = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--json"))
@@ -111,6 +112,7 @@ def test_resume_discards_what_an_unfinished_step_wrote(tmp_path):
     assert clean["library_size"] == resumed["library_size"]
 
 
+@pytest.mark.slow
 def test_resume_may_extend_epochs_but_not_change_the_task(tmp_path):
     run = tmp_path / "run"
     tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--quiet")

@@ -4,6 +4,8 @@ from an earlier version, and an imported starting library (version 0)."""
 
 import json
 
+import pytest
+
 from cli_helpers import last_json, tfgrpo
 from experience_store import Experience, ExperienceOp, Index, Library, Pack, Stats, cited_ids, prune_ops, usage_credit
 from experience_store.pack import MERGE_THRESHOLD
@@ -95,6 +97,7 @@ def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
     assert consolidation_view(lib, LibraryConfig(), shown, cands, props) == lib.render()
 
 
+@pytest.mark.slow
 def test_training_keeps_the_chosen_embedding_and_refuses_an_unavailable_one(tmp_path):
     out = tmp_path / "run"
     tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--embedding", "lexical:64",

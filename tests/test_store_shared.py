@@ -105,6 +105,7 @@ def test_unreachable_store_is_one_line(tmp_path):
         Library(tmp_path / "lib", store="chroma.example", collection="x-lib")
 
 
+@pytest.mark.slow
 def test_train_runs_share_a_library_on_the_server(tmp_path, chroma_server):
     from cli_helpers import last_json, tfgrpo
 

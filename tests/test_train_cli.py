@@ -62,6 +62,7 @@ def test_eval_with_library_beats_baseline_by_the_simulated_margin(trained):
     assert lib["pass_at_k"] >= base["pass_at_k"]
 
 
+@pytest.mark.slow
 def test_repeated_run_is_served_from_cache(tmp_path):
     cache = tmp_path / "shared.sqlite"
     args = ["train", "--task", "demo", "--model", "sim", "--epochs", "1", "--cache-path", str(cache), "--json"]
@@ -131,6 +132,7 @@ def test_user_task_by_path(tmp_path):
     assert re.search(r"task: .*mytask.py:adder", (tmp_path / "run" / "config.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
     import socket
 
@@ -179,6 +181,7 @@ def test_yaml_config_with_flags_on_top(tmp_path):
     assert all(len(g["proposals"]) <= 1 for g in groups) and all(len(g["rewards"]) == 2 for g in groups)
 
 
+@pytest.mark.slow
 def test_eval_injects_as_the_run_did(trained, tmp_path):
     import shutil
 
@@ -198,6 +201,7 @@ def test_eval_injects_as_the_run_did(trained, tmp_path):
     assert one["library"]["mean_at_k"] < full["library"]["mean_at_k"] - 0.2
 
 
+@pytest.mark.slow
 def test_resume_keeps_what_it_changed_and_refuses_config_or_out(tmp_path):
     import yaml
 
