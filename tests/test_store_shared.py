@@ -5,7 +5,10 @@ import multiprocessing
 import shutil
 import socket
 import subprocess
+import sys
 import time
+
+from pathlib import Path
 
 import pytest
 
@@ -60,9 +63,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def chroma_server(tmp_path_factory):
-    exe = shutil.which("chroma")
+    # The CLI comes with chromadb: beside this interpreter in a venv, even when the venv is not on PATH.
+    beside = Path(sys.executable).parent / "chroma"
+    exe = str(beside) if beside.is_file() else shutil.which("chroma")
     if exe is None:
-        pytest.skip("the chroma CLI (from the chromadb package) is not on PATH")
+        pytest.skip("the chroma CLI (from the chromadb package) is not installed beside python nor on PATH")
     port = free_port()
     proc = subprocess.Popen([exe, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
