@@ -142,3 +142,29 @@ def test_cli_prints_one_json_result(tmp_path):
     assert set(out) >= {"stderr", "wall_s", "cpu_s", "isolation"}
     bad = tfgrpo("sandbox", "run", str(tmp_path / "missing.py"), check=False)
     assert bad.returncode == 2 and "file not found" in bad.stderr
+
+
+async def test_output_held_open_by_a_straggler_is_abandoned_not_waited_for(monkeypatch):
+    """If anything outlives the kill and keeps the pipes open, the rollout goes on."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from tfgrpo.tools import sandbox
+
+    monkeypatch.setattr(sandbox, "SETTLE_S", 0.2)
+    # sh exits at once; its background sleep keeps stdout open (EOF never comes).
+    proc = await asyncio.create_subprocess_exec("sh", "-c", "echo started; sleep 30 & exit 0",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                start_new_session=True)
+    out, err = sandbox._Capture(1000), sandbox._Capture(1000)
+    over = asyncio.Event()
+    readers = asyncio.gather(sandbox._drain(proc.stdout, out, over), sandbox._drain(proc.stderr, err, over))
+    t0 = time.monotonic()
+    try:
+        assert await sandbox._settle(proc, readers, None) is False
+        assert time.monotonic() - t0 < 3
+        assert bytes(out.buf) == b"started\n"  # what was read before is kept
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)

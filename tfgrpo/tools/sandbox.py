@@ -197,19 +197,29 @@ def _user_tasks() -> int:
     return n
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int, over: asyncio.Event) -> tuple[bytes, bool]:
-    """Keep at most ``cap`` bytes, but drain the pipe to EOF: a pipe left unread pauses its
+SETTLE_S = 5.0  # grace for the output to close once the sandbox is killed
+
+
+class _Capture:
+    """Up to ``cap`` bytes of one stream; kept even if the reading is abandoned."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.buf = bytearray()
+        self.cut = False
+
+
+async def _drain(stream: asyncio.StreamReader, capture: _Capture, over: asyncio.Event) -> None:
+    """Keep at most ``cap`` bytes, but read the pipe to EOF: a pipe left unread pauses its
     transport, and asyncio's ``Process.wait()`` then never sees the pipes close (a hang)."""
-    buf = bytearray()
-    cut = False
     while True:
         chunk = await stream.read(65536)
         if not chunk:
-            return bytes(buf), cut
-        room = cap - len(buf)
-        buf.extend(chunk[: max(room, 0)])
-        if len(chunk) > room and not cut:
-            cut = True
+            return
+        room = capture.cap - len(capture.buf)
+        capture.buf.extend(chunk[: max(room, 0)])
+        if len(chunk) > room and not capture.cut:
+            capture.cut = True
             over.set()  # the caller kills the process group; EOF follows
 
 
@@ -231,8 +241,9 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
         env=_env(str(base)), start_new_session=True,
     )
     over = asyncio.Event()
-    readers = asyncio.gather(_read_capped(proc.stdout, limits.output_bytes, over),  # type: ignore[arg-type]
-                             _read_capped(proc.stderr, limits.output_bytes, over))  # type: ignore[arg-type]
+    out_c, err_c = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+    readers = asyncio.gather(_drain(proc.stdout, out_c, over), _drain(proc.stderr, err_c, over))  # type: ignore[arg-type]
+    stuck = False
     over_wait = asyncio.ensure_future(over.wait())
     done_wait = asyncio.ensure_future(proc.wait())
     limit: str | None = None
@@ -246,8 +257,8 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
         over_wait.cancel()
         if limit is not None or proc.returncode is None:
             _kill_group(proc.pid)
-        await proc.wait()
-        (out, out_cut), (err, err_cut) = await readers
+        stuck = not await _settle(proc, readers, cgroup)
+    out, out_cut, err, err_cut = bytes(out_c.buf), out_c.cut, bytes(err_c.buf), err_c.cut
     wall = time.monotonic() - started
     status: dict[str, Any] = {}
     try:
@@ -258,6 +269,8 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
     if cgroup:
         _remove_cgroup(cgroup)
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    if stuck:
+        stderr += "\nsandbox: a process outlived the kill and held the output open; its output was abandoned\n"
     applied = status.get("applied", {})
     if "setup_error" in applied:
         stderr = f"sandbox setup failed: {applied['setup_error']}\n{stderr}"
@@ -282,6 +295,38 @@ def _which_limit(sig: int | None, cpu: float | None, stderr: str, limits: Limits
     if "Resource temporarily unavailable" in tail and ("fork" in tail or "thread" in tail or "Errno 11" in tail):
         return "processes"
     return None
+
+
+async def _settle(proc: asyncio.subprocess.Process, readers: asyncio.Future, cgroup: str | None) -> bool:
+    """Wait, boundedly, for the launcher to exit and its output to close. A process that left the
+    process group still dies with the cgroup; whatever holds the pipes open after that is
+    abandoned rather than allowed to hang the rollout. False when something had to be abandoned."""
+    try:
+        await asyncio.wait_for(proc.wait(), SETTLE_S)
+        await asyncio.wait_for(asyncio.shield(readers), SETTLE_S)
+        return True
+    except asyncio.TimeoutError:
+        pass
+    if cgroup:
+        _kill_cgroup(cgroup)
+    try:
+        await asyncio.wait_for(asyncio.shield(readers), SETTLE_S)
+        return True
+    except asyncio.TimeoutError:
+        readers.cancel()
+        return False
+
+
+def _kill_cgroup(path: str) -> None:
+    try:
+        pids = Path(path, "cgroup.procs").read_text().split()
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
 
 
 def _remove_cgroup(path: str) -> None:
