@@ -23,8 +23,9 @@ def token_counter(model: str | None) -> Callable[[str], int]:
     """Token counting for the injection budget: the policy's tokenizer through litellm where
     it is known, else experience_store's estimate (the simulated model has no tokenizer)."""
     from experience_store import estimate_tokens
+    from tfgrpo.llm.endpoints import is_sim
 
-    if model is None or model == "sim" or model.startswith("sim/"):
+    if model is None or is_sim(model):
         return estimate_tokens
     import litellm
 

@@ -234,8 +234,8 @@ async def train(
         proposals = [p for j in judgements.values() for p in j.proposals]
         hooks.on_phase(f"step {step}/{len(plan)} consolidating", 1 if proposals else 0)
         candidates = merge_candidates(library, proposals, cfg.library.dedup_threshold)
-        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, consolidation_view(library, cfg.library, shown.values(), candidates, proposals),
-                                      use_cache=use_cache,
+        view = consolidation_view(library, cfg.library, shown.values(), candidates, proposals)
+        distilled = await consolidate(models.judge, prompts, cfg.judge, proposals, view, use_cache=use_cache,
                                       candidates=candidates)
         if distilled.called:
             hooks.on_advance("consolidating")
@@ -279,11 +279,10 @@ async def train(
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
         run_dir.append("ops.jsonl", [*results, *leaks, *failures])
 
-        present = [r for g in groups for r in g.combined if r is not None]
         kinds = Counter(r.op.op for r in results if r.status == "applied")
         record = StepRecord(
             step=step, epoch=epoch, sample_ids=[s.id for s in batch],
-            mean_reward=(sum(present) / len(present)) if present else None,
+            mean_reward=_mean([r for g in groups for r in g.combined]),
             group_mean_rewards=[_mean(g.combined) for g in groups],
             groups=len(groups), judged=len(judgements), proposals=len(proposals),
             ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected"),
