@@ -12,9 +12,9 @@ import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from tfgrpo.llm.sim.skills import SKILLS_BY_NAME
+from tfgrpo.sim.skills import SKILLS_BY_NAME
 from tfgrpo.rewards import reward
-from tfgrpo.tasks import Sample, Task, read_rows, task
+from tfgrpo.task_registry import Sample, Task, read_rows, task
 
 DATA = Path(__file__).resolve().parent / "data" / "demo.jsonl"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from tfgrpo.errors import UserError
 from tfgrpo.grading import answer_line, llm_grader, normalise, self_consistency
 from tfgrpo.rewards import reward as as_reward
-from tfgrpo.tasks import Sample, Task, read_rows, task
+from tfgrpo.task_registry import Sample, Task, read_rows, task
 from tfgrpo.tools import BM25Corpus, search_tool
 
 HERE = Path(__file__).resolve().parent / "data"

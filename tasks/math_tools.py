@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tfgrpo.rewards import reward
-from tfgrpo.tasks import Sample, Task, available_tasks, read_rows, task
+from tfgrpo.task_registry import Sample, Task, available_tasks, read_rows, task
 from tfgrpo.tools import python_tool
 
 DATA = Path(__file__).resolve().parent / "data" / "math_tools.jsonl"
@@ -19,10 +19,10 @@ INSTRUCTIONS = (
 
 def _math_check():
     """The ``math`` task's math-verify check (built-in tasks are loaded as one family)."""
-    mod = sys.modules.get("tfgrpo_builtin_tasks.math")
+    mod = sys.modules.get("tfgrpo_builtin_tasks.math_answers")
     if mod is None:
         available_tasks()  # imports every built-in task module
-        mod = sys.modules["tfgrpo_builtin_tasks.math"]
+        mod = sys.modules["tfgrpo_builtin_tasks.math_answers"]
     return mod.math_verified
 
 

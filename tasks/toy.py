@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from tfgrpo.rewards import reward
-from tfgrpo.tasks import Sample, Task, task
+from tfgrpo.task_registry import Sample, Task, task
 
 
 @reward

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tfgrpo.llm.sim import start_sim_server  # noqa: E402
+from tfgrpo.sim import start_sim_server  # noqa: E402
 
 
 def main() -> int:

@@ -2,14 +2,14 @@
 
 import pytest
 
-from tfgrpo.agent import run_agent
-from tfgrpo.config import AgentConfig
+from tfgrpo.training_free.agent import run_agent
+from tfgrpo.training_free.config import AgentConfig
 from tfgrpo.llm.client import LLMClient, RetryPolicy
-from tfgrpo.llm.sim import start_sim_server
-from tfgrpo.llm.sim.skills import TOOL_SKILLS_BY_TASK
-from tfgrpo.prompting import Prompts
-from tfgrpo.rollout import agent_messages, sample_group
-from tfgrpo.tasks import load_task
+from tfgrpo.sim import start_sim_server
+from tfgrpo.sim.skills import TOOL_SKILLS_BY_TASK
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.rollout import agent_messages, sample_group
+from tfgrpo.task_registry import load_task
 from tfgrpo.tools import tool, toolset
 
 

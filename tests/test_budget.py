@@ -5,8 +5,8 @@ import json
 import pytest
 
 from cli_helpers import last_json, tfgrpo
-from tfgrpo.budget import Budget, parse_price
-from tfgrpo.config import BudgetConfig
+from tfgrpo.training_free.budget import Budget, parse_price
+from tfgrpo.training_free.config import BudgetConfig
 from tfgrpo.errors import UserError
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tfgrpo.errors import EndpointError
 from tfgrpo.llm import LLMClient, ResponseCache, RetryPolicy, Usage
-from tfgrpo.llm.sim import start_sim_server
+from tfgrpo.sim import start_sim_server
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
 

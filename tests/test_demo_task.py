@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tfgrpo.llm.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, demo_rows, find_row, skill_in_text
-from tfgrpo.tasks import load_task
+from tfgrpo.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, demo_rows, find_row, skill_in_text
+from tfgrpo.task_registry import load_task
 
 REPO = Path(__file__).resolve().parent.parent
 

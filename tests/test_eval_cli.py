@@ -6,8 +6,8 @@ import json
 import pytest
 
 from cli_helpers import last_json, tfgrpo
-from tfgrpo.split import parse_fractions, split_task
-from tfgrpo.tasks import load_task
+from tfgrpo.training_free.split import parse_fractions, split_task
+from tfgrpo.task_registry import load_task
 
 
 @pytest.fixture(scope="module")

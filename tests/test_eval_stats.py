@@ -2,8 +2,8 @@
 
 import pytest
 
-from tfgrpo.evaluate import ArmRun, arm_summary, paired_diff, verdict
-from tfgrpo.stats import bootstrap_ci, paired_permutation_p, pass_at_k
+from tfgrpo.training_free.evaluate import ArmRun, arm_summary, paired_diff, verdict
+from tfgrpo.training_free.stats import bootstrap_ci, paired_permutation_p, pass_at_k
 
 
 @pytest.mark.parametrize("n,c,k,expected", [

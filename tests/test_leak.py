@@ -1,9 +1,9 @@
 """The leak guard catches lessons that carry a training problem, and only those."""
 
 from experience_store import ExperienceOp
-from tfgrpo.leak import LeakGuard
-from tfgrpo.llm.sim.skills import SKILLS
-from tfgrpo.tasks import load_task
+from tfgrpo.training_free.leak import LeakGuard
+from tfgrpo.sim.skills import SKILLS
+from tfgrpo.task_registry import load_task
 
 PROMPTS = [
     "Maria buys 148 sweets and shares them equally among 12 children. How many sweets are left over?",

@@ -83,7 +83,7 @@ def test_reward_that_raises_is_missing_not_fatal(tmp_path):
     task_file = tmp_path / "flaky.py"
     task_file.write_text(
         "from tfgrpo.rewards import reward\n"
-        "from tfgrpo.tasks import Sample, Task, task\n"
+        "from tfgrpo.task_registry import Sample, Task, task\n"
         "@reward\n"
         "def flaky(sample, completion):\n"
         "    if len(completion) % 2:\n"

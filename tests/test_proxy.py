@@ -13,7 +13,7 @@ import pytest
 
 from cli_helpers import CMD, ENV
 from experience_store import Experience, Pack
-from tfgrpo.llm.sim import start_sim_server
+from tfgrpo.sim import start_sim_server
 
 LESSONS = ["When adding fractions, rewrite both over a common denominator first.",
            "When a triangle is right-angled, use the Pythagorean theorem for the missing side.",

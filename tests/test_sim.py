@@ -13,9 +13,9 @@ import pytest
 from pydantic import BaseModel
 
 from tfgrpo.errors import UserError
-from tfgrpo.llm.sim import BASE_P, SKILLED_P, expected_accuracy, parse_faults, start_sim_server
-from tfgrpo.llm.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, demo_rows, skill_in_text
-from tfgrpo.tasks import load_task
+from tfgrpo.sim import BASE_P, SKILLED_P, expected_accuracy, parse_faults, start_sim_server
+from tfgrpo.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, demo_rows, skill_in_text
+from tfgrpo.task_registry import load_task
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from experience_store import estimate_tokens
-from tfgrpo.rollout import token_counter
+from tfgrpo.training_free.rollout import token_counter
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import pytest
 from cli_helpers import last_json, tfgrpo
 from experience_store import Experience, ExperienceOp, Index, Library, Pack, Stats, cited_ids, prune_ops, usage_credit
 from experience_store.pack import MERGE_THRESHOLD
-from tfgrpo.config import LibraryConfig
-from tfgrpo.distill import merge_candidates, prune_for
-from tfgrpo.judge import ProposedOp
-from tfgrpo.prompting import Prompts
+from tfgrpo.training_free.config import LibraryConfig
+from tfgrpo.training_free.distill import merge_candidates, prune_for
+from tfgrpo.training_free.judge import ProposedOp
+from tfgrpo.training_free.prompting import Prompts
 
 
 def add(lib, *texts, step=1):
@@ -85,7 +85,7 @@ def test_training_with_retrieval_injection_counts_usage(tmp_path):
 
 def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
     from experience_store import Injection
-    from tfgrpo.distill import consolidation_view
+    from tfgrpo.training_free.distill import consolidation_view
 
     lib = Library(tmp_path / "lib")
     add(lib, "When A, do a.", "When B, do b.", "When C, do c.", "When D, do d.")

@@ -1,11 +1,11 @@
 import pytest
 
-from tfgrpo.distill import Consolidation
-from tfgrpo.judge import GroupComparison
+from tfgrpo.training_free.distill import Consolidation
+from tfgrpo.training_free.judge import GroupComparison
 from tfgrpo.llm import LLMClient, RetryPolicy
-from tfgrpo.llm.sim import start_sim_server
-from tfgrpo.prompting import Prompts
-from tfgrpo.structured import ParseError, ask_structured, parse_output
+from tfgrpo.sim import start_sim_server
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.structured import ParseError, ask_structured, parse_output
 
 GOOD = '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}]}'
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cli_helpers import last_json, tfgrpo
-from tfgrpo.tasks import load_task
+from tfgrpo.task_registry import load_task
 
 
 def rows(path):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import ENV, last_json, tfgrpo
-from tfgrpo.llm.sim import BASE_P, SKILLED_P
-from tfgrpo.llm.sim.skills import SKILLS_BY_NAME
-from tfgrpo.tasks import load_task
+from tfgrpo.sim import BASE_P, SKILLED_P
+from tfgrpo.sim.skills import SKILLS_BY_NAME
+from tfgrpo.task_registry import load_task
 
 
 def library_texts(run: Path) -> list[str]:
@@ -152,7 +152,7 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
 
 
 def test_prompts_dir_overrides_a_builtin_template(tmp_path):
-    from tfgrpo.llm.sim.skills import SKILLS
+    from tfgrpo.sim.skills import SKILLS
 
     prompts = tmp_path / "prompts"
     prompts.mkdir()

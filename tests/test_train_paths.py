@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import ENV, last_json, tfgrpo
-from tfgrpo.config import RunConfig
+from tfgrpo.training_free.config import RunConfig
 from tfgrpo.llm.endpoints import open_models
-from tfgrpo.llm.sim import start_sim_server
-from tfgrpo.prompting import Prompts
-from tfgrpo.tasks import load_task
-from tfgrpo.trainer import RunDir, train
+from tfgrpo.sim import start_sim_server
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.task_registry import load_task
+from tfgrpo.training_free.loop import RunDir, train
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
@@ -88,13 +88,13 @@ def test_wheel_carries_builtin_tasks_and_prompts(tmp_path):
                    check=True, env=ENV, capture_output=True)
     wheel = next(tmp_path.glob("tfgrpo-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("tfgrpo/_builtin/tasks/demo.py", "tfgrpo/_builtin/tasks/data/demo.jsonl", "tfgrpo/_builtin/tasks/math.py",
+    for name in ("tfgrpo/_builtin/tasks/demo.py", "tfgrpo/_builtin/tasks/data/demo.jsonl", "tfgrpo/_builtin/tasks/math_answers.py",
                  "tfgrpo/_builtin/prompts/agent.j2", "tfgrpo/_builtin/prompts/compare.j2", "experience_store/library.py"):
         assert name in names, name
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, env=ENV, capture_output=True)
-    code = ("import tfgrpo.tasks as t; from tfgrpo.prompting import Prompts; "
+    code = ("import tfgrpo.task_registry as t; from tfgrpo.training_free.prompting import Prompts; "
             "print(t.builtin_dir('tasks')); print(len(t.load_task('demo').dataset)); "
             "print(Prompts().render('agent.j2', instructions='x', experiences='[E1] y')[:1])")
     out = subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": str(target)}, cwd=tmp_path,

@@ -4,7 +4,7 @@ weights with the same tasks and rewards."""
 
 from tfgrpo.errors import UserError
 from tfgrpo.rewards import Reward, group_advantages, group_reward, reward
-from tfgrpo.tasks import Sample, Task, load_task, task
+from tfgrpo.task_registry import Sample, Task, load_task, task
 
 __version__ = "0.1.0"
 

@@ -77,7 +77,7 @@ def llm_grader(model: str, *, api_base: str | None = None, api_key_env: str | No
                name: str = "llm_grader", weight: float = 1.0) -> Reward:
     """A reward asking ``model`` (a litellm name, or ``sim`` for the SIMULATED grader)."""
     from tfgrpo.llm.client import LLMClient
-    from tfgrpo.structured import ask_structured, schema_for
+    from tfgrpo.training_free.structured import ask_structured, schema_for
 
     state: dict[str, Any] = {}
 
@@ -85,7 +85,7 @@ def llm_grader(model: str, *, api_base: str | None = None, api_key_env: str | No
         if "client" not in state:
             base, key, name_ = api_base, os.environ.get(api_key_env) if api_key_env else None, model
             if model == "sim":
-                from tfgrpo.llm.sim import start_sim_server
+                from tfgrpo.sim import start_sim_server
 
                 state["server"] = start_sim_server()  # stopped with the process (daemon threads)
                 base, key, name_ = state["server"].base_url, "sim", "openai/sim-judge"

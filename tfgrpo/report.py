@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from tfgrpo.budget import total_spend
-from tfgrpo.evaluate import SELECTION_FILE, saved_summaries
-from tfgrpo.trainer import RunDir
+from tfgrpo.training_free.budget import total_spend
+from tfgrpo.training_free.evaluate import SELECTION_FILE, saved_summaries
+from tfgrpo.training_free.loop import RunDir
 
 OP_KINDS = ("ADD", "UPDATE", "MERGE", "DELETE", "RESTORE")
 EXPECTED = ("config.yaml", "steps.jsonl", "ops.jsonl", "library/versions")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from experience_store import StoreError
 from tfgrpo.errors import UserError
-from tfgrpo.trainer import Hooks
+from tfgrpo.training_free.loop import Hooks
 
 err_console = Console(stderr=True)
 

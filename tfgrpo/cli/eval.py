@@ -13,13 +13,13 @@ from experience_store import Library
 from tfgrpo.cli.console import emit, err_console, eval_table, user_errors
 from tfgrpo.cli.options import apply_flags, collect, with_generated_options
 from tfgrpo.cli.train import build_task
-from tfgrpo.config import EvalConfig, RunConfig, build, load_run_config, load_yaml
+from tfgrpo.training_free.config import EvalConfig, RunConfig, build, load_run_config, load_yaml
 from tfgrpo.errors import UserError
-from tfgrpo.evaluate import LATEST_EVAL, compare, save, selected_step
+from tfgrpo.training_free.evaluate import LATEST_EVAL, compare, save, selected_step
 from tfgrpo.llm.endpoints import open_models
-from tfgrpo.prompting import Prompts
-from tfgrpo.rollout import injector
-from tfgrpo.split import split_task
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.rollout import injector
+from tfgrpo.training_free.split import split_task
 
 SPECS = collect(EvalConfig)
 

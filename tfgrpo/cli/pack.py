@@ -18,8 +18,8 @@ from tfgrpo.cli.console import emit, err_console, user_errors
 from tfgrpo.cli.eval import library_dir
 from tfgrpo.cli.library import experience_row
 from tfgrpo.errors import UserError
-from tfgrpo.evaluate import LATEST_EVAL, selected_step
-from tfgrpo.trainer import RunDir
+from tfgrpo.training_free.evaluate import LATEST_EVAL, selected_step
+from tfgrpo.training_free.loop import RunDir
 
 
 def _read_eval(source: Path) -> dict[str, Any]:

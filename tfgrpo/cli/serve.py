@@ -76,7 +76,7 @@ def sim_server(
 
     An OpenAI-compatible server whose policy answers the `demo` task's problems (better when its context names the problem's skill) and whose judge fills the requested JSON schema.
     """
-    from tfgrpo.llm.sim import start_sim_server
+    from tfgrpo.sim import start_sim_server
 
     try:
         server = start_sim_server(seed=seed, host=host, port=port, faults=faults or None)

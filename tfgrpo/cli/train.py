@@ -11,16 +11,16 @@ import typer
 
 from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
 from tfgrpo.cli.options import FlagSpec, apply_flags, collect, with_generated_options
-from tfgrpo.budget import parse_price
-from tfgrpo.config import EvalConfig, RunConfig, build, load_yaml
+from tfgrpo.training_free.budget import parse_price
+from tfgrpo.training_free.config import EvalConfig, RunConfig, build, load_yaml
 from experience_store import StoreError
 from tfgrpo.errors import EndpointError, UserError
-from tfgrpo.evaluate import SELECTION_FILE, select_best_epoch
+from tfgrpo.training_free.evaluate import SELECTION_FILE, select_best_epoch
 from tfgrpo.llm.endpoints import open_models
-from tfgrpo.prompting import Prompts
-from tfgrpo.split import split_task
-from tfgrpo.tasks import Task, load_task
-from tfgrpo.trainer import RunDir, TrainResult, train
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.split import split_task
+from tfgrpo.task_registry import Task, load_task
+from tfgrpo.training_free.loop import RunDir, TrainResult, train
 
 # Settings a resumed run may change: how models are reached, and how long it trains.
 RESUMABLE = {"api-base", "api-key-env", "judge-api-base", "concurrency", "judge-concurrency", "timeout",

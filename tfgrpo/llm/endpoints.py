@@ -80,7 +80,7 @@ def open_models(
         judge_model = None if judge is None else (judge.model or p_model)
         sim_url: str | None = None
         if is_sim(p_model) or is_sim(judge_model):
-            from tfgrpo.llm.sim import start_sim_server
+            from tfgrpo.sim import start_sim_server
 
             sim_url = stack.enter_context(start_sim_server(seed=sim_seed)).base_url
         if is_sim(p_model):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tfgrpo.params.losses import has_reward_spread, overlong_penalty
 from tfgrpo.rewards import combine, score_group
-from tfgrpo.tasks import Sample, Task
+from tfgrpo.task_registry import Sample, Task
 
 
 @dataclass

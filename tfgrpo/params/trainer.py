@@ -23,7 +23,7 @@ from typing import Any
 from tfgrpo.errors import UserError
 from tfgrpo.params.config import ParamsConfig
 from tfgrpo.rewards import group_advantages
-from tfgrpo.tasks import Task, load_task
+from tfgrpo.task_registry import Task, load_task
 
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
@@ -348,7 +348,7 @@ class _Run:
 
     def _status(self, status: str, steps_done: int) -> None:
         """status.json as the training-free runs write it, so `tfgrpo runs` and `report` read both."""
-        from tfgrpo.trainer import RunDir, write_status
+        from tfgrpo.training_free.loop import RunDir, write_status
 
         if self.acc.is_main_process:
             write_status(RunDir(self.run_dir), status, None, steps_done, self.cfg.steps)

@@ -26,9 +26,9 @@ import random
 import re
 from typing import Any
 
-from tfgrpo.llm.sim.policy import text_of
-from tfgrpo.llm.sim.agentic import find_tool_row
-from tfgrpo.llm.sim.skills import ALL_SKILLS, SKILLS_BY_NAME, TOOL_SKILLS_BY_TASK, VAGUE_LESSON, Skill, find_row, skill_in_text
+from tfgrpo.sim.policy_replies import text_of
+from tfgrpo.sim.agent_replies import find_tool_row
+from tfgrpo.sim.skills import ALL_SKILLS, SKILLS_BY_NAME, TOOL_SKILLS_BY_TASK, VAGUE_LESSON, Skill, find_row, skill_in_text
 
 UPDATE_P = 0.3
 VAGUE_P = 0.1

@@ -15,11 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from tfgrpo.config import JudgeConfig
+from tfgrpo.training_free.config import JudgeConfig
 from tfgrpo.llm.client import LLMClient
-from tfgrpo.prompting import Prompts
-from tfgrpo.structured import ask_structured, schema_for
-from tfgrpo.tasks import Sample
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.structured import ask_structured, schema_for
+from tfgrpo.task_registry import Sample
 
 
 def upper_op(v: Any) -> Any:

@@ -2,7 +2,7 @@
 with the same sampling seeds, with intervals and a paired test of the difference.
 
 * n >= k answers per problem and seed. Mean@k: the fraction right (c/n estimates the
-  expected fraction among k). Pass@k: the unbiased 1 - C(n-c, k)/C(n, k) (tfgrpo.stats).
+  expected fraction among k). Pass@k: the unbiased 1 - C(n-c, k)/C(n, k) (tfgrpo.training_free.stats).
 * Several seeds: a problem's value is its mean over seeds; seeds are reported one by one too.
 * Intervals: percentile bootstrap over problems (95%). The difference library - baseline is
   paired per problem; its p-value comes from a sign-flip permutation test. "Significant"
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from tfgrpo.llm.client import LLMClient
-from tfgrpo.prompting import Prompts
-from tfgrpo.rollout import injector, sample_group, stable_seed
-from tfgrpo.stats import bootstrap_ci, paired_permutation_p, pass_at_k
-from tfgrpo.tasks import Sample, Task
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.rollout import injector, sample_group, stable_seed
+from tfgrpo.training_free.stats import bootstrap_ci, paired_permutation_p, pass_at_k
+from tfgrpo.task_registry import Sample, Task
 
 __all__ = ["ArmRun", "EvalReport", "arm_summary", "compare", "latest_summary", "pass_at_k", "run_arm", "save",
            "saved_summaries", "select_best_epoch", "selected_step"]

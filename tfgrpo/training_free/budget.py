@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from tfgrpo.config import BudgetConfig
+from tfgrpo.training_free.config import BudgetConfig
 from tfgrpo.errors import UserError
 
 

@@ -15,7 +15,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tfgrpo.llm.sim.skills import SKILLS_BY_NAME, find_row
+from tfgrpo.sim.skills import SKILLS_BY_NAME, find_row
 
 BASE_P = 0.3
 SKILLED_P = 0.85

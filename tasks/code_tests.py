@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from tfgrpo.rewards import reward
-from tfgrpo.tasks import Sample, Task, read_rows, task
+from tfgrpo.task_registry import Sample, Task, read_rows, task
 from tfgrpo.tools import Limits, python_tool, run_python
 
 DATA = Path(__file__).resolve().parent / "data" / "code.jsonl"

@@ -18,9 +18,9 @@ import re
 from functools import lru_cache
 from typing import Any, Callable
 
-from tfgrpo.llm.sim.policy import text_of, wrong_answer
-from tfgrpo.llm.sim.skills import TOOL_SKILLS_BY_TASK
-from tfgrpo.tasks import builtin_dir, read_rows
+from tfgrpo.sim.policy_replies import text_of, wrong_answer
+from tfgrpo.sim.skills import TOOL_SKILLS_BY_TASK
+from tfgrpo.task_registry import builtin_dir, read_rows
 
 BASE_P = 0.3  # chance of the good plan without the skill in context
 SKILLED_P = 0.9

@@ -25,9 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
 from tfgrpo.errors import UserError
-from tfgrpo.llm.sim.agentic import agent_reply
-from tfgrpo.llm.sim.judge import judge_content
-from tfgrpo.llm.sim.policy import choice_rng, policy_completion, text_of
+from tfgrpo.sim.agent_replies import agent_reply
+from tfgrpo.sim.judge_replies import judge_content
+from tfgrpo.sim.policy_replies import choice_rng, policy_completion, text_of
 
 FAULT_KINDS = ("429", "500", "503", "timeout", "malformed", "ok")
 MODELS = ("sim-policy", "sim-judge")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tfgrpo.tasks import builtin_dir, read_rows
+from tfgrpo.task_registry import builtin_dir, read_rows
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ SKILLS: tuple[Skill, ...] = (
 )
 
 # One tool-use skill per agentic task (math-tools, docqa, sql, code): the simulated agent
-# uses its tools well far more often when its context names the keyword (llm/sim/agentic.py).
+# uses its tools well far more often when its context names the keyword (sim/agent_replies.py).
 TOOL_SKILLS: tuple[Skill, ...] = (
     Skill(
         "math-tools",

@@ -24,18 +24,18 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from experience_store import Injection, Library, Provenance, usage_credit
-from tfgrpo.budget import Budget
-from tfgrpo.config import RunConfig, dump_yaml
-from tfgrpo.distill import consolidate, consolidation_view, merge_candidates, prune_for
-from tfgrpo.judge import Attempt, GroupJudgement, judge_group
-from tfgrpo.leak import LeakGuard
+from tfgrpo.training_free.budget import Budget
+from tfgrpo.training_free.config import RunConfig, dump_yaml
+from tfgrpo.training_free.distill import consolidate, consolidation_view, merge_candidates, prune_for
+from tfgrpo.training_free.judge import Attempt, GroupJudgement, judge_group
+from tfgrpo.training_free.leak import LeakGuard
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
-from tfgrpo.prompting import Prompts
+from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast
-from tfgrpo.rollout import Group, injector, sample_group, stable_seed
-from tfgrpo.tasks import Task
+from tfgrpo.training_free.rollout import Group, injector, sample_group, stable_seed
+from tfgrpo.task_registry import Task
 
 RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
 

@@ -17,7 +17,7 @@ from math_verify import parse, verify
 
 from tfgrpo.errors import UserError
 from tfgrpo.rewards import reward
-from tfgrpo.tasks import Sample, Task, read_rows, task
+from tfgrpo.task_registry import Sample, Task, read_rows, task
 
 PROBLEM_KEYS = ("problem", "question", "prompt")
 ANSWER_KEYS = ("answer", "final_answer", "ground_truth", "solution")

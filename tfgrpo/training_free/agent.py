@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tfgrpo.config import AgentConfig
+from tfgrpo.training_free.config import AgentConfig
 from tfgrpo.llm.client import Completion, LLMClient
 from tfgrpo.tools.base import Tool, call_tool, truncate
 

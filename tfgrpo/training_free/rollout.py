@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tfgrpo.llm.client import Completion, LLMClient
-from tfgrpo.prompting import Prompts
+from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.rewards import combine, score_group
-from tfgrpo.tasks import Sample, Task
+from tfgrpo.task_registry import Sample, Task
 
 
 def stable_seed(*parts: Any) -> int:
@@ -93,7 +93,7 @@ async def sample_group(
     agent: Any = None,
 ) -> Group:
     """G answers to one query, scored. A task with tools runs G tool-calling rollouts
-    (limits from ``agent``, a :class:`tfgrpo.config.AgentConfig`) instead of one request."""
+    (limits from ``agent``, a :class:`tfgrpo.training_free.config.AgentConfig`) instead of one request."""
     messages = agent_messages(task, sample, experiences, prompts)
     if task.tools:
         return await _sample_agent_group(client, task, sample, messages, n=n, temperature=temperature,
@@ -110,8 +110,8 @@ async def _sample_agent_group(client: LLMClient, task: Task, sample: Sample, mes
                               temperature: float, max_tokens: int | None, seed: int, use_cache: bool, limits: Any) -> Group:
     import asyncio
 
-    from tfgrpo.agent import run_agent
-    from tfgrpo.config import AgentConfig
+    from tfgrpo.training_free.agent import run_agent
+    from tfgrpo.training_free.config import AgentConfig
     from tfgrpo.tools.base import toolset
 
     tools = toolset(task.tools)

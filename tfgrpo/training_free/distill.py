@@ -14,11 +14,11 @@ from typing import Iterable, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops, prune_ops, render_experiences
-from tfgrpo.config import JudgeConfig, LibraryConfig
-from tfgrpo.judge import ProposedOp, check_op_fields, judge_messages, upper_op
+from tfgrpo.training_free.config import JudgeConfig, LibraryConfig
+from tfgrpo.training_free.judge import ProposedOp, check_op_fields, judge_messages, upper_op
 from tfgrpo.llm.client import LLMClient
-from tfgrpo.prompting import Prompts
-from tfgrpo.structured import ask_structured, schema_for
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.structured import ask_structured, schema_for
 
 
 class ConsolidatedOp(BaseModel):

@@ -5,7 +5,7 @@ probability ``BASE_P``, or ``SKILLED_P`` when the context names the problem's hi
 its judge fills the JSON schema it is sent. Deterministic for a seed.
 """
 
-from tfgrpo.llm.sim.policy import BASE_P, SKILLED_P, expected_accuracy
-from tfgrpo.llm.sim.server import FAULT_KINDS, SimServer, SimStats, parse_faults, start_sim_server
+from tfgrpo.sim.policy_replies import BASE_P, SKILLED_P, expected_accuracy
+from tfgrpo.sim.server import FAULT_KINDS, SimServer, SimStats, parse_faults, start_sim_server
 
 __all__ = ["BASE_P", "FAULT_KINDS", "SKILLED_P", "SimServer", "SimStats", "expected_accuracy", "parse_faults", "start_sim_server"]

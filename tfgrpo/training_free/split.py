@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tfgrpo.errors import UserError
-from tfgrpo.rollout import stable_seed
-from tfgrpo.tasks import Sample, Task
+from tfgrpo.training_free.rollout import stable_seed
+from tfgrpo.task_registry import Sample, Task
 
 PARTS = ("train", "validation", "test")
 

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from tfgrpo.rewards import reward
-from tfgrpo.tasks import Sample, Task, read_rows, task
+from tfgrpo.task_registry import Sample, Task, read_rows, task
 from tfgrpo.tools import run_query, sql_tool
 
 HERE = Path(__file__).resolve().parent / "data"
