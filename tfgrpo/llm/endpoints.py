@@ -35,7 +35,7 @@ def _client(model: str, role: str, access: Any, api_base: str | None, api_key: s
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
-        price_per_mtok=price,
+        price_per_mtok=price, retry_timeouts=getattr(access, "retry_timeouts", None),
     )
 
 
