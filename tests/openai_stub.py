@@ -123,3 +123,26 @@ class StubServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python tests/openai_stub.py --latency 0.2 --slots 16``: serve until killed; prints the URL."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--slots", type=int, default=None)
+    parser.add_argument("--ignore-n", action="store_true")
+    args = parser.parse_args()
+    server = StubServer(latency=args.latency, slots=args.slots, honour_n=not args.ignore_n,
+                        answer=lambda m, i: f"Working it out.\nAnswer: {i}").start()  # fmt: skip
+    print(server.base_url, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -84,6 +84,7 @@ class LLMClient:
     _replicas: ReplicaSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        _quiet_litellm()
         if self.supports_n is None:
             self.supports_n = _backend_supports_n(self.model)
         self._replicas = ReplicaSet(split_bases(self.api_base) or [""])
@@ -329,10 +330,17 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     return out or None
 
 
+@functools.lru_cache(maxsize=1)
+def _quiet_litellm() -> None:
+    """No "Provider List" / "use litellm.turn_on_debug()" hints printed on every unpriced reply or error."""
+    import litellm
+
+    litellm.suppress_debug_info = True
+
+
 def _backend_supports_n(model: str) -> bool:
     import litellm
 
-    litellm.suppress_debug_info = True  # its "use litellm.turn_on_debug()" hint on every error
     try:
         provider = litellm.get_llm_provider(model)[1]
         params = litellm.get_supported_openai_params(model=model.split("/", 1)[-1], custom_llm_provider=provider) or []
@@ -344,6 +352,9 @@ def _backend_supports_n(model: str) -> bool:
 def _cost(resp: Any) -> float | None:
     import litellm
 
+    hidden = getattr(resp, "_hidden_params", None)
+    if isinstance(hidden, dict) and "response_cost" in hidden:  # litellm priced the reply already
+        return server_number(hidden["response_cost"], upper=MAX_COST_PER_REPLY, default=None) or None
     try:
         cost = litellm.completion_cost(completion_response=resp)
         return server_number(cost, upper=MAX_COST_PER_REPLY, default=None) or None
