@@ -24,16 +24,16 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experience_store.embedding import DEFAULT_SPEC, parse_spec, same_spec, spec_label
 from experience_store.errors import PackError, StoreError
-from experience_store.library import norm_text
+from experience_store.edits import norm_text
 from experience_store.models import Experience, OpResult
-from experience_store.render import DEFAULT_BLOCK
-from experience_store.retrieval import Index, Injection, Mode, Selector, TokenCounter
+from experience_store.retrieval import Index, Injection, Selector, TokenCounter
+from experience_store.settings import InjectionSettings
 
 FORMAT = "tfgrpo-experience-pack"
 FORMAT_VERSION = 1
@@ -49,16 +49,6 @@ class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha256: str
     bytes: int
-
-
-class InjectionSettings(BaseModel):
-    """How the source run injected its library (``library`` in its config.yaml). The defaults
-    are for packs that do not record it."""
-
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["all", "retrieve", "auto"] = "auto"
-    budget_tokens: int = Field(1500, gt=0)
-    top_k: int = Field(8, gt=0)
 
 
 class PackManifest(BaseModel):
@@ -193,22 +183,21 @@ class Pack:
         return self._index
 
     def injection_settings(self) -> InjectionSettings:
-        """Mode, budget and top-k as the source run used them (the defaults for older packs)."""
+        """Mode, budget and top-k as the source run used them (``InjectionSettings()`` for packs
+        that do not record them)."""
         return self.manifest.injection or InjectionSettings()
 
-    def inject(self, query: str, *, mode: Mode | None = None, budget: int | None = None, k: int | None = None,
-               count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
-        """The experiences for ``query`` (``mode`` all/retrieve/auto, see ``retrieval``): by default
-        as the run that learned them injected them (``injection_settings``)."""
+    def inject(self, query: str, settings: InjectionSettings | None = None, *,
+               count_tokens: TokenCounter | None = None) -> Injection:
+        """The experiences for ``query`` under ``settings`` (see ``retrieval``): by default as the
+        run that learned them injected them (``injection_settings``)."""
         if self._selector is None:
             self._selector = Selector(self.experiences, self.index)
-        settings = self.injection_settings()
-        return self._selector.select(query, mode=mode or settings.mode, budget=settings.budget_tokens if budget is None else budget,
-                                     k=settings.top_k if k is None else k, count_tokens=count_tokens, template=template)
+        return self._selector.select(query, settings or self.injection_settings(), count_tokens=count_tokens)
 
-    def render(self, query: str = "", **options: Any) -> str:
+    def render(self, query: str = "", settings: InjectionSettings | None = None) -> str:
         """The context block for ``query``: lines ``[E12] When ..., ...`` (see ``inject``)."""
-        return self.inject(query, **options).text
+        return self.inject(query, settings).text
 
     # ------------------------------------------------------- diff and merge
     def diff(self, other: "Pack") -> PackDiff:

@@ -18,6 +18,7 @@ from tfgrpo.cli.console import emit, err_console, user_errors
 from tfgrpo.cli.eval import library_dir
 from tfgrpo.cli.library import experience_row
 from tfgrpo.errors import UserError
+from tfgrpo.training_free.config import LibraryConfig
 from tfgrpo.training_free.evaluate import LATEST_EVAL, selected_step
 from tfgrpo.training_free.loop import RunDir
 
@@ -63,9 +64,10 @@ def pack_from_run(run: Path, step: int | None, eval_file: Path | None, name: str
         latest = _read_eval(run_dir / LATEST_EVAL)
         evals = latest if latest.get("library_step") == lib.state.step else None  # results of another version
     policy = (cfg.get("policy") or {}).get("model")
-    injection = {k: v for k, v in (cfg.get("library") or {}).items() if k in ("budget_tokens", "top_k")}
-    if (cfg.get("library") or {}).get("injection"):
-        injection["mode"] = cfg["library"]["injection"]
+    try:
+        injection = LibraryConfig.model_validate(cfg["library"]).injection if cfg.get("library") else None
+    except ValidationError:
+        injection = None  # settings this toolkit cannot read are not recorded
     return Pack.build(
         lib.state.experiences, history, name=name or run_dir.name, toolkit_version=tfgrpo.__version__,
         task=cfg.get("task"), policy_model=policy, judge_model=(cfg.get("judge") or {}).get("model") or policy,

@@ -45,8 +45,7 @@ def injector(library: Any, settings: Any, model: str | None) -> Callable[[Sample
     count = token_counter(model)
 
     def inject(sample: Sample) -> Any:
-        return library.inject(sample.user_text(), mode=settings.injection, budget=settings.budget_tokens,
-                              k=settings.top_k, count_tokens=count)
+        return library.inject(sample.user_text(), settings.injection, count_tokens=count)
 
     return inject
 
