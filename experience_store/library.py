@@ -177,4 +177,4 @@ class Library:
         self._chroma.sync(state)
 
     def export_jsonl(self) -> str:
-        return "".join(json.dumps(e.model_dump(), ensure_ascii=False) + "\n" for e in self.state.experiences)
+        return "".join(json.dumps(e.model_dump(mode="json"), ensure_ascii=True) + "\n" for e in self.state.experiences)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from experience_store import Experience, ExperienceOp, InjectionSettings, OpResult, Pack, PackError
-from experience_store import pack as pack_mod
+from experience_store import pack_format as pack_mod
 
 LESSONS = [
     "When adding fractions, rewrite both over a common denominator first.",
@@ -132,7 +132,7 @@ def _bad_experience_line(files):
     (_manifest(lambda m: m.update(format_version=99)), "format version 99 is not supported"),
     (_manifest(lambda m: m.update(format="something-else")), "does not describe"),
     (_manifest(lambda m: m.update(counts="many")), "manifest.json: counts"),
-    (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedding"),
+    (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedder"),
     (_replace("experiences.jsonl", b'{"id": "E1", "text": "When X, do the wrong thing."}\n'), "checksum mismatch for experiences.jsonl"),
     (_bad_experience_line, "experiences.jsonl line 2: text: Field required"),
 ])
