@@ -191,7 +191,7 @@ def test_eval_injects_as_the_run_did(trained, tmp_path):
     copy = tmp_path / "retrieve-run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("eval", "eval.json"))
     cfg = yaml.safe_load((copy / "config.yaml").read_text())
-    cfg["library"].update(injection="retrieve", top_k=1, budget_tokens=40)
+    cfg["library"]["injection"] = {"mode": "retrieve", "top_k": 1, "budget_tokens": 40}
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     args = ["eval", "--task", "demo", "--model", "sim", "-k", "4", "--json", "--quiet"]
     full = last_json(tfgrpo(*args, "--library", str(out)))

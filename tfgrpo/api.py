@@ -243,10 +243,7 @@ def pack_from_run(run: str | Path, step: int | None = None, eval_summary: dict[s
         latest = rd.read_latest_eval()
         eval_summary = latest if latest and latest.get("library_step") == lib.state.step else None  # else another version's
     policy = cfg.policy.model if cfg else None
-    injection = None
-    if cfg is not None:
-        lc = cfg.library
-        injection = {"mode": lc.injection, "budget_tokens": lc.budget_tokens, "top_k": lc.top_k}
+    injection = cfg.library.injection if cfg is not None else None
     return Pack.build(
         lib.state.experiences, history, name=name or rd.path.name, toolkit_version=__version__,
         task=cfg.task if cfg else None, policy_model=policy,

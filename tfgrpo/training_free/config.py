@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from experience_store import InjectionSettings
 from tfgrpo.config import ConfigModel as _Model
 from tfgrpo.config import build, flag, load_yaml
 
@@ -65,9 +66,7 @@ class JudgeConfig(_Model):
 
 
 class LibraryConfig(_Model):
-    injection: Literal["all", "retrieve", "auto"] = Field("all", description="How experiences enter the prompt: 'all' injects the whole library (paper-faithful), 'retrieve' the top-k most similar to the query within the token budget, 'auto' all while it fits the budget and retrieve beyond", json_schema_extra=flag("injection"))
-    budget_tokens: int = Field(2000, gt=0, description="Token budget of the injected experiences in retrieve and auto modes (counted with the policy's tokenizer where known)", json_schema_extra=flag("inject-budget"))
-    top_k: int = Field(8, gt=0, description="Experiences retrieved per query in retrieve and auto modes", json_schema_extra=flag("top-k"))
+    injection: InjectionSettings = Field(default_factory=InjectionSettings)
     embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL", json_schema_extra=flag("embedding"))
     dedup_threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a proposed lesson is handed to consolidation as a MERGE candidate", json_schema_extra=flag("dedup-threshold"))
     prune_unused_steps: int = Field(0, ge=0, description="Retire lessons not cited for this many steps (0: never)", json_schema_extra=flag("prune-unused"))
@@ -75,6 +74,18 @@ class LibraryConfig(_Model):
     prune_harmful_share: float = Field(0.5, ge=0, le=1, description="Share of harmful cited outcomes above which a lesson is retired")
     store: str | None = Field(None, description="Chroma server http://host:port shared by several writers (default: a local index in the run directory)", json_schema_extra=flag("store"))
     collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_injection(cls, data: Any) -> Any:
+        """config.yaml of earlier runs: ``injection: MODE`` with budget_tokens and top_k beside it."""
+        if isinstance(data, dict) and (isinstance(data.get("injection"), str) or {"budget_tokens", "top_k"} & data.keys()):
+            data = dict(data)
+            mode = data.pop("injection", None)
+            injection = {"mode": mode} if isinstance(mode, str) else dict(mode or {})
+            injection.update({k: data.pop(k) for k in ("budget_tokens", "top_k") if k in data})
+            data["injection"] = injection
+        return data
 
     @field_validator("embedding", mode="before")
     @classmethod

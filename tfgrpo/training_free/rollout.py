@@ -48,8 +48,7 @@ def injector(library: Library, settings: LibraryConfig, model: str | None) -> Ca
     count = token_counter(model)
 
     def inject(sample: Sample) -> Injection:
-        return library.inject(sample.user_text(), mode=settings.injection, budget=settings.budget_tokens,
-                              k=settings.top_k, count_tokens=count)
+        return library.inject(sample.user_text(), settings.injection, count_tokens=count)
 
     return inject
 
