@@ -166,3 +166,18 @@ def test_two_processes_with_torchrun(tmp_path):
     assert len(lines) == 1
     summary = json.loads(lines[0])
     assert summary["processes"] == 2 and summary["params_changed"] and len(summary["reward_by_step"]) == 3
+
+
+def test_fingerprint_tells_a_trained_weight_from_an_untouched_one():
+    """params_changed compares small per-tensor checksums, not a CPU copy of the model."""
+    from tfgrpo.params.model import fingerprint, load_policy
+
+    model, _ = load_policy("tiny", seed=1)
+    before = fingerprint(model)
+    assert all(isinstance(v, tuple) and all(isinstance(x, float) for x in v) for v in before.values())
+    assert fingerprint(model) == before
+    with torch.no_grad():
+        model.get_parameter("model.norm.weight")[3] += 1e-3
+    after = fingerprint(model)
+    changed = [n for n in before if before[n] != after[n]]
+    assert changed == ["model.norm.weight"]

@@ -80,7 +80,7 @@ class _Run:
         from accelerate import Accelerator
 
         from tfgrpo.params.generate import make_generator
-        from tfgrpo.params.model import load_policy
+        from tfgrpo.params.model import fingerprint, load_policy
 
         self.cfg, self.task, self.progress = cfg, task, progress
         self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
@@ -91,7 +91,7 @@ class _Run:
         model, self.tokenizer = load_policy(cfg.model, seed=cfg.seed, dtype=cfg.dtype, lora_r=cfg.lora_r,
                                             lora_alpha=cfg.lora_alpha,
                                             gradient_checkpointing=cfg.gradient_checkpointing)
-        self.initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.initial = fingerprint(model)
         self.reference = self._reference(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -147,7 +147,7 @@ class _Run:
                     last_ckpt = self.save(step, order.cursor, rewards)
         final = self.export()
         self._status("finished", self.cfg.steps)
-        changed = any(not self.policy.get_parameter(n).detach().equal(v) for n, v in self.initial.items())
+        changed = self._params_changed()
         summary = {
             "steps": self.cfg.steps,
             "reward_by_step": rewards,
@@ -260,6 +260,12 @@ class _Run:
         out = stats.summary(cfg.updates_per_batch)
         out["grad_norm"] = round(float(grad_norm), 4) if grad_norm is not None else None
         return out
+
+    def _params_changed(self) -> bool:
+        from tfgrpo.params.model import fingerprint
+
+        with self._full_params():
+            return fingerprint(self.policy) != self.initial
 
     def _full_params(self):
         """Under FSDP, gather the sharded weights for generation and saving; otherwise nothing."""
