@@ -1,5 +1,5 @@
-"""Turn model settings into clients: start the simulated model or a vLLM server when asked,
-and stop them when the run ends."""
+"""Turn model settings into clients: start the simulated model or a local server (vLLM,
+transformers) when asked, and stop them when the run ends."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_k
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
-        price_per_mtok=price,
+        price_per_mtok=price, retry_timeouts=getattr(access, "retry_timeouts", None),
     )
 
 
@@ -80,13 +80,15 @@ def open_models(
             stack.callback(cache.close)
         p_model, p_base = policy.model, policy.api_base
         if serve:
-            from tfgrpo.llm.launcher import VLLMServer
+            from tfgrpo.llm.launcher import local_server
 
-            log_path = (log_dir or Path(".")) / "vllm.log"
-            launched = stack.enter_context(VLLMServer(serve, log_path=log_path, **(serve_args or {})))
+            options = dict(serve_args or {})
+            engine = str(options.pop("engine", "vllm"))
+            log_path = (log_dir or Path(".")) / f"{engine}.log"
+            launched = stack.enter_context(local_server(engine, serve, log_path=log_path, **options))
             p_base = launched.base_url
             if is_sim(p_model):
-                p_model = f"hosted_vllm/{serve}"
+                p_model = launched.client_model
         # The judge defaults to the policy's model, reached the same way.
         judge_model = None if judge is None else (judge.model or p_model)
         sim_url: str | None = None
