@@ -26,6 +26,7 @@ import os
 import platform
 import resource
 import shutil
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -84,7 +85,9 @@ def _bind_read_only(path, target):
         open(target, "a").close()
     _mount(path, target, None, MS_BIND | MS_REC)
     keep = os.statvfs(path).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
+    if not stat.S_ISCHR(os.stat(path).st_mode):  # /dev/null and the like stay usable
+        flags |= MS_NODEV
     flags |= sum(ms for st, ms in KEEP_FLAGS.items() if keep & st)
     _mount(None, target, None, flags)
 

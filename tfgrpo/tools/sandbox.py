@@ -28,7 +28,7 @@ from typing import Any
 from tfgrpo.tools._host import kill_cgroup, pids_cgroup_root, remove_cgroup, user_tasks, watch_disk
 
 CONFINE = Path(__file__).with_name("_confine.py")
-SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
+SYSTEM_READ_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
 LIMIT_KINDS = ("wall", "cpu", "memory", "processes", "output", "file_size", "disk")
 
 
