@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from experience_store import InjectionSettings
 from tfgrpo.config import ConfigModel as _Model
 from tfgrpo.config import build, flag, load_yaml
+from tfgrpo.rundir import CONFIG
 
 
 class AgentConfig(_Model):
@@ -157,4 +158,4 @@ class EvalConfig(_Model):
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run directory was made with."""
-    return build(RunConfig, load_yaml(Path(run_dir) / "config.yaml"))
+    return build(RunConfig, load_yaml(Path(run_dir) / CONFIG))
