@@ -7,7 +7,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from tfgrpo.errors import UserError
 from tfgrpo.llm.cache import ResponseCache
@@ -21,6 +21,17 @@ def is_sim(model: str | None) -> bool:
     return model is not None and (model == SIM or model.startswith("sim/"))
 
 
+class Endpoint(Protocol):
+    """How one role's model is reached (``PolicyConfig`` and ``JudgeConfig`` of a run are ones)."""
+
+    model: str | None
+    api_base: str | None
+    api_key_env: str | None
+    concurrency: int
+    timeout: float
+    max_retries: int
+
+
 @dataclass
 class Models:
     policy: LLMClient
@@ -30,7 +41,7 @@ class Models:
     judge_name: str | None
 
 
-def _client(model: str, role: str, access: Any, api_base: str | None, api_key: str | None,
+def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_key: str | None,
             cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None) -> LLMClient:
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
@@ -50,8 +61,8 @@ def _key(env_name: str | None) -> str | None:
 
 @contextlib.contextmanager
 def open_models(
-    policy: Any,
-    judge: Any | None = None,
+    policy: Endpoint,
+    judge: Endpoint | None = None,
     *,
     sim_seed: int = 0,
     serve: str | None = None,
