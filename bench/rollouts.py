@@ -38,8 +38,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from tfgrpo.llm import LLMClient, RetryPolicy  # noqa: E402
 from tfgrpo.records import RolloutRecord  # noqa: E402
+from tfgrpo.rundir import ROLLOUTS, RunDir  # noqa: E402
 from tfgrpo.task_registry import load_task  # noqa: E402
-from tfgrpo.training_free.loop import RunDir  # noqa: E402
+from tfgrpo.training_free.config import SamplingConfig  # noqa: E402
 from tfgrpo.training_free.prompting import Prompts  # noqa: E402
 from tfgrpo.training_free.rollout import sample_group, stable_seed  # noqa: E402
 
@@ -60,13 +61,13 @@ async def run(args: argparse.Namespace, url: str, out_dir: Path) -> dict[str, fl
     client = LLMClient(model="openai/stub", api_base=url, api_key="x", concurrency=args.concurrency, timeout=30,
                        retry=RetryPolicy(max_retries=2, base_delay=0.05), supports_n=True)  # fmt: skip
     run_dir = RunDir(out_dir)
+    sampling = SamplingConfig(group_size=args.group_size, temperature=0.7, max_tokens=64)
     samples = [task.dataset[i % len(task.dataset)] for i in range(args.groups + 1)]
 
     async def one(k: int) -> int:
         sample = samples[k]
-        g = await sample_group(client, task, sample, "", prompts, n=args.group_size, temperature=0.7,
-                               max_tokens=64, seed=stable_seed("bench", k), use_cache=False)  # fmt: skip
-        run_dir.append("rollouts.jsonl", [
+        g = await sample_group(client, task, sample, "", prompts, sampling, seed=stable_seed("bench", k), use_cache=False)
+        run_dir.append(ROLLOUTS, [
             RolloutRecord(step=1, epoch=1, rollout_id=f"s1-{sample.id}-{k}-{j}", sample_id=sample.id, index=j,
                           text=c.text, error=c.error, finish_reason=c.finish_reason, cached=c.cached,
                           rewards=g.rewards[j], reward=g.combined[j], advantage=0.0)
