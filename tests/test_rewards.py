@@ -58,7 +58,7 @@ def test_unknown_mode_is_an_error():
         group_advantages([[[1.0]]], mode="ppo")
 
 
-async def test_score_group_records_raising_reward_as_missing_and_failed_rollout_as_zero():
+async def test_score_group_records_raising_reward_as_missing_and_failed_rollout_as_unscored():
     @reward(weight=2.0)
     def fragile(sample, completion):
         if completion == "boom":
@@ -70,6 +70,7 @@ async def test_score_group_records_raising_reward_as_missing_and_failed_rollout_
         return [1.0 if c else 0.5 for c in completions]
 
     table = await score_group([fragile, nonempty], object(), ["yes", "boom", None])
-    assert table == [[1.0, 1.0], [None, 1.0], [0.0, 0.0]]
+    assert table == [[1.0, 1.0], [None, 1.0], [None, None]]  # the group reward never saw the failed one
+    assert group_advantages([table], [2.0, 1.0])[0][2] == 0.0
     assert combine(table[0], [2.0, 1.0]) == 1.0
     assert combine(table[1], [2.0, 1.0]) is None

@@ -102,16 +102,15 @@ def _as_score(v: Any) -> float | None:
 
 
 async def score_group(rewards: Sequence[Reward], sample: Any, completions: Sequence[str | None]) -> list[list[float | None]]:
-    """rewards[G][K] for one group. A failed rollout (``None`` completion) scores 0, not missing:
-    a failure is a wrong answer, it is never dropped from its group."""
-    texts = [c if c is not None else "" for c in completions]
-    per_reward = await asyncio.gather(*(r.score(sample, texts) for r in rewards))
-    table: list[list[float | None]] = []
-    for i, c in enumerate(completions):
-        row = [col[i] for col in per_reward]
-        if c is None:
-            row = [0.0] * len(rewards)
-        table.append(row)
+    """rewards[G][K] for one group. A failed rollout (``None`` completion: its request failed)
+    has no score at all: it is no answer, so it takes no part in the group's mean, advantages
+    or contrast (a failure scored 0 would pass for a wrong answer and teach the judge from it)."""
+    answered = [i for i, c in enumerate(completions) if c is not None]
+    texts = [completions[i] for i in answered]
+    per_reward = await asyncio.gather(*(r.score(sample, texts) for r in rewards)) if texts else []
+    table: list[list[float | None]] = [[None] * len(rewards) for _ in completions]
+    for pos, i in enumerate(answered):
+        table[i] = [col[pos] for col in per_reward]
     return table
 
 

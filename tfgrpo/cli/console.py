@@ -94,6 +94,7 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         progress.console.print(
             f"step {record.step} (epoch {record.epoch + 1}): reward {reward}, judged {record.judged}/{record.groups}, "
             f"ops {record.ops_applied} applied/{record.ops_rejected} rejected, library {record.library_size}"
+            + (f", rollouts failed {record.rollout_failures}" if record.rollout_failures else "")
             + (f", judge failures {record.judge_failures}" if record.judge_failures else "")
             + (f", leaks caught {record.ops_leaked}" if record.ops_leaked else "")
         )

@@ -90,6 +90,17 @@ def _usage_delta(before: dict[str, Any], after: Usage) -> dict[str, Any]:
     return out
 
 
+def _skip_reason(cfg: RunConfig, task: Task, group: Group, answered: int) -> str | None:
+    """Why a group is not judged (None: it is): fewer than two answers (the other requests
+    failed), or no contrast among its answers' rewards."""
+    size = len(group.completions)
+    if answered < 2:
+        return f"only {answered} of {size} answers ({size - answered} requests failed)"
+    if cfg.judge.ground_truth and cfg.judge.skip_equal_groups and not has_contrast(group.combined, task.min_reward, task.max_reward):
+        return "all answers scored the same"
+    return None
+
+
 async def train_loop(
     cfg: RunConfig,
     task: Task,
@@ -144,11 +155,10 @@ async def train_loop(
         groups: list[Group] = await asyncio.gather(*(one(s) for s in batch))
         advantages = group_advantages([g.rewards for g in groups], task.weights, cfg.advantage)
 
-        to_judge = [
-            i for i, g in enumerate(groups)
-            if not cfg.judge.ground_truth or not cfg.judge.skip_equal_groups
-            or has_contrast(g.combined, task.min_reward, task.max_reward)
-        ]
+        # A failed rollout is no answer: the judge sees only the answers a group has.
+        answered = [[j for j, c in enumerate(g.completions) if c.ok] for g in groups]
+        skipped = {i: why for i, g in enumerate(groups) if (why := _skip_reason(cfg, task, g, len(answered[i])))}
+        to_judge = [i for i in range(len(groups)) if i not in skipped]
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(to_judge))
 
         # Tool-calling trajectories are long: summarise each before the comparison unless told not to.
@@ -156,7 +166,7 @@ async def train_loop(
 
         async def judge_one(i: int) -> GroupJudgement:
             g = groups[i]
-            attempts = [Attempt(j + 1, g.attempt_text(j), g.combined[j]) for j in range(len(g.completions))]
+            attempts = [Attempt(n + 1, g.attempt_text(j), g.combined[j]) for n, j in enumerate(answered[i])]
             out = await judge_group(models.judge, prompts, judge_cfg, g.sample, attempts, shown[g.sample.id].text,
                                     pass_threshold=task.pass_threshold, use_cache=use_cache)
             hooks.on_advance("judging")
@@ -188,7 +198,7 @@ async def train_loop(
             jd = judgements.get(i)
             group_records.append(GroupRecord(
                 step=step, epoch=epoch, sample_id=g.sample.id, rewards=g.combined, advantages=advantages[i],
-                judged=jd is not None, skip_reason=None if jd is not None else "all answers scored the same",
+                judged=jd is not None, skip_reason=skipped.get(i),
                 analysis=jd.comparison.analysis if jd and jd.comparison else None,
                 proposals=[p.model_dump() for p in (jd.comparison.ops if jd and jd.comparison else [])],
                 summaries=jd.summaries if jd else [], error=jd.error if jd else None,
@@ -205,8 +215,8 @@ async def train_loop(
         )
         run_dir.append(ROLLOUTS, rollouts)
         run_dir.append(GROUPS, group_records)
-        credit = usage_credit(((shown[g.sample.id].ids, c.text, advantages[i][j]) for i, g in enumerate(groups)
-                               for j, c in enumerate(g.completions)), step)
+        credit = usage_credit(((shown[g.sample.id].ids, g.completions[j].text, advantages[i][j])
+                               for i, g in enumerate(groups) for j in answered[i]), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
         run_dir.append(OPS, [*results, *leaks, *failures])
