@@ -66,7 +66,7 @@ def test_runs_lists_status_cost_and_best_eval(runs):
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│")}
     assert "finished" in rows["done"] and "$0.0" in rows["done"] and "vs" in rows["done"]
     assert "stopped by budget" in rows["budget"]
-    assert "crashed-resumable" in rows["crashed"]
+    assert "interrupted" in rows["crashed"]  # status.json says running, its process is gone
     assert "8/8" in rows["done"]
 
 

@@ -56,6 +56,32 @@ def sim_server():
     proc.wait(10)
 
 
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_sigterm_and_ctrl_c_mark_the_run_interrupted(tmp_path, sim_server, sig, code, reason):
+    server, url = sim_server
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CMD, "train", "--task", "demo", "--epochs", "1", "--model", "openai/sim-policy-s0",
+                             "--api-base", url, "--out", str(run), "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while committed(run) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(server.pid, signal.SIGSTOP)  # the run is now waiting inside a step
+    try:
+        assert json.loads((run / "status.json").read_text())["status"] == "running"
+        proc.send_signal(sig)
+        assert proc.wait(60) == code, proc.stderr.read()[-2000:]
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert f"interrupted; continue with: tfgrpo train --resume {run}" in proc.stderr.read()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["reason"] == reason
+    assert status["steps_done"] == committed(run) >= 1 and status["steps_planned"] == 4
+    assert "interrupted" in tfgrpo("runs", str(tmp_path)).stdout
+    resumed = last_json(tfgrpo("train", "--resume", str(run), "--json", "--api-base", url))
+    assert resumed["steps"] == 4 and json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [1, 4])
 def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_library(tmp_path, sim_server, kill_after):

@@ -106,9 +106,10 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
     rd.create()
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
     try:
-        with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
-                         log_dir=rd.path, cache_path=cache_path,
-                         price_per_mtok=parse_price(cfg.budget.price_per_mtok)) as models:
+        with rd.interrupts_marked("training_free"), open_models(
+            cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
+            log_dir=rd.path, cache_path=cache_path, price_per_mtok=parse_price(cfg.budget.price_per_mtok),
+        ) as models:
 
             async def session() -> TrainResult:
                 result = await train_loop(cfg, task, models, rd, prompts=prompts, hooks=hooks)

@@ -95,7 +95,8 @@ def load_run(path: str | Path) -> RunData:
 
 
 def run_status(run: RunData) -> str:
-    """finished, stopped by budget, running, or crashed-resumable."""
+    """finished, stopped by budget, running, or interrupted (resumable): stopped by Ctrl-C or
+    SIGTERM, or still marked running by a process that is gone (killed, crashed)."""
     st = (run.status or {}).get("status")
     if st == "finished":
         return "finished"
@@ -103,7 +104,7 @@ def run_status(run: RunData) -> str:
         return "stopped by budget"
     if st == "running" and _alive((run.status or {}).get("pid")):
         return "running"
-    return "crashed-resumable" if run.config is not None else "not a run"
+    return "interrupted" if run.config is not None else "not a run"
 
 
 def _alive(pid: Any) -> bool:

@@ -24,10 +24,13 @@ to a step that never committed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import yaml
 from pydantic import BaseModel
@@ -51,6 +54,10 @@ EVALS = "eval"
 CHECKPOINTS = "checkpoints"
 FINAL_MODEL = "final"
 RECORD_FILES = (ROLLOUTS, GROUPS, OPS)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a run trains: handled as Ctrl-C is (the run is marked interrupted, resumable)."""
 
 
 class RunDir:
@@ -164,6 +171,25 @@ class RunDir:
                 "steps_planned": steps_planned, "pid": os.getpid()}
         _atomic_write(self.file(STATUS), json.dumps(data, indent=1))
 
+    @contextlib.contextmanager
+    def interrupts_marked(self, mode: Mode) -> Iterator[None]:
+        """While the block runs, SIGTERM raises :class:`Terminated` (where nobody else handles it,
+        in the main thread) as Ctrl-C raises KeyboardInterrupt; either marks the run
+        ``interrupted`` in status.json before it propagates."""
+        previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            yield
+        except KeyboardInterrupt as e:
+            planned = (self.read_status() or {}).get("steps_planned")
+            self.write_status(mode, "interrupted", reason="SIGTERM" if isinstance(e, Terminated) else "Ctrl-C",
+                              steps_done=len(self.step_rows()), steps_planned=planned if isinstance(planned, int) else 0)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
     def read_status(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.file(STATUS).read_text())
@@ -244,6 +270,10 @@ def run_of_library(lib_dir: Path) -> RunDir | None:
     if lib_dir.name == LIBRARY and (lib_dir.parent / CONFIG).is_file():
         return RunDir(lib_dir.parent)
     return None
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def _atomic_write(path: Path, text: str) -> None:

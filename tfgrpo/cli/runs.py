@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         folder: Path = typer.Argument(Path("runs"), help="Folder holding run directories"),
     ) -> None:
         """List runs: task, models, steps, library size, best eval, cost and status
-        (finished, stopped by budget, running, crashed-resumable)."""
+        (finished, stopped by budget, running, interrupted)."""
         from tfgrpo.report import best_eval, load_run, run_status
 
         if not folder.is_dir():

@@ -11,6 +11,7 @@ from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, tr
 from tfgrpo.cli.options import apply_flags, collect, with_generated_options
 from tfgrpo.config import build, load_yaml
 from tfgrpo.errors import UserError
+from tfgrpo.rundir import Terminated
 from tfgrpo.training_free.config import EvalConfig, RunConfig
 
 SPECS = collect(RunConfig)
@@ -35,10 +36,10 @@ def _run(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
     try:
         with progress_hooks(not quiet) as hooks:
             result = api.train(cfg, out=out, resume=resume, hooks=hooks)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): status.json says interrupted
         where = f" --resume {target}" if target else ""
-        err_console.print(f"interrupted; continue with: tfgrpo train{where}", highlight=False, markup=False)
-        raise typer.Exit(130) from None
+        err_console.print(f"interrupted; continue with: tfgrpo train{where}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     if result.stopped:
         err_console.print(f"stopped by budget: {result.stopped}; every finished step is saved: continue with "
                           f"tfgrpo train --resume {result.run_dir} and a higher limit", highlight=False, markup=False,
