@@ -12,9 +12,12 @@ from typing import Any, Iterator, Protocol
 from tfgrpo.errors import UserError
 from tfgrpo.llm.cache import ResponseCache
 from tfgrpo.llm.client import LLMClient, RetryPolicy
+from tfgrpo.llm.replicas import split_bases
+from tfgrpo.llm.retry import is_local
 from tfgrpo.llm.usage import Usage
 
 SIM = "sim"
+LOCAL_KEY = "no-key"  # what a local OpenAI-compatible server is sent when no --api-key-env is given
 
 
 def is_sim(model: str | None) -> bool:
@@ -43,6 +46,10 @@ class Models:
 
 def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_key: str | None,
             cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None) -> LLMClient:
+    if api_key is None and api_base and all(is_local(u) for u in split_bases(api_base)):
+        # A server on this machine or network needs no key (and gets none of the provider's from the
+        # environment); litellm refuses an openai/ model without one. --api-key-env names one if it does.
+        api_key = LOCAL_KEY
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
