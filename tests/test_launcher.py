@@ -86,6 +86,8 @@ def test_transformers_engine_command_line(fake_vllm, monkeypatch):
     assert server.client_model == "openai//models/tiny" and VLLMServer("m").client_model == "hosted_vllm/m"
     monkeypatch.setenv("TFGRPO_TRANSFORMERS_EXECUTABLE", str(fake_vllm))
     assert TransformersServer("m").command()[0] == str(fake_vllm)
+    assert TransformersServer("m").environment() is None  # torch picks its threads
+    assert local_server("transformers", "m", threads=1).environment()["OMP_NUM_THREADS"] == "1"
 
 
 def test_engine_choice_is_checked():

@@ -110,6 +110,10 @@ class LocalServer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment (None: this process's)."""
+        return None
+
     def start(self) -> "LocalServer":
         """Start the process and block until ``/health`` answers 200."""
         if self.process is not None:
@@ -120,7 +124,7 @@ class LocalServer:
             log.write(("$ " + shlex.join(cmd) + "\n").encode())  # the log says what was started
             log.flush()
             self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.environment(),
                 start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         self.started_at = time.monotonic()
@@ -212,14 +216,22 @@ class VLLMServer(LocalServer):
 class TransformersServer(LocalServer):
     """``transformers serve DIR --continuous-batching`` (CPU machines; a Hugging Face directory,
     for example the one ``tfgrpo models fetch`` makes). Without continuous batching concurrent
-    requests hang it."""
+    requests hang it. ``threads`` caps torch's CPU threads: on a machine whose cores other work
+    keeps busy, one thread decodes several times faster than threads that spin waiting for each
+    other."""
 
     engine = "transformers"
     client_prefix = "openai/"
 
-    def __init__(self, model: str, device: str = "cpu", **kwargs: Any) -> None:
+    def __init__(self, model: str, device: str = "cpu", threads: int | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.device = device
+        self.threads = threads
+
+    def environment(self) -> dict[str, str] | None:
+        if not self.threads:
+            return None
+        return {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
 
     def command(self) -> list[str]:
         exe = _resolve_executable(self.executable, TRANSFORMERS_EXECUTABLE_ENV, "transformers",
