@@ -101,3 +101,31 @@ def test_wheel_carries_builtin_tasks_and_prompts(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": str(target)}, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0].startswith(str(target)) and out[1] == "32" and out[2] == "x"
+
+
+def test_two_replicas_one_stopped_mid_run_the_run_finishes_and_loses_no_rollout(tmp_path):
+    """--api-base with two simulators of the same seed; the second stops after step 1."""
+    from tfgrpo.hooks import Hooks
+
+    with start_sim_server(seed=0) as a, start_sim_server(seed=0) as b:
+        cfg = RunConfig(task="demo", epochs=1, batch_size=8, sampling={"group_size": 4})
+        cfg.policy.model, cfg.policy.api_base = "openai/sim-policy-s0", f"{a.base_url},{b.base_url}"
+        cfg.judge.model, cfg.judge.api_base = "openai/sim-judge-s0", cfg.policy.api_base
+        stopped = []
+
+        def on_step(record):
+            if record.step == 1:
+                b.stop()
+                stopped.append(b.stats.requests["policy"] + b.stats.requests["judge"])
+
+        rd = RunDir(tmp_path / "run")
+        with open_models(cfg.policy, cfg.judge, cache_path=rd.path / "cache.sqlite") as models:
+            result = asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts(), hooks=Hooks(on_step=on_step)))
+        summary = result.summary()
+        b_total = b.stats.requests["policy"] + b.stats.requests["judge"]
+    assert summary["steps"] == 4 and summary["status"] == "finished"
+    assert summary["rollout_failures"] == 0 and summary["judge_failures"] == 0
+    assert len([r for r in rd.read("rollouts.jsonl") if r["text"] is not None]) == 4 * 8 * 4
+    policy = summary["usage"]["policy"]
+    assert set(policy["replicas"]) == {a.base_url, b.base_url} and stopped and stopped[0] > 0
+    assert b_total == stopped[0]  # nothing reached the stopped replica after it stopped
