@@ -233,15 +233,9 @@ def test_serve_unknown_engine_exits_2():
 
 
 @pytest.mark.slow
-def test_real_model_on_transformers_serve(tmp_path):
+def test_real_model_on_transformers_serve(tmp_path, smollm2):
     """SmolLM2-135M-Instruct on `transformers serve` answers concurrent chat requests."""
-    from tfgrpo import model_files
-
-    pytest.importorskip("gguf")
-    try:
-        path = model_files.smollm2_dir()
-    except UserError as e:
-        pytest.skip(f"SmolLM2 package not available offline: {e}")
+    path = smollm2
     with TransformersServer(str(path), log_path=tmp_path / "t.log", health_timeout=300) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", timeout=300)
         from concurrent.futures import ThreadPoolExecutor

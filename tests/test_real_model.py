@@ -14,7 +14,6 @@ import time
 import pytest
 
 from cli_helpers import last_json, tfgrpo
-from tfgrpo.errors import UserError
 from tfgrpo.llm.launcher import TransformersServer
 from tfgrpo.rundir import GROUPS, OPS, ROLLOUTS, RunDir
 
@@ -25,14 +24,8 @@ PROBLEMS = [
 
 
 @pytest.mark.slow
-def test_real_model_trains_resumes_and_evaluates(tmp_path):
-    pytest.importorskip("gguf")
-    from tfgrpo import model_files
-
-    try:
-        model = model_files.smollm2_dir()
-    except UserError as e:
-        pytest.skip(f"SmolLM2 package not available offline: {e}")
+def test_real_model_trains_resumes_and_evaluates(tmp_path, smollm2):
+    model = smollm2
     data = tmp_path / "problems.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
     config = tmp_path / "run.yaml"
