@@ -14,8 +14,14 @@ server runs in another process, so none of its work is counted. ``--ignore-n`` m
 answer one choice per request (as ``transformers serve`` does); the bound is then
 ``concurrency / latency``.
 
+For comparison the same requests are then sent by a bare HTTP client (httpx: no tfgrpo, no
+litellm) at the same concurrency: ``bare_client_rps`` is what this machine and server allow any
+client, so ``ratio`` well below ``bare_client_ratio`` is the client's own cost (on a busy
+machine, the CPU litellm spends per request), not the server's.
+
 The last stdout line is one JSON object: bound_rps, achieved_rps, ratio, overhead_ms,
-rollouts, requests, wall_s, latency_s, concurrency, group_size.
+rollouts, rollouts_ok, requests, wall_s, latency_s, concurrency, group_size, bare_client_rps,
+bare_client_ratio.
 
     python bench/rollouts.py --json
 """
@@ -76,6 +82,7 @@ async def run(args: argparse.Namespace, url: str, out_dir: Path) -> dict[str, fl
         return sum(1 for c in g.completions if c.ok)
 
     await one(0)  # warm-up: imports, the first connection; not timed
+    calls0 = client.usage.roles["policy"].calls
     cpu0, t0 = time.process_time(), time.perf_counter()
     ok = sum(await asyncio.gather(*(one(k) for k in range(1, args.groups + 1))))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -86,9 +93,29 @@ async def run(args: argparse.Namespace, url: str, out_dir: Path) -> dict[str, fl
     return {
         "bound_rps": round(bound, 1), "achieved_rps": round(achieved, 1), "ratio": round(achieved / bound, 3),
         "overhead_ms": round(1000 * cpu / rollouts, 3), "rollouts": rollouts, "rollouts_ok": ok,
-        "requests": client.usage.roles["policy"].calls - (1 if args.ignore_n else 0), "wall_s": round(wall, 2),
+        "requests": client.usage.roles["policy"].calls - calls0, "wall_s": round(wall, 2),
         "latency_s": args.latency, "concurrency": args.concurrency, "group_size": args.group_size,
     }  # fmt: skip
+
+
+async def bare(args: argparse.Namespace, url: str) -> float:
+    """Rollouts per second of a bare HTTP client (httpx, no tfgrpo, no litellm) sending the same
+    requests at the same concurrency: what this machine and server allow any client."""
+    import httpx
+
+    per_request = 1 if args.ignore_n else args.group_size
+    limit = asyncio.Semaphore(args.concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=args.concurrency)) as http:
+
+        async def one(k: int) -> int:
+            async with limit:
+                body = {"model": "stub", "messages": [{"role": "user", "content": f"q{k}"}], "n": per_request}
+                return len((await http.post(url + "/chat/completions", json=body)).json()["choices"])
+
+        await one(0)
+        t0 = time.perf_counter()
+        got = sum(await asyncio.gather(*(one(k) for k in range(1, args.groups * args.group_size // per_request + 1))))
+        return got / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -104,12 +131,16 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = asyncio.run(run(args, url, Path(tmp)))
+        bare_rps = asyncio.run(bare(args, url))
+        result["bare_client_rps"] = round(bare_rps, 1)
+        result["bare_client_ratio"] = round(bare_rps / result["bound_rps"], 3)
     finally:
         proc.terminate()
         proc.wait(10)
     if not args.json:
         print(f"{result['achieved_rps']} rollouts/s of a bound of {result['bound_rps']} ({result['ratio']:.0%}); "
-              f"client CPU {result['overhead_ms']} ms per rollout")  # fmt: skip
+              f"client CPU {result['overhead_ms']} ms per rollout; a bare HTTP client reaches "
+              f"{result['bare_client_rps']} ({result['bare_client_ratio']:.0%})")  # fmt: skip
     print(json.dumps(result))
 
 
