@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tfgrpo.errors import UserError  # noqa: E402
-from tfgrpo.params import make_config, run  # noqa: E402
+from tfgrpo.params import make_config  # noqa: E402
+from tfgrpo.params import train_params as run  # noqa: E402
 from tfgrpo.params.checkpoint import latest_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,6 @@ call per micro-batch, so the wrapper sees one forward per backward.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,13 +22,15 @@ from tfgrpo.errors import UserError
 from tfgrpo.params.config import ParamsConfig
 from tfgrpo.params.metrics import StepStats, format_step, mean, std
 from tfgrpo.rewards import group_advantages
+from tfgrpo.rundir import STEPS, RunDir
 from tfgrpo.task_registry import Task, load_task
 
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
 
-def train(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
-    cfg.check()
+def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+    if not resume and RunDir(cfg.run_dir).exists():
+        raise UserError(f"{cfg.run_dir} already holds a run: continue it with --resume {cfg.run_dir}, or choose another --out")
     task = load_task(cfg.task, **({"data": cfg.data} if cfg.data else {}))
     try:
         import torch
@@ -89,7 +90,8 @@ class _Run:
         self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
         self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
         self.acc = Accelerator(cpu=device == "cpu")
-        self.run_dir = Path(cfg.out)
+        self.rd = RunDir(cfg.run_dir)
+        self.run_dir = self.rd.path
         torch.manual_seed(cfg.seed)
         model, self.tokenizer = load_policy(cfg.model, seed=cfg.seed, dtype=cfg.dtype, lora_r=cfg.lora_r,
                                             lora_alpha=cfg.lora_alpha,
@@ -126,28 +128,27 @@ class _Run:
         from tfgrpo.params.rollout import SampleOrder
 
         t0 = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rd.create()
         state: dict[str, Any] = {"step": 0, "cursor": 0, "reward_by_step": []}
         if resume:
             ckpt = latest_checkpoint(resume)
             state = load_checkpoint(ckpt, self.policy, self.optimizer)
             self._log(f"resumed from {ckpt} at step {state['step']}")
-        else:
-            self._write_config()
+        if self.acc.is_main_process:
+            self.rd.write_config(self.cfg)
+            self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
         last_ckpt = None
-        with open(self.run_dir / "steps.jsonl", "a") as steps_file:
-            for step in range(state["step"] + 1, self.cfg.steps + 1):
-                metrics = self.step(step, order)
-                rewards.append(metrics["reward_mean"])
-                if self.acc.is_main_process:
-                    steps_file.write(json.dumps(metrics) + "\n")
-                    steps_file.flush()
-                self._log(format_step(metrics))
-                if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
-                    last_ckpt = self.save(step, order.cursor, rewards)
+        for step in range(state["step"] + 1, self.cfg.steps + 1):
+            metrics = self.step(step, order)
+            rewards.append(metrics["reward_mean"])
+            if self.acc.is_main_process:
+                self.rd.append(STEPS, [metrics])
+            self._log(format_step(metrics))
+            if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
+                last_ckpt = self.save(step, order.cursor, rewards)
         final = self.export()
         self._status("finished", self.cfg.steps)
         changed = self._params_changed()
@@ -163,8 +164,8 @@ class _Run:
             "device": self.acc.device.type,
             "processes": self.acc.num_processes,
             "wall_s": round(time.perf_counter() - t0, 2),
+            "metrics": str(self.run_dir / STEPS),
         }
-        self._log_summary(summary)
         return summary
 
     def step(self, step: int, order) -> dict[str, Any]:
@@ -352,7 +353,7 @@ class _Run:
     def export(self) -> Path:
         from tfgrpo.params.model import save_pretrained
 
-        path = self.run_dir / "final"
+        path = self.rd.final_model_path
         if not self.progress:
             from transformers.utils import logging as hf_logging
 
@@ -363,35 +364,11 @@ class _Run:
         self.acc.wait_for_everyone()
         return path
 
-    def _write_config(self) -> None:
-        import yaml
-
-        if self.acc.is_main_process:
-            data = {"mode": "params", **self.cfg.model_dump()}
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-
     def _status(self, status: str, steps_done: int) -> None:
-        """status.json as the training-free runs write it, so `tfgrpo runs` and `report` read both."""
-        from tfgrpo.training_free.loop import RunDir, write_status
-
         if self.acc.is_main_process:
-            write_status(RunDir(self.run_dir), status, None, steps_done, self.cfg.steps)
+            self.rd.write_status("params", status, steps_done=steps_done, steps_planned=self.cfg.steps)
 
     def _log(self, line: str) -> None:
         if self.progress and self.acc.is_main_process:
             print(line, file=sys.stderr, flush=True)
 
-    def _log_summary(self, s: dict[str, Any]) -> None:
-        if not (self.progress and self.acc.is_main_process):
-            return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="parameter-mode run", show_header=False)
-        r = [x for x in s["reward_by_step"] if x is not None]
-        for k, v in [("steps", s["steps"]), ("model", s["model"]), ("loss", s["loss"]),
-                     ("reward first → last", f"{r[0]:.3f} → {r[-1]:.3f}" if r else "-"),
-                     ("checkpoint", s["final_checkpoint"]), ("model export", s["final_model"]),
-                     ("metrics", str(self.run_dir / "steps.jsonl")), ("wall", f"{s['wall_s']} s")]:
-            table.add_row(k, str(v))
-        Console(stderr=True).print(table)
