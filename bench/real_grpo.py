@@ -17,7 +17,7 @@ Progress (reward by step, evaluations) goes to stderr; the last stdout line is o
 with reward_by_step, heldout_before, heldout_after, ci95_diff, tokens_per_s, wall_s (and the
 settings).
 
-    python bench/real_grpo.py --json                      # about 10-15 minutes on 2 cores
+    python bench/real_grpo.py --json                      # measured: 35 min on a loaded 2-core machine
     python bench/real_grpo.py --steps 2 --heldout 8 --json  # a smoke run (the slow test)
 """
 
