@@ -45,3 +45,19 @@ def test_real_grpo_runs_a_few_steps(tmp_path):
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
     steps = RunDir(run).read(STEPS)
     assert [s["step"] for s in steps] == [1, 2] and all(s["gen_tokens"] > 0 for s in steps)
+
+
+def test_digit_sums_task_scores_the_answer_line_and_holds_items_out():
+    import asyncio
+
+    from tfgrpo.rewards import score_group
+    from tfgrpo.task_registry import load_task
+
+    task = load_task("digit_sums")
+    assert len(task.eval_dataset) == 200 and len(task.dataset) == 200
+    assert not {s.id for s in task.dataset} & {s.id for s in task.eval_dataset}
+    sample = next(s for s in task.eval_dataset if s.answer == 13)
+    assert sample.messages[-1]["role"] == "user" and sample.messages[1]["content"] == "Answer: 8"
+    texts = ["Answer: 13", "Answer:13.", "The answer is 13", "Answer: 12\nAnswer: 13", ""]
+    rows = asyncio.run(score_group(task.rewards, sample, texts))
+    assert [r[0] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0]
