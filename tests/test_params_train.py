@@ -49,9 +49,8 @@ def test_every_loss_trains(tmp_path, loss):
 
 
 def test_packed_and_naive_forward_train_identically(tmp_path):
-    # model_copy sets the mode whatever type the config's field has (bool or auto/packed/naive)
-    a = run(quick(tmp_path / "a").model_copy(update={"prefix_sharing": "packed"}), progress=False)
-    b = run(quick(tmp_path / "b").model_copy(update={"prefix_sharing": "naive"}), progress=False)
+    a = run(quick(tmp_path / "a", prefix_sharing="packed"), progress=False)
+    b = run(quick(tmp_path / "b", prefix_sharing="naive"), progress=False)
     assert a["reward_by_step"] == b["reward_by_step"]
     fwd = [json.loads(x)["forward"] for x in (tmp_path / "a" / "run" / "steps.jsonl").read_text().splitlines()]
     assert fwd and all(f.startswith("packed") for f in fwd)
@@ -186,3 +185,12 @@ def test_fingerprint_tells_a_trained_weight_from_an_untouched_one():
     after = fingerprint(model)
     changed = [n for n in before if before[n] != after[n]]
     assert changed == ["model.norm.weight"]
+
+
+def test_prefix_sharing_takes_auto_packed_or_naive():
+    from tfgrpo.errors import UserError
+
+    assert make_config().prefix_sharing == "auto"
+    assert make_config(prefix_sharing="naive").prefix_sharing == "naive"
+    with pytest.raises(UserError, match="prefix.sharing"):
+        make_config(prefix_sharing="sometimes")

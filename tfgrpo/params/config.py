@@ -79,8 +79,10 @@ class ParamsConfig(ConfigModel):
     max_response_len: int = Field(256, ge=1, description="Maximum new tokens per response.",
                                   json_schema_extra=flag("max-response-len"))
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.", json_schema_extra=flag("temperature"))
-    prefix_sharing: bool = Field(True, description="Compute each group's prompt once in the training forward.",
-                                 json_schema_extra=flag("prefix-sharing"))
+    prefix_sharing: Literal["auto", "packed", "naive"] = Field(
+        "auto", description="Training forward: packed (each group's prompt once), naive (prompt repeated per "
+        "response), or auto (packed when it saves enough tokens; the choice is logged).",
+        json_schema_extra=flag("prefix-sharing"))
     generator: Literal["auto", "hf", "vllm"] = Field("auto", description="Generation backend (auto: vLLM on a GPU "
                                                      "when installed, else HF generate).", json_schema_extra=flag("generator"))
 

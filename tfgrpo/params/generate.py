@@ -19,19 +19,27 @@ class Generator(Protocol):
 
 class HFGenerator:
     """Batched ``model.generate`` with left-padded prompts and plain sampling (no top-k/top-p),
-    so the sampling distribution is the policy's own."""
+    so the sampling distribution is the policy's own.
 
-    def __init__(self, model, tokenizer, *, max_new_tokens: int, temperature: float):
+    Where a plain ``generate(num_return_sequences=n)`` loses: it repeats every prompt n times
+    *before* the prefill, so each prompt is encoded n times. Here each prompt is prefilled once
+    (all but its last token, into a ``DynamicCache``), the cache is repeated n times, and
+    ``generate`` continues from it: prefill work drops n-fold, the samples are the same
+    distribution (greedy output is identical, tests/test_params_generate.py). ``shared_prefill=False``
+    gives the plain call (the benchmark's baseline)."""
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int, temperature: float, shared_prefill: bool = True):
         self.model = model
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.shared_prefill = shared_prefill
 
     def sync_weights(self, model) -> None:
         self.model = model  # same module object: nothing to copy
 
-    def sample(self, prompts: list[list[int]], n: int) -> list[list[list[int]]]:
+    def sample(self, prompts: list[list[int]], n: int, *, greedy: bool = False) -> list[list[list[int]]]:
         import torch
 
         device = next(self.model.parameters()).device
@@ -41,19 +49,42 @@ class HFGenerator:
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(p)
             attn[i, width - len(p):] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        opts = dict(max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+        if greedy:
+            opts.update(do_sample=False, top_k=None, top_p=None, temperature=None)
+        else:
+            opts.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                    temperature=self.temperature, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens,
-                    num_return_sequences=n, pad_token_id=self.pad_id, eos_token_id=self.eos_id,
-                )
+                if self.shared_prefill and width > 1 and (n > 1 or not greedy):
+                    cache = self._prefill(ids[:, :-1], attn[:, :-1])
+                    cache.batch_repeat_interleave(n)
+                    out = self.model.generate(input_ids=ids.repeat_interleave(n, 0),
+                                              attention_mask=attn.repeat_interleave(n, 0),
+                                              past_key_values=cache, **opts)
+                elif greedy and n > 1:
+                    out = self.model.generate(input_ids=ids.repeat_interleave(n, 0),
+                                              attention_mask=attn.repeat_interleave(n, 0), **opts)
+                else:
+                    out = self.model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=n, **opts)
         finally:
             self.model.train(was_training)
         new = out[:, width:].tolist()
         return [[cut_at_eos(new[i * n + j], self.eos_id) for j in range(n)] for i in range(len(prompts))]
+
+    def _prefill(self, ids, attn):
+        """The KV cache of ``ids`` (left-padded), positions counted from each row's first real
+        token as ``generate`` counts them."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        self.model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                                 use_cache=True)
+        return cache
 
 
 class VLLMGenerator:

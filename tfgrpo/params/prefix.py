@@ -108,7 +108,7 @@ def packed_logprobs(model, groups: list[GroupTokens], *, flex: bool | None = Non
     :func:`naive_logprobs` for each group, same gradients. ``flex`` (default: on CUDA when
     available) and ``one_row`` (default: with flex) override the choice of kernel and layout."""
     if flex is None:
-        flex = _flex_available(model, groups[0].prompt.device)
+        flex = flex_available(model, groups[0].prompt.device)
     layout = _Layout(groups, one_row=flex if one_row is None else one_row)
     ids, pos = layout.tensors()
     if flex:
@@ -211,7 +211,7 @@ class _Layout:
         return create_block_mask(mask_mod, B=None, H=None, Q_LEN=self.width, KV_LEN=self.width, device=self.device)
 
 
-def _flex_available(model, device) -> bool:
+def flex_available(model, device) -> bool:
     if device.type != "cuda":
         return False
     try:

@@ -85,7 +85,7 @@ class _Run:
         from tfgrpo.params.model import fingerprint, load_policy
 
         self.cfg, self.task, self.progress = cfg, task, progress
-        self.prefix_sharing = getattr(cfg, "prefix_sharing", "auto")  # auto | packed | naive (True: auto)
+        self.prefix_sharing = cfg.prefix_sharing  # auto | packed | naive
         self.forward_modes: list[str] = []
         self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
         self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
