@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from tfgrpo.config import build
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.llm.endpoints import Models, open_models
-from tfgrpo.rundir import OPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.rundir import OPS, STEPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Task, load_task
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
@@ -94,6 +94,11 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         fixed = sorted(_changed(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json")) - RESUMABLE)
         if fixed:
             raise UserError(f"a resumed run keeps its settings; cannot change {', '.join(fixed)} (start a new run instead)")
+        try:  # a damaged step record stops the resume here, before anything is written
+            rd.steps()
+        except (ValueError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
+            raise UserError(f"{rd.file(STEPS)}: a step record is damaged ({str(e).splitlines()[0][:120]}); "
+                            "restore the file or start a new run") from None
     else:
         rd = new_run_dir(out, cfg.task)
     hooks = hooks or Hooks()
@@ -217,7 +222,10 @@ def export_pack(run: str | Path, out: str | Path, *, step: int | None = None, ev
     directory). The manifest records ``eval_summary``, else the run's ``eval.json`` when it
     evaluated the exported step."""
     pack = pack_from_run(run, step, eval_summary, name)
-    pack.write(Path(out))
+    try:
+        pack.write(Path(out))
+    except OSError as e:
+        raise UserError(f"cannot write the pack to {out}: {e.strerror or e}") from None
     return pack
 
 

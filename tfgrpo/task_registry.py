@@ -93,6 +93,8 @@ def task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
             t.args = dict(kwargs)
             if not t.dataset:
                 raise UserError(f"task '{task_name}' has an empty dataset")
+            for part in (t.dataset, t.eval_dataset or []):
+                _check_ids(task_name, part)
             return t
 
         build.__wrapped__ = f  # type: ignore[attr-defined]
@@ -102,6 +104,17 @@ def task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
         return build
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _check_ids(task_name: str, samples: list[Sample]) -> None:
+    """Sample ids name a problem in the cache, the split and every record: non-empty and unique."""
+    seen: set[str] = set()
+    for s in samples:
+        if not s.id.strip():
+            raise UserError(f"task '{task_name}': a sample has an empty id")
+        if s.id in seen:
+            raise UserError(f"task '{task_name}': sample id {s.id!r} appears twice; ids must be unique")
+        seen.add(s.id)
 
 
 def _load_module(path: Path, module_name: str):
@@ -157,25 +170,41 @@ def load_task(spec: str, **kwargs: Any) -> Task:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local JSONL, JSON or Parquet file; a bad line is an error naming it."""
+    """Rows of a local JSONL, JSON or Parquet file; a bad file or line is one error naming it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"data file not found: {p}")
+    try:
+        rows = _rows(p)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid JSON: nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: invalid JSON: {e}") from None
+    except (ValueError, OSError) as e:  # bad JSON, an int past Python's digit limit, a bad Parquet file
+        raise UserError(str(e) if str(e).startswith(str(p)) else f"{p}: cannot read: {e}") from None
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise UserError(f"{p}: row {n} is not an object")
+    return rows
+
+
+def _rows(p: Path) -> list[Any]:
     if p.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise UserError("reading Parquet needs pyarrow: pip install pyarrow") from None
-        return pq.read_table(p).to_pylist()
-    if p.suffix == ".json":
+        import pyarrow as pa
+
         try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}: invalid JSON: {e}") from None
+            return pq.read_table(p).to_pylist()
+        except pa.ArrowException as e:  # not a ValueError for every kind of damage
+            raise ValueError(f"{p}: not a readable Parquet file: {e}") from None
+    if p.suffix == ".json":
+        data = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(data, list):
             raise UserError(f"{p}: expected a JSON list of rows")
         return data
-    try:
-        return jsonl_rows(p)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    return jsonl_rows(p)

@@ -18,9 +18,11 @@ from tfgrpo.rundir import library_dir
 
 def _read_eval(source: Path) -> dict[str, Any]:
     try:
-        evals = json.loads(Path(source).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        evals = json.loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # also not UTF-8, or an int past Python's digit limit
         raise UserError(f"cannot read eval results {source}: {e}") from None
+    except RecursionError:
+        raise UserError(f"cannot read eval results {source}: JSON nested too deeply") from None
     if not isinstance(evals, dict):
         raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
     return evals
