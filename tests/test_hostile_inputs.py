@@ -118,6 +118,12 @@ def resume_with_step(line: str) -> Callable[[Path], list[str]]:
     return make
 
 
+def corrupt_version(tmp: Path, content: str | bytes) -> Path:
+    """A library folder whose one version file is damaged."""
+    write(tmp / "bad" / "library" / "versions" / "000001.json", content)
+    return tmp / "bad"
+
+
 def proxy_with(tmp: Path) -> list[str]:
     return ["proxy", "--pack", str(pack_dir(tmp, lines=[lesson("")])), "--upstream", "http://127.0.0.1:9/v1"]
 
@@ -191,6 +197,19 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     # a start that fails after the run directory was made
     "train --serve without vllm": lambda tmp: ["train", "--task", "demo", "--serve", "no/such-model",
                                                "--out", str(tmp / "run"), "-q"],
+    # damaged libraries read by other commands
+    "library show, version not JSON": lambda tmp: ["library", "show", str(corrupt_version(tmp, "{oops"))],
+    "library log, version not UTF-8": lambda tmp: ["library", "log", str(corrupt_version(tmp, b'{"step": "\xff"}'))],
+    "library show, version deeply nested": lambda tmp: ["library", "show", str(corrupt_version(tmp, "[" * DEEP + "]" * DEEP))],
+    "library show, version with a 5000-digit int": lambda tmp: ["library", "show", str(corrupt_version(tmp, '{"step": ' + HUGE + "}"))],
+    "eval --library damaged": lambda tmp: ["eval", "--task", "demo", "--model", "sim", "--library", str(corrupt_version(tmp, "{oops"))],
+    "eval --data not UTF-8": lambda tmp: ["eval", "--task", "math", "--model", "sim", "--library", str(library(tmp)),
+                                          "--data", str(write(tmp / "d.jsonl", b'{"problem": "\xff"}\n'))],
+    "eval --config deeply nested": lambda tmp: ["eval", "--library", str(library(tmp)), "--model", "sim",
+                                                "--config", str(write(tmp / "c.yaml", "k: " + "[" * DEEP + "]" * DEEP))],
+    # devices and special files given as inputs
+    "--data /dev/zero": lambda tmp: ["train", "--task", "math", "--data", "/dev/zero", "--model", "sim", "--out", str(tmp / "run")],
+    "--config /dev/zero": lambda tmp: ["train", "--config", "/dev/zero", "--out", str(tmp / "run")],
     # other commands
     "report a directory that is no run": lambda tmp: ["report", str(tmp)],
     "sandbox run a binary": lambda tmp: ["sandbox", "run", "/bin/ls"],
