@@ -210,6 +210,11 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     # devices and special files given as inputs
     "--data /dev/zero": lambda tmp: ["train", "--task", "math", "--data", "/dev/zero", "--model", "sim", "--out", str(tmp / "run")],
     "--config /dev/zero": lambda tmp: ["train", "--config", "/dev/zero", "--out", str(tmp / "run")],
+    # flags typer itself refuses (usage errors)
+    "--epochs abc": lambda tmp: ["train", "--epochs", "abc", "--out", str(tmp / "run")],
+    "an unknown option": lambda tmp: ["train", "--no-such-flag", "--out", str(tmp / "run")],
+    "a missing argument": lambda tmp: ["pack", "verify"],
+    "proxy --port abc": lambda tmp: ["proxy", "--pack", str(tmp), "--upstream", "http://127.0.0.1:9/v1", "--port", "abc"],
     # other commands
     "report a directory that is no run": lambda tmp: ["report", str(tmp)],
     "sandbox run a binary": lambda tmp: ["sandbox", "run", "/bin/ls"],
