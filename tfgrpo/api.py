@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from tfgrpo.config import build
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.llm.endpoints import Models, open_models
-from tfgrpo.rundir import EVALS, OPS, STEPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.rundir import EVALS, OPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Task, load_task
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
@@ -97,6 +97,8 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         try:  # a damaged step record stops the resume here, before anything is written
             rd.steps()
         except (ValueError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
+            from tfgrpo.rundir import STEPS
+
             raise UserError(f"{rd.file(STEPS)}: a step record is damaged ({str(e).splitlines()[0][:120]}); "
                             "restore the file or start a new run") from None
     else:

@@ -67,11 +67,12 @@ def build_app() -> typer.Typer:
     from tfgrpo.cli import serve as serve_cli
     from tfgrpo.cli import train as train_cli
 
-    app = typer.Typer(name="tfgrpo", cls=Commands, help=HELP, no_args_is_help=True, add_completion=False,
+    app = typer.Typer(name="tfgrpo", help=HELP, no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False, rich_markup_mode=None)
     for module in (train_cli, eval_cli, grpo_cli, library_cli, pack_cli, proxy_cli, report_cli, runs_cli,
                    sandbox_cli, serve_cli):
         module.register(app)
+    app.info.cls = Commands
     return app
 
 
