@@ -165,7 +165,8 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     # ports
     "proxy --port 99999": lambda tmp: ["proxy", "--pack", str(pack_dir(tmp)), "--upstream", "http://127.0.0.1:9/v1", "--port", "99999"],
     "proxy --port -1": lambda tmp: ["proxy", "--pack", str(pack_dir(tmp)), "--upstream", "http://127.0.0.1:9/v1", "--port", "-1"],
-    "serve --port 99999": lambda tmp: ["serve", "sim", "--port", "99999"],
+    "serve --port 99999": lambda tmp: ["serve", "some/model", "--port", "99999"],
+    "sim-server --port 70000": lambda tmp: ["sim-server", "--port", "70000"],
     # packs (verify, import, proxy start-up)
     "pack 5000-digit int in manifest": verify(manifest_raw='{"format_version": ' + HUGE + "}"),
     "pack deeply nested manifest": verify(manifest_raw="[" * DEEP + "]" * DEEP),
