@@ -19,7 +19,10 @@ from experience_store.errors import StoreError
 class VersionStore:
     def __init__(self, path: Path):
         self.dir = path / "versions"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create a library in {path}: {e.strerror or e}") from None
         self._lock = FileLock(str(path / ".lock"))
 
     def steps(self) -> list[int]:

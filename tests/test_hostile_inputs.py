@@ -124,6 +124,11 @@ def corrupt_version(tmp: Path, content: str | bytes) -> Path:
     return tmp / "bad"
 
 
+def task_file(tmp: Path, body: str) -> str:
+    """A user task file whose factory ``x`` runs ``body``."""
+    return str(write(tmp / "t.py", "from tfgrpo.task_registry import task\n@task\ndef x():\n    " + body + "\n")) + ":x"
+
+
 def proxy_with(tmp: Path) -> list[str]:
     return ["proxy", "--pack", str(pack_dir(tmp, lines=[lesson("")])), "--upstream", "http://127.0.0.1:9/v1"]
 
@@ -211,6 +216,19 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     # devices and special files given as inputs
     "--data /dev/zero": lambda tmp: ["train", "--task", "math", "--data", "/dev/zero", "--model", "sim", "--out", str(tmp / "run")],
     "--config /dev/zero": lambda tmp: ["train", "--config", "/dev/zero", "--out", str(tmp / "run")],
+    # where results are written
+    "pack merge --out /proc/x.zip": lambda tmp: ["pack", "merge", str(pack_dir(tmp)), str(pack_dir(tmp)), "--out", "/proc/x.zip"],
+    "pack import --into /proc/x": lambda tmp: ["pack", "import", str(pack_dir(tmp)), "--into", "/proc/x"],
+    "pack import --into /dev/null": lambda tmp: ["pack", "import", str(pack_dir(tmp)), "--into", "/dev/null"],
+    "pack import --into a file": lambda tmp: ["pack", "import", str(pack_dir(tmp)), "--into", str(write(tmp / "f", "x"))],
+    "report --out /proc/x": lambda tmp: ["report", str(library(tmp).parent), "--out", "/proc/x"],
+    # user task files and prompt templates
+    "task factory returns no Task": lambda tmp: ["train", "--task", task_file(tmp, "return 5"), "--model", "sim", "--out", str(tmp / "run")],
+    "task factory raises": lambda tmp: ["train", "--task", task_file(tmp, "raise KeyError('split')"), "--model", "sim", "--out", str(tmp / "run")],
+    "prompt template with a syntax error": lambda tmp: ["train", "--task", "demo", "--model", "sim", "--out", str(tmp / "run"),
+                                                        "--prompts-dir", str(write(tmp / "p" / "agent.j2", "{% if %}").parent)],
+    "prompt template not UTF-8": lambda tmp: ["train", "--task", "demo", "--model", "sim", "--out", str(tmp / "run"),
+                                              "--prompts-dir", str(write(tmp / "p" / "agent.j2", b"\xff\xfe").parent)],
     # flags typer itself refuses (usage errors)
     "--epochs abc": lambda tmp: ["train", "--epochs", "abc", "--out", str(tmp / "run")],
     "an unknown option": lambda tmp: ["train", "--no-such-flag", "--out", str(tmp / "run")],

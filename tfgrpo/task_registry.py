@@ -86,9 +86,14 @@ def task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
                 sig.bind(**kwargs)
             except TypeError as e:
                 raise UserError(f"task '{task_name}': bad arguments {kwargs}: {e}") from None
-            t = f(**kwargs)
+            try:
+                t = f(**kwargs)
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # a task's code failing on its data is the task's author's to fix
+                raise UserError(f"task '{task_name}' failed: {type(e).__name__}: {str(e)[:300]}") from None
             if not isinstance(t, Task):
-                raise TypeError(f"task '{task_name}' must return a Task, got {type(t).__name__}")
+                raise UserError(f"task '{task_name}' must return a Task, got {type(t).__name__}")
             t.name = task_name
             t.args = dict(kwargs)
             if not t.dataset:

@@ -112,7 +112,10 @@ def register(app: typer.Typer) -> None:
                   as_json: bool = json_opt) -> None:
         """A's lessons plus B's that are not (near-)duplicates of one already kept."""
         merged, skipped = Pack.load(a).merge(Pack.load(b), threshold=threshold, name=out.stem)
-        merged.write(out)
+        try:
+            merged.write(out)
+        except OSError as e:
+            raise UserError(f"cannot write the pack to {out}: {e.strerror or e}") from None
         emit([manifest_table(merged, f"wrote {out}; {len(skipped)} duplicates skipped")],
              {"pack": str(out), "experiences": len(merged.active), "skipped": skipped}, as_json)
 

@@ -28,7 +28,10 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"{run} is not a run directory (it has no {CONFIG}, {STEPS} or {LIBRARY}/)")
         from tfgrpo.report import write_report
 
-        rep = write_report(run, out)
+        try:
+            rep = write_report(run, out)
+        except OSError as e:
+            raise UserError(f"cannot write the report to {out or run / 'report'}: {e.strerror or e}") from None
         for p in rep.plots:
             err_console.print(f"plot   {p}", highlight=False)
         if rep.missing:
