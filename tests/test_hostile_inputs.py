@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from tfgrpo.cli import build_app
 
 DEEP = 100_000  # nesting far past Python's recursion limit
+DEEP_YAML = 5_000  # the same for YAML (read by a pure-Python parser, slowly)
 HUGE = "1" * 5000  # past Python's 4300-digit limit for int()
 ROW = {"problem": "1+1?", "answer": "2"}
 
@@ -153,7 +154,7 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "bool sample id": data_case("d.jsonl", jsonl({**ROW, "id": True})),
     # config YAML (config.load_yaml, config.build)
     "yaml not UTF-8": config_case(b"task: demo\nepochs: \xff\n"),
-    "yaml deeply nested": config_case("task_args: " + "[" * DEEP + "]" * DEEP + "\n"),
+    "yaml deeply nested": config_case("task_args: " + "[" * DEEP_YAML + "]" * DEEP_YAML + "\n"),
     "yaml 5000-digit int": config_case("epochs: " + HUGE + "\n"),
     "yaml top level a list": config_case("- 1\n"),
     "yaml group_size: true": config_case("sampling:\n  group_size: true\n"),
@@ -212,7 +213,7 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "eval --data not UTF-8": lambda tmp: ["eval", "--task", "math", "--model", "sim", "--library", str(library(tmp)),
                                           "--data", str(write(tmp / "d.jsonl", b'{"problem": "\xff"}\n'))],
     "eval --config deeply nested": lambda tmp: ["eval", "--library", str(library(tmp)), "--model", "sim",
-                                                "--config", str(write(tmp / "c.yaml", "k: " + "[" * DEEP + "]" * DEEP))],
+                                                "--config", str(write(tmp / "c.yaml", "k: " + "[" * DEEP_YAML + "]" * DEEP_YAML))],
     # devices and special files given as inputs
     "--data /dev/zero": lambda tmp: ["train", "--task", "math", "--data", "/dev/zero", "--model", "sim", "--out", str(tmp / "run")],
     "--config /dev/zero": lambda tmp: ["train", "--config", "/dev/zero", "--out", str(tmp / "run")],
