@@ -8,6 +8,7 @@ into the wheel); a user task is named by path, ``my_tasks.py:name``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -174,42 +175,53 @@ def load_task(spec: str, **kwargs: Any) -> Task:
     return _REGISTRY[spec](**kwargs)
 
 
+def _file_errors(read: Callable[[str | Path], list[Any]]) -> Callable[[str | Path], list[dict[str, Any]]]:
+    """Every way a data file can be unreadable (not UTF-8, nested too deeply, an integer past
+    Python's digit limit, a damaged Parquet file) is one error naming the file; rows are objects."""
+
+    @functools.wraps(read)
+    def checked(path: str | Path) -> list[dict[str, Any]]:
+        p = Path(path).expanduser()
+        try:
+            rows = read(path)
+        except (UserError, MemoryError):
+            raise
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise UserError(f"{p}: invalid JSON: nested too deeply") from None
+        except Exception as e:  # noqa: BLE001 - a parser's error on the user's file (json, pyarrow, csv)
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UserError(f"{p}: cannot read: {first}") from None
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise UserError(f"{p}: row {n} is not an object")
+        return rows
+
+    return checked
+
+
+@_file_errors
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local JSONL, JSON or Parquet file; a bad file or line is one error naming it."""
+    """Rows of a local JSONL, JSON or Parquet file; a bad line is an error naming it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"data file not found: {p}")
-    try:
-        rows = _rows(p)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except RecursionError:
-        raise UserError(f"{p}: invalid JSON: nested too deeply") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: invalid JSON: {e}") from None
-    except (ValueError, OSError) as e:  # bad JSON, an int past Python's digit limit, a bad Parquet file
-        raise UserError(str(e) if str(e).startswith(str(p)) else f"{p}: cannot read: {e}") from None
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise UserError(f"{p}: row {n} is not an object")
-    return rows
-
-
-def _rows(p: Path) -> list[Any]:
     if p.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise UserError("reading Parquet needs pyarrow: pip install pyarrow") from None
-        import pyarrow as pa
-
-        try:
-            return pq.read_table(p).to_pylist()
-        except pa.ArrowException as e:  # not a ValueError for every kind of damage
-            raise ValueError(f"{p}: not a readable Parquet file: {e}") from None
+        return pq.read_table(p).to_pylist()
     if p.suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}: invalid JSON: {e}") from None
         if not isinstance(data, list):
             raise UserError(f"{p}: expected a JSON list of rows")
         return data
-    return jsonl_rows(p)
+    try:
+        return jsonl_rows(p)
+    except ValueError as e:
+        raise UserError(str(e)) from None
