@@ -24,6 +24,31 @@ def collection_name(name: str) -> str:
     return f"lib-{clean or 'x'}-x"[: 500] if len(clean) < 3 else clean[:500]
 
 
+class Guarded:
+    """A Chroma server's client, or a collection of it, whose lost connection (the server stopped
+    mid-run) is a one-line StoreError instead of httpx's transport error."""
+
+    def __init__(self, target: Any, store: str):
+        self._target, self._store = target, store
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import httpx
+
+            try:
+                result = attr(*args, **kwargs)
+            except (httpx.TransportError, ConnectionError) as e:
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                raise StoreError(f"lost the Chroma server at {self._store}: {type(e).__name__}: {first}") from None
+            return Guarded(result, self._store) if type(result).__name__ == "Collection" else result
+
+        return call
+
+
 class ChromaIndex:
     """``store=None``: ``<path>/chroma``; ``store="http://host:port"``: that server."""
 
@@ -51,7 +76,7 @@ class ChromaIndex:
                     client.heartbeat()
                 except Exception as e:
                     raise StoreError(f"cannot reach the Chroma server at {self.store}: {str(e).splitlines()[0][:200]}") from None
-                self._client = client
+                self._client = Guarded(client, self.store)
         return self._client
 
     def collection(self) -> Any:

@@ -10,14 +10,19 @@ from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock
+from pydantic import ValidationError
 
 from experience_store.edits import LibraryState
+from experience_store.errors import StoreError
 
 
 class VersionStore:
     def __init__(self, path: Path):
         self.dir = path / "versions"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create a library in {path}: {e.strerror or e}") from None
         self._lock = FileLock(str(path / ".lock"))
 
     def steps(self) -> list[int]:
@@ -29,7 +34,14 @@ class VersionStore:
     def load(self, at_step: int | None) -> LibraryState | None:
         """The latest version at or before ``at_step`` (any step: None); None when there is none."""
         steps = [s for s in self.steps() if at_step is None or s <= at_step]
-        return LibraryState.model_validate_json(self.path(steps[-1]).read_text()) if steps else None
+        if not steps:
+            return None
+        path = self.path(steps[-1])
+        try:
+            return LibraryState.model_validate_json(path.read_bytes())
+        except (ValidationError, OSError) as e:
+            reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror or str(e)
+            raise StoreError(f"{path}: unreadable library version ({reason})") from None
 
     def discard_after(self, step: int) -> None:
         for s in self.steps():

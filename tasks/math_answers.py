@@ -46,7 +46,10 @@ def _first(row: dict[str, Any], keys: tuple[str, ...]) -> Any:
 def samples_from_rows(rows: list[dict[str, Any]], source: str) -> list[Sample]:
     samples = []
     for n, row in enumerate(rows, 1):
-        ident = str(row.get("id", n))
+        ident = row.get("id", n)
+        if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+            raise UserError(f"{source}: row {n} has an id of type {type(ident).__name__}; ids are strings or integers")
+        ident = str(ident)
         problem = _first(row, PROBLEM_KEYS)
         if problem is None:
             raise UserError(f"{source}: row {ident} has no problem text (one of: {', '.join(PROBLEM_KEYS)})")

@@ -94,6 +94,13 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         fixed = sorted(_changed(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json")) - RESUMABLE)
         if fixed:
             raise UserError(f"a resumed run keeps its settings; cannot change {', '.join(fixed)} (start a new run instead)")
+        try:  # a damaged step record stops the resume here, before anything is written
+            rd.steps()
+        except (ValueError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
+            from tfgrpo.rundir import STEPS
+
+            raise UserError(f"{rd.file(STEPS)}: a step record is damaged ({str(e).splitlines()[0][:120]}); "
+                            "restore the file or start a new run") from None
     else:
         rd = new_run_dir(out, cfg.task)
     hooks = hooks or Hooks()
@@ -218,7 +225,10 @@ def export_pack(run: str | Path, out: str | Path, *, step: int | None = None, ev
     directory). The manifest records ``eval_summary``, else the run's ``eval.json`` when it
     evaluated the exported step."""
     pack = pack_from_run(run, step, eval_summary, name)
-    pack.write(Path(out))
+    try:
+        pack.write(Path(out))
+    except OSError as e:
+        raise UserError(f"cannot write the pack to {out}: {e.strerror or e}") from None
     return pack
 
 

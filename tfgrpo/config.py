@@ -9,10 +9,11 @@ default, its description and (optionally) its flag.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from tfgrpo.errors import UserError
 
@@ -20,9 +21,27 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigModel(BaseModel):
-    """Base of every config model: unknown keys are errors, assignments are validated."""
+    """Base of every config model: unknown keys are errors, assignments are validated, and
+    true/false is no number (pydantic would read ``group_size: true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if kinds & {int, float} and not kinds & {bool, Any}:
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (through Optional, unions and Annotated)."""
+    args = get_args(annotation)
+    if not args or get_origin(annotation) is Literal:
+        return {annotation}
+    return set().union(*(_kinds(a) for a in args)) if get_origin(annotation) in (Union, UnionType, Annotated) else {get_origin(annotation)}
 
 
 def flag(name: str, short: str | None = None) -> dict[str, Any]:
@@ -38,9 +57,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid YAML: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise UserError(f"{p}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping at the top level")
     return data

@@ -8,6 +8,7 @@ into the wheel); a user task is named by path, ``my_tasks.py:name``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -86,13 +87,20 @@ def task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
                 sig.bind(**kwargs)
             except TypeError as e:
                 raise UserError(f"task '{task_name}': bad arguments {kwargs}: {e}") from None
-            t = f(**kwargs)
+            try:
+                t = f(**kwargs)
+            except (UserError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # a task's code failing on its data is the task's author's to fix
+                raise UserError(f"task '{task_name}' failed: {type(e).__name__}: {str(e)[:300]}") from None
             if not isinstance(t, Task):
-                raise TypeError(f"task '{task_name}' must return a Task, got {type(t).__name__}")
+                raise UserError(f"task '{task_name}' must return a Task, got {type(t).__name__}")
             t.name = task_name
             t.args = dict(kwargs)
             if not t.dataset:
                 raise UserError(f"task '{task_name}' has an empty dataset")
+            for part in (t.dataset, t.eval_dataset or []):
+                _check_ids(task_name, part)
             return t
 
         build.__wrapped__ = f  # type: ignore[attr-defined]
@@ -102,6 +110,17 @@ def task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
         return build
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _check_ids(task_name: str, samples: list[Sample]) -> None:
+    """Sample ids name a problem in the cache, the split and every record: non-empty and unique."""
+    seen: set[str] = set()
+    for s in samples:
+        if not s.id.strip():
+            raise UserError(f"task '{task_name}': a sample has an empty id")
+        if s.id in seen:
+            raise UserError(f"task '{task_name}': sample id {s.id!r} appears twice; ids must be unique")
+        seen.add(s.id)
 
 
 def _load_module(path: Path, module_name: str):
@@ -156,6 +175,33 @@ def load_task(spec: str, **kwargs: Any) -> Task:
     return _REGISTRY[spec](**kwargs)
 
 
+def _file_errors(read: Callable[[str | Path], list[Any]]) -> Callable[[str | Path], list[dict[str, Any]]]:
+    """Every way a data file can be unreadable (not UTF-8, nested too deeply, an integer past
+    Python's digit limit, a damaged Parquet file) is one error naming the file; rows are objects."""
+
+    @functools.wraps(read)
+    def checked(path: str | Path) -> list[dict[str, Any]]:
+        p = Path(path).expanduser()
+        try:
+            rows = read(path)
+        except (UserError, MemoryError):
+            raise
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        except RecursionError:
+            raise UserError(f"{p}: invalid JSON: nested too deeply") from None
+        except Exception as e:  # noqa: BLE001 - a parser's error on the user's file (json, pyarrow, csv)
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise UserError(f"{p}: cannot read: {first}") from None
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise UserError(f"{p}: row {n} is not an object")
+        return rows
+
+    return checked
+
+
+@_file_errors
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local JSONL, JSON or Parquet file; a bad line is an error naming it."""
     p = Path(path).expanduser()

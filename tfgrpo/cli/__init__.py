@@ -4,13 +4,55 @@ Command modules import only ``console`` and ``options`` of this package."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterator
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+try:  # newer typer carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - typer on the click package
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 HELP = "Training-free GRPO: improve an LLM agent with a learned experience library instead of weight updates."
+
+
+class OneLineUsageError(ClickException):
+    """A bad flag value, a missing option or argument, an unknown option: one line, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        from tfgrpo.cli.console import fail
+
+        fail(self.message)
+
+
+@contextlib.contextmanager
+def _one_line() -> Iterator[None]:
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # a bare group prints its help
+    except UsageError as e:
+        where = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        raise OneLineUsageError(e.format_message() + where) from None
+
+
+class Commands(TyperGroup):
+    """The command tree; usage errors of every command end in one line like all other errors."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line():
+            return super().invoke(ctx)
 
 
 def build_app() -> typer.Typer:
@@ -30,6 +72,7 @@ def build_app() -> typer.Typer:
     for module in (train_cli, eval_cli, grpo_cli, library_cli, pack_cli, proxy_cli, report_cli, runs_cli,
                    sandbox_cli, serve_cli):
         module.register(app)
+    app.info.cls = Commands
     return app
 
 

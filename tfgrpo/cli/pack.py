@@ -18,9 +18,11 @@ from tfgrpo.rundir import LIBRARY, STEPS, library_dir
 
 def _read_eval(source: Path) -> dict[str, Any]:
     try:
-        evals = json.loads(Path(source).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        evals = json.loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # also not UTF-8, or an int past Python's digit limit
         raise UserError(f"cannot read eval results {source}: {e}") from None
+    except RecursionError:
+        raise UserError(f"cannot read eval results {source}: JSON nested too deeply") from None
     if not isinstance(evals, dict):
         raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
     return evals
@@ -110,7 +112,10 @@ def register(app: typer.Typer) -> None:
                   as_json: bool = json_opt) -> None:
         """A's lessons plus B's that are not (near-)duplicates of one already kept."""
         merged, skipped = Pack.load(a).merge(Pack.load(b), threshold=threshold, name=out.stem)
-        merged.write(out)
+        try:
+            merged.write(out)
+        except OSError as e:
+            raise UserError(f"cannot write the pack to {out}: {e.strerror or e}") from None
         emit([manifest_table(merged, f"wrote {out}; {len(skipped)} duplicates skipped")],
              {"pack": str(out), "experiences": len(merged.active), "skipped": skipped}, as_json)
 

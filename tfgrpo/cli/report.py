@@ -22,9 +22,16 @@ def register(app: typer.Typer) -> None:
         self-contained report.html with the library, its most helpful and harmful lessons and the config."""
         if not run.is_dir():
             raise UserError(f"no run directory at {run}")
+        from tfgrpo.rundir import CONFIG, LATEST_EVAL, LIBRARY, STEPS
+
+        if not any((run / name).exists() for name in (CONFIG, STEPS, LIBRARY, LATEST_EVAL)):
+            raise UserError(f"{run} is not a run directory (it has no {CONFIG}, {STEPS} or {LIBRARY}/)")
         from tfgrpo.report import write_report
 
-        rep = write_report(run, out)
+        try:
+            rep = write_report(run, out)
+        except OSError as e:
+            raise UserError(f"cannot write the report to {out or run / 'report'}: {e.strerror or e}") from None
         for p in rep.plots:
             err_console.print(f"plot   {p}", highlight=False)
         if rep.missing:

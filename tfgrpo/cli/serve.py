@@ -36,7 +36,7 @@ def _duration(seconds: float) -> str:
 def serve(
     model: str = typer.Argument(..., help="Model to serve (Hugging Face id or local directory)."),
     engine: str = typer.Option("vllm", help="vllm (GPU) or transformers (CPU: transformers serve with continuous batching)."),
-    port: Optional[int] = typer.Option(None, help="Port (default: a free one)."),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="Port (default: a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     device: str = typer.Option("cpu", help="transformers engine: device to run on."),
     threads: Optional[int] = typer.Option(None, min=1, help="transformers engine: torch CPU threads (default: torch's; 1 is fastest on busy cores)."),
@@ -77,7 +77,7 @@ def serve(
 
 
 def sim_server(
-    port: int = typer.Option(0, help="Port (0: a free one)."),
+    port: int = typer.Option(0, min=0, max=65535, help="Port (0: a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     seed: int = typer.Option(0, help="Seed: same seed, same answers."),
     faults: str = typer.Option("", help="Faults to inject, one per request, e.g. '429,500,timeout,malformed'."),

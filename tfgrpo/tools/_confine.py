@@ -1,4 +1,5 @@
-"""Sandbox launcher, run as a script (stdlib only): ``python -I -S _confine.py SPEC.json``.
+"""Sandbox launcher, run as a script: ``python -I -S _confine.py SPEC.json`` (stdlib, plus
+``pyseccomp`` from the directory the spec names, where it is installed).
 
 It confines itself and the code it runs, then reports how the code ended:
 
@@ -13,7 +14,9 @@ It confines itself and the code it runs, then reports how the code ended:
   ignores SIGXCPU), RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, ``no_new_privs``, a
   Landlock ruleset (read only the Python installation and system libraries, write only the
   working directory, no TCP bind/connect, no signals or abstract sockets outside the sandbox)
-  where the kernel has Landlock, and no capabilities; then ``execve`` of the command with the
+  where the kernel has Landlock, no capabilities, and a seccomp filter refusing kernel interfaces
+  with a record of escapes (and new Unix sockets where no mount namespace could be had); then
+  ``execve`` of the command with the
   scrubbed environment.
 
 The parent waits and writes ``{"exit_code", "signal", "cpu_s", "max_rss_kb", "applied"}``
@@ -47,6 +50,18 @@ KEEP_FLAGS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_
               os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(platform.machine())
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+# System calls untrusted Python has no use for, each a kernel interface with a record of escapes
+# (io_uring also bypasses seccomp for what it does); they fail with EPERM.
+DENIED_SYSCALLS = (
+    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "add_key", "request_key", "keyctl", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+    "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
+    "open_by_handle_at", "name_to_handle_at", "ptrace", "process_vm_readv", "process_vm_writev",
+    "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+)
+CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+AF_UNIX, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 2, 0xF
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -210,7 +225,49 @@ def landlock(read_paths, write_paths, applied):
     applied["landlock"] = abi
 
 
-def child(spec, applied, report):
+def import_pyseccomp(spec, applied):
+    """pyseccomp, imported before the private root hides ldconfig and libseccomp's path; None
+    where it or libseccomp is missing (the launcher runs with -S: its directory is in the spec)."""
+    try:
+        sys.path.append(spec["seccomp_module"])
+        import pyseccomp  # noqa: PLC0415
+
+        return pyseccomp
+    except (ImportError, RuntimeError, OSError) as e:
+        applied["seccomp"] = None
+        applied["seccomp_error"] = f"{type(e).__name__}: {e}"
+        return None
+
+
+def seccomp(sc, applied):
+    """A seccomp filter (libseccomp, through pyseccomp) denying :data:`DENIED_SYSCALLS` and new
+    namespaces; without the private root also new Unix sockets, the one way left to a host
+    socket file (socketpair stays: asyncio and multiprocessing pipes need it; a datagram pair,
+    which could be re-addressed, does not). Other architectures' system calls kill the process."""
+    deny = sc.ERRNO(1)
+    f = sc.SyscallFilter(sc.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            f.add_rule(deny, name)
+        except (OSError, ValueError):
+            continue  # not a system call on this architecture
+    f.add_rule(sc.ERRNO(38), "clone3")  # ENOSYS: the C library falls back to clone, whose flags can be checked
+    if platform.machine() in ("x86_64", "aarch64"):  # clone's flags are its first argument there
+        for flag in CLONE_NS_FLAGS:
+            f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    if applied.get("mount") is None:
+        f.add_rule(sc.ERRNO(13), "socket", sc.Arg(0, sc.EQ, AF_UNIX))
+        f.add_rule(sc.ERRNO(13), "socketpair", sc.Arg(0, sc.EQ, AF_UNIX), sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+    try:
+        f.load()
+    except OSError as e:  # a kernel without seccomp filters
+        applied["seccomp"] = None
+        applied["seccomp_error"] = str(e)
+        return
+    applied["seccomp"] = "deny-list" + ("" if applied.get("mount") else " + no new Unix sockets")
+
+
+def child(spec, applied, report, sc):
     lim = spec["limits"]
     if spec.get("cgroup"):
         with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as f:
@@ -235,6 +292,8 @@ def child(spec, applied, report):
     if spec.get("landlock"):
         landlock(spec["read_paths"], [spec["workdir"]], applied)
     drop_capabilities()
+    if sc is not None:
+        seccomp(sc, applied)
     cmd = spec["cmd"]
     report(applied)
     os.execve(cmd[0], cmd, spec["env"])
@@ -244,6 +303,8 @@ def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     applied = {}  # the caller started us as a session leader (start_new_session)
+    # before the PID namespace: finding libseccomp runs ldconfig, which would become its init and die
+    sc = import_pyseccomp(spec, applied) if spec.get("seccomp_module") else None
     if spec.get("namespaces"):
         enter_namespaces(applied)
     r, w = os.pipe()  # the child reports what it applied, or what failed, before it execs (CLOEXEC)
@@ -255,7 +316,7 @@ def main():
             os.write(w, json.dumps(what).encode() + b"\n")
 
         try:
-            child(spec, applied, report)
+            child(spec, applied, report, sc)
         except BaseException as e:  # noqa: BLE001 - report and never run the code unconfined
             report({"setup_error": f"{type(e).__name__}: {e}"})
             os._exit(126)

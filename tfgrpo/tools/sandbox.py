@@ -12,6 +12,7 @@ isolated.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -107,12 +108,13 @@ def isolation() -> dict[str, Any]:
         "mount_namespace": mount,
         "disk_limit": "tmpfs" if mount else "polled by the parent",
         "proc": res.isolation.get("proc"),
+        "seccomp": res.isolation.get("seccomp"),
         "landlock_abi": plan["landlock_abi"] if "setup_error" not in res.isolation else None,
         "process_limit": "pids cgroup" if plan["cgroup_root"] else ("RLIMIT_NPROC" if os.geteuid() != 0 else None),
         "network": seen.get("network"),
         "read_outside_workdir": seen.get("read_outside"),
         "pid_namespace": seen.get("pid") == 1,
-        **{k: res.isolation[k] for k in ("setup_error", "mount_error", "namespaces_error") if k in res.isolation},
+        **{k: res.isolation[k] for k in ("setup_error", "mount_error", "namespaces_error", "seccomp_error") if k in res.isolation},
         **({"probe_error": seen["probe_error"]} if "probe_error" in seen else {}),
     }
 
@@ -124,7 +126,9 @@ def _plan() -> dict[str, Any]:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     abi = int(libc.syscall(444, None, 0, 1))
-    return {"cgroup_root": pids_cgroup_root(), "landlock_abi": abi if abi > 0 else None}
+    found = importlib.util.find_spec("pyseccomp")  # imported by the launcher only (it needs libseccomp)
+    return {"cgroup_root": pids_cgroup_root(), "landlock_abi": abi if abi > 0 else None,
+            "seccomp_module": os.path.dirname(found.origin) if found and found.origin else None}
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,6 +168,7 @@ def _prepare(code: str, limits: Limits, files: dict[str, str] | None) -> tuple[P
         "env": _env(str(work)),
         "namespaces": True,
         "landlock": plan["landlock_abi"] is not None,
+        "seccomp_module": plan["seccomp_module"],
         "read_paths": _read_paths(),
         "cgroup": cgroup,
         # Without a cgroup a non-root user still has RLIMIT_NPROC (it counts the user's other

@@ -29,6 +29,14 @@ class Prompts:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
         )
+        if override_dir is not None:  # a broken override stops the run before it starts, not mid-step
+            for path in sorted(Path(dirs[0]).glob("*.j2")):
+                try:
+                    self.env.get_template(path.name)
+                except jinja2.TemplateSyntaxError as e:
+                    raise UserError(f"prompt template {e.filename or path}:{e.lineno}: {e.message}") from None
+                except (UnicodeDecodeError, OSError) as e:
+                    raise UserError(f"prompt template {path}: cannot read: {e}") from None
 
     def render(self, name: str, **values: Any) -> str:
         try:

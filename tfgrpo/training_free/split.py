@@ -9,6 +9,7 @@ and there is no validation part.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from tfgrpo.errors import UserError
@@ -38,8 +39,10 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) not in (2, 3) or any(v < 0 for v in values) or sum(values) <= 0:
+    if len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise UserError(f"--split {text!r}: give train/validation/test sizes, e.g. 70/15/15 or 0.8,0.2,0")
+    if not any(math.isclose(sum(values), whole, rel_tol=1e-6) for whole in (1, 100)):
+        raise UserError(f"--split {text!r}: the sizes add up to {sum(values):g}; give fractions of 1 or percentages of 100")
     values += [0.0] * (3 - len(values))
     total = sum(values)
     return (values[0] / total, values[1] / total, values[2] / total)
