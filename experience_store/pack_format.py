@@ -177,7 +177,7 @@ def parse(path: Path, raw: dict[str, bytes]) -> tuple[PackManifest, list[Experie
         meta = json.loads(raw["manifest.json"])
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, integers of thousands of digits, deep nesting
         raise PackError(f"{path}: manifest.json is not valid JSON ({str(e)[:120] or type(e).__name__})") from None
-    if _depth(meta) > MAX_JSON_DEPTH:
+    if json_depth(meta) > MAX_JSON_DEPTH:
         raise PackError(f"{path}: manifest.json is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PackError(f"{path}: manifest.json does not describe a {FORMAT}")
@@ -245,7 +245,7 @@ def _records(path: Path, name: str, data: bytes, model: type[R], limit: int,
     return out
 
 
-def _depth(value: Any) -> int:
+def json_depth(value: Any) -> int:
     """Nesting depth of parsed JSON, without recursion."""
     deepest, stack = 0, [(value, 1)]
     while stack:
