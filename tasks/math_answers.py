@@ -8,56 +8,19 @@ answer (``answer``, ``final_answer``, ``ground_truth`` or ``solution``); an ``id
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
 from typing import Any
 
-from math_verify import parse, verify
-
+from tfgrpo.answers import math_verified
 from tfgrpo.errors import UserError
-from tfgrpo.rewards import reward
 from tfgrpo.task_registry import Sample, Task, read_rows, task
 
 PROBLEM_KEYS = ("problem", "question", "prompt")
 ANSWER_KEYS = ("answer", "final_answer", "ground_truth", "solution")
-CHECK_TIMEOUT_S = 10.0
-# We run math-verify without its signal-based timeouts (they fail off the main thread) and
-# bound each check ourselves; its warning about that is noise here.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
-
 INSTRUCTIONS = (
     "Solve the math problem. Reason step by step, check your work, "
     "and put the final answer in \\boxed{} at the end."
 )
-
-
-def _parse_gold(answer: str) -> list[Any]:
-    gold = parse(answer, parsing_timeout=None)  # signal-based timeouts fail off the main thread
-    if not gold and "$" not in answer and "\\boxed" not in answer:
-        gold = parse(f"${answer}$", parsing_timeout=None)
-    return gold
-
-
-def check(answer: str, completion: str) -> float:
-    """1.0 when the completion's final answer is mathematically equal to ``answer``."""
-    gold = _parse_gold(answer)
-    if not gold:
-        return 0.0
-    pred = parse(completion or "", parsing_timeout=None)
-    if not pred:
-        return 0.0
-    return 1.0 if verify(gold, pred, timeout_seconds=None) else 0.0
-
-
-@reward
-async def math_verified(sample: Sample, completion: str) -> float:
-    """math-verify equality with the reference answer; a check that runs past
-    CHECK_TIMEOUT_S (a pathological expression) scores 0."""
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(check, str(sample.answer), completion), CHECK_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        return 0.0
 
 
 def _rows(data: str, split: str) -> list[dict[str, Any]]:

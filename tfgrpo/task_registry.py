@@ -19,6 +19,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from tfgrpo.errors import UserError
+from tfgrpo.resources import builtin_dir, jsonl_rows
 from tfgrpo.rewards import Reward
 
 
@@ -103,15 +104,6 @@ def task(fn: Callable[..., Task] | None = None, *, name: str | None = None):
     return wrap(fn) if fn is not None else wrap
 
 
-def builtin_dir(kind: str) -> Path:
-    """Folder of the bundled ``tasks`` or ``prompts``: wheel copy first, else the checkout's."""
-    here = Path(__file__).resolve().parent
-    bundled = here / "_builtin" / kind
-    if bundled.is_dir():
-        return bundled
-    return here.parent / kind
-
-
 def _load_module(path: Path, module_name: str):
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -183,15 +175,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(data, list):
             raise UserError(f"{p}: expected a JSON list of rows")
         return data
-    rows = []
-    for lineno, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}:{lineno}: invalid JSON: {e.msg}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{p}:{lineno}: each line must be a JSON object")
-        rows.append(row)
-    return rows
+    try:
+        return jsonl_rows(p)
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from tfgrpo.sim.policy_replies import text_of, wrong_answer
 from tfgrpo.sim.skills import TOOL_SKILLS_BY_TASK
-from tfgrpo.task_registry import builtin_dir, read_rows
+from tfgrpo.resources import read_jsonl, task_data
 
 BASE_P = 0.3  # chance of the good plan without the skill in context
 SKILLED_P = 0.9
@@ -32,7 +32,7 @@ MALFORMED_NOTE = "Error: the arguments of this"
 def _rows() -> dict[str, tuple[str, dict[str, Any]]]:
     out = {}
     for task, name in DATA.items():
-        for row in read_rows(builtin_dir("tasks") / "data" / name):
+        for row in read_jsonl(task_data(name)):
             out[row["question"].strip()] = (task, row)
     return out
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tfgrpo.task_registry import builtin_dir, read_rows
+from tfgrpo.resources import read_jsonl, task_data
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def skill_in_text(text: str) -> Skill | None:
 @lru_cache(maxsize=1)
 def demo_rows() -> tuple[dict[str, Any], ...]:
     """The rows of ``tasks/data/demo.jsonl`` (id, split, skill, question, answer)."""
-    return tuple(read_rows(builtin_dir("tasks") / "data" / "demo.jsonl"))
+    return read_jsonl(task_data("demo.jsonl"))
 
 
 @lru_cache(maxsize=1)

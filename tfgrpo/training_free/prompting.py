@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 
 from tfgrpo.errors import UserError
-from tfgrpo.task_registry import builtin_dir
+from tfgrpo.resources import builtin_dir
 
 
 class Prompts:
