@@ -18,8 +18,11 @@ Layout (see docs/architecture.md)::
         checkpoints/      parameter mode: step-N/ checkpoints
         final/            parameter mode: the trained model
 
-Appends are flushed line by line; a line cut short by a kill is skipped on reading (it belongs
-to a step that never committed).
+JSONL lines end in "\n" only: U+2028, U+2029 and NEL inside a value are written escaped, and
+readers split on "\n" alone, so no text can break a record in two. Appends are flushed line by
+line; a last line cut short by a kill (no "\n" yet) is skipped on reading (it belongs to a step
+that never committed). Any other line that cannot be read stops the reader with a one-line
+error naming the file and line: a resume never deletes what it cannot read.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from tfgrpo.errors import UserError
 from tfgrpo.records import StepRecord
@@ -113,8 +116,7 @@ class RunDir:
 
     # -- JSONL records
     def append(self, name: str, records: Iterable[BaseModel | dict[str, Any]]) -> None:
-        lines = [(r.model_dump_json() if isinstance(r, BaseModel) else json.dumps(r, ensure_ascii=False)) + "\n"
-                 for r in records]
+        lines = [jsonl_line(r) for r in records]
         if not lines:
             return
         with self.file(name).open("a", encoding="utf-8") as f:
@@ -122,20 +124,50 @@ class RunDir:
             f.flush()
 
     def read(self, name: str) -> list[dict[str, Any]]:
+        return [row for _, _, row in self._lines(name)]
+
+    def _lines(self, name: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """(line number, line, record) of every complete line of a JSONL file."""
         p = self.file(name)
-        if not p.is_file():
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
             return []
-        rows = []
-        for line in p.read_text(encoding="utf-8").splitlines():
+        except OSError as e:
+            raise UserError(f"cannot read {p}: {e.strerror or e}") from None
+        # after the last "\n": nothing, or a line cut short by a kill (a step that never committed)
+        data = data[: data.rfind(b"\n") + 1]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            lineno = data.count(b"\n", 0, e.start) + 1
+            raise UserError(f"{p}:{lineno}: unreadable record (not UTF-8); "
+                            "fix or remove that line, then retry") from None
+        out = []
+        for n, line in enumerate(text.split("\n")[:-1], start=1):
+            if not line.strip():
+                continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: it belongs to an uncommitted step
-        return rows
+                row = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                raise UserError(f"{p}:{n}: unreadable record ({str(e)[:80] or type(e).__name__}); "
+                                "fix or remove that line, then retry") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{p}:{n}: unreadable record (not a JSON object); fix or remove that line, then retry")
+            out.append((n, line, row))
+        return out
 
     def steps(self) -> list[StepRecord]:
         """Training-free step records (the commit marks)."""
-        return [StepRecord.model_validate(r) for r in self.read(STEPS)]
+        out = []
+        for n, _, row in self._lines(STEPS):
+            try:
+                out.append(StepRecord.model_validate(row))
+            except ValidationError as e:
+                where = ".".join(str(x) for x in e.errors()[0]["loc"]) or "record"
+                raise UserError(f"{self.file(STEPS)}:{n}: unreadable step record ({where}: {e.errors()[0]['msg'][:80]}); "
+                                "fix or remove that line, then retry") from None
+        return out
 
     def step_rows(self) -> list[dict[str, Any]]:
         """Step lines of either mode, with ``mean_reward`` filled in for parameter mode (which
@@ -152,8 +184,8 @@ class RunDir:
             p = self.file(name)
             if not p.is_file():
                 continue
-            keep = [r for r in self.read(name) if r.get("step", 0) <= step]
-            _atomic_write(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+            keep = [line for _, line, r in self._lines(name) if not isinstance(r.get("step"), int) or r["step"] <= step]
+            _atomic_write(p, "".join(_escape_separators(line) + "\n" for line in keep))
 
     # -- status
     def write_status(self, mode: Mode, status: str, *, steps_done: int, steps_planned: int,
@@ -224,7 +256,7 @@ class RunDir:
 def save_eval(directory: Path, summary: dict[str, Any], answers: list[dict[str, Any]]) -> Path:
     """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / "results.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
+    _atomic_write(directory / "results.jsonl", "".join(jsonl_line(a) for a in answers))
     _atomic_write(directory / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     return directory
 
@@ -244,6 +276,23 @@ def run_of_library(lib_dir: Path) -> RunDir | None:
     if lib_dir.name == LIBRARY and (lib_dir.parent / CONFIG).is_file():
         return RunDir(lib_dir.parent)
     return None
+
+
+_SEPARATORS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def _escape_separators(line: str) -> str:
+    """JSON text with U+2028, U+2029 and NEL escaped (raw, they can only be inside strings)."""
+    for raw, escaped in _SEPARATORS.items():
+        line = line.replace(raw, escaped)
+    return line
+
+
+def jsonl_line(record: BaseModel | dict[str, Any]) -> str:
+    """One JSONL line ending in "\n", with nothing inside it that any reader takes for a line break
+    (control characters are escaped by JSON itself)."""
+    text = record.model_dump_json() if isinstance(record, BaseModel) else json.dumps(record, ensure_ascii=False)
+    return _escape_separators(text) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:
