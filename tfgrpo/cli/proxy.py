@@ -10,7 +10,7 @@ import typer
 
 from experience_store import InjectionSettings, Pack
 from experience_store.settings import MODES
-from tfgrpo.cli.console import err_console, user_errors
+from tfgrpo.cli.console import err_console, plain, user_errors
 from tfgrpo.errors import UserError
 
 
@@ -55,12 +55,12 @@ def register(app: typer.Typer) -> None:
             if token is None:
                 raise UserError("--upstream-key-env needs --token (without one, the client's own key goes upstream)")
         if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-            err_console.print(f"warning: listening on {host} without --token: anyone who can reach it can use {upstream}", markup=False)
-        err_console.print(f"proxy: {len(loaded.active)} lessons from {pack}, {settings.mode} injection "
-                          f"({settings.budget_tokens} tokens, top {settings.top_k}), forwarding to {upstream}"
-                          + (", token required" if token else ""), markup=False)
+            err_console.print(plain(f"warning: listening on {host} without --token: anyone who can reach it can use {upstream}"))
+        err_console.print(plain(f"proxy: {len(loaded.active)} lessons from {pack}, {settings.mode} injection "
+                                f"({settings.budget_tokens} tokens, top {settings.top_k}), forwarding to {upstream}"
+                                + (", token required" if token else "")))
         try:
             serve(loaded, upstream, host=host, port=port, settings=settings, token=token, upstream_key=upstream_key,
-                  read_timeout=upstream_timeout, on_ready=lambda url: err_console.print(f"proxy: listening; base URL {url}", markup=False))
+                  read_timeout=upstream_timeout, on_ready=lambda url: err_console.print(plain(f"proxy: listening; base URL {url}")))
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
