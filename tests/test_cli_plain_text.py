@@ -42,6 +42,7 @@ def test_library_diff_prints_lessons_as_written(run):
     assert SHOWN in out and SHOWN + " [/]" in out
 
 
+@pytest.mark.slow
 def test_pack_commands_print_pack_text_as_written(tmp_path):
     pack = tmp_path / "p"
     Pack.build([Experience(id="E1", text=HOSTILE)], name="[red]x[/] \x1b]8;;http://evil\x07", task="[/]").write(pack)

@@ -6,6 +6,7 @@ Layout (see docs/architecture.md)::
 
     RUN/config.yaml       the resolved config (re-runnable as is)
         status.json       mode, status (running/finished/stopped_by_budget/interrupted), pid, steps
+        run.lock          held by the process training in the directory (a second one is refused)
         steps.jsonl       one line per finished step: the step's commit mark
         rollouts.jsonl    training-free: every answer with rewards and advantage
         groups.jsonl      training-free: every group, judged or skipped, with the judge's analysis
@@ -27,12 +28,15 @@ error naming the file and line: a resume never deletes what it cannot read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import yaml
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from tfgrpo.errors import UserError
@@ -53,6 +57,7 @@ LATEST_EVAL = "eval.json"
 EVALS = "eval"
 CHECKPOINTS = "checkpoints"
 FINAL_MODEL = "final"
+LOCK = "run.lock"
 RECORD_FILES = (ROLLOUTS, GROUPS, OPS)
 
 
@@ -100,6 +105,42 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"run directory {self.path} is not a directory")
         return self
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Held while a process trains here; a second process is refused with one line (its
+        appends would interleave with the first's)."""
+        lock = FileLock(str(self.file(LOCK)), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            pid = (self.read_status() or {}).get("pid")
+            raise UserError(f"{self.path} is in use by another tfgrpo process{f' (pid {pid})' if pid else ''}: "
+                            "wait for it to end or stop it, or choose another --out") from None
+        except OSError as e:
+            raise UserError(f"cannot lock run directory {self.path}: {e.strerror or e}") from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    def has_steps(self) -> bool:
+        """Whether a step has finished here (a run to resume, not a failed start)."""
+        return bool(self.read(STEPS))
+
+    def forget_failed_start(self, *, created_dir: bool, created_cache: bool) -> None:
+        """After a start that finished no step: remove what it wrote (config, status, lock,
+        records, a library with no version, the response cache it created) and the directory it
+        created when nothing else is in it (a model server's log, an imported pack stay)."""
+        for name in (CONFIG, STATUS, LOCK, *RECORD_FILES, STEPS, *([CACHE] if created_cache else [])):
+            with contextlib.suppress(OSError):
+                self.file(name).unlink()
+        versions = self.library_path / "versions"
+        if versions.is_dir() and not any(versions.iterdir()):
+            shutil.rmtree(self.library_path, ignore_errors=True)
+        if created_dir:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     # -- config
     def write_config(self, cfg: BaseModel) -> None:
