@@ -63,3 +63,14 @@ def test_an_error_naming_hostile_input_is_one_plain_line(tmp_path):
     assert_safe(proc.stderr)
     assert proc.stderr.strip().startswith("error:") and "[/INST]\\x1b[2J" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_runs_lists_hostile_names_as_written_and_a_damaged_run_beside_the_others(tmp_path):
+    for name in ("a-[red]x[not-a-tag", "b-damaged"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text('task: "[bold]x[/] \\e[2J"\n')
+    (tmp_path / "b-damaged" / "steps.jsonl").write_text('{"step": 1, "half\n{"step": 2}\n')
+    out = printed(tfgrpo("runs", str(tmp_path), env=WIDE))
+    assert_safe(out)
+    assert "a-[red]x[not-a-tag" in out and "[bold]x[/] \\x1b[2J" in out
+    assert "b-damaged" in out and "unreadable:" in out
