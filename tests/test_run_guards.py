@@ -45,6 +45,7 @@ def test_the_lock_is_exclusive_and_free_again_after(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_nothing_that_blocks_a_retry(tmp_path):
     run = tmp_path / "run"
     proc = tfgrpo(*SMALL, "--out", str(run), "--store", "http://127.0.0.1:9", check=False)  # fails after the directory is made
