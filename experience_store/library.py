@@ -54,6 +54,7 @@ class Library:
         self._selector: tuple[LibraryState, Selector] | None = None
         self._new_embedding = dict(embedding) if embedding is not None else None  # for a library with no version yet
         self._at_step = at_step
+        self._pending: tuple[int, int, LibraryState] | None = None  # (step, commit, state): see discard_after
         self.state = self._load(at_step)
         if self._log is not None and at_step is None:
             self.state = self._log.latest() or self.state
@@ -72,9 +73,18 @@ class Library:
         return self._load(step)
 
     def discard_after(self, step: int) -> None:
-        """Forget versions written by a step that never committed (a run killed mid-step)."""
+        """Forget versions written by a step that never committed (a run killed mid-step).
+
+        With a shared store, the step after ``step`` may have reached the commit log before the
+        kill: then the library goes back to the state that step started from, and redoing the
+        step adopts that commit instead of committing the step again (``apply``)."""
         self._versions.discard_after(step)
-        if self.store is None:
+        if self._log is None:
+            self.state = self._load(step)
+            return
+        found = self._log.find(self._versions.writer_id(), step + 1)
+        if found is not None:
+            self._pending = (step + 1, *found)
             self.state = self._load(step)
 
     # ----------------------------------------------------------------- reading
@@ -120,7 +130,12 @@ class Library:
         ``ConflictError`` (nothing applied) when another writer committed since this library
         was read."""
         new, results = apply_ops(self.state, ops, step, provenance, credit)
-        self._commit(new, step)
+        if self._pending is not None and self._pending[0] == step:  # this step's commit landed before a kill
+            _, number, committed = self._pending
+            self._pending = None
+            self._commit(committed, step, adopt=number)
+        else:
+            self._commit(new, step)
         return results
 
     def import_pack(self, pack: Pack, *, reembed: bool = False, step: int | None = None) -> list[OpResult]:
@@ -147,7 +162,9 @@ class Library:
         ops = [ExperienceOp(op="ADD", text=e.text, title=e.title, tags=list(e.tags), reason=f"pack import of {e.id}") for e in pack.active]
         return self.apply(ops, step, origin)
 
-    def _commit(self, new: LibraryState, step: int) -> None:
+    def _commit(self, new: LibraryState, step: int, *, adopt: int | None = None) -> None:
+        """Write version ``step`` (and commit it to the shared log, unless it is commit ``adopt``
+        there already)."""
         with self._versions.locked():
             on_disk = self.versions()
             if self.store is None and on_disk and on_disk[-1] != self.state.step and on_disk[-1] >= step:
@@ -155,8 +172,10 @@ class Library:
                     f"library {self.path} was changed by another writer (it is at step {on_disk[-1]}, this writer "
                     f"read step {self.state.step}); step {step}'s ops were not applied: reopen the library and retry"
                 )
-            if self._log is not None:
-                self._log.commit(new)
+            if self._log is not None and adopt is not None:
+                self._log.base = adopt
+            elif self._log is not None:
+                self._log.commit(new, self._versions.writer_id())
             try:
                 with self._versions.writing(new, step):
                     self._sync_index(new)

@@ -16,9 +16,6 @@ A pack carries data, never endpoints or code. Loading is hardened and executes n
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +24,7 @@ from experience_store.edits import norm_text
 from experience_store.embedding import parse_spec, portable_spec, same_spec, spec_label
 from experience_store.errors import PackError, StoreError
 from experience_store.models import Experience, OpResult
-from experience_store.pack_format import FileEntry, PackManifest, counts, jsonl, parse, read_members, sha256
+from experience_store.pack_format import FileEntry, PackManifest, counts, jsonl, parse, read_members, sha256, write_members
 from experience_store.render import as_line
 from experience_store.retrieval import Index, Injection, Selector, TokenCounter
 from experience_store.settings import InjectionSettings
@@ -90,24 +87,15 @@ class Pack:
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> Path:
-        """Write a zip (path ending in .zip) or a directory; atomically, never half a pack. The
-        embedding spec is written without an endpoint (``portable_spec``)."""
+        """Write a zip (path ending in .zip) or a directory; atomically, never half a pack; an
+        earlier pack there is replaced, anything else refused (``write_members``). The embedding
+        spec is written without an endpoint (``portable_spec``)."""
         self._seal()
         out = Path(path)
         manifest = self.manifest.model_copy(update={"embedding": portable_spec(self.manifest.embedding)})
         files = {"manifest.json": manifest.model_dump_json(indent=1).encode(), **self._payload(),
                  "README.md": self.readme().encode()}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".zip":
-            fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-                for name, data in files.items():
-                    zf.writestr(name, data)
-            os.replace(tmp, out)
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            for name, data in files.items():
-                (out / name).write_bytes(data)
+        write_members(out, files)
         return out
 
     # ---------------------------------------------------------------- loading

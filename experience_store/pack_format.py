@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import stat
+import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -88,6 +91,54 @@ def jsonl(records: Sequence[BaseModel]) -> bytes:
 def counts(experiences: Sequence[Experience], history: Sequence[OpResult]) -> dict[str, int]:
     active = sum(e.status == "active" for e in experiences)
     return {"experiences": active, "retired": len(experiences) - active, "history": len(history)}
+
+
+def write_members(out: Path, files: dict[str, bytes]) -> None:
+    """Write a pack as a zip (``out`` ending in .zip) or a directory, atomically: built beside
+    ``out`` and renamed into place, so a reader never sees half a pack. An existing pack there is
+    replaced; anything else (a directory with other files, a file that is not a zip) is refused."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_symlink() or (out.exists() and not _replaceable(out, zipped=out.suffix == ".zip")):
+            kind = "a zip" if out.suffix == ".zip" else "a pack directory"
+            raise PackError(f"{out} exists and is not {kind}; refusing to overwrite it (choose another --out)")
+        if out.suffix == ".zip":
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+                    for name, data in files.items():
+                        zf.writestr(name, data)
+                os.replace(tmp, out)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return
+        tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
+        try:
+            for name, data in files.items():
+                (tmp_dir / name).write_bytes(data)
+            if out.exists():  # an earlier pack: moved aside, never half overwritten
+                old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+                os.replace(out, old / "pack")
+                try:
+                    os.replace(tmp_dir, out)
+                except OSError:
+                    os.replace(old / "pack", out)
+                    raise
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp_dir, out)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    except OSError as e:
+        raise PackError(f"cannot write pack {out}: {e.strerror or e}") from None
+
+
+def _replaceable(out: Path, *, zipped: bool) -> bool:
+    if zipped:
+        return out.is_file() and zipfile.is_zipfile(out)
+    return out.is_dir() and all(p.name in ALLOWED and p.is_file() for p in out.iterdir())
 
 
 def read_members(path: Path) -> dict[str, bytes]:
@@ -177,7 +228,7 @@ def parse(path: Path, raw: dict[str, bytes]) -> tuple[PackManifest, list[Experie
         meta = json.loads(raw["manifest.json"])
     except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, integers of thousands of digits, deep nesting
         raise PackError(f"{path}: manifest.json is not valid JSON ({str(e)[:120] or type(e).__name__})") from None
-    if _depth(meta) > MAX_JSON_DEPTH:
+    if json_depth(meta) > MAX_JSON_DEPTH:
         raise PackError(f"{path}: manifest.json is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PackError(f"{path}: manifest.json does not describe a {FORMAT}")
@@ -245,7 +296,7 @@ def _records(path: Path, name: str, data: bytes, model: type[R], limit: int,
     return out
 
 
-def _depth(value: Any) -> int:
+def json_depth(value: Any) -> int:
     """Nesting depth of parsed JSON, without recursion."""
     deepest, stack = 0, [(value, 1)]
     while stack:

@@ -6,19 +6,33 @@ and the request goes upstream; the response (status, body, usage, errors; a stre
 chunk) comes back unchanged. Every other path (``GET /v1/models``, embeddings, ...) is
 forwarded unchanged. An agent gets the learned experience by changing its base URL.
 
+Guards: a Host header must be ``localhost``, an IP address or the bound host (a DNS-rebinding
+page cannot reach the proxy through a name it controls); with a ``token``, every request needs
+``Authorization: Bearer TOKEN`` (which is then not forwarded; ``upstream_key`` is sent
+instead); a chat body that is not a JSON object with a list of message objects, or is nested
+deeper than ``MAX_JSON_DEPTH``, gets 400; upstream reads time out (504 before the response
+starts); a client that disconnects cancels its request upstream; retrieval runs in a worker
+thread, never on the event loop.
+
 Needs aiohttp (imported here only, not by ``experience_store``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import ipaddress
 import json
 import logging
-from typing import Any
+import signal
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
 from experience_store.pack import Pack
+from experience_store.pack_format import json_depth
 from experience_store.settings import InjectionSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +43,34 @@ PREAMBLE = ("Below are lessons learned from earlier attempts at similar problems
 # Hop-by-hop headers and those aiohttp sets itself are not copied.
 _SKIP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
          "proxy-connection", "te", "trailer"}
+MAX_JSON_DEPTH = 64
+READ_TIMEOUT_S = 600.0  # tfgrpo proxy --upstream-timeout has the same default
+WILDCARD = ("", "0.0.0.0", "::")
+
+
+class BadRequest(Exception):
+    """A chat request the proxy cannot inject into; answered with 400."""
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": f"proxy: {message}", "type": "proxy_error"}}, status=status)
+
+
+def _hostname(host: str | None) -> str:
+    """``name`` of a Host header ``name:port`` / ``[v6]:port``, lower case ("" when malformed)."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        return host[1:host.index("]")] if "]" in host else ""
+    name, _, port = host.rpartition(":")
+    return (name if port.isdigit() else host).rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def _text(content: Any) -> str:
@@ -57,15 +99,21 @@ def inject_messages(messages: list[dict[str, Any]], block: str) -> list[dict[str
 
 
 class InjectingProxy:
-    def __init__(self, pack: Pack, upstream: str, settings: InjectionSettings | None = None):
-        """``settings`` default to the pack's (``Pack.injection_settings``)."""
+    def __init__(self, pack: Pack, upstream: str, settings: InjectionSettings | None = None, *, host: str = "127.0.0.1",
+                 token: str | None = None, upstream_key: str | None = None, read_timeout: float = READ_TIMEOUT_S):
+        """``settings`` default to the pack's (``Pack.injection_settings``); ``host`` is the
+        address the proxy is bound to (a name allowed in Host headers)."""
         self.pack = pack
         self.upstream = upstream.rstrip("/")
         self.settings = settings or pack.injection_settings()
+        self.hosts = {"localhost"} | ({_hostname(host)} if host not in WILDCARD else set())
+        self.token = token
+        self.upstream_key = upstream_key
+        self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._guard])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -73,48 +121,83 @@ class InjectingProxy:
 
     async def _start(self, app: web.Application) -> None:
         self.pack.index()  # build the index before the first request
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-                                              auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.read_timeout), auto_decompress=False)
 
     async def _stop(self, app: web.Application) -> None:
         if self._session is not None:
             await self._session.close()
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        name = _hostname(request.headers.get("Host"))
+        if name not in self.hosts and not _is_ip(name):
+            return _error(403, f"Host {name[:80]!r} is not served here (only localhost, IP addresses and the bound host)")
+        if self.token is not None:
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
+                return _error(401, "missing or wrong token (Authorization: Bearer TOKEN)")
+        return await handler(request)
 
     def target(self, path: str, query: str) -> str:
         """``/v1/x`` on the proxy is ``<upstream>/x`` (the upstream URL includes its ``/v1``)."""
         rest = path[3:] if path.startswith("/v1/") or path == "/v1" else path
         return f"{self.upstream}{rest}" + (f"?{query}" if query else "")
 
+    def forward_headers(self, request: web.Request) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP}
+        if self.token is not None:  # the client's credential is for the proxy, not for upstream
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            if self.upstream_key:
+                headers["Authorization"] = f"Bearer {self.upstream_key}"
+        return headers
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if request.method == "POST" and request.path.rstrip("/").endswith("/chat/completions"):
-            body = self.rewrite(body)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP}
+            try:
+                body = await asyncio.get_running_loop().run_in_executor(None, self.rewrite, body)
+            except BadRequest as e:
+                return _error(400, str(e))
         assert self._session is not None
         try:
             upstream = await self._session.request(request.method, self.target(request.path, request.query_string),
-                                                   data=body if body else None, headers=headers, allow_redirects=False)
+                                                   data=body if body else None, headers=self.forward_headers(request),
+                                                   allow_redirects=False)
+        except asyncio.TimeoutError:
+            return _error(504, f"upstream did not answer within {self.read_timeout:g} s")
         except aiohttp.ClientError as e:
-            return web.json_response({"error": {"message": f"proxy: upstream unreachable: {e}", "type": "proxy_error"}}, status=502)
+            return _error(502, f"upstream unreachable: {e}")
         async with upstream:
             reply = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():
                 if k.lower() not in _SKIP:
                     reply.headers[k] = v
             await reply.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await reply.write(chunk)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await reply.write(chunk)
+            except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+                # the status is sent: end the connection so the client sees a cut, not a whole reply
+                log.warning("upstream broke off a response: %s", e or type(e).__name__)
+                if request.transport is not None:
+                    request.transport.close()
+                return reply
             await reply.write_eof()
             return reply
 
     def rewrite(self, body: bytes) -> bytes:
-        """The request with experiences injected; anything unexpected goes upstream as it came."""
+        """The chat request with experiences injected (runs in a worker thread)."""
         try:
             req = json.loads(body)
-            messages = req["messages"]
-            users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        except (ValueError, KeyError, TypeError):
-            return body
+        except (ValueError, RecursionError):
+            raise BadRequest("the request body is not valid JSON (or nested too deeply)") from None
+        if json_depth(req) > MAX_JSON_DEPTH:
+            raise BadRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+        messages = req.get("messages") if isinstance(req, dict) else None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise BadRequest("'messages' must be a list of message objects")
+        users = [m for m in messages if m.get("role") == "user"]
         if not users:
             return body
         injected = self.pack.inject(_text(users[-1].get("content")), self.settings)
@@ -123,8 +206,40 @@ class InjectingProxy:
         return json.dumps(req).encode()
 
 
+async def start(proxy: InjectingProxy, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Listen on ``host:port`` (0: a free port); returns the runner and the port bound. Handlers
+    are cancelled when their client disconnects (so is the upstream request)."""
+    runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])
+
+
 def serve(pack: Pack, upstream: str, *, host: str = "127.0.0.1", port: int = 8100,
-          settings: InjectionSettings | None = None, print_fn: Any = print) -> None:
-    """Run the proxy until interrupted."""
-    proxy = InjectingProxy(pack, upstream, settings)
-    web.run_app(proxy.app(), host=host, port=port, print=print_fn, handle_signals=True)
+          settings: InjectionSettings | None = None, token: str | None = None, upstream_key: str | None = None,
+          read_timeout: float = READ_TIMEOUT_S, on_ready: Callable[[str], Any] = print) -> None:
+    """Run the proxy until interrupted (SIGINT/SIGTERM); ``on_ready`` gets its base URL once it
+    listens (with the real port when ``port`` is 0)."""
+    proxy = InjectingProxy(pack, upstream, settings, host=host, token=token, upstream_key=upstream_key,
+                           read_timeout=read_timeout)
+
+    async def main() -> None:
+        runner, bound = await start(proxy, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # no signal handlers on this platform's loop
+                loop.add_signal_handler(sig, stop.set)
+        shown = f"[{host}]" if ":" in host else host
+        on_ready(f"http://{shown}:{bound}/v1")
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

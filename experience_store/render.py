@@ -2,7 +2,8 @@
 
 Experience text is data, never markup or template code: each lesson is one line (line breaks
 and other whitespace runs collapsed to one space), a tag that would open or close the
-``<experiences>`` block around it is neutralised (``<`` becomes ``&lt;``), and a lesson
+``<experiences>`` block around it, and a chat-template control token such as ``<|im_end|>``,
+is neutralised (``<`` becomes ``&lt;``), and a lesson
 containing ``{{ ... }}`` is shown as written. So a lesson cannot end its block early and start
 lines of its own (``</experiences>\\nSYSTEM: ...``).
 """
@@ -17,14 +18,14 @@ import jinja2
 from experience_store.models import Experience
 
 DEFAULT_BLOCK = "{% for e in experiences %}[{{ e.id }}] {{ e.text }}\n{% endfor %}"
-BLOCK_TAG = re.compile(r"<(\s*/?\s*experiences)", re.IGNORECASE)
+BLOCK_TAG = re.compile(r"<(\s*/?\s*experiences|\|)", re.IGNORECASE)
 
 _env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
 
 
 def as_line(text: str) -> str:
     """A lesson as one line of data: whitespace runs (newlines, U+2028, ...) as one space, the
-    block's own tags neutralised."""
+    block's own tags and ``<|...|>`` control tokens neutralised."""
     return BLOCK_TAG.sub(r"&lt;\1", " ".join(text.split()))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +25,16 @@ class VersionStore:
         except OSError as e:
             raise StoreError(f"cannot create a library in {path}: {e.strerror or e}") from None
         self._lock = FileLock(str(path / ".lock"))
+
+    def writer_id(self) -> str:
+        """This directory's name in a shared commit log (made once, kept in ``writer``)."""
+        path = self.dir.parent / "writer"
+        with self._lock:
+            if not path.is_file():
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(uuid.uuid4().hex)
+                os.replace(tmp, path)
+            return path.read_text().strip()
 
     def steps(self) -> list[int]:
         return sorted(int(p.stem) for p in self.dir.glob("*.json") if p.stem.isdigit())

@@ -1,6 +1,7 @@
 """Killed at any moment and resumed: no step applied twice, no finished call paid twice, and
 the same library as an uninterrupted run."""
 
+import hashlib
 import json
 import os
 import re
@@ -82,13 +83,33 @@ def test_sigterm_and_ctrl_c_mark_the_run_interrupted(tmp_path, sim_server, sig, 
     assert resumed["steps"] == 4 and json.loads((run / "status.json").read_text())["status"] == "finished"
 
 
+def store_args(request, store: bool, name: str) -> list[str]:
+    """--store on the test's Chroma server, a collection of its own (or nothing)."""
+    if not store:
+        return []
+    case = hashlib.sha1(request.node.name.encode()).hexdigest()[:12]
+    return ["--store", request.getfixturevalue("chroma_server"), "--store-collection", f"c{case}-{name}"]
+
+
+def shared_steps(request, store: bool, name: str) -> list[int]:
+    """The steps of a shared collection's commit log, in commit order."""
+    import chromadb
+    from urllib.parse import urlparse
+
+    url = urlparse(store_args(request, store, name)[1])
+    client = chromadb.HttpClient(host=url.hostname, port=url.port, settings=chromadb.Settings(anonymized_telemetry=False))
+    got = client.get_collection(f"{store_args(request, store, name)[3]}-commits").get(include=["metadatas"])
+    return [m["step"] for _, m in sorted(zip(got["ids"], got["metadatas"]))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [1, 4])
-def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_library(tmp_path, sim_server, kill_after):
+@pytest.mark.parametrize("kill_after,store", [(1, False), (4, False), (2, True), (5, True)])
+def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_library(request, tmp_path, sim_server, kill_after, store):
     server, url = sim_server
     common = ["train", "--task", "demo", "--epochs", "2", "--json"]
     reference = tmp_path / "reference"
-    ref = last_json(tfgrpo(*common, "--model", "sim", "--out", str(reference)))
+    ref = last_json(tfgrpo(*common, "--model", "sim", "--out", str(reference), *store_args(request, store, "ref")))
+    common += store_args(request, store, "run")
 
     run = tmp_path / "killed"
     remote = ["--model", "openai/sim-policy-s0", "--api-base", url, "--judge", "openai/sim-judge-s0",
@@ -117,25 +138,36 @@ def test_sigkill_mid_step_then_resume_gives_the_uninterrupted_library(tmp_path, 
         assert comparable(run, name) == comparable(reference, name), name
     ops = [json.loads(line) for line in (run / "ops.jsonl").read_text().splitlines()]
     assert [o["step"] for o in ops] == sorted(o["step"] for o in ops)  # no step applied twice
+    if store:  # one shared commit per step, as in the uninterrupted run
+        assert shared_steps(request, store, "run") == shared_steps(request, store, "ref") == list(range(1, ref["steps"] + 1))
 
 
 @pytest.mark.slow
-def test_resume_discards_what_an_unfinished_step_wrote(tmp_path):
+@pytest.mark.parametrize("store,window", [(False, "after the library version"), (True, "after the shared commit"),
+                                          (True, "after the library version")])
+def test_resume_discards_what_an_unfinished_step_wrote(request, tmp_path, store, window):
     run = tmp_path / "run"
-    first = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--json"))
+    first = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--json",
+                             *store_args(request, store, "run")))
     assert first["steps"] == 4
-    # Pretend step 4 was cut off after writing its records and its library version.
+    # Pretend step 4 was cut off after writing its records and its (shared) library commit.
     steps = (run / "steps.jsonl").read_text().splitlines()
     (run / "steps.jsonl").write_text("\n".join(steps[:3]) + "\n")
     with (run / "rollouts.jsonl").open("a") as f:
         f.write('{"step": 4, "half a line')
-    clean = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(tmp_path / "clean"), "--json"))
+    if window == "after the shared commit":  # the local version file was not written yet
+        (run / "library" / "versions" / "000004.json").unlink()
+    clean = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(tmp_path / "clean"),
+                             "--json", *store_args(request, store, "clean")))
     resumed = last_json(tfgrpo("train", "--resume", str(run), "--json"))
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 4
     assert resumed["usage"]["policy"]["calls"] == 0 and resumed["usage"]["policy"]["cache_hits"] == 8 * 5
     assert final_state(run)["experiences"] == final_state(tmp_path / "clean")["experiences"]
     assert comparable(run, "rollouts.jsonl") == comparable(tmp_path / "clean", "rollouts.jsonl")
     assert clean["library_size"] == resumed["library_size"]
+    assert comparable(run, "ops.jsonl") == comparable(tmp_path / "clean", "ops.jsonl")
+    if store:  # the step's shared commit was adopted, not made again
+        assert shared_steps(request, store, "run") == shared_steps(request, store, "clean") == [1, 2, 3, 4]
 
 
 @pytest.mark.slow

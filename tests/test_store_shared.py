@@ -1,17 +1,12 @@
 """Two writers never lose an op: on one run directory (file lock + version check) and on one
-collection of a Chroma server (``chroma run`` on loopback, optimistic commit log)."""
+collection of a Chroma server (``chroma run`` on loopback, optimistic commit log; the
+``chroma_server`` fixture is in conftest.py)."""
 
 import multiprocessing
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from experience_store import ConflictError, ExperienceOp, InjectionSettings, Library, StoreError
+from experience_store import ConflictError, ExperienceOp, InjectionSettings, Library, Stats, StoreError
 
 
 def add(text):
@@ -54,37 +49,6 @@ def test_two_processes_racing_on_one_directory_exactly_one_wins(tmp_path):
     assert [e.text for e in Library(tmp_path / "lib").experiences] == [outcomes[1][1]]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def chroma_server(tmp_path_factory):
-    # The CLI comes with chromadb: beside this interpreter in a venv, even when the venv is not on PATH.
-    beside = Path(sys.executable).parent / "chroma"
-    exe = str(beside) if beside.is_file() else shutil.which("chroma")
-    if exe is None:
-        pytest.skip("the chroma CLI (from the chromadb package) is not installed beside python nor on PATH")
-    port = free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError("chroma run did not start")
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
 def test_two_runs_on_one_server_collection(tmp_path, chroma_server):
     a = Library(tmp_path / "run-a" / "library", store=chroma_server, collection="shared-lib")
     b = Library(tmp_path / "run-b" / "library", store=chroma_server, collection="shared-lib")
@@ -100,6 +64,33 @@ def test_two_runs_on_one_server_collection(tmp_path, chroma_server):
     # the index lives on the server and retrieval uses it
     assert fresh.inject("right triangle, Pythagoras", InjectionSettings(mode="retrieve", top_k=1)).ids == ["E2"]
     assert fresh.collection().count() == 2
+
+
+def _steps(lib, store, collection, *, kill_after_commit_of=None):
+    """Three steps (ADD + usage credit each); optionally a kill right after one step's shared
+    commit, before the run marked that step done, then the resume: reopen, discard, redo."""
+    path = lib
+    lib = Library(path, store=store, collection=collection)
+    for step, text in enumerate(["When A, do a.", "When B, do b.", "When C, do c."], start=1):
+        credit = {"E1": Stats(retrieved=1, cited=1, helpful=1)} if step > 1 else None
+        lib.apply([add(text)], step=step, credit=credit)
+        if step == kill_after_commit_of:
+            lib = Library(path, store=store, collection=collection)  # resumed: steps.jsonl ends at step - 1
+            lib.discard_after(step - 1)
+            assert len(lib) == step - 1  # back to the state the step started from
+            lib.apply([add(text)], step=step, credit=credit)  # the redone step adopts its commit
+    return lib
+
+
+@pytest.mark.parametrize("killed_at", [1, 2, 3])
+def test_a_kill_after_the_shared_commit_never_applies_the_step_twice(tmp_path, chroma_server, killed_at):
+    ref = _steps(tmp_path / "ref" / "library", chroma_server, f"ref-{killed_at}")
+    run = _steps(tmp_path / "run" / "library", chroma_server, f"run-{killed_at}", kill_after_commit_of=killed_at)
+    assert run.state == ref.state and run.state.experiences[0].stats.cited == 2  # usage credit counted once
+    commits = run._chroma.client().get_collection(f"run-{killed_at}-commits").get(include=["metadatas"])
+    assert [m["step"] for _, m in sorted(zip(commits["ids"], commits["metadatas"]))] == [1, 2, 3]
+    fresh = Library(tmp_path / "other" / "library", store=chroma_server, collection=f"run-{killed_at}")
+    assert fresh.state == ref.state
 
 
 def test_unreachable_store_is_one_line(tmp_path):

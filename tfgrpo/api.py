@@ -58,10 +58,11 @@ def build_task(name: str, task_args: dict[str, Any], data: str | None) -> Task:
 
 
 def new_run_dir(out: str | Path | None, task: str) -> RunDir:
-    """A fresh run directory: ``out``, or ``runs/<task>-<time>``; refuses one that holds a run."""
+    """A fresh run directory: ``out``, or ``runs/<task>-<time>``; refuses one that holds a run
+    (a finished step; what a failed start left is started over)."""
     path = Path(out) if out is not None else Path("runs") / f"{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     rd = RunDir(path)
-    if rd.exists():
+    if rd.exists() and rd.has_steps():
         raise UserError(f"{path} already holds a run: continue it with --resume {path}, or choose another --out")
     return rd
 
@@ -110,7 +111,20 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
     if cfg.select == "best-val" and not splits.validation:
         raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
     prompts = Prompts(cfg.prompts_dir)
-    rd.create()
+    created_dir = not rd.path.exists()
+    with rd.create().locked():
+        if not resume:
+            new_run_dir(rd.path, cfg.task)  # again, under the lock: another start may have won meanwhile
+        created_cache = not rd.cache_path.exists()
+        try:
+            return _train(cfg, task, splits, prompts, rd, hooks)
+        except Exception:
+            if not resume and not rd.has_steps():  # a retry with the same --out starts afresh
+                rd.forget_failed_start(created_dir=created_dir, created_cache=created_cache)
+            raise
+
+
+def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: RunDir, hooks: Hooks) -> TrainResult:
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
     try:
         with rd.interrupts_marked("training_free"), open_models(
@@ -126,7 +140,8 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
 
             return asyncio.run(session())
     except (EndpointError, StoreError) as e:  # StoreError: e.g. another writer committed to the shared library first
-        raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
+        hint = f"every finished step is saved: tfgrpo train --resume {rd.path}" if rd.has_steps() else "no step finished"
+        raise UserError(f"{e}; {hint}") from None
 
 
 async def _select(cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts,

@@ -30,16 +30,22 @@ def task_data(name: str) -> Path:
 
 def jsonl_rows(path: str | Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file, one per non-empty line; a bad line is a ValueError
-    naming it."""
+    naming it. Lines end at "\n" only (U+2028, U+2029 and NEL are characters inside a value)."""
     p = Path(path)
     rows = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}:{lineno}: invalid JSON: {e.msg}") from None
+        except (ValueError, RecursionError) as e:  # integers of thousands of digits, deep nesting
+            raise ValueError(f"{p}:{lineno}: invalid JSON: {str(e)[:80] or 'nested too deeply'}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{p}:{lineno}: each line must be a JSON object")
         rows.append(row)

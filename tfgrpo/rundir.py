@@ -6,6 +6,7 @@ Layout (see docs/architecture.md)::
 
     RUN/config.yaml       the resolved config (re-runnable as is)
         status.json       mode, status (running/finished/stopped_by_budget/interrupted), pid, steps
+        run.lock          held by the process training in the directory (a second one is refused)
         steps.jsonl       one line per finished step: the step's commit mark
         rollouts.jsonl    training-free: every answer with rewards and advantage
         groups.jsonl      training-free: every group, judged or skipped, with the judge's analysis
@@ -18,8 +19,11 @@ Layout (see docs/architecture.md)::
         checkpoints/      parameter mode: step-N/ checkpoints
         final/            parameter mode: the trained model
 
-Appends are flushed line by line; a line cut short by a kill is skipped on reading (it belongs
-to a step that never committed).
+JSONL lines end in "\n" only: U+2028, U+2029 and NEL inside a value are written escaped, and
+readers split on "\n" alone, so no text can break a record in two. Appends are flushed line by
+line; a last line cut short by a kill (no "\n" yet) is skipped on reading (it belongs to a step
+that never committed). Any other line that cannot be read stops the reader with a one-line
+error naming the file and line: a resume never deletes what it cannot read.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 import yaml
-from pydantic import BaseModel
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ValidationError
 
 from tfgrpo.errors import UserError
 from tfgrpo.records import StepRecord
@@ -53,6 +59,7 @@ LATEST_EVAL = "eval.json"
 EVALS = "eval"
 CHECKPOINTS = "checkpoints"
 FINAL_MODEL = "final"
+LOCK = "run.lock"
 RECORD_FILES = (ROLLOUTS, GROUPS, OPS)
 
 
@@ -105,6 +112,42 @@ class RunDir:
             raise UserError(f"run directory {self.path} is not a directory")
         return self
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator["RunDir"]:
+        """Held while a process trains here; a second process is refused with one line (its
+        appends would interleave with the first's)."""
+        lock = FileLock(str(self.file(LOCK)), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            pid = (self.read_status() or {}).get("pid")
+            raise UserError(f"{self.path} is in use by another tfgrpo process{f' (pid {pid})' if pid else ''}: "
+                            "wait for it to end or stop it, or choose another --out") from None
+        except OSError as e:
+            raise UserError(f"cannot lock run directory {self.path}: {e.strerror or e}") from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    def has_steps(self) -> bool:
+        """Whether a step has finished here (a run to resume, not a failed start)."""
+        return bool(self.read(STEPS))
+
+    def forget_failed_start(self, *, created_dir: bool, created_cache: bool) -> None:
+        """After a start that finished no step: remove what it wrote (config, status, lock,
+        records, a library with no version, the response cache it created) and the directory it
+        created when nothing else is in it (a model server's log, an imported pack stay)."""
+        for name in (CONFIG, STATUS, LOCK, *RECORD_FILES, STEPS, *([CACHE] if created_cache else [])):
+            with contextlib.suppress(OSError):
+                self.file(name).unlink()
+        versions = self.library_path / "versions"
+        if versions.is_dir() and not any(versions.iterdir()):
+            shutil.rmtree(self.library_path, ignore_errors=True)
+        if created_dir:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
     # -- config
     def write_config(self, cfg: BaseModel) -> None:
         """The resolved settings, so what a resume changed (epochs, budgets, endpoints) is kept."""
@@ -120,8 +163,7 @@ class RunDir:
 
     # -- JSONL records
     def append(self, name: str, records: Iterable[BaseModel | dict[str, Any]]) -> None:
-        lines = [(r.model_dump_json() if isinstance(r, BaseModel) else json.dumps(r, ensure_ascii=False)) + "\n"
-                 for r in records]
+        lines = [jsonl_line(r) for r in records]
         if not lines:
             return
         with self.file(name).open("a", encoding="utf-8") as f:
@@ -129,20 +171,50 @@ class RunDir:
             f.flush()
 
     def read(self, name: str) -> list[dict[str, Any]]:
+        return [row for _, _, row in self._lines(name)]
+
+    def _lines(self, name: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """(line number, line, record) of every complete line of a JSONL file."""
         p = self.file(name)
-        if not p.is_file():
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
             return []
-        rows = []
-        for line in p.read_text(encoding="utf-8").splitlines():
+        except OSError as e:
+            raise UserError(f"cannot read {p}: {e.strerror or e}") from None
+        # after the last "\n": nothing, or a line cut short by a kill (a step that never committed)
+        data = data[: data.rfind(b"\n") + 1]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            lineno = data.count(b"\n", 0, e.start) + 1
+            raise UserError(f"{p}:{lineno}: unreadable record (not UTF-8); "
+                            "fix or remove that line, then retry") from None
+        out = []
+        for n, line in enumerate(text.split("\n")[:-1], start=1):
+            if not line.strip():
+                continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: it belongs to an uncommitted step
-        return rows
+                row = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                raise UserError(f"{p}:{n}: unreadable record ({str(e)[:80] or type(e).__name__}); "
+                                "fix or remove that line, then retry") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{p}:{n}: unreadable record (not a JSON object); fix or remove that line, then retry")
+            out.append((n, line, row))
+        return out
 
     def steps(self) -> list[StepRecord]:
         """Training-free step records (the commit marks)."""
-        return [StepRecord.model_validate(r) for r in self.read(STEPS)]
+        out = []
+        for n, _, row in self._lines(STEPS):
+            try:
+                out.append(StepRecord.model_validate(row))
+            except ValidationError as e:
+                where = ".".join(str(x) for x in e.errors()[0]["loc"]) or "record"
+                raise UserError(f"{self.file(STEPS)}:{n}: unreadable step record ({where}: {e.errors()[0]['msg'][:80]}); "
+                                "fix or remove that line, then retry") from None
+        return out
 
     def step_rows(self) -> list[dict[str, Any]]:
         """Step lines of either mode, with ``mean_reward`` filled in for parameter mode (which
@@ -159,8 +231,8 @@ class RunDir:
             p = self.file(name)
             if not p.is_file():
                 continue
-            keep = [r for r in self.read(name) if r.get("step", 0) <= step]
-            _atomic_write(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+            keep = [line for _, line, r in self._lines(name) if not isinstance(r.get("step"), int) or r["step"] <= step]
+            _atomic_write(p, "".join(_escape_separators(line) + "\n" for line in keep))
 
     # -- status
     def write_status(self, mode: Mode, status: str, *, steps_done: int, steps_planned: int,
@@ -250,7 +322,7 @@ class RunDir:
 def save_eval(directory: Path, summary: dict[str, Any], answers: list[dict[str, Any]]) -> Path:
     """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / "results.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
+    _atomic_write(directory / "results.jsonl", "".join(jsonl_line(a) for a in answers))
     _atomic_write(directory / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
     return directory
 
@@ -274,6 +346,23 @@ def run_of_library(lib_dir: Path) -> RunDir | None:
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+_SEPARATORS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def _escape_separators(line: str) -> str:
+    """JSON text with U+2028, U+2029 and NEL escaped (raw, they can only be inside strings)."""
+    for raw, escaped in _SEPARATORS.items():
+        line = line.replace(raw, escaped)
+    return line
+
+
+def jsonl_line(record: BaseModel | dict[str, Any]) -> str:
+    """One JSONL line ending in "\n", with nothing inside it that any reader takes for a line break
+    (control characters are escaped by JSON itself)."""
+    text = record.model_dump_json() if isinstance(record, BaseModel) else json.dumps(record, ensure_ascii=False)
+    return _escape_separators(text) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import typer
@@ -33,9 +34,25 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+_UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp", "Cs"}  # controls (ESC, OSC ...), format marks (bidi overrides), separators
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control, format and line-separator character written as an escape
+    (``\\x1b``, ``\\n``, ``\\u202e``), so nothing in it can act on the terminal."""
+    return "".join(c.encode("unicode_escape", "backslashreplace").decode("ascii") if unicodedata.category(c) in _UNPRINTABLE
+                   else c for c in text)
+
+
+def plain(*parts: Any) -> Text:
+    """User, lesson or pack text for a table cell, title or message: never read as rich markup
+    (a lesson holding ``[/INST]`` prints as written), control characters escaped."""
+    return Text(escape_controls("".join(str(p) for p in parts)))
+
+
 def fail(message: str) -> typer.Exit:
     """``error: MESSAGE`` on stderr, the message printed as plain text (a ``[vllm]`` in it stays)."""
-    err_console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "red"), " ", plain(message)), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from experience_store import Library, LibraryState, diff_states
-from tfgrpo.cli.console import emit, experience_row, user_errors
+from tfgrpo.cli.console import emit, experience_row, plain, user_errors
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import library_dir
 
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
             d = diff_states(prev, state)
             rows.append({"step": step, "size": len(state.active()), **{k: len(v) for k, v in d.items()}})
             prev = state
-        t = Table(title=f"Library versions of {run}", title_justify="left")
+        t = Table(title=plain(f"Library versions of {run}"), title_justify="left")
         for col in ("step", "size", "added", "changed", "retired", "restored"):
             t.add_column(col, justify="right")
         for r in rows:
@@ -59,12 +59,12 @@ def register(app: typer.Typer) -> None:
         """The lessons of one version with their usage stats."""
         _, state, label = open_version(ref)
         items = state.experiences if retired else state.active()
-        t = Table(title=f"{label}: {len(state.active())} active lessons", title_justify="left")
+        t = Table(title=plain(f"{label}: {len(state.active())} active lessons"), title_justify="left")
         for col in ("id", "lesson", "status", "shown", "cited", "helpful", "harmful"):
             t.add_column(col, justify="left" if col in ("id", "lesson", "status") else "right")
         for e in items:
             s = e.stats
-            t.add_row(e.id, e.text, e.status, str(s.retrieved), str(s.cited), str(s.helpful), str(s.harmful))
+            t.add_row(plain(e.id), plain(e.text), e.status, str(s.retrieved), str(s.cited), str(s.helpful), str(s.harmful))
         emit([t], {"version": label, "step": state.step, "embedding": state.embedding,
                    "experiences": [experience_row(e) for e in items]}, as_json)
 
@@ -77,14 +77,14 @@ def register(app: typer.Typer) -> None:
         _, sa, la = open_version(a)
         _, sb, lb = open_version(b)
         d = diff_states(sa, sb)
-        t = Table(title=f"{la} -> {lb}", title_justify="left")
+        t = Table(title=plain(f"{la} -> {lb}"), title_justify="left")
         t.add_column("", justify="left")
         t.add_column("id")
         t.add_column("lesson")
         marks = {"added": "+", "changed": "~", "retired": "-", "restored": "+"}
         for kind, items in d.items():
             for e in items:
-                t.add_row(marks[kind], e.id, e.text)
+                t.add_row(marks[kind], plain(e.id), plain(e.text))
         emit([t], {"a": la, "b": lb, **{k: [experience_row(e) for e in v] for k, v in d.items()}}, as_json)
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from experience_store import Library, Pack, spec_label
 from experience_store.pack import MERGE_THRESHOLD
-from tfgrpo.cli.console import emit, err_console, experience_row, user_errors
+from tfgrpo.cli.console import emit, err_console, experience_row, plain, user_errors
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import LIBRARY, STEPS, library_dir
 
@@ -30,14 +30,14 @@ def _read_eval(source: Path) -> dict[str, Any]:
 
 def manifest_table(pack: Pack, title: str) -> Table:
     m = pack.manifest
-    t = Table(title=title, title_justify="left", show_header=False)
+    t = Table(title=plain(title), title_justify="left", show_header=False)
     for key, value in (("name", m.name), ("format", f"{m.format} v{m.format_version}"), ("toolkit", m.toolkit_version),
                        ("task", m.task), ("policy", m.policy_model), ("judge", m.judge_model),
                        ("source", f"{m.source_run}@{m.source_step}" if m.source_run else None),
                        ("embedding", spec_label(m.embedding)), ("lessons", m.counts.get("experiences")),
                        ("retired", m.counts.get("retired")), ("history ops", m.counts.get("history")),
                        ("created", m.created)):
-        t.add_row(key, "n/a" if value is None else str(value))
+        t.add_row(key, plain("n/a" if value is None else value))
     return t
 
 
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         """Check paths, sizes, schema, format version and checksums; exit 2 with the reason if any fails."""
         p = Pack.load(pack)
         if not as_json:
-            err_console.print(f"ok: {pack} ({p.manifest.counts.get('experiences', 0)} lessons, checksums match)")
+            err_console.print(plain(f"ok: {pack} ({p.manifest.counts.get('experiences', 0)} lessons, checksums match)"))
         emit([], {"ok": True, "pack": str(pack), "counts": p.manifest.counts,
                   "sha256": {n: f.sha256 for n, f in p.manifest.files.items()}}, as_json)
 
@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         injected = p.inject(query) if query is not None else None
         for e in p.active:
             if injected is None or e.id in injected.ids:
-                lessons.add_row(e.id, e.text)
+                lessons.add_row(plain(e.id), plain(e.text))
         payload = {"manifest": p.manifest.model_dump(mode="json"), "experiences": [experience_row(e) for e in p.active]}
         if injected is not None:
             payload["injected"] = {"ids": injected.ids, "tokens": injected.tokens, "mode": injected.mode, "text": injected.text}
@@ -94,14 +94,14 @@ def register(app: typer.Typer) -> None:
     def diff_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"), as_json: bool = json_opt) -> None:
         """Lessons only in A (-) and only in B (+), compared by text."""
         d = Pack.load(a).diff(Pack.load(b))
-        t = Table(title=f"{a} -> {b}: {d.same} in both", title_justify="left")
+        t = Table(title=plain(f"{a} -> {b}: {d.same} in both"), title_justify="left")
         t.add_column("")
         t.add_column("id")
         t.add_column("lesson")
         for e in d.removed:
-            t.add_row("-", e.id, e.text)
+            t.add_row("-", plain(e.id), plain(e.text))
         for e in d.added:
-            t.add_row("+", e.id, e.text)
+            t.add_row("+", plain(e.id), plain(e.text))
         emit([t], d.as_dict(), as_json)
 
     @group.command("merge")
@@ -139,6 +139,6 @@ def register(app: typer.Typer) -> None:
         results = lib.import_pack(p, reembed=reembed, step=0 if max(lib.versions(), default=0) == 0 else None)
         added = sum(1 for r in results if r.status == "applied")
         if not as_json:
-            err_console.print(f"imported {added} lessons into {target} (step {lib.state.step}, {len(lib)} active)")
+            err_console.print(plain(f"imported {added} lessons into {target} (step {lib.state.step}, {len(lib)} active)"))
         emit([], {"library": str(target), "step": lib.state.step, "added": added,
                   "skipped": sum(1 for r in results if r.status != "applied"), "size": len(lib)}, as_json)

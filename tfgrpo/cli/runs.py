@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tfgrpo.cli.console import user_errors
+from tfgrpo.cli.console import plain, user_errors
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import CONFIG
 
@@ -27,11 +27,15 @@ def register(app: typer.Typer) -> None:
         if not folder.is_dir():
             raise UserError(f"no folder {folder}")
         paths = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
-        t = Table(title=f"Runs in {folder}", title_justify="left")
+        t = Table(title=plain(f"Runs in {folder}"), title_justify="left")
         for col in ("run", "task", "policy / judge", "steps", "library", "best eval (library vs baseline)", "cost", "status"):
             t.add_column(col, justify="right" if col in ("steps", "library", "cost") else "left")
         for p in paths:
-            run = load_run(p)
+            try:
+                run = load_run(p)
+            except UserError as e:  # one damaged run does not hide the others
+                t.add_row(plain(p.name), "", "", "", "", "", "", plain(f"unreadable: {e}"))
+                continue
             cfg = run.config or {}
             policy, judge = run.models
             best = best_eval(run)
@@ -40,7 +44,7 @@ def register(app: typer.Typer) -> None:
             spend = run.spend
             cost = "-" if not run.steps or run.params_mode else (f"${spend.cost:.4f}" if not spend.unpriced else f"{spend.tokens:,} tok")
             steps = f"{len(run.steps)}/{(run.status or {}).get('steps_planned', '?')}"
-            t.add_row(p.name, str(cfg.get("task")), f"{policy} / {judge or '-'}", steps,
+            t.add_row(plain(p.name), plain(cfg.get("task")), plain(f"{policy} / {judge or '-'}"), steps,
                       str(run.steps[-1].get("library_size", "-")) if run.steps else "-", score, cost, run_status(run))
         if not paths:
             typer.echo(f"no runs in {folder}")
