@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tfgrpo.errors import UserError
 from tfgrpo.resources import builtin_dir, jsonl_rows
@@ -24,13 +24,26 @@ from tfgrpo.rewards import Reward
 
 
 class Sample(BaseModel):
-    """One query of a task. ``prompt`` or ``messages`` holds what the agent sees."""
+    """One query of a task. ``prompt`` or ``messages`` holds what the agent sees. An unknown
+    field (``input=``, ``target=``) is an error, never a silently empty prompt."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     answer: Any = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            if unknown:
+                raise UserError(f"Sample got unknown field(s) {', '.join(unknown)}; "
+                                f"accepted: {', '.join(cls.model_fields)}")
+        return data
 
     def user_text(self) -> str:
         if self.prompt is not None:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from tfgrpo.cli.console import emit, eval_table, progress_hooks, user_errors
+from tfgrpo.cli.console import emit, eval_table, notice, progress_hooks, user_errors
 from tfgrpo.cli.options import apply_flags, collect, with_generated_options
 from tfgrpo.config import build, load_yaml
 from tfgrpo.training_free.config import EvalConfig
@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def eval_cmd(
         flags: dict[str, Any],
-        library: Path = typer.Option(..., "--library", "-l", help="Run directory (or its library/ folder) whose experiences to inject"),
+        library: Optional[Path] = typer.Option(None, "--library", "-l", help="Run directory, its library/ folder, or a pack (.zip or folder) whose lessons to inject; task, data, split, model and injection follow it unless given (without it: baseline only)"),
+        baseline_only: bool = typer.Option(False, "--baseline-only", help="Score the policy alone, on the --library's task and data"),
+        on_training_problems: bool = typer.Option(False, "--on-training-problems", help="Allow scoring the problems the library was trained on (labelled TRAINING problems)"),
         step: Optional[int] = typer.Option(None, "--step", help="Use the library as it was after this step (default: the one --select best-val kept, else the latest)"),
         name: Optional[str] = typer.Option(None, "--name", help="Save results under eval/NAME/ (default: <split>-k<k>-n<n>-step<step>)"),
         save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Folder holding eval/ results (default: the run directory, else the current one)"),
@@ -31,10 +33,13 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar"),
     ) -> None:
         """Evaluate the policy without and with a learned library on the same problems and seeds:
-        Mean@k and Pass@k with 95% intervals, and the paired difference with its p-value."""
+        Mean@k and Pass@k with 95% intervals, and the paired difference with its p-value.
+        Without --library (or with --baseline-only): the policy alone."""
         from tfgrpo import api
 
         cfg = build(EvalConfig, apply_flags(load_yaml(config) if config else {}, flags, SPECS))
         with progress_hooks(not quiet) as hooks:
-            result = api.evaluate(cfg, library, step=step, name=name, save_dir=save_dir, hooks=hooks)
+            result = api.evaluate(cfg, library, step=step, name=name, save_dir=save_dir, hooks=hooks,
+                                  baseline_only=baseline_only, on_training_problems=on_training_problems)
         emit([eval_table(result.summary)], result.summary, as_json)
+        notice(f"results saved in {result.saved}")

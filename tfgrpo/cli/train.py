@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         baseline vs learned library. No network, no API key, a couple of minutes on a laptop."""
         from tfgrpo import api
 
-        cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4})
+        cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4}, policy={"model": "sim"})
         result = _run(cfg, out, False, quiet)
         with progress_hooks(not quiet) as hooks:
             report = api.evaluate(EvalConfig(task="demo", k=k, sampling={"seed": cfg.sampling.seed}), result.run_dir,

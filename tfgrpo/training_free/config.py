@@ -19,6 +19,36 @@ from tfgrpo.config import ConfigModel as _Model
 from tfgrpo.config import build, flag, load_yaml
 
 
+def absolute_task(spec: Any) -> Any:
+    """``tasks.py:name`` -> ``/abs/tasks.py:name``, so a run re-runs and resumes from any directory."""
+    if isinstance(spec, str):
+        head, _, name = spec.rpartition(":")
+        if head.endswith(".py"):
+            return f"{Path(head).expanduser().resolve()}:{name}"
+    return spec
+
+
+def absolute_data(data: Any) -> Any:
+    """A local data file becomes an absolute path (a dataset id stays as it is)."""
+    if isinstance(data, str) and Path(data).expanduser().exists():
+        return str(Path(data).expanduser().resolve())
+    return data
+
+
+class _Paths(_Model):
+    """Task files and data files are stored absolute."""
+
+    @field_validator("task", mode="before", check_fields=False)
+    @classmethod
+    def _abs_task(cls, v: Any) -> Any:
+        return absolute_task(v)
+
+    @field_validator("data", mode="before", check_fields=False)
+    @classmethod
+    def _abs_data(cls, v: Any) -> Any:
+        return absolute_data(v)
+
+
 class AgentConfig(_Model):
     """Limits of one tool-calling rollout (tasks with tools); a rollout hitting one is scored as it stands."""
 
@@ -41,7 +71,7 @@ class SamplingConfig(_Model):
 class PolicyConfig(_Model):
     """How the policy model is reached (what it samples is ``SamplingConfig``)."""
 
-    model: str = Field("sim", description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model", json_schema_extra=flag("model"))
+    model: str | None = Field(None, description="Policy model (required): a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model, which knows only the built-in demo problems", json_schema_extra=flag("model"))
     api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
     api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
@@ -110,7 +140,7 @@ class BudgetConfig(_Model):
     price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
 
 
-class RunConfig(_Model):
+class RunConfig(_Paths):
     """Everything a training-free run needs. Field order is the config.yaml layout."""
 
     version: int = 1
@@ -137,10 +167,10 @@ class RunConfig(_Model):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
 
-class EvalConfig(_Model):
+class EvalConfig(_Paths):
     version: int = 1
-    task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
-    data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id", json_schema_extra=flag("data"))
+    task: str | None = Field(None, description="Task: a built-in name or file.py:name (default: the --library's task)", json_schema_extra=flag("task"))
+    data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id (default: the run's)", json_schema_extra=flag("data"))
     task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
     k: int = Field(4, gt=0, description="k of Mean@k and Pass@k", json_schema_extra=flag("k", "k"))
     n: int | None = Field(None, gt=0, description="Answers sampled per problem and seed, n >= k (default: k); more gives tighter estimates", json_schema_extra=flag("n", "n"))

@@ -28,7 +28,7 @@ from tfgrpo.training_free.rollout import injector, sample_group, stable_seed
 from tfgrpo.training_free.stats import bootstrap_ci, paired_permutation_p, pass_at_k
 from tfgrpo.task_registry import Sample, Task
 
-__all__ = ["ArmRun", "EvalReport", "arm_summary", "compare", "pass_at_k", "run_arm", "select_best_epoch"]
+__all__ = ["ArmRun", "EvalReport", "arm_summary", "baseline", "compare", "pass_at_k", "run_arm", "select_best_epoch"]
 
 
 @dataclass
@@ -149,6 +149,23 @@ async def compare(
         "task": task.name, "by_seed": by_seed,
     }
     return EvalReport(summary=summary, answers=base.answers + lib.answers)
+
+
+async def baseline(
+    client: LLMClient, task: Task, samples: list[Sample], prompts: Prompts, sampling: SamplingConfig, *, k: int,
+    seeds: Sequence[int] = (0,), on_advance: Callable[[], None] = lambda: None,
+) -> EvalReport:
+    """The policy alone (no library): Mean@k and Pass@k with their intervals, no comparison."""
+    seeds = list(seeds)
+    base = await run_arm(client, task, samples, "", prompts, sampling, name="baseline", seeds=seeds, on_advance=on_advance)
+    ids = [s.id for s in samples]
+    summary = {
+        "baseline": arm_summary(base, ids, seeds, k), "verdict": "baseline only (no library)", "n_problems": len(samples),
+        "k": k, "n": sampling.group_size, "seeds": seeds, "seed": seeds[0], "task": task.name,
+        "by_seed": [{"seed": s, "baseline": {key: arm_summary(base, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}}
+                    for s in seeds],
+    }
+    return EvalReport(summary=summary, answers=base.answers)
 
 
 # ---------------------------------------------------------------------------- best-val selection

@@ -1,0 +1,124 @@
+"""Issue 13, "the first hour of a real user": no silent simulator, an eval that follows its run,
+strict samples, absolute task paths. Each test reproduces one complaint of the issue."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+
+import pytest
+
+from cli_helpers import last_json, tfgrpo
+from tfgrpo import api
+from tfgrpo.errors import UserError
+from tfgrpo.hooks import Hooks
+from tfgrpo.task_registry import Sample
+from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
+
+TRAIN_ONLY = textwrap.dedent('''
+    from tfgrpo.task_registry import Task, load_task, task
+
+    @task
+    def trainonly() -> Task:
+        """The first demo problems, with no test set of their own."""
+        demo = load_task("demo")
+        return Task(dataset=demo.dataset[:8], rewards=demo.rewards, instructions=demo.instructions, max_tokens=256)
+''')
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A simulated run on a user task (given by a relative path) that has no test set."""
+    root = tmp_path_factory.mktemp("first-hour")
+    (root / "mytask.py").write_text(TRAIN_ONLY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = api.train(RunConfig(task="mytask.py:trainonly", epochs=1, policy={"model": "sim"},
+                                     sampling={"group_size": 4}), out=root / "run")
+    return result.run_dir
+
+
+# ---------------------------------------------------------------------------- 1. no silent simulator
+
+def test_train_and_eval_require_a_model(tmp_path):
+    proc = tfgrpo("train", "--task", "demo", "--out", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and "which model? pass --model" in proc.stderr
+    assert not (tmp_path / "r").exists()
+    proc = tfgrpo("eval", "--task", "demo", "-k", "1", check=False)
+    assert proc.returncode == 2 and "which model? pass --model" in proc.stderr
+
+
+def test_sim_says_it_is_a_simulation_and_stops_on_a_task_it_does_not_know(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text(json.dumps({"question": "What is 17 * 23?", "answer": "391"}) + "\n")
+    proc = tfgrpo("train", "--task", "math", "--data", str(data), "--model", "sim", "--out", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2
+    assert "SIMULATED model" in proc.stderr and "none of task 'math'" in proc.stderr
+    notices = []
+    api.evaluate(EvalConfig(task="demo", k=1, limit=2, policy={"model": "sim"}), save_dir=tmp_path,
+                 hooks=Hooks(on_notice=notices.append))
+    assert len(notices) == 1 and notices[0].startswith("SIMULATION:")
+
+
+# ---------------------------------------------------------------------------- 2. eval follows its run
+
+def test_eval_takes_task_and_model_from_the_run_and_refuses_training_problems(run):
+    proc = tfgrpo("eval", "--library", str(run), "-k", "1", "-q", check=False)
+    assert proc.returncode == 2 and "--on-training-problems" in proc.stderr
+    # The advice is true: the suggested flag runs, and the result says what it scored.
+    r = last_json(tfgrpo("eval", "--library", str(run), "-k", "1", "-q", "--on-training-problems", "--json"))
+    assert r["task"] == "trainonly" and r["model"] == "sim"
+    assert r["on_training_problems"] is True and r["split"] == "train" and r["n_problems"] == 8
+    assert "TRAINING problems" in tfgrpo("eval", "--library", str(run), "-k", "1", "-q", "--on-training-problems").stdout
+
+
+def test_eval_refuses_another_task_whatever_the_library_holds(run, tmp_path):
+    before = (run / "eval.json").read_text() if (run / "eval.json").exists() else None
+    empty = tmp_path / "empty-run"
+    shutil.copytree(run, empty)
+    shutil.rmtree(empty / "library")
+    (empty / "library" / "versions").mkdir(parents=True)
+    for target in (run, empty):
+        proc = tfgrpo("eval", "--library", str(target), "--task", "demo", "-k", "1", "-q", check=False)
+        assert proc.returncode == 2 and "learned on task 'trainonly', not 'demo'" in proc.stderr
+    assert ((run / "eval.json").read_text() if (run / "eval.json").exists() else None) == before
+    assert not (run / "eval" / "test-k1-n1-step1").exists()
+
+
+def test_eval_of_a_pack_zip_follows_its_manifest(run, tmp_path):
+    pack = tmp_path / "p.zip"
+    api.export_pack(run, pack)
+    proc = tfgrpo("eval", "--library", str(pack), "--task", "demo", "-k", "1", check=False)
+    assert proc.returncode == 2 and "learned on task 'trainonly'" in proc.stderr
+    r = api.evaluate(EvalConfig(k=1), pack, save_dir=tmp_path).summary
+    assert r["task"] == "trainonly" and r["model"] == "sim" and r["library_kind"] == "pack"
+    assert r["library_size"] == len(api.pack_from_run(run).active)
+
+
+def test_baseline_only_eval(run, tmp_path):
+    r = last_json(tfgrpo("eval", "--library", str(run), "--baseline-only", "-k", "1", "--json", "-q"))
+    assert set(r) >= {"baseline", "task", "model"} and "library" not in r and "diff" not in r
+    assert r["task"] == "trainonly" and r["on_training_problems"] is False
+    r = last_json(tfgrpo("eval", "--task", "demo", "--model", "sim", "-k", "1", "--limit", "4", "--save-dir",
+                         str(tmp_path), "--json", "-q"))
+    assert r["n_problems"] == 4 and "library" not in r
+    assert (tmp_path / "eval" / "test-k1-n1-baseline" / "summary.json").is_file()
+
+
+# ---------------------------------------------------------------------------- 3. strict samples
+
+def test_sample_forbids_unknown_fields():
+    with pytest.raises(UserError) as e:
+        Sample(id="1", input="What is 2 + 2?", target="4")
+    assert str(e.value) == "Sample got unknown field(s) input, target; accepted: id, prompt, messages, answer, metadata"
+    assert Sample(id="1", prompt="What is 2 + 2?", answer="4").prompt == "What is 2 + 2?"
+
+
+# ---------------------------------------------------------------------------- 6. absolute task paths
+
+def test_task_file_is_stored_absolute(run, tmp_path, monkeypatch):
+    stored = load_run_config(run).task
+    assert stored.startswith("/") and stored.endswith("mytask.py:trainonly")
+    monkeypatch.chdir(tmp_path)  # elsewhere, the run's config still finds its task
+    assert api.build_task(stored, {}, None).name == "trainonly"
