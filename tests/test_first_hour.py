@@ -4,13 +4,17 @@ strict samples, absolute task paths. Each test reproduces one complaint of the i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import textwrap
 
 import pytest
 
-from cli_helpers import last_json, tfgrpo
+from typer.testing import CliRunner
+
+from cli_helpers import last_json
 from tfgrpo import api
+from tfgrpo.cli import build_app
 from tfgrpo.errors import UserError
 from tfgrpo.hooks import Hooks
 from tfgrpo.task_registry import Sample
@@ -25,6 +29,19 @@ TRAIN_ONLY = textwrap.dedent('''
         demo = load_task("demo")
         return Task(dataset=demo.dataset[:8], rewards=demo.rewards, instructions=demo.instructions, max_tokens=256)
 ''')
+
+
+class Proc:
+    def __init__(self, result):
+        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
+
+
+def tfgrpo(*args: str, check: bool = True) -> Proc:
+    """The real command line, in process (fast); stdout and stderr apart."""
+    proc = Proc(CliRunner().invoke(build_app(), list(args), env={"COLUMNS": "200"}))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tfgrpo {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +139,85 @@ def test_task_file_is_stored_absolute(run, tmp_path, monkeypatch):
     assert stored.startswith("/") and stored.endswith("mytask.py:trainonly")
     monkeypatch.chdir(tmp_path)  # elsewhere, the run's config still finds its task
     assert api.build_task(stored, {}, None).name == "trainonly"
+
+
+# ---------------------------------------------------------------------------- 4. the p-value column
+
+def test_p_value_has_its_own_column():
+    from rich.console import Console
+
+    from tfgrpo.cli.console import eval_table
+
+    arm = {"mean_at_k": 0.5, "pass_at_k": 0.6, "ci95": [0.4, 0.6], "pass_ci95": [0.5, 0.7], "failures": 3}
+    report = {"k": 4, "n": 4, "seeds": [0], "n_problems": 5, "task": "demo", "baseline": arm,
+              "library": {**arm, "mean_at_k": 0.75}, "diff": {"mean": 0.25, "ci95": [0.1, 0.4], "p_value": 0.0625}}
+    console = Console(width=200, record=True)
+    console.print(eval_table(report))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "failed requests" in line)
+    diff = next(line for line in lines if line.strip().startswith("│ difference") or "difference" in line)
+    assert "p-value" in header
+    col = header.index("p-value")
+    assert "0.0625" in diff[col - 4:]
+    assert "0.0625" not in diff[header.index("failed requests") - 2: header.index("failed requests") + 15]
+
+
+# ---------------------------------------------------------------------------- 5. flag names
+
+def _flags(*command: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"--[a-z][a-z0-9-]+", tfgrpo(*command, "--help").stdout))
+
+
+def test_per_answer_cap_is_max_tokens_and_budgets_say_budget():
+    train, grpo = _flags("train"), _flags("grpo")
+    assert {"--max-tokens", "--budget-tokens", "--budget-cost", "--budget-calls", "--task-arg"} <= train
+    assert not {"--max-completion-tokens", "--max-cost", "--max-calls"} & train
+    assert "--max-tokens" in grpo and "--max-response-len" not in grpo
+    assert {"--max-tokens", "--task-arg"} <= _flags("eval")
+
+
+def test_yaml_keys_follow_the_flags_and_unknown_keys_are_named(tmp_path):
+    from tfgrpo.config import build
+    from tfgrpo.params.config import ParamsConfig
+
+    cfg = build(RunConfig, {"budget": {"tokens": 100, "cost": 2.0}, "sampling": {"max_tokens": 64}})
+    assert (cfg.budget.tokens, cfg.budget.cost, cfg.sampling.max_tokens) == (100, 2.0, 64)
+    # earlier runs' config.yaml still load
+    assert build(RunConfig, {"budget": {"max_tokens": 100}}).budget.tokens == 100
+    assert build(ParamsConfig, {"max_response_len": 32}).max_tokens == 32
+    bad = tmp_path / "c.yaml"
+    bad.write_text("budget:\n  max_token: 3\n")
+    proc = tfgrpo("train", "--config", str(bad), "--model", "sim", check=False)
+    assert proc.returncode == 2
+    assert "unknown config key budget.max_token; accepted there: cost, tokens, calls, price_per_mtok" in proc.stderr
+
+
+def test_task_arguments_by_T():
+    from tfgrpo.cli.options import parse_task_args
+
+    assert parse_task_args(["n=3", "letters=ab", "flag=true", "empty="]) == {"n": 3, "letters": "ab", "flag": True, "empty": ""}
+    proc = tfgrpo("train", "--task", "toy", "-T", "n=3", "-T", "nope=1", "--model", "sim", check=False)
+    assert proc.returncode == 2 and "bad arguments {'n': 3, 'nope': 1}" in proc.stderr
+    proc = tfgrpo("train", "--task", "toy", "-T", "n3", check=False)
+    assert proc.returncode == 2 and "give a task argument as key=value" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- 6. small things a user looks for
+
+def test_version_verbose_runs_json_and_every_task_in_help(run):
+    from tfgrpo.task_registry import available_tasks, builtin_task_names
+    from tfgrpo.version import __version__
+
+    assert tfgrpo("--version").stdout.strip() == f"tfgrpo {__version__}"
+    assert "--verbose" in tfgrpo("--help").stdout
+    tasks = builtin_task_names()
+    assert set(tasks) >= {"code", "demo", "docqa", "math", "math-tools", "sql", "toy"}
+    assert set(tasks) <= set(available_tasks())
+    for command in ((), ("train",), ("eval",), ("grpo",)):
+        text = re.sub(r"-\s+", "-", " ".join(tfgrpo(*command, "--help").stdout.split()))  # click wraps at hyphens
+        assert all(t in text for t in tasks), (command, tasks)
+    rows = json.loads(tfgrpo("runs", str(run.parent), "--json").stdout)
+    assert [r["run"] for r in rows] == ["run"]
+    assert rows[0]["task"].endswith("mytask.py:trainonly") and rows[0]["policy"] == "sim" and rows[0]["steps"] == 1

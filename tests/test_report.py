@@ -22,7 +22,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     tfgrpo("train", "--model", "sim", "--epochs", "2", "--out", str(root / "done"), "--price-per-mtok", "0.5,1.5", "-q")
     tfgrpo("eval", "--library", str(root / "done"), "-k", "2", "-n", "4", "-q")
-    tfgrpo("train", "--model", "sim", "--epochs", "2", "--out", str(root / "budget"), "--max-calls", "40", "-q")
+    tfgrpo("train", "--model", "sim", "--epochs", "2", "--out", str(root / "budget"), "--budget-calls", "40", "-q")
     crashed = root / "crashed"
     shutil.copytree(root / "budget", crashed)
     status = json.loads((crashed / "status.json").read_text())

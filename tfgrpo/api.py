@@ -47,7 +47,7 @@ RESUMABLE = frozenset({
     "policy.api_base", "policy.api_key_env", "policy.concurrency", "policy.timeout", "policy.max_retries",
     "judge.api_base", "judge.api_key_env", "judge.concurrency", "judge.timeout", "judge.max_retries",
     "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n",
-    "budget.max_cost", "budget.max_tokens", "budget.max_calls", "budget.price_per_mtok",
+    "budget.cost", "budget.tokens", "budget.calls", "budget.price_per_mtok",
 })
 
 
@@ -98,16 +98,16 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
     else:
         rd = new_run_dir(out, cfg.task)
     hooks = hooks or Hooks()
-    if cfg.policy.model is None and not cfg.serve:
-        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, or sim for the "
-                        "built-in SIMULATED model), or name it as policy.model in --config")
     task = build_task(cfg.task, cfg.task_args, cfg.data)
     splits = split_task(task, cfg.split.fractions, cfg.split.seed)
     task.dataset, task.eval_dataset = splits.part("train"), splits.test
-    check_sim(cfg.policy.model, task, task.dataset, hooks)
     if cfg.select == "best-val" and not splits.validation:
         raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
     prompts = Prompts(cfg.prompts_dir)
+    if cfg.policy.model is None and not cfg.serve:
+        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, or sim for the "
+                        "built-in SIMULATED model), or name it as policy.model in --config")
+    check_sim(cfg.policy.model, task, task.dataset, hooks)
     rd.create()
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
     try:
@@ -167,7 +167,7 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
         raise UserError(f"-k {cfg.k} is larger than -n {n}: sample at least k answers per problem")
     src = open_source(library, step)
     got = resolve(cfg, src)
-    task = build_task(got.task, cfg.task_args, got.data)
+    task = build_task(got.task, got.task_args, got.data)
     _check_task(src.lessons(), task.name, src.where)
     learned = src.library is not None and not baseline_only
     part = cfg.eval_on if got.split.fractions else "test"

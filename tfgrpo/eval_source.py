@@ -28,6 +28,7 @@ class Source:
     run: RunDir | None = None
     task: str | None = None
     data: str | None = None
+    task_args: dict[str, Any] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     injection: LibraryConfig = field(default_factory=LibraryConfig)
@@ -76,7 +77,8 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
     if run is None:
         return Source(kind="library", where=where, library=lib)
     cfg = load_run_config(run.path)
-    return Source(kind="run", where=where, library=lib, run=run, task=cfg.task, data=cfg.data, split=cfg.split,
+    return Source(kind="run", where=where, library=lib, run=run, task=cfg.task, data=cfg.data, task_args=cfg.task_args,
+                  split=cfg.split,
                   policy=cfg.policy, injection=cfg.library, agent=cfg.sampling.agent)
 
 
@@ -99,6 +101,7 @@ def task_key(spec: str) -> str:
 class Resolved:
     task: str
     data: str | None
+    task_args: dict[str, Any]
     split: SplitConfig
     policy: PolicyConfig
 
@@ -114,10 +117,11 @@ def resolve(cfg: EvalConfig, src: Source) -> Resolved:
                         f"{task_key(task)!r}: evaluate it on its own task (leave out --task), or evaluate "
                         "the other task without --library")
     data = cfg.data if cfg.data is not None else src.data
+    task_args = cfg.task_args or src.task_args
     split = cfg.split if cfg.split.fractions else src.split
     given = {k: getattr(cfg.policy, k) for k in cfg.policy.model_fields_set}
     policy = src.policy.model_copy(update=given) if src.policy.model else cfg.policy
     if policy.model is None:
         raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, "
                         "or sim for the built-in SIMULATED model)")
-    return Resolved(task=task, data=data, split=split, policy=policy)
+    return Resolved(task=task, data=data, task_args=task_args, split=split, policy=policy)

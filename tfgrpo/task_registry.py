@@ -131,6 +131,27 @@ def _load_module(path: Path, module_name: str):
     return module
 
 
+def builtin_task_names() -> list[str]:
+    """Names of the built-in tasks, read from their ``@task`` decorators without importing them
+    (cheap enough for ``--help``)."""
+    import ast
+
+    names = []
+    for path in sorted(builtin_dir("tasks").glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for dec in node.decorator_list:
+                if isinstance(dec, ast.Name) and dec.id == "task":
+                    names.append(node.name)
+                elif isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "task":
+                    named = [k.value.value for k in dec.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)]
+                    names.append(named[0] if named else node.name)
+    return sorted(names)
+
+
 def available_tasks() -> list[str]:
     _load_builtins()
     return sorted(_REGISTRY)

@@ -8,12 +8,12 @@ from typing import Any, Optional
 import typer
 
 from tfgrpo.cli.console import emit, eval_table, notice, progress_hooks, user_errors
-from tfgrpo.cli.options import apply_flags, collect, with_generated_options
+from tfgrpo.cli.options import TASK_ARG_HELP, apply_flags, describe_tasks, collect, with_generated_options, with_task_args
 from tfgrpo.config import build, load_yaml
 from tfgrpo.training_free.config import EvalConfig
 
 # -n is eval's answers per problem; the run's agent limits apply.
-SPECS = collect(EvalConfig, exclude=frozenset({"group-size", "max-turns", "agent-max-tokens", "agent-wall-s"}))
+SPECS = describe_tasks(collect(EvalConfig, exclude=frozenset({"group-size", "max-turns", "agent-max-tokens", "agent-wall-s"})))
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, "--name", help="Save results under eval/NAME/ (default: <split>-k<k>-n<n>-step<step>)"),
         save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Folder holding eval/ results (default: the run directory, else the current one)"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with settings (flags override it)"),
+        task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T", help=TASK_ARG_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar"),
     ) -> None:
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         Without --library (or with --baseline-only): the policy alone."""
         from tfgrpo import api
 
-        cfg = build(EvalConfig, apply_flags(load_yaml(config) if config else {}, flags, SPECS))
+        cfg = build(EvalConfig, with_task_args(apply_flags(load_yaml(config) if config else {}, flags, SPECS), task_arg))
         with progress_hooks(not quiet) as hooks:
             result = api.evaluate(cfg, library, step=step, name=name, save_dir=save_dir, hooks=hooks,
                                   baseline_only=baseline_only, on_training_problems=on_training_problems)

@@ -42,7 +42,7 @@ def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: boo
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             "CUDA out of memory: lower --micro-batch-groups "
-            f"({cfg.micro_batch_groups}), --max-response-len ({cfg.max_response_len}), --max-prompt-len "
+            f"({cfg.micro_batch_groups}), --max-tokens ({cfg.max_tokens}), --max-prompt-len "
             f"({cfg.max_prompt_len}) or --group-size ({cfg.group_size}); or use --lora-r / --gradient-checkpointing"
         ) from None
 
@@ -87,7 +87,7 @@ class _Run:
         self.cfg, self.task, self.progress = cfg, task, progress
         self.prefix_sharing = getattr(cfg, "prefix_sharing", "auto")  # auto | packed | naive (True: auto)
         self.forward_modes: list[str] = []
-        self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
+        self.max_len = min(cfg.max_tokens, task.max_tokens) if task.max_tokens else cfg.max_tokens
         self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
         self.acc = Accelerator(cpu=device == "cpu")
         self.rd = RunDir(cfg.run_dir)

@@ -1,4 +1,4 @@
-"""Run budgets: ``--max-cost USD``, ``--max-tokens N``, ``--max-calls N``.
+"""Run budgets: ``--budget-cost USD``, ``--budget-tokens N``, ``--budget-calls N``.
 
 The trainer asks before every step whether the next step could pass a limit, judging the
 next step by the largest step so far (the first step runs unless a limit is already spent).
@@ -72,7 +72,7 @@ class Budget:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.cfg.max_cost, self.cfg.max_tokens, self.cfg.max_calls))
+        return any(v is not None for v in (self.cfg.cost, self.cfg.tokens, self.cfg.calls))
 
     def stop_reason(self, step_usages: list[dict[str, Any]]) -> str | None:
         """Why the next step must not start, or None. ``step_usages``: every finished step's usage."""
@@ -80,13 +80,13 @@ class Budget:
             return None
         spent = total_spend(step_usages)
         per_step = [Spend.of(u) for u in step_usages]
-        if self.cfg.max_cost is not None and spent.unpriced:
-            return (f"--max-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
+        if self.cfg.cost is not None and spent.unpriced:
+            return (f"--budget-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
                     "give one with --price-per-mtok IN,OUT")
         checks = (
-            ("max-cost", self.cfg.max_cost, spent.cost, max((s.cost for s in per_step), default=0.0), "${:.4f}"),
-            ("max-tokens", self.cfg.max_tokens, spent.tokens, max((s.tokens for s in per_step), default=0), "{:,}"),
-            ("max-calls", self.cfg.max_calls, spent.calls, max((s.calls for s in per_step), default=0), "{:,}"),
+            ("budget-cost", self.cfg.cost, spent.cost, max((s.cost for s in per_step), default=0.0), "${:.4f}"),
+            ("budget-tokens", self.cfg.tokens, spent.tokens, max((s.tokens for s in per_step), default=0), "{:,}"),
+            ("budget-calls", self.cfg.calls, spent.calls, max((s.calls for s in per_step), default=0), "{:,}"),
         )
         for name, limit, used, next_step, fmt in checks:
             if limit is not None and (used >= limit or used + next_step > limit):

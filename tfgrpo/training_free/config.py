@@ -63,7 +63,7 @@ class SamplingConfig(_Model):
 
     group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
-    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-completion-tokens"))
+    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-tokens"))
     seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
     agent: AgentConfig = Field(default_factory=AgentConfig)
 
@@ -134,10 +134,20 @@ class SplitConfig(_Model):
 
 
 class BudgetConfig(_Model):
-    max_cost: float | None = Field(None, gt=0, description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)", json_schema_extra=flag("max-cost"))
-    max_tokens: int | None = Field(None, gt=0, description="Run budget in tokens (policy + judge, prompt + completion), same rule", json_schema_extra=flag("max-tokens"))
-    max_calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("max-calls"))
+    """Run budgets; YAML ``budget: {tokens: N}`` is the flag ``--budget-tokens N``."""
+
+    cost: float | None = Field(None, gt=0, description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)", json_schema_extra=flag("budget-cost"))
+    tokens: int | None = Field(None, gt=0, description="Run budget in tokens (policy + judge, prompt + completion), same rule", json_schema_extra=flag("budget-tokens"))
+    calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("budget-calls"))
     price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """config.yaml of earlier runs: max_cost, max_tokens, max_calls."""
+        if isinstance(data, dict) and {"max_cost", "max_tokens", "max_calls"} & data.keys():
+            data = {(k.removeprefix("max_") if k in ("max_cost", "max_tokens", "max_calls") else k): v for k, v in data.items()}
+        return data
 
 
 class RunConfig(_Paths):
