@@ -221,3 +221,8 @@ def test_version_verbose_runs_json_and_every_task_in_help(run):
     rows = json.loads(tfgrpo("runs", str(run.parent), "--json").stdout)
     assert [r["run"] for r in rows] == ["run"]
     assert rows[0]["task"].endswith("mytask.py:trainonly") and rows[0]["policy"] == "sim" and rows[0]["steps"] == 1
+
+
+def test_errors_keep_brackets_of_user_text():
+    proc = tfgrpo("train", "--task", "my[vllm]/t.py:thing", "--model", "sim", check=False)
+    assert proc.returncode == 2 and "my[vllm]/t.py" in proc.stderr

@@ -135,7 +135,8 @@ class _Run:
             state = load_checkpoint(ckpt, self.policy, self.optimizer)
             self._log(f"resumed from {ckpt} at step {state['step']}")
         if self.acc.is_main_process:
-            self.rd.write_config(self.cfg)
+            # The effective values (tiny's learning rate included), so config.yaml re-runs as is.
+            self.rd.write_config(self.cfg.model_copy(update={"lr": self.cfg.learning_rate}))
             self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
