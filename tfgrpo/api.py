@@ -25,7 +25,7 @@ from tfgrpo.config import build
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.eval_source import library_at, open_source, resolve
 from tfgrpo.llm.endpoints import Models, is_sim, open_models
-from tfgrpo.rundir import OPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.rundir import EVALS, OPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Sample, Task, load_task
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
@@ -206,7 +206,7 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     name = name or f"{label}-k{cfg.k}-n{n}" + (f"-step{src.step}" if learned else "-baseline")
     run = src.run
     root = Path(save_dir) if save_dir is not None else (run.path if run is not None else Path("."))
-    dest = root / "eval" / name
+    dest = root / EVALS / name
     summary["saved"] = str(dest)
     save_eval(dest, summary, report.answers)
     if run is not None and save_dir is None and learned:  # the run's latest eval, which `pack export` records

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tfgrpo.cli.console import user_errors
 from tfgrpo.errors import UserError
+from tfgrpo.rundir import CONFIG
 
 
 COLUMNS = ("run", "task", "policy / judge", "steps", "library", "best eval (library vs baseline)", "cost", "status")
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         if not folder.is_dir():
             raise UserError(f"no folder {folder}")
-        paths = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file())
+        paths = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
         rows, records = [], []
         for p in paths:
             run = load_run(p)

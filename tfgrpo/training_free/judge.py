@@ -1,7 +1,7 @@
 """The semantic advantage: the judge compares a group's better and worse answers and proposes
 edits to the library.
 
-Stages (design.md): optional per-sample summaries, then one group comparison that returns an
+Stages (docs/architecture.md): optional per-sample summaries, then one group comparison that returns an
 analysis and at most a few proposed ops. Following the GEPA contract, one bad group never
 raises: its failure is returned and recorded; only an unreachable endpoint raises.
 """
