@@ -1,6 +1,7 @@
 """Budgets stop a run at a step boundary, say so, and resume with a higher limit."""
 
 import json
+import re
 
 import pytest
 
@@ -64,3 +65,9 @@ def test_price_per_mtok_prices_an_unpriced_model_and_caps_cost(tmp_path):
 def test_cost_limit_without_a_price_stops_after_the_first_step_and_says_why(tmp_path):
     proc = tfgrpo("train", "--model", "sim", "--epochs", "1", "--budget-cost", "5", "--out", str(tmp_path / "r"), "--json", "-q")
     assert last_json(proc)["steps"] == 1 and "--price-per-mtok" in proc.stderr
+    # The advice is true: the suggested command (not "a higher limit") continues the run.
+    suggested = re.search(r"continue with tfgrpo (train --resume \S+ --price-per-mtok IN,OUT)", " ".join(proc.stderr.split()))
+    assert suggested, proc.stderr
+    args = suggested.group(1).replace("IN,OUT", "1,2").split()
+    again = last_json(tfgrpo(*args, "--json", "-q"))
+    assert again["steps"] > 1

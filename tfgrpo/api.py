@@ -25,7 +25,7 @@ from tfgrpo.config import build
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.eval_source import library_at, open_source, resolve
 from tfgrpo.llm.endpoints import Models, is_sim, open_models
-from tfgrpo.rundir import EVALS, OPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.rundir import CONFIG, EVALS, OPS, RECORD_FILES, STATUS, STEPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Sample, Task, load_task
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
@@ -108,6 +108,7 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, or sim for the "
                         "built-in SIMULATED model), or name it as policy.model in --config")
     check_sim(cfg.policy.model, task, task.dataset, hooks)
+    fresh = not resume and not rd.path.exists()
     rd.create()
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
     try:
@@ -123,7 +124,27 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
 
             return asyncio.run(session())
     except (EndpointError, StoreError) as e:  # StoreError: e.g. another writer committed to the shared library first
+        if not resume and not rd.steps():
+            _discard(rd, fresh)
+            raise UserError(f"{e}; no step finished, so nothing was kept: fix the cause and run the same command "
+                            "again") from None
         raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
+    except UserError:  # e.g. a missing API key: a run that never stepped leaves nothing behind
+        if not resume and not rd.steps():
+            _discard(rd, fresh)
+        raise
+
+
+def _discard(rd: RunDir, fresh: bool) -> None:
+    """A run that failed before its first step leaves no run behind (which would be listed as
+    crashed-resumable, and whose --resume could not change what failed, e.g. the embedding)."""
+    import shutil
+
+    if fresh:
+        shutil.rmtree(rd.path, ignore_errors=True)
+    else:  # a folder that was there before (maybe with imported lessons): only this run's records go
+        for name in (CONFIG, STATUS, STEPS, *RECORD_FILES):
+            rd.file(name).unlink(missing_ok=True)
 
 
 async def _select(cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts,

@@ -41,8 +41,10 @@ def _run(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
         err_console.print(f"interrupted; continue with: tfgrpo train{where}", highlight=False, markup=False)
         raise typer.Exit(130) from None
     if result.stopped:
+        fix = ("--price-per-mtok IN,OUT" if "--price-per-mtok" in result.stopped  # no price: a higher limit would not help
+               else "and a higher limit")
         err_console.print(f"stopped by budget: {result.stopped}; every finished step is saved: continue with "
-                          f"tfgrpo train --resume {result.run_dir} and a higher limit", highlight=False, markup=False,
+                          f"tfgrpo train --resume {result.run_dir} {fix}", highlight=False, markup=False,
                           soft_wrap=True)
     if result.selection:
         chosen = result.selection["chosen"]

@@ -42,14 +42,19 @@ class Spend:
     unpriced: tuple[str, ...] = ()  # roles that made calls without a known price
 
     @classmethod
-    def of(cls, usage: dict[str, Any]) -> "Spend":
-        """Spend of one usage dict (role -> RoleUsage fields), as a step records it."""
+    def of(cls, usage: dict[str, Any], price: tuple[float, float] | None = None) -> "Spend":
+        """Spend of one usage dict (role -> RoleUsage fields), as a step records it; ``price``
+        (``--price-per-mtok``) prices the calls recorded without a cost (e.g. before a resume
+        that gave the price)."""
         s = cls()
         for role, u in usage.items():
             s.calls += int(u.get("calls") or 0)
-            s.tokens += int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+            prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+            s.tokens += prompt + completion
             if u.get("cost_usd") is not None:
                 s.cost += float(u["cost_usd"])
+            elif price is not None:
+                s.cost += (prompt * price[0] + completion * price[1]) / 1e6
             elif u.get("calls"):
                 s.unpriced += (role,)
         return s
@@ -59,10 +64,10 @@ class Spend:
                      tuple(dict.fromkeys(self.unpriced + other.unpriced)))
 
 
-def total_spend(usages: Iterable[dict[str, Any]]) -> Spend:
+def total_spend(usages: Iterable[dict[str, Any]], price: tuple[float, float] | None = None) -> Spend:
     out = Spend()
     for u in usages:
-        out = out + Spend.of(u)
+        out = out + Spend.of(u, price)
     return out
 
 
@@ -78,8 +83,9 @@ class Budget:
         """Why the next step must not start, or None. ``step_usages``: every finished step's usage."""
         if not self.active:
             return None
-        spent = total_spend(step_usages)
-        per_step = [Spend.of(u) for u in step_usages]
+        price = parse_price(self.cfg.price_per_mtok)
+        spent = total_spend(step_usages, price)
+        per_step = [Spend.of(u, price) for u in step_usages]
         if self.cfg.cost is not None and spent.unpriced:
             return (f"--budget-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
                     "give one with --price-per-mtok IN,OUT")
