@@ -119,14 +119,16 @@ def test_user_task_by_path(tmp_path):
     f = tmp_path / "mytask.py"
     f.write_text(
         "from tfgrpo import Sample, Task, reward, task\n"
+        "from tfgrpo.task_registry import load_task\n"
         "@reward\n"
-        "def has_four(sample, completion):\n"
-        "    return 1.0 if '4' in completion else 0.0\n"
+        "def has_answer(sample, completion):\n"
+        "    return 1.0 if str(sample.answer) in completion else 0.0\n"
         "@task\n"
-        "def adder():\n"
-        "    return Task(dataset=[Sample(id=str(i), prompt=f'What is {i}+2?', answer=i + 2) for i in range(4)], rewards=[has_four])\n"
+        "def adder():\n"  # the simulator's own demo problems: --model sim stops on problems it does not know
+        "    demo = load_task('demo').dataset[:4]\n"
+        "    return Task(dataset=[Sample(id=s.id, prompt=s.prompt, answer=s.answer) for s in demo], rewards=[has_answer])\n"
     )
-    summary = last_json(tfgrpo("train", "--task", f"{f}:adder", "--epochs", "1", "--batch-size", "2", "--group-size", "2",
+    summary = last_json(tfgrpo("train", "--task", f"{f}:adder", "--model", "sim", "--epochs", "1", "--batch-size", "2", "--group-size", "2",
                                "--out", str(tmp_path / "run"), "--json"))
     assert summary["steps"] == 2
     assert re.search(r"task: .*mytask.py:adder", (tmp_path / "run" / "config.yaml").read_text())
