@@ -87,7 +87,9 @@ def test_eval_takes_task_and_model_from_the_run_and_refuses_training_problems(ru
     r = last_json(tfgrpo("eval", "--library", str(run), "-k", "1", "-q", "--on-training-problems", "--json"))
     assert r["task"] == "trainonly" and r["model"] == "sim"
     assert r["on_training_problems"] is True and r["split"] == "train" and r["n_problems"] == 8
-    assert "TRAINING problems" in tfgrpo("eval", "--library", str(run), "-k", "1", "-q", "--on-training-problems").stdout
+    human = tfgrpo("eval", "--library", str(run), "-k", "1", "-q", "--on-training-problems")
+    assert "TRAINING problems" in human.stdout
+    assert f"results saved in {run / 'eval' / 'train-k1-n1-step1'}" in human.stderr  # says where results went
 
 
 def test_eval_refuses_another_task_whatever_the_library_holds(run, tmp_path):
@@ -226,3 +228,14 @@ def test_version_verbose_runs_json_and_every_task_in_help(run):
 def test_errors_keep_brackets_of_user_text():
     proc = tfgrpo("train", "--task", "my[vllm]/t.py:thing", "--model", "sim", check=False)
     assert proc.returncode == 2 and "my[vllm]/t.py" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- 8. item 10 leftovers
+
+def test_csv_data_is_read(tmp_path):
+    from tfgrpo.task_registry import load_task
+
+    data = tmp_path / "p.csv"
+    data.write_text('problem,answer\n"What is 1, plus 1?",2\nWhat is 3*3?,9\n')
+    task = load_task("math", data=str(data))
+    assert [(s.prompt, s.answer) for s in task.dataset] == [("What is 1, plus 1?", "2"), ("What is 3*3?", "9")]

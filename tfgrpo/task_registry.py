@@ -191,7 +191,8 @@ def load_task(spec: str, **kwargs: Any) -> Task:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local JSONL, JSON or Parquet file; a bad line is an error naming it."""
+    """Rows of a local JSONL, JSON, CSV (a header row; values are text) or Parquet file; a bad
+    line is an error naming it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"data file not found: {p}")
@@ -201,6 +202,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         except ImportError:
             raise UserError("reading Parquet needs pyarrow: pip install pyarrow") from None
         return pq.read_table(p).to_pylist()
+    if p.suffix == ".csv":
+        import csv
+
+        with p.open(newline="", encoding="utf-8") as fh:
+            return [dict(row) for row in csv.DictReader(fh)]
     if p.suffix == ".json":
         try:
             data = json.loads(p.read_text())
