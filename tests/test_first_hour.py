@@ -239,3 +239,20 @@ def test_csv_data_is_read(tmp_path):
     data.write_text('problem,answer\n"What is 1, plus 1?",2\nWhat is 3*3?,9\n')
     task = load_task("math", data=str(data))
     assert [(s.prompt, s.answer) for s in task.dataset] == [("What is 1, plus 1?", "2"), ("What is 3*3?", "9")]
+
+
+def test_report_to_tensorboard_writes_each_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = api.train(RunConfig(task="demo", epochs=1, limit=8, batch_size=4, policy={"model": "sim"},
+                                 sampling={"group_size": 2}, report_to="tensorboard"), out=tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    rewards = events.Scalars("train/mean_reward")
+    assert [e.step for e in rewards] == [s.step for s in result.steps] == [1, 2]
+    assert [e.value for e in rewards] == pytest.approx([s.mean_reward for s in result.steps])
+    assert "train/library_size" in events.Tags()["scalars"]
+    with pytest.raises(UserError, match="unknown tracker tensorbored"):
+        from tfgrpo.config import build
+
+        build(RunConfig, {"report_to": "tensorbored"})

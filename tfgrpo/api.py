@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tfgrpo.eval_source import library_at, open_source, resolve
 from tfgrpo.llm.endpoints import Models, is_sim, open_models
 from tfgrpo.rundir import CONFIG, EVALS, OPS, RECORD_FILES, STATUS, STEPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Sample, Task, load_task
+from tfgrpo.tracking import parse_report_to, step_metrics, trackers
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
 from tfgrpo.training_free.evaluate import baseline, compare, select_best_epoch
@@ -46,7 +47,7 @@ __all__ = ["EvalResult", "Hooks", "RESUMABLE", "TrainResult", "build_task", "eva
 RESUMABLE = frozenset({
     "policy.api_base", "policy.api_key_env", "policy.concurrency", "policy.timeout", "policy.max_retries",
     "judge.api_base", "judge.api_key_env", "judge.concurrency", "judge.timeout", "judge.max_retries",
-    "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n",
+    "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n", "report_to",
     "budget.cost", "budget.tokens", "budget.calls", "budget.price_per_mtok",
 })
 
@@ -114,7 +115,10 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
     try:
         with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
                          log_dir=rd.path, cache_path=cache_path,
-                         price_per_mtok=parse_price(cfg.budget.price_per_mtok)) as models:
+                         price_per_mtok=parse_price(cfg.budget.price_per_mtok)) as models, \
+                trackers(parse_report_to(cfg.report_to), rd.path, cfg.model_dump(mode="json")) as log:
+            shown = hooks.on_step
+            hooks = replace(hooks, on_step=lambda record: (shown(record), log(record.step, step_metrics(record))))
 
             async def session() -> TrainResult:
                 result = await train_loop(cfg, task, models, rd, prompts=prompts, hooks=hooks)

@@ -131,6 +131,13 @@ class LibraryConfig(_Model):
             raise ValueError(str(e)) from None
 
 
+def _check_report_to(value: Any) -> Any:
+    from tfgrpo.tracking import parse_report_to
+
+    parse_report_to(value)
+    return value
+
+
 class SplitConfig(_Model):
     fractions: str | None = Field(None, description="Split the task's dataset into train/validation/test by --split-seed, e.g. 70/15/15 (default: the task's own train and test sets)", json_schema_extra=flag("split"))
     seed: int = Field(0, description="Seed of --split: the same seed gives the same split in train and eval", json_schema_extra=flag("split-seed"))
@@ -156,6 +163,11 @@ class BudgetConfig(_Model):
 class RunConfig(_Paths):
     """Everything a training-free run needs. Field order is the config.yaml layout."""
 
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        return _check_report_to(value)
+
     version: int = 1
     task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
     data: str | None = Field(None, description="Data file for the task (JSONL, JSON or Parquet) or a Hugging Face dataset id", json_schema_extra=flag("data"))
@@ -172,6 +184,7 @@ class RunConfig(_Paths):
     serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
     select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
     val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
+    report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow (comma-separated; each an optional extra)", json_schema_extra=flag("report-to"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
