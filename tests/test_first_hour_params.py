@@ -17,7 +17,8 @@ from tfgrpo.report import load_run  # noqa: E402
 
 def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
     out = tmp_path / "run"
-    cfg = make_config(task="toy", model="tiny", out=str(out), steps=2, batch_size=2, group_size=2, device="cpu")
+    cfg = make_config(task="toy", model="tiny", out=str(out), steps=2, batch_size=2, group_size=2, device="cpu",
+                      report_to="tensorboard")
     train_params(cfg, progress=False)
     steps_before = (out / "steps.jsonl").read_text()
     with pytest.raises(UserError, match=f"{out} already holds a run: continue it with --resume"):
@@ -28,6 +29,13 @@ def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
     steps = load_run(out).steps
     assert len(steps) == 2 and all(s["mean_reward"] == json.loads(line)["reward_mean"]
                                    for s, line in zip(steps, steps_before.splitlines()))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))  # --report-to tensorboard, read by TensorBoard's reader
+    events.Reload()
+    logged = events.Scalars("train/reward_mean")
+    assert [e.step for e in logged] == [s["step"] for s in steps]
+    assert [e.value for e in logged] == pytest.approx([s["mean_reward"] for s in steps])
 
 
 def test_default_run_directory_is_new_per_run():

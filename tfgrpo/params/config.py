@@ -87,6 +87,8 @@ class ParamsConfig(ConfigModel):
     # -- bookkeeping
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).",
                             json_schema_extra=flag("save-every"))
+    report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow "
+                                  "(comma-separated; each an optional extra).", json_schema_extra=flag("report-to"))
 
     # ---------------------------------------------------------------------------------------
 
@@ -102,6 +104,9 @@ class ParamsConfig(ConfigModel):
     def _compatible(self) -> "ParamsConfig":
         """Reject unknown or incompatible options (before any model loads); ``build`` turns the
         ValueError into a one-line UserError."""
+        from tfgrpo.tracking import parse_report_to
+
+        parse_report_to(self.report_to)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
         if self.loss == "gspo" and self.token_level:

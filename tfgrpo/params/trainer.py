@@ -24,6 +24,7 @@ from tfgrpo.params.metrics import StepStats, format_step, mean, std
 from tfgrpo.rewards import group_advantages
 from tfgrpo.rundir import STEPS, RunDir
 from tfgrpo.task_registry import Task, load_task
+from tfgrpo.tracking import parse_report_to, trackers
 
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
@@ -142,14 +143,17 @@ class _Run:
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
         last_ckpt = None
-        for step in range(state["step"] + 1, self.cfg.steps + 1):
-            metrics = self.step(step, order)
-            rewards.append(metrics["reward_mean"])
-            if self.acc.is_main_process:
-                self.rd.append(STEPS, [metrics])
-            self._log(format_step(metrics))
-            if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
-                last_ckpt = self.save(step, order.cursor, rewards)
+        kinds = parse_report_to(self.cfg.report_to) if self.acc.is_main_process else []
+        with trackers(kinds, self.run_dir, self.cfg.model_dump(mode="json")) as track:
+            for step in range(state["step"] + 1, self.cfg.steps + 1):
+                metrics = self.step(step, order)
+                rewards.append(metrics["reward_mean"])
+                if self.acc.is_main_process:
+                    self.rd.append(STEPS, [metrics])
+                track(step, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"})
+                self._log(format_step(metrics))
+                if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
+                    last_ckpt = self.save(step, order.cursor, rewards)
         final = self.export()
         self._status("finished", self.cfg.steps)
         changed = self._params_changed()
