@@ -20,7 +20,8 @@ API_SCRIPT = r"""
 import json, sys
 import tfgrpo
 run = tfgrpo.train(tfgrpo.RunConfig(task="demo", epochs=1, batch_size=4, limit=8,
-                                    sampling=tfgrpo.SamplingConfig(group_size=3)), out=sys.argv[1])
+                                    sampling=tfgrpo.SamplingConfig(group_size=3), policy={"model": "sim"}),
+                    out=sys.argv[1])
 ev = tfgrpo.evaluate(tfgrpo.EvalConfig(task="demo", k=2, limit=6), library=run.run_dir)
 pack = tfgrpo.export_pack(run.run_dir, sys.argv[2])
 cli_loaded = sorted(m for m in ("typer", "tfgrpo.cli") if m in sys.modules)  # (rich comes with httpx)

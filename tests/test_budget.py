@@ -1,6 +1,7 @@
 """Budgets stop a run at a step boundary, say so, and resume with a higher limit."""
 
 import json
+import re
 
 import pytest
 
@@ -15,17 +16,17 @@ def usage(calls, tokens, cost=None):
 
 
 def test_next_step_is_judged_by_the_largest_step_so_far():
-    b = Budget(BudgetConfig(max_calls=25))
+    b = Budget(BudgetConfig(calls=25))
     assert b.stop_reason([]) is None  # nothing known yet: the first step runs
     assert b.stop_reason([usage(10, 0)]) is None  # 10 + 10 <= 25
     reason = b.stop_reason([usage(10, 0), usage(8, 0)])  # 18 + 10 > 25
-    assert reason and "--max-calls 25 would be passed" in reason and "spent 18" in reason
-    assert Budget(BudgetConfig(max_tokens=100)).stop_reason([usage(1, 100)]).startswith("--max-tokens 100")
+    assert reason and "--budget-calls 25 would be passed" in reason and "spent 18" in reason
+    assert Budget(BudgetConfig(tokens=100)).stop_reason([usage(1, 100)]).startswith("--budget-tokens 100")
     assert Budget(BudgetConfig()).stop_reason([usage(10**6, 10**9)]) is None
 
 
 def test_cost_budget_needs_a_price():
-    b = Budget(BudgetConfig(max_cost=1.0))
+    b = Budget(BudgetConfig(cost=1.0))
     assert "--price-per-mtok" in b.stop_reason([usage(3, 10)])
     assert b.stop_reason([usage(3, 10, cost=0.2)]) is None
     assert b.stop_reason([usage(3, 10, cost=0.2), usage(3, 10, cost=0.4)]) is None  # 0.6 + 0.4 = 1.0 fits
@@ -38,22 +39,22 @@ def test_cost_budget_needs_a_price():
 @pytest.mark.slow
 def test_run_stops_at_a_step_boundary_and_resumes_with_a_higher_limit(tmp_path):
     out = tmp_path / "run"
-    first = tfgrpo("train", "--model", "sim", "--epochs", "1", "--max-calls", "30", "--out", str(out), "--json", "-q")
+    first = tfgrpo("train", "--model", "sim", "--epochs", "1", "--budget-calls", "30", "--out", str(out), "--json", "-q")
     s = last_json(first)
     assert s["status"] == "stopped_by_budget" and 0 < s["steps"] < 4
-    assert "stopped by budget" in first.stderr and "--max-calls 30 would be passed" in first.stderr
+    assert "stopped by budget" in first.stderr and "--budget-calls 30 would be passed" in first.stderr
     assert f"--resume {out}" in first.stderr
     assert sum(s["calls"].values()) <= 30
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "stopped_by_budget" and status["steps_done"] == s["steps"]
-    again = last_json(tfgrpo("train", "--resume", str(out), "--max-calls", "1000", "--json", "-q"))
+    again = last_json(tfgrpo("train", "--resume", str(out), "--budget-calls", "1000", "--json", "-q"))
     assert again["status"] == "finished" and again["steps"] == 4 and again["leaks"] == 0
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
 
 
 def test_price_per_mtok_prices_an_unpriced_model_and_caps_cost(tmp_path):
     out = tmp_path / "run"
-    s = last_json(tfgrpo("train", "--model", "sim", "--epochs", "1", "--price-per-mtok", "1,2", "--max-cost", "0.01",
+    s = last_json(tfgrpo("train", "--model", "sim", "--epochs", "1", "--price-per-mtok", "1,2", "--budget-cost", "0.01",
                          "--out", str(out), "--json", "-q"))
     u = s["usage"]["policy"]
     assert u["cost_usd"] == pytest.approx((u["prompt_tokens"] * 1 + u["completion_tokens"] * 2) / 1e6, rel=0.01)
@@ -62,5 +63,11 @@ def test_price_per_mtok_prices_an_unpriced_model_and_caps_cost(tmp_path):
 
 
 def test_cost_limit_without_a_price_stops_after_the_first_step_and_says_why(tmp_path):
-    proc = tfgrpo("train", "--model", "sim", "--epochs", "1", "--max-cost", "5", "--out", str(tmp_path / "r"), "--json", "-q")
+    proc = tfgrpo("train", "--model", "sim", "--epochs", "1", "--budget-cost", "5", "--out", str(tmp_path / "r"), "--json", "-q")
     assert last_json(proc)["steps"] == 1 and "--price-per-mtok" in proc.stderr
+    # The advice is true: the suggested command (not "a higher limit") continues the run.
+    suggested = re.search(r"continue with tfgrpo (train --resume \S+ --price-per-mtok IN,OUT)", " ".join(proc.stderr.split()))
+    assert suggested, proc.stderr
+    args = suggested.group(1).replace("IN,OUT", "1,2").split()
+    again = last_json(tfgrpo(*args, "--json", "-q"))
+    assert again["steps"] > 1

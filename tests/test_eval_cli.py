@@ -43,9 +43,10 @@ def test_eval_json_contract_and_saved_results(run):
 @pytest.mark.slow
 def test_empty_library_shows_no_significant_difference_in_words(tmp_path):
     (tmp_path / "lib" / "versions").mkdir(parents=True)
-    proc = tfgrpo("eval", "--library", str(tmp_path / "lib"), "-k", "2", "--limit", "8", "--save-dir", str(tmp_path), "-q")
+    proc = tfgrpo("eval", "--library", str(tmp_path / "lib"), "--task", "demo", "--model", "sim", "-k", "2", "--limit", "8",
+                  "--save-dir", str(tmp_path), "-q")
     assert "no significant difference" in proc.stdout
-    r = last_json(tfgrpo("eval", "--library", str(tmp_path / "lib"), "-k", "2", "--limit", "8", "--save-dir",
+    r = last_json(tfgrpo("eval", "--library", str(tmp_path / "lib"), "--task", "demo", "--model", "sim", "-k", "2", "--limit", "8", "--save-dir",
                          str(tmp_path), "--json", "-q"))
     assert r["diff"] == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0, "significant": False}
     assert (tmp_path / "eval" / "test-k2-n2-step0" / "summary.json").is_file()

@@ -59,8 +59,8 @@ def test_permutation_p_exact_on_constructed_data():
 
 
 def test_permutation_p_sampled_beyond_the_exact_size():
-    # 40 equal gains: no random sign pattern of 20000 matches, p = 1 / (1 + 20000).
-    assert paired_permutation_p([0.5] * 40) == pytest.approx(1 / 20001)
+    # 40 equal gains: no random sign pattern of 20000 matches; two-sided p = 2 (1 + 0) / (1 + 20000).
+    assert paired_permutation_p([0.5] * 40) == pytest.approx(2 / 20001)
     # Symmetric noise around 0: far from significant.
     assert paired_permutation_p([0.25, -0.25] * 20) > 0.5
 
@@ -75,3 +75,25 @@ def test_paired_diff_says_no_significant_difference_when_the_interval_holds_zero
     better = paired_diff([0.25] * 12, [0.75] * 12)
     assert better["significant"] and better["mean"] == 0.5 and better["p_value"] == pytest.approx(2 / 2**12, abs=1e-6)
     assert verdict(better, 4).startswith("library better")
+
+
+def test_verdict_needs_interval_and_test_to_agree_and_warns_on_few_problems():
+    # Issue 13: "library better" at p = 0.0625 with n = 5 (the interval alone decided).
+    five = paired_diff([0.0] * 5, [0.25] * 5)
+    assert five["p_value"] == pytest.approx(2 / 2**5) and five["p_value"] > 0.05
+    assert five["ci95"][0] > 0  # the interval alone would have called it
+    assert not five["significant"]
+    text = verdict(five, 4, problems=5)
+    assert text.startswith("no significant difference") and "interval and test disagree, the weaker wins" in text
+    assert "only 5 problems (fewer than 20)" in text
+    many = paired_diff([0.0] * 30, [0.25] * 30)
+    assert many["significant"] and "fewer than" not in verdict(many, 4, problems=30)
+
+
+def test_bca_interval_is_scipys():
+    from scipy import stats
+    import numpy as np
+
+    values = [0.0, 0.25, 0.5, 1.0, 1.0, 0.75, 0.0, 0.5, 0.25, 1.0]
+    ref = stats.bootstrap((np.asarray(values),), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(7))
+    assert bootstrap_ci(values, seed=7) == pytest.approx(tuple(ref.confidence_interval))

@@ -208,6 +208,9 @@ def test_sim_server_command_runs_until_ctrl_c():
     lines, err, code = run_until_ctrl_c(["sim-server", "--seed", "3"], ready="SIMULATED model")
     assert code == 0, err
     assert "stopped sim server" in lines[-1] and "1 policy" in lines[-1]
+    # the key a client needs is documented where the server starts (any value works)
+    assert any(line.startswith("try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s3 --api-base http://")
+               for line in lines), lines
 
 
 def test_serve_command_runs_until_ctrl_c(fake_vllm, tmp_path):

@@ -119,14 +119,16 @@ def test_user_task_by_path(tmp_path):
     f = tmp_path / "mytask.py"
     f.write_text(
         "from tfgrpo import Sample, Task, reward, task\n"
+        "from tfgrpo.task_registry import load_task\n"
         "@reward\n"
-        "def has_four(sample, completion):\n"
-        "    return 1.0 if '4' in completion else 0.0\n"
+        "def has_answer(sample, completion):\n"
+        "    return 1.0 if str(sample.answer) in completion else 0.0\n"
         "@task\n"
-        "def adder():\n"
-        "    return Task(dataset=[Sample(id=str(i), prompt=f'What is {i}+2?', answer=i + 2) for i in range(4)], rewards=[has_four])\n"
+        "def adder():\n"  # the simulator's own demo problems: --model sim stops on problems it does not know
+        "    demo = load_task('demo').dataset[:4]\n"
+        "    return Task(dataset=[Sample(id=s.id, prompt=s.prompt, answer=s.answer) for s in demo], rewards=[has_answer])\n"
     )
-    summary = last_json(tfgrpo("train", "--task", f"{f}:adder", "--epochs", "1", "--batch-size", "2", "--group-size", "2",
+    summary = last_json(tfgrpo("train", "--task", f"{f}:adder", "--model", "sim", "--epochs", "1", "--batch-size", "2", "--group-size", "2",
                                "--out", str(tmp_path / "run"), "--json"))
     assert summary["steps"] == 2
     assert re.search(r"task: .*mytask.py:adder", (tmp_path / "run" / "config.yaml").read_text())
@@ -145,10 +147,12 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
     proc = tfgrpo(*args, check=False, env={**ENV, "OPENAI_API_KEY": "k"})
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "unreachable after 2 attempts" in proc.stderr and f"--resume {out}" in proc.stderr
+    assert "unreachable after 2 attempts" in proc.stderr and "run the same command again" in proc.stderr
+    assert not out.exists()  # no step finished: no half run left to list as crashed-resumable
+    # The advice is true: the same command runs again (here it stops at the next cause, the missing key).
     no_key = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"}
-    proc = tfgrpo("train", "--resume", str(out), check=False, env=no_key)
-    assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "unreachable after" not in proc.stderr
+    proc = tfgrpo(*args, check=False, env=no_key)
+    assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "already holds a run" not in proc.stderr
 
 
 def test_prompts_dir_overrides_a_builtin_template(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,14 @@ from pydantic import ValidationError
 
 from tfgrpo.config import build
 from tfgrpo.errors import EndpointError, UserError
-from tfgrpo.llm.endpoints import Models, open_models
-from tfgrpo.rundir import EVALS, OPS, RunDir, library_dir, run_of_library, save_eval
-from tfgrpo.task_registry import Task, load_task
+from tfgrpo.eval_source import library_at, open_source, resolve
+from tfgrpo.llm.endpoints import Models, is_sim, open_models
+from tfgrpo.rundir import EVALS, OPS, STEPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.task_registry import Sample, Task, load_task
+from tfgrpo.tracking import parse_report_to, step_metrics, trackers
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
-from tfgrpo.training_free.evaluate import compare, select_best_epoch
+from tfgrpo.training_free.evaluate import baseline, compare, select_best_epoch
 from tfgrpo.hooks import Hooks
 from tfgrpo.params import train_params
 from tfgrpo.training_free.loop import TrainResult, train_loop
@@ -45,8 +47,8 @@ __all__ = ["EvalResult", "Hooks", "RESUMABLE", "TrainResult", "build_task", "eva
 RESUMABLE = frozenset({
     "policy.api_base", "policy.api_key_env", "policy.concurrency", "policy.timeout", "policy.max_retries",
     "judge.api_base", "judge.api_key_env", "judge.concurrency", "judge.timeout", "judge.max_retries",
-    "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n",
-    "budget.max_cost", "budget.max_tokens", "budget.max_calls", "budget.price_per_mtok",
+    "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n", "report_to",
+    "budget.cost", "budget.tokens", "budget.calls", "budget.price_per_mtok",
 })
 
 
@@ -98,8 +100,6 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         try:  # a damaged step record stops the resume here, before anything is written
             rd.steps()
         except (ValueError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
-            from tfgrpo.rundir import STEPS
-
             raise UserError(f"{rd.file(STEPS)}: a step record is damaged ({str(e).splitlines()[0][:120]}); "
                             "restore the file or start a new run") from None
     else:
@@ -111,6 +111,10 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
     if cfg.select == "best-val" and not splits.validation:
         raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
     prompts = Prompts(cfg.prompts_dir)
+    if cfg.policy.model is None and not cfg.serve:
+        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, or sim for the "
+                        "built-in SIMULATED model), or name it as policy.model in --config")
+    check_sim(cfg.policy.model, task, task.dataset, hooks)
     created_dir = not rd.path.exists()
     with rd.create().locked():
         if not resume:
@@ -130,7 +134,9 @@ def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: Run
         with rd.interrupts_marked("training_free"), open_models(
             cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
             log_dir=rd.path, cache_path=cache_path, price_per_mtok=parse_price(cfg.budget.price_per_mtok),
-        ) as models:
+        ) as models, trackers(parse_report_to(cfg.report_to), rd.path, cfg.model_dump(mode="json")) as log:
+            shown = hooks.on_step
+            hooks = replace(hooks, on_step=lambda record: (shown(record), log(record.step, step_metrics(record))))
 
             async def session() -> TrainResult:
                 result = await train_loop(cfg, task, models, rd, prompts=prompts, hooks=hooks)
@@ -140,8 +146,10 @@ def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: Run
 
             return asyncio.run(session())
     except (EndpointError, StoreError) as e:  # StoreError: e.g. another writer committed to the shared library first
-        hint = f"every finished step is saved: tfgrpo train --resume {rd.path}" if rd.has_steps() else "no step finished"
-        raise UserError(f"{e}; {hint}") from None
+        if not rd.has_steps():
+            raise UserError(f"{e}; no step finished, so nothing was kept: fix the cause and run the same command "
+                            "again") from None
+        raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
 
 
 async def _select(cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts,
@@ -166,66 +174,88 @@ class EvalResult:
     saved: Path
 
 
-def evaluate(config: EvalConfig | dict[str, Any], library: str | Path, *, step: int | None = None,
-             name: str | None = None, save_dir: str | Path | None = None, hooks: Hooks | None = None) -> EvalResult:
+def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = None, *, step: int | None = None,
+             name: str | None = None, save_dir: str | Path | None = None, hooks: Hooks | None = None,
+             baseline_only: bool = False, on_training_problems: bool = False) -> EvalResult:
     """Baseline vs library on the same problems and seeds (Mean@k, Pass@k, intervals, paired test).
-    ``library`` is a run directory or a library folder; ``step`` its version (default: the one
-    ``--select best-val`` kept, else the latest). Results go under ``eval/NAME/`` of the run (or
-    ``save_dir``); a run's newest summary is also its ``eval.json``."""
+
+    ``library`` is a run directory, a library folder or a pack (zip or folder); None, or
+    ``baseline_only``, scores the policy alone. Task, data, split, model and injection come from
+    the library's run (or the pack's manifest) unless ``config`` sets them; another task than
+    the library's is an error. ``step`` picks the library version (default: the one ``--select
+    best-val`` kept, else the latest). Scoring the problems the library was trained on needs
+    ``on_training_problems`` and is labelled so. Results go under ``eval/NAME/`` of the run (or
+    ``save_dir``); a run's newest summary of its own task is also its ``eval.json``."""
     cfg = build(EvalConfig, config)
     hooks = hooks or Hooks()
     n = cfg.n or cfg.k
     if cfg.k > n:
         raise UserError(f"-k {cfg.k} is larger than -n {n}: sample at least k answers per problem")
-    lib_dir = library_dir(library)
-    run = run_of_library(lib_dir)
-    if step is None and run is not None:
-        step = run.selected_step()
-    lib = _library_at(lib_dir, step, library)
-    task = build_task(cfg.task, cfg.task_args, cfg.data)
-    _check_task(lib, task.name, Path(library))
-    # Inject, and run tool-calling agents, as the run that learned the library did.
-    run_cfg = load_run_config(run.path) if run is not None else RunConfig()
-    # By default the run's own split, so a run's training problems are never scored as test ones.
-    split = cfg.split if cfg.split.fractions else run_cfg.split
-    part = cfg.eval_on if split.fractions else "test"
-    samples = split_task(task, split.fractions, split.seed).part(part)
+    src = open_source(library, step)
+    got = resolve(cfg, src)
+    task = build_task(got.task, got.task_args, got.data)
+    _check_task(src.lessons(), task.name, src.where)
+    learned = src.library is not None and not baseline_only
+    part = cfg.eval_on if got.split.fractions else "test"
+    trained_on = learned and (part == "train" or (not got.split.fractions and task.eval_dataset is None
+                                                  and src.kind == "run" and got.data == src.data))
+    if trained_on and not on_training_problems:
+        raise UserError(f"these are the problems the library was trained on (task {task.name!r} has no test set and no "
+                        "--split holds any out): pass held-out problems with --data, or score them anyway, labelled "
+                        "as training problems, with --on-training-problems")
+    samples = split_task(task, got.split.fractions, got.split.seed).part(part)
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:
         raise UserError("no problems to evaluate")
-    sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": run_cfg.sampling.agent})
+    check_sim(got.policy.model, task, samples, hooks)
+    if learned and src.size == 0:
+        hooks.on_notice(f"warning: the library in {src.where} holds no lessons; both arms will see the same prompt")
+    sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent})
     seeds = [sampling.seed + i for i in range(cfg.seeds)]
-    with open_models(cfg.policy, sim_seed=cfg.sim_seed, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
-        hooks.on_phase("evaluating baseline + library", 2 * len(samples) * len(seeds))
-        report = asyncio.run(compare(
-            models.policy, task, samples, injector(lib, run_cfg.library, models.policy_name), Prompts(cfg.prompts_dir),
-            sampling, k=cfg.k, seeds=seeds, on_advance=lambda: hooks.on_advance("library"),
-        ))
+    with open_models(got.policy, sim_seed=cfg.sim_seed, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
+        prompts = Prompts(cfg.prompts_dir)
+        if learned:
+            hooks.on_phase("evaluating baseline + library", 2 * len(samples) * len(seeds))
+            report = asyncio.run(compare(
+                models.policy, task, samples, injector(src.library, src.injection, models.policy_name), prompts,
+                sampling, k=cfg.k, seeds=seeds, on_advance=lambda: hooks.on_advance("library"),
+            ))
+        else:
+            hooks.on_phase("evaluating baseline", len(samples) * len(seeds))
+            report = asyncio.run(baseline(models.policy, task, samples, prompts, sampling, k=cfg.k, seeds=seeds,
+                                          on_advance=lambda: hooks.on_advance("baseline")))
     summary = report.summary
-    summary.update(split=part, library_size=len(lib), library_path=str(lib.path), library_step=lib.state.step,
-                   usage=models.usage.to_dict())
-    name = name or f"{part}-k{cfg.k}-n{n}-step{lib.state.step}"
+    label = "train" if trained_on else part
+    summary.update(split=label, on_training_problems=trained_on, model=got.policy.model, usage=models.usage.to_dict())
+    if learned:
+        summary.update(library_size=src.size, library_path=str(src.where), library_step=src.step, library_kind=src.kind)
+    name = name or f"{label}-k{cfg.k}-n{n}" + (f"-step{src.step}" if learned else "-baseline")
+    run = src.run
     root = Path(save_dir) if save_dir is not None else (run.path if run is not None else Path("."))
     dest = root / EVALS / name
     summary["saved"] = str(dest)
     save_eval(dest, summary, report.answers)
-    if run is not None and save_dir is None:  # the run's latest eval, which `pack export` records
+    if run is not None and save_dir is None and learned:  # the run's latest eval, which `pack export` records
         run.write_latest_eval(summary)
     return EvalResult(summary=summary, saved=dest)
 
 
-def _library_at(lib_dir: Path, step: int | None, where: str | Path) -> Library:
-    lib = Library(lib_dir, at_step=step)
-    have = lib.versions()
-    if step is not None and step not in have:
-        span = f"steps {have[0]} to {have[-1]}" if have else "no versions"
-        raise UserError(f"no library version for step {step} in {where} (it has {span})")
-    return lib
+def check_sim(model: str | None, task: Task, samples: list[Sample], hooks: Hooks) -> None:
+    """``--model sim``: a one-line SIMULATION notice, and a stop on problems the simulator does not know."""
+    if not is_sim(model):
+        return
+    from tfgrpo.sim import KNOWN_TASKS, recognises
+
+    if not any(recognises(s.user_text()) for s in samples[:200]):
+        raise UserError(f"--model sim is the built-in SIMULATED model: it knows only the problems of the built-in "
+                        f"tasks {', '.join(KNOWN_TASKS)}, and none of task {task.name!r}; pass a real --model")
+    hooks.on_notice("SIMULATION: --model sim is a built-in simulator, not a language model; "
+                    "its numbers say nothing about a real model")
 
 
-def _check_task(lib: Library, task_name: str, where: Path) -> None:
+def _check_task(lessons: list[Any], task_name: str, where: Path | None) -> None:
     """A library learned on another task is a user error, not a silent comparison."""
-    learned = sorted({e.provenance.task for e in lib.experiences if e.provenance.task} - {task_name})
+    learned = sorted({e.provenance.task for e in lessons if e.provenance.task} - {task_name})
     if learned:
         raise UserError(f"the library in {where} was learned on task {', '.join(map(repr, learned))}, not {task_name!r} "
                         "(pass the matching --task)")
@@ -253,7 +283,7 @@ def pack_from_run(run: str | Path, step: int | None = None, eval_summary: dict[s
     rd = run_of_library(path) or RunDir(path.parent)
     if step is None:
         step = rd.selected_step()
-    lib = _library_at(path, step, run)
+    lib = library_at(path, step, run)
     if not lib.versions():
         raise UserError(f"{run}: the library has no versions yet")
     cfg = load_run_config(rd.path) if rd.exists() else None

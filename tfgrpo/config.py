@@ -83,8 +83,21 @@ def build(model: type[M], data: dict[str, Any] | M) -> M:
         msg = err["msg"].removeprefix("Value error, ")
         if not where:
             raise UserError(msg) from None
+        if err["type"] == "extra_forbidden":
+            raise UserError(f"unknown config key {where}; accepted there: {', '.join(_fields_at(model, err['loc'][:-1]))}") from None
         name = _flag_at(model, err["loc"])
         raise UserError(f"invalid config value for {where}{f' (--{name})' if name else ''}: {msg}") from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a config mapping accepts at ``loc`` (a path of nested models)."""
+    for key in loc:
+        info = model.model_fields.get(str(key))
+        ann = info.annotation if info else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
 
 
 def _flag_at(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:

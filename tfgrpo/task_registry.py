@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tfgrpo.errors import UserError
 from tfgrpo.resources import builtin_dir, jsonl_rows
@@ -25,13 +25,26 @@ from tfgrpo.rewards import Reward
 
 
 class Sample(BaseModel):
-    """One query of a task. ``prompt`` or ``messages`` holds what the agent sees."""
+    """One query of a task. ``prompt`` or ``messages`` holds what the agent sees. An unknown
+    field (``input=``, ``target=``) is an error, never a silently empty prompt."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     answer: Any = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            if unknown:
+                raise UserError(f"Sample got unknown field(s) {', '.join(unknown)}; "
+                                f"accepted: {', '.join(cls.model_fields)}")
+        return data
 
     def user_text(self) -> str:
         if self.prompt is not None:
@@ -137,6 +150,27 @@ def _load_module(path: Path, module_name: str):
     return module
 
 
+def builtin_task_names() -> list[str]:
+    """Names of the built-in tasks, read from their ``@task`` decorators without importing them
+    (cheap enough for ``--help``)."""
+    import ast
+
+    names = []
+    for path in sorted(builtin_dir("tasks").glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for dec in node.decorator_list:
+                if isinstance(dec, ast.Name) and dec.id == "task":
+                    names.append(node.name)
+                elif isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "task":
+                    named = [k.value.value for k in dec.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)]
+                    names.append(named[0] if named else node.name)
+    return sorted(names)
+
+
 def available_tasks() -> list[str]:
     _load_builtins()
     return sorted(_REGISTRY)
@@ -203,7 +237,8 @@ def _file_errors(read: Callable[[str | Path], list[Any]]) -> Callable[[str | Pat
 
 @_file_errors
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local JSONL, JSON or Parquet file; a bad line is an error naming it."""
+    """Rows of a local JSONL, JSON, CSV (a header row; values are text) or Parquet file; a bad
+    line is an error naming it."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"data file not found: {p}")
@@ -213,6 +248,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         except ImportError:
             raise UserError("reading Parquet needs pyarrow: pip install pyarrow") from None
         return pq.read_table(p).to_pylist()
+    if p.suffix == ".csv":
+        import csv
+
+        with p.open(newline="", encoding="utf-8") as fh:
+            return [dict(row) for row in csv.DictReader(fh)]
     if p.suffix == ".json":
         try:
             data = json.loads(p.read_text())

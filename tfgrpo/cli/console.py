@@ -81,11 +81,16 @@ def user_errors(fn: Callable) -> Callable:
     return run
 
 
+def notice(line: str) -> None:
+    """One line the user must see (SIMULATION, warnings), on stderr, printed as plain text."""
+    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
-    """Hooks that drive one rich progress bar per phase, on stderr."""
+    """Hooks that drive one rich progress bar per phase, on stderr; notices print either way."""
     if not enabled:
-        yield Hooks()
+        yield Hooks(on_notice=notice)
         return
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -117,7 +122,8 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         )
 
     with progress:
-        yield Hooks(on_phase=on_phase, on_advance=on_advance, on_step=on_step)
+        yield Hooks(on_phase=on_phase, on_advance=on_advance, on_step=on_step,
+                    on_notice=lambda line: progress.console.print(line, highlight=False, markup=False, soft_wrap=True))
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -163,17 +169,21 @@ def _ci(ci: list[float] | None) -> str:
 
 def eval_table(report: dict[str, Any]) -> Table:
     k, n, seeds = report["k"], report.get("n", report["k"]), report.get("seeds", [report.get("seed")])
-    t = Table(title=f"Evaluation on {report['n_problems']} problems, k={k}, n={n}, seeds {seeds}",
-              caption=report.get("verdict"), title_justify="left", caption_justify="left")
-    for col in ("", f"Mean@{k}", "95% CI", f"Pass@{k}", "95% CI ", "failed requests"):
+    where = "TRAINING problems" if report.get("on_training_problems") else f"{report.get('split', 'test')} problems"
+    t = Table(title=f"Evaluation of {report.get('task', '?')} on {report['n_problems']} {where}, k={k}, n={n}, "
+                    f"seeds {seeds}", caption=report.get("verdict"), title_justify="left", caption_justify="left")
+    for col in ("", f"Mean@{k}", "95% CI", f"Pass@{k}", "95% CI ", "failed requests", "p-value"):
         t.add_column(col, justify="right")
-    for arm in ("baseline", "library"):
+    arms = [a for a in ("baseline", "library") if a in report]
+    for arm in arms:
         r = report[arm]
-        t.add_row(arm, fmt(r["mean_at_k"]), _ci(r.get("ci95")), fmt(r["pass_at_k"]), _ci(r.get("pass_ci95")), str(r["failures"]))
-    d = report.get("diff") or {"mean": report["library"]["mean_at_k"] - report["baseline"]["mean_at_k"]}
-    d_pass = report["library"]["pass_at_k"] - report["baseline"]["pass_at_k"]
-    p = f"p = {d['p_value']:.3g}" if "p_value" in d else ""
-    t.add_row("difference", f"{d['mean']:+.3f}", _ci(d.get("ci95")), f"{d_pass:+.3f}", "", p)
+        t.add_row(arm, fmt(r["mean_at_k"]), _ci(r.get("ci95")), fmt(r["pass_at_k"]), _ci(r.get("pass_ci95")),
+                  str(r["failures"]), "")
+    if "library" in report:
+        d = report.get("diff") or {"mean": report["library"]["mean_at_k"] - report["baseline"]["mean_at_k"]}
+        d_pass = report["library"]["pass_at_k"] - report["baseline"]["pass_at_k"]
+        p = f"{d['p_value']:.3g}" if "p_value" in d else ""
+        t.add_row("difference", f"{d['mean']:+.3f}", _ci(d.get("ci95")), f"{d_pass:+.3f}", "", "", p)
     return t
 
 

@@ -11,12 +11,12 @@ from typing import Any, Optional
 import typer
 
 from tfgrpo.cli.console import configure_logging, emit, err_console, user_errors
-from tfgrpo.cli.options import apply_flags, collect, with_generated_options
+from tfgrpo.cli.options import apply_flags, collect, describe_tasks, with_generated_options
 from tfgrpo.config import build, load_yaml
 from tfgrpo.params.config import ParamsConfig
 from tfgrpo.rundir import CONFIG
 
-SPECS = collect(ParamsConfig)
+SPECS = describe_tasks(collect(ParamsConfig))
 
 
 def register(app: typer.Typer) -> None:

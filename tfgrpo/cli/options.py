@@ -6,6 +6,7 @@ a given flag overrides the YAML config, which overrides the model's default.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import types
@@ -120,3 +121,45 @@ def apply_flags(data: dict[str, Any], flags: dict[str, Any], specs: dict[str, Fl
             node = node.setdefault(key, {})
         node[path[-1]] = value
     return data
+
+
+TASK_ARG_HELP = "Argument of the task function as key=value, repeatable (the value is read as YAML: 3, true, text)"
+
+
+def parse_task_args(pairs: list[str] | None) -> dict[str, Any]:
+    """``-T n=3 -T split=test`` -> ``{"n": 3, "split": "test"}``."""
+    import yaml
+
+    from tfgrpo.errors import UserError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"-T {pair!r}: give a task argument as key=value, e.g. -T n=3")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def with_task_args(data: dict[str, Any], pairs: list[str] | None) -> dict[str, Any]:
+    """A config mapping with the ``-T`` arguments on top of its ``task_args``."""
+    given = parse_task_args(pairs)
+    if given:
+        data["task_args"] = {**(data.get("task_args") or {}), **given}
+    return data
+
+
+def describe_tasks(specs: dict[str, FlagSpec]) -> dict[str, FlagSpec]:
+    """``--task``'s help lists every built-in task."""
+    from tfgrpo.task_registry import builtin_task_names
+
+    spec = specs.get("task")
+    if spec is not None:
+        field = copy.copy(spec.field)
+        field.description = (f"Task: a built-in one ({', '.join(builtin_task_names())}) or file.py:name"
+                             + (" (default: the --library's task)" if field.default is None else ""))
+        spec.field = field
+    return specs

@@ -93,8 +93,10 @@ def sim_server(
     except (UserError, OSError) as e:
         raise _fail(e if isinstance(e, UserError) else UserError(f"cannot bind {host}:{port}: {e}")) from None
     started = time.monotonic()
+    typer.echo("models: sim-policy, sim-judge (any OpenAI-compatible client, any API key; Ctrl-C to stop)")
+    typer.echo(f"try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s{seed} --api-base "
+               f"{server.base_url} --judge openai/sim-judge-s{seed} --judge-api-base {server.base_url}")
     typer.echo(f"SIMULATED model (not a real LLM) at {server.base_url}")
-    typer.echo("models: sim-policy, sim-judge (any OpenAI-compatible client; Ctrl-C to stop)")
     _block(lambda: True)
     server.stop()
     r = server.stats.requests

@@ -8,16 +8,17 @@ from typing import Any, Optional
 import typer
 
 from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
-from tfgrpo.cli.options import apply_flags, collect, with_generated_options
+from tfgrpo.cli.options import TASK_ARG_HELP, apply_flags, describe_tasks, collect, with_generated_options, with_task_args
 from tfgrpo.config import build, load_yaml
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import Terminated
 from tfgrpo.training_free.config import EvalConfig, RunConfig
 
-SPECS = collect(RunConfig)
+SPECS = describe_tasks(collect(RunConfig))
 
 
-def _config(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None) -> RunConfig:
+def _config(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None,
+            task_args: list[str] | None = None) -> RunConfig:
     if resume is not None:
         if config is not None or out is not None:
             raise UserError("--resume continues a run with its own config.yaml and directory; drop --config/--out "
@@ -25,8 +26,8 @@ def _config(flags: dict[str, Any], config: Path | None, out: Path | None, resume
         stored = resume / "config.yaml"
         if not stored.is_file():
             raise UserError(f"nothing to resume: {resume} has no config.yaml")
-        return build(RunConfig, apply_flags(load_yaml(stored), flags, SPECS))
-    return build(RunConfig, apply_flags(load_yaml(config) if config else {}, flags, SPECS))
+        return build(RunConfig, with_task_args(apply_flags(load_yaml(stored), flags, SPECS), task_args))
+    return build(RunConfig, with_task_args(apply_flags(load_yaml(config) if config else {}, flags, SPECS), task_args))
 
 
 def _run(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
@@ -41,8 +42,10 @@ def _run(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
         err_console.print(f"interrupted; continue with: tfgrpo train{where}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     if result.stopped:
+        fix = ("--price-per-mtok IN,OUT" if "--price-per-mtok" in result.stopped  # no price: a higher limit would not help
+               else "and a higher limit")
         err_console.print(f"stopped by budget: {result.stopped}; every finished step is saved: continue with "
-                          f"tfgrpo train --resume {result.run_dir} and a higher limit", highlight=False, markup=False,
+                          f"tfgrpo train --resume {result.run_dir} {fix}", highlight=False, markup=False,
                           soft_wrap=True)
     if result.selection:
         chosen = result.selection["chosen"]
@@ -62,6 +65,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with settings (flags override it)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<task>-<time>)"),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run in this directory"),
+        task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T", help=TASK_ARG_HELP),
         mode: Optional[str] = typer.Option(None, "--mode", hidden=True),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
@@ -70,7 +74,7 @@ def register(app: typer.Typer) -> None:
         Weight updates by GRPO are `tfgrpo grpo`."""
         if mode is not None:
             raise UserError("parameter mode is its own command now: tfgrpo grpo --help")
-        cfg = _config(flags, config, out, resume)
+        cfg = _config(flags, config, out, resume, task_arg)
         result = _run(cfg, resume if resume is not None else out, resume is not None, quiet)
         summary = result.summary()
         emit(train_tables(summary, result.steps), summary, as_json)
@@ -88,7 +92,7 @@ def register(app: typer.Typer) -> None:
         baseline vs learned library. No network, no API key, a couple of minutes on a laptop."""
         from tfgrpo import api
 
-        cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4})
+        cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4}, policy={"model": "sim"})
         result = _run(cfg, out, False, quiet)
         with progress_hooks(not quiet) as hooks:
             report = api.evaluate(EvalConfig(task="demo", k=k, sampling={"seed": cfg.sampling.seed}), result.run_dir,

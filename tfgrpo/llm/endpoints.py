@@ -95,7 +95,7 @@ def open_models(
             log_path = (log_dir or Path(".")) / f"{engine}.log"
             launched = stack.enter_context(local_server(engine, serve, log_path=log_path, **options))
             p_base = launched.base_url
-            if is_sim(p_model):
+            if p_model is None or is_sim(p_model):
                 p_model = launched.client_model
         # The judge defaults to the policy's model, reached the same way.
         judge_model = None if judge is None else (judge.model or p_model)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -52,7 +52,7 @@ class ParamsConfig(ConfigModel):
     dynamic_sampling: bool | None = Field(None, description="Drop groups whose rewards are all equal and refill the "
                                           "batch (default: on for dapo).", json_schema_extra=flag("dynamic-sampling"))
     overlong_buffer: int | None = Field(None, ge=0, description="DAPO overlong shaping buffer in tokens "
-                                        "(default: max_response_len/4 for dapo, else 0 = off).",
+                                        "(default: max_tokens/4 for dapo, else 0 = off).",
                                         json_schema_extra=flag("overlong-buffer"))
     updates_per_batch: int = Field(1, ge=1, description="Optimiser passes over each sampled batch (mu).",
                                    json_schema_extra=flag("updates-per-batch"))
@@ -76,8 +76,8 @@ class ParamsConfig(ConfigModel):
                                     json_schema_extra=flag("micro-batch-groups"))
     max_prompt_len: int = Field(512, ge=1, description="Prompts longer than this are cut from the left.",
                                 json_schema_extra=flag("max-prompt-len"))
-    max_response_len: int = Field(256, ge=1, description="Maximum new tokens per response.",
-                                  json_schema_extra=flag("max-response-len"))
+    max_tokens: int = Field(256, ge=1, description="Maximum new tokens per response.",
+                            json_schema_extra=flag("max-tokens"))
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.", json_schema_extra=flag("temperature"))
     prefix_sharing: Literal["auto", "packed", "naive"] = Field(
         "auto", description="Training forward: packed (each group's prompt once), naive (prompt repeated per "
@@ -89,13 +89,26 @@ class ParamsConfig(ConfigModel):
     # -- bookkeeping
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).",
                             json_schema_extra=flag("save-every"))
+    report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow "
+                                  "(comma-separated; each an optional extra).", json_schema_extra=flag("report-to"))
 
     # ---------------------------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """config.yaml of earlier runs: max_response_len is now max_tokens (--max-tokens)."""
+        if isinstance(data, dict) and "max_response_len" in data:
+            data = {("max_tokens" if k == "max_response_len" else k): v for k, v in data.items()}
+        return data
 
     @model_validator(mode="after")
     def _compatible(self) -> "ParamsConfig":
         """Reject unknown or incompatible options (before any model loads); ``build`` turns the
         ValueError into a one-line UserError."""
+        from tfgrpo.tracking import parse_report_to
+
+        parse_report_to(self.report_to)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
         if self.loss == "gspo" and self.token_level:
@@ -108,8 +121,8 @@ class ParamsConfig(ConfigModel):
             raise ValueError("--overlong-buffer shapes token-level rewards for dapo; not with --loss gspo")
         if self.loss == "dr_grpo" and self.advantage in ("grpo", "gdpo"):
             raise ValueError("--loss dr_grpo uses unscaled advantages (r - mean): drop --advantage or use dr_grpo")
-        if self.overlong_buffer and self.overlong_buffer >= self.max_response_len:
-            raise ValueError("--overlong-buffer must be smaller than --max-response-len")
+        if self.overlong_buffer and self.overlong_buffer >= self.max_tokens:
+            raise ValueError("--overlong-buffer must be smaller than --max-tokens")
         lo, hi = self.clip_range
         if lo >= 1:
             raise ValueError("--epsilon-low must be below 1")
@@ -148,7 +161,7 @@ class ParamsConfig(ConfigModel):
     def overlong(self) -> int:
         if self.overlong_buffer is not None:
             return self.overlong_buffer
-        return self.max_response_len // 4 if self.loss == "dapo" else 0
+        return self.max_tokens // 4 if self.loss == "dapo" else 0
 
     @property
     def learning_rate(self) -> float:

@@ -24,6 +24,7 @@ from tfgrpo.params.metrics import StepStats, format_step, mean, std
 from tfgrpo.rewards import group_advantages
 from tfgrpo.rundir import STEPS, RunDir
 from tfgrpo.task_registry import Task, load_task
+from tfgrpo.tracking import parse_report_to, trackers
 
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
@@ -42,7 +43,7 @@ def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: boo
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             "CUDA out of memory: lower --micro-batch-groups "
-            f"({cfg.micro_batch_groups}), --max-response-len ({cfg.max_response_len}), --max-prompt-len "
+            f"({cfg.micro_batch_groups}), --max-tokens ({cfg.max_tokens}), --max-prompt-len "
             f"({cfg.max_prompt_len}) or --group-size ({cfg.group_size}); or use --lora-r / --gradient-checkpointing"
         ) from None
 
@@ -87,7 +88,7 @@ class _Run:
         self.cfg, self.task, self.progress = cfg, task, progress
         self.prefix_sharing = cfg.prefix_sharing  # auto | packed | naive
         self.forward_modes: list[str] = []
-        self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
+        self.max_len = min(cfg.max_tokens, task.max_tokens) if task.max_tokens else cfg.max_tokens
         self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
         self.acc = Accelerator(cpu=device == "cpu")
         self.rd = RunDir(cfg.run_dir)
@@ -135,20 +136,24 @@ class _Run:
             state = load_checkpoint(ckpt, self.policy, self.optimizer)
             self._log(f"resumed from {ckpt} at step {state['step']}")
         if self.acc.is_main_process:
-            self.rd.write_config(self.cfg)
+            # The effective values (tiny's learning rate included), so config.yaml re-runs as is.
+            self.rd.write_config(self.cfg.model_copy(update={"lr": self.cfg.learning_rate}))
             self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
         last_ckpt = None
-        for step in range(state["step"] + 1, self.cfg.steps + 1):
-            metrics = self.step(step, order)
-            rewards.append(metrics["reward_mean"])
-            if self.acc.is_main_process:
-                self.rd.append(STEPS, [metrics])
-            self._log(format_step(metrics))
-            if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
-                last_ckpt = self.save(step, order.cursor, rewards)
+        kinds = parse_report_to(self.cfg.report_to) if self.acc.is_main_process else []
+        with trackers(kinds, self.run_dir, self.cfg.model_dump(mode="json")) as track:
+            for step in range(state["step"] + 1, self.cfg.steps + 1):
+                metrics = self.step(step, order)
+                rewards.append(metrics["reward_mean"])
+                if self.acc.is_main_process:
+                    self.rd.append(STEPS, [metrics])
+                track(step, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"})
+                self._log(format_step(metrics))
+                if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
+                    last_ckpt = self.save(step, order.cursor, rewards)
         final = self.export()
         self._status("finished", self.cfg.steps)
         changed = self._params_changed()

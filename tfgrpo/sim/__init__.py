@@ -5,7 +5,17 @@ probability ``BASE_P``, or ``SKILLED_P`` when the context names the problem's hi
 its judge fills the JSON schema it is sent. Deterministic for a seed.
 """
 
+from tfgrpo.sim.agent_replies import DATA as _AGENT_DATA
+from tfgrpo.sim.agent_replies import find_tool_row
 from tfgrpo.sim.policy_replies import BASE_P, SKILLED_P, expected_accuracy
 from tfgrpo.sim.server import FAULT_KINDS, SimServer, SimStats, parse_faults, start_sim_server
+from tfgrpo.sim.skills import find_row
 
-__all__ = ["BASE_P", "FAULT_KINDS", "SKILLED_P", "SimServer", "SimStats", "expected_accuracy", "parse_faults", "start_sim_server"]
+KNOWN_TASKS = ("demo", *_AGENT_DATA)  # the built-in tasks whose problems the simulator answers
+
+
+def recognises(text: str) -> bool:
+    """Whether the simulator knows the problem in ``text`` (else it answers at random)."""
+    return find_row(text) is not None or find_tool_row(text) is not None
+
+__all__ = ["BASE_P", "FAULT_KINDS", "KNOWN_TASKS", "recognises", "SKILLED_P", "SimServer", "SimStats", "expected_accuracy", "parse_faults", "start_sim_server"]

@@ -1,4 +1,4 @@
-"""Run budgets: ``--max-cost USD``, ``--max-tokens N``, ``--max-calls N``.
+"""Run budgets: ``--budget-cost USD``, ``--budget-tokens N``, ``--budget-calls N``.
 
 The trainer asks before every step whether the next step could pass a limit, judging the
 next step by the largest step so far (the first step runs unless a limit is already spent).
@@ -42,14 +42,19 @@ class Spend:
     unpriced: tuple[str, ...] = ()  # roles that made calls without a known price
 
     @classmethod
-    def of(cls, usage: dict[str, Any]) -> "Spend":
-        """Spend of one usage dict (role -> RoleUsage fields), as a step records it."""
+    def of(cls, usage: dict[str, Any], price: tuple[float, float] | None = None) -> "Spend":
+        """Spend of one usage dict (role -> RoleUsage fields), as a step records it; ``price``
+        (``--price-per-mtok``) prices the calls recorded without a cost (e.g. before a resume
+        that gave the price)."""
         s = cls()
         for role, u in usage.items():
             s.calls += int(u.get("calls") or 0)
-            s.tokens += int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+            prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+            s.tokens += prompt + completion
             if u.get("cost_usd") is not None:
                 s.cost += float(u["cost_usd"])
+            elif price is not None:
+                s.cost += (prompt * price[0] + completion * price[1]) / 1e6
             elif u.get("calls"):
                 s.unpriced += (role,)
         return s
@@ -59,10 +64,10 @@ class Spend:
                      tuple(dict.fromkeys(self.unpriced + other.unpriced)))
 
 
-def total_spend(usages: Iterable[dict[str, Any]]) -> Spend:
+def total_spend(usages: Iterable[dict[str, Any]], price: tuple[float, float] | None = None) -> Spend:
     out = Spend()
     for u in usages:
-        out = out + Spend.of(u)
+        out = out + Spend.of(u, price)
     return out
 
 
@@ -72,21 +77,22 @@ class Budget:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.cfg.max_cost, self.cfg.max_tokens, self.cfg.max_calls))
+        return any(v is not None for v in (self.cfg.cost, self.cfg.tokens, self.cfg.calls))
 
     def stop_reason(self, step_usages: list[dict[str, Any]]) -> str | None:
         """Why the next step must not start, or None. ``step_usages``: every finished step's usage."""
         if not self.active:
             return None
-        spent = total_spend(step_usages)
-        per_step = [Spend.of(u) for u in step_usages]
-        if self.cfg.max_cost is not None and spent.unpriced:
-            return (f"--max-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
+        price = parse_price(self.cfg.price_per_mtok)
+        spent = total_spend(step_usages, price)
+        per_step = [Spend.of(u, price) for u in step_usages]
+        if self.cfg.cost is not None and spent.unpriced:
+            return (f"--budget-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
                     "give one with --price-per-mtok IN,OUT")
         checks = (
-            ("max-cost", self.cfg.max_cost, spent.cost, max((s.cost for s in per_step), default=0.0), "${:.4f}"),
-            ("max-tokens", self.cfg.max_tokens, spent.tokens, max((s.tokens for s in per_step), default=0), "{:,}"),
-            ("max-calls", self.cfg.max_calls, spent.calls, max((s.calls for s in per_step), default=0), "{:,}"),
+            ("budget-cost", self.cfg.cost, spent.cost, max((s.cost for s in per_step), default=0.0), "${:.4f}"),
+            ("budget-tokens", self.cfg.tokens, spent.tokens, max((s.tokens for s in per_step), default=0), "{:,}"),
+            ("budget-calls", self.cfg.calls, spent.calls, max((s.calls for s in per_step), default=0), "{:,}"),
         )
         for name, limit, used, next_step, fmt in checks:
             if limit is not None and (used >= limit or used + next_step > limit):

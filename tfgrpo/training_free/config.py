@@ -20,6 +20,36 @@ from tfgrpo.config import build, flag, load_yaml
 from tfgrpo.rundir import CONFIG
 
 
+def absolute_task(spec: Any) -> Any:
+    """``tasks.py:name`` -> ``/abs/tasks.py:name``, so a run re-runs and resumes from any directory."""
+    if isinstance(spec, str):
+        head, _, name = spec.rpartition(":")
+        if head.endswith(".py"):
+            return f"{Path(head).expanduser().resolve()}:{name}"
+    return spec
+
+
+def absolute_data(data: Any) -> Any:
+    """A local data file becomes an absolute path (a dataset id stays as it is)."""
+    if isinstance(data, str) and Path(data).expanduser().exists():
+        return str(Path(data).expanduser().resolve())
+    return data
+
+
+class _Paths(_Model):
+    """Task files and data files are stored absolute."""
+
+    @field_validator("task", mode="before", check_fields=False)
+    @classmethod
+    def _abs_task(cls, v: Any) -> Any:
+        return absolute_task(v)
+
+    @field_validator("data", mode="before", check_fields=False)
+    @classmethod
+    def _abs_data(cls, v: Any) -> Any:
+        return absolute_data(v)
+
+
 class AgentConfig(_Model):
     """Limits of one tool-calling rollout (tasks with tools); a rollout hitting one is scored as it stands."""
 
@@ -34,7 +64,7 @@ class SamplingConfig(_Model):
 
     group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
-    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-completion-tokens"))
+    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-tokens"))
     seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
     agent: AgentConfig = Field(default_factory=AgentConfig)
 
@@ -42,7 +72,7 @@ class SamplingConfig(_Model):
 class PolicyConfig(_Model):
     """How the policy model is reached (what it samples is ``SamplingConfig``)."""
 
-    model: str = Field("sim", description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model", json_schema_extra=flag("model"))
+    model: str | None = Field(None, description="Policy model (required): a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model, which knows only the built-in demo problems", json_schema_extra=flag("model"))
     api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
     api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
@@ -101,20 +131,42 @@ class LibraryConfig(_Model):
             raise ValueError(str(e)) from None
 
 
+def _check_report_to(value: Any) -> Any:
+    from tfgrpo.tracking import parse_report_to
+
+    parse_report_to(value)
+    return value
+
+
 class SplitConfig(_Model):
     fractions: str | None = Field(None, description="Split the task's dataset into train/validation/test by --split-seed, e.g. 70/15/15 (default: the task's own train and test sets)", json_schema_extra=flag("split"))
     seed: int = Field(0, description="Seed of --split: the same seed gives the same split in train and eval", json_schema_extra=flag("split-seed"))
 
 
 class BudgetConfig(_Model):
-    max_cost: float | None = Field(None, gt=0, description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)", json_schema_extra=flag("max-cost"))
-    max_tokens: int | None = Field(None, gt=0, description="Run budget in tokens (policy + judge, prompt + completion), same rule", json_schema_extra=flag("max-tokens"))
-    max_calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("max-calls"))
+    """Run budgets; YAML ``budget: {tokens: N}`` is the flag ``--budget-tokens N``."""
+
+    cost: float | None = Field(None, gt=0, description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)", json_schema_extra=flag("budget-cost"))
+    tokens: int | None = Field(None, gt=0, description="Run budget in tokens (policy + judge, prompt + completion), same rule", json_schema_extra=flag("budget-tokens"))
+    calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("budget-calls"))
     price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """config.yaml of earlier runs: max_cost, max_tokens, max_calls."""
+        if isinstance(data, dict) and {"max_cost", "max_tokens", "max_calls"} & data.keys():
+            data = {(k.removeprefix("max_") if k in ("max_cost", "max_tokens", "max_calls") else k): v for k, v in data.items()}
+        return data
 
-class RunConfig(_Model):
+
+class RunConfig(_Paths):
     """Everything a training-free run needs. Field order is the config.yaml layout."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        return _check_report_to(value)
 
     version: int = 1
     task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
@@ -132,6 +184,7 @@ class RunConfig(_Model):
     serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
     select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
     val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
+    report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow (comma-separated; each an optional extra)", json_schema_extra=flag("report-to"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -140,10 +193,10 @@ class RunConfig(_Model):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
 
-class EvalConfig(_Model):
+class EvalConfig(_Paths):
     version: int = 1
-    task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
-    data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id", json_schema_extra=flag("data"))
+    task: str | None = Field(None, description="Task: a built-in name or file.py:name (default: the --library's task)", json_schema_extra=flag("task"))
+    data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id (default: the run's)", json_schema_extra=flag("data"))
     task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
     k: int = Field(4, gt=0, description="k of Mean@k and Pass@k", json_schema_extra=flag("k", "k"))
     n: int | None = Field(None, gt=0, description="Answers sampled per problem and seed, n >= k (default: k); more gives tighter estimates", json_schema_extra=flag("n", "n"))

@@ -4,10 +4,11 @@ with the same sampling seeds, with intervals and a paired test of the difference
 * n >= k answers per problem and seed. Mean@k: the fraction right (c/n estimates the
   expected fraction among k). Pass@k: the unbiased 1 - C(n-c, k)/C(n, k) (tfgrpo.training_free.stats).
 * Several seeds: a problem's value is its mean over seeds; seeds are reported one by one too.
-* Intervals: percentile bootstrap over problems (95%). The difference library - baseline is
+* Intervals: BCa bootstrap over problems (95%). The difference library - baseline is
   paired per problem; its p-value comes from a sign-flip permutation test. "Significant"
-  means the interval of the difference excludes 0; otherwise the verdict says, in words,
-  "no significant difference".
+  means the interval of the difference excludes 0 AND p < 0.05; where the two disagree the
+  weaker claim wins and the verdict says, in words, "no significant difference". Below
+  ``SMALL_SAMPLE`` problems the verdict warns that the sample is small.
 
 Saved results (``tfgrpo.rundir.save_eval``): ``results.jsonl`` one line per answer,
 ``summary.json`` the summary printed by ``tfgrpo eval --json``.
@@ -25,10 +26,10 @@ from tfgrpo.llm.client import LLMClient
 from tfgrpo.training_free.config import LibraryConfig, SamplingConfig
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.rollout import injector, sample_group, stable_seed
-from tfgrpo.training_free.stats import bootstrap_ci, paired_permutation_p, pass_at_k
+from tfgrpo.training_free.stats import ALPHA, SMALL_SAMPLE, bootstrap_ci, paired_permutation_p, pass_at_k
 from tfgrpo.task_registry import Sample, Task
 
-__all__ = ["ArmRun", "EvalReport", "arm_summary", "compare", "pass_at_k", "run_arm", "select_best_epoch"]
+__all__ = ["ArmRun", "EvalReport", "arm_summary", "baseline", "compare", "pass_at_k", "run_arm", "select_best_epoch"]
 
 
 @dataclass
@@ -96,23 +97,29 @@ def arm_summary(arm: ArmRun, ids: Sequence[str], seeds: Sequence[int], k: int) -
 
 
 def paired_diff(base: Sequence[float], lib: Sequence[float], seed: int = 0) -> dict[str, Any]:
-    """Per-problem differences lib - base: mean, bootstrap interval, permutation p-value."""
+    """Per-problem differences lib - base: mean, BCa interval, permutation p-value. Significant
+    only when both agree (the interval excludes 0 and p < ALPHA): where they disagree, the
+    weaker claim wins."""
     d = [b2 - b1 for b1, b2 in zip(base, lib)]
     low, high = bootstrap_ci(d, seed=seed + 2)
     mean = sum(d) / len(d)
-    significant = not (low <= 0.0 <= high) and any(d)
-    return {"mean": _r(mean), "ci95": [_r(low), _r(high)], "p_value": _r(paired_permutation_p(d, seed=seed + 3)),
-            "significant": bool(significant)}
+    p = paired_permutation_p(d, seed=seed + 3)
+    significant = not (low <= 0.0 <= high) and any(d) and p < ALPHA
+    return {"mean": _r(mean), "ci95": [_r(low), _r(high)], "p_value": _r(p), "significant": bool(significant)}
 
 
-def verdict(diff: dict[str, Any], k: int) -> str:
+def verdict(diff: dict[str, Any], k: int, problems: int | None = None) -> str:
+    """One sentence; below ``SMALL_SAMPLE`` problems it says the sample is small."""
     low, high = diff["ci95"]
+    numbers = f"95% CI [{low:+.3f}, {high:+.3f}], p = {diff['p_value']:.3g}"
+    small = (f"; only {problems} problems (fewer than {SMALL_SAMPLE}): a rough indication at best"
+             if problems is not None and problems < SMALL_SAMPLE else "")
     if not diff["significant"]:
-        return (f"no significant difference: Mean@{k} library - baseline = {diff['mean']:+.3f}, "
-                f"95% CI [{low:+.3f}, {high:+.3f}] holds 0, p = {diff['p_value']:.3g}")
+        why = "interval and test disagree, the weaker wins" if (not (low <= 0.0 <= high)) != (diff["p_value"] < ALPHA) else ""
+        return (f"no significant difference: Mean@{k} library - baseline = {diff['mean']:+.3f}, {numbers}"
+                + (f" ({why})" if why else "") + small)
     better = "better" if diff["mean"] > 0 else "worse"
-    return (f"library {better} than baseline: Mean@{k} {diff['mean']:+.3f}, "
-            f"95% CI [{low:+.3f}, {high:+.3f}], p = {diff['p_value']:.3g}")
+    return f"library {better} than baseline: Mean@{k} {diff['mean']:+.3f}, {numbers}{small}"
 
 
 @dataclass
@@ -145,10 +152,28 @@ async def compare(
     ]
     summary = {
         "baseline": arm_summary(base, ids, seeds, k), "library": arm_summary(lib, ids, seeds, k), "diff": diff,
-        "verdict": verdict(diff, k), "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
+        "verdict": verdict(diff, k, len(samples)), "small_sample": len(samples) < SMALL_SAMPLE,
+        "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
         "task": task.name, "by_seed": by_seed,
     }
     return EvalReport(summary=summary, answers=base.answers + lib.answers)
+
+
+async def baseline(
+    client: LLMClient, task: Task, samples: list[Sample], prompts: Prompts, sampling: SamplingConfig, *, k: int,
+    seeds: Sequence[int] = (0,), on_advance: Callable[[], None] = lambda: None,
+) -> EvalReport:
+    """The policy alone (no library): Mean@k and Pass@k with their intervals, no comparison."""
+    seeds = list(seeds)
+    base = await run_arm(client, task, samples, "", prompts, sampling, name="baseline", seeds=seeds, on_advance=on_advance)
+    ids = [s.id for s in samples]
+    summary = {
+        "baseline": arm_summary(base, ids, seeds, k), "verdict": "baseline only (no library)", "n_problems": len(samples),
+        "k": k, "n": sampling.group_size, "seeds": seeds, "seed": seeds[0], "task": task.name,
+        "by_seed": [{"seed": s, "baseline": {key: arm_summary(base, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}}
+                    for s in seeds],
+    }
+    return EvalReport(summary=summary, answers=base.answers)
 
 
 # ---------------------------------------------------------------------------- best-val selection

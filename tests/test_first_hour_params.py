@@ -1,0 +1,43 @@
+"""Issue 13, parameter mode: a second run never overwrites the first, the default run
+directory is new each time, config.yaml records the effective values and re-runs as is, and
+the report reads its steps."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tfgrpo.config import build, load_yaml  # noqa: E402
+from tfgrpo.errors import UserError  # noqa: E402
+from tfgrpo.params import make_config, train_params  # noqa: E402
+from tfgrpo.params.config import ParamsConfig  # noqa: E402
+from tfgrpo.report import load_run  # noqa: E402
+
+
+def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
+    out = tmp_path / "run"
+    cfg = make_config(task="toy", model="tiny", out=str(out), steps=2, batch_size=2, group_size=2, device="cpu",
+                      report_to="tensorboard")
+    train_params(cfg, progress=False)
+    steps_before = (out / "steps.jsonl").read_text()
+    with pytest.raises(UserError, match=f"{out} already holds a run: continue it with --resume"):
+        train_params(cfg, progress=False)
+    assert (out / "steps.jsonl").read_text() == steps_before  # nothing appended, nothing overwritten
+    saved = build(ParamsConfig, load_yaml(out / "config.yaml"))  # re-runs as is
+    assert saved.learning_rate == cfg.learning_rate == 3e-3 and saved.lr == 3e-3  # the lr actually used
+    steps = load_run(out).steps
+    assert len(steps) == 2 and all(s["mean_reward"] == json.loads(line)["reward_mean"]
+                                   for s, line in zip(steps, steps_before.splitlines()))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))  # --report-to tensorboard, read by TensorBoard's reader
+    events.Reload()
+    logged = events.Scalars("train/reward_mean")
+    assert [e.step for e in logged] == [s["step"] for s in steps]
+    assert [e.value for e in logged] == pytest.approx([s["mean_reward"] for s in steps])
+
+
+def test_default_run_directory_is_new_per_run():
+    cfg = make_config(task="toy", model="tiny", steps=1, device="cpu")
+    assert cfg.run_dir.startswith("runs/grpo-toy-")
