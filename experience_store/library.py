@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
+from experience_store.credit import canonical_id
 from experience_store.embedding import DEFAULT_SPEC, same_spec, spec_label
 from experience_store.errors import ConflictError, StoreError
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
@@ -49,6 +50,7 @@ class LibraryState(BaseModel):
     experiences: list[Experience] = Field(default_factory=list)
 
     def get(self, exp_id: str) -> Experience | None:
+        exp_id = canonical_id(exp_id)  # [E1], e1, ' E1 ' and 1 all name E1
         for e in self.experiences:
             if e.id == exp_id:
                 return e
@@ -156,7 +158,7 @@ def apply_ops(
             target.updated_step = step
             results.append(OpResult(step=step, op=op, status="applied", result_id=target.id))
         elif op.op == "MERGE":
-            ids = list(dict.fromkeys(op.ids))
+            ids = list(dict.fromkeys(canonical_id(i) or "" for i in op.ids))
             sources = [active_or_none(i) for i in ids]
             if len(ids) < 2:
                 reject(op, "MERGE needs at least two ids")
