@@ -32,6 +32,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+# Prefix of a failed completion's error when the prompt did not fit the model's context, so a
+# caller can handle it (the judge summarises and retries) instead of taking it for a bad request.
+CONTEXT_OVERFLOW = "context_overflow"
+_OVERFLOW = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long|exceeds the context", re.IGNORECASE)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Completion:
     completion_tokens: int = 0
     # Calls the model asked for (OpenAI tools API): [{"id", "type", "function": {"name", "arguments"}}]
     tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None  # a reasoning model's reasoning content, where the backend returns it
 
     @property
     def ok(self) -> bool:
@@ -145,6 +150,7 @@ class LLMClient:
                             "prompt_tokens": c.prompt_tokens,
                             "completion_tokens": c.completion_tokens,
                             **({"tool_calls": c.tool_calls} if c.tool_calls else {}),
+                            **({"reasoning": c.reasoning} if c.reasoning else {}),
                         },
                     )
         return [out[i] for i in indices]
@@ -193,7 +199,8 @@ class LLMClient:
                         ) from None
                     stats.failures += len(indices)
                     log.warning("%s request failed: %s", self.role, _short(e))
-                    return [Completion(text=None, index=i, error=_short(e)) for i in indices]
+                    error = f"{CONTEXT_OVERFLOW}: {_short(e)}" if _overflows(e) else _short(e)
+                    return [Completion(text=None, index=i, error=error) for i in indices]
                 delay = self.retry.delay(attempt, _retry_after(e))
                 stats.retries += 1
                 log.info("%s: %s; retry %d in %.2fs", self.role, _short(e), attempt + 1, delay)
@@ -231,6 +238,7 @@ class LLMClient:
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
                     tool_calls=calls,
+                    reasoning=getattr(ch.message, "reasoning_content", None) or None,
                 )
             )
         return out
@@ -310,6 +318,13 @@ def _classify(e: Exception) -> str:
     if status is None and isinstance(e, (OSError, ConnectionError)):
         return "retry"
     return "request"
+
+
+def _overflows(e: Exception) -> bool:
+    """The prompt did not fit the model's context (litellm's class, or the backend's words)."""
+    import litellm
+
+    return isinstance(e, litellm.ContextWindowExceededError) or bool(_OVERFLOW.search(str(e)))
 
 
 def _retry_after(e: Exception) -> float | None:

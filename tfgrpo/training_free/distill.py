@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops, prune_ops, render_experiences
 from tfgrpo.training_free.config import JudgeConfig, LibraryConfig
-from tfgrpo.training_free.judge import ProposedOp, check_op_fields, judge_messages, upper_op
+from tfgrpo.training_free.judge import ProposedOp, check_op_fields, judge_messages, lesson_id, schema_text, upper_op
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.structured import ask_structured, schema_for
+from tfgrpo.training_free.structured import ask_structured
 
 
 class ConsolidatedOp(BaseModel):
@@ -29,7 +29,13 @@ class ConsolidatedOp(BaseModel):
     reason: str = Field("", description="One sentence: why this edit")
 
     _op = field_validator("op", mode="before")(upper_op)
+    _id = field_validator("id", mode="before")(lesson_id)
     _fields = model_validator(mode="after")(check_op_fields)
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _ids(cls, v: object) -> object:
+        return [lesson_id(i) for i in v] if isinstance(v, list) else v
 
 
 class Consolidation(BaseModel):
@@ -71,7 +77,7 @@ async def consolidate(
         return Distilled()
     user = prompts.render(
         "consolidate.j2", library=library, proposals=json.dumps(order_proposals(live), indent=1, ensure_ascii=False),
-        schema=json.dumps(schema_for(Consolidation)),
+        schema=schema_text(client, cfg, Consolidation),
         candidates=json.dumps(candidates, indent=1, ensure_ascii=False) if candidates else "",
     )
     out = await ask_structured(client, judge_messages(prompts, user), Consolidation, "consolidation",
@@ -102,11 +108,12 @@ def merge_candidates(library: Library, proposals: list[ProposedOp], threshold: f
 
 def prune_for(library: Library, cfg: LibraryConfig, credit: dict[str, Stats], step: int, ops: list[ExperienceOp]) -> list[ExperienceOp]:
     """Prune DELETEs for this step, judged on the stats including this step's credit, leaving
-    alone the lessons this step's ops already touch."""
+    alone the lessons this step's ops already touch. Retiring for harm needs ``prune_harmful``
+    (off by default): the within-group comparisons of experience_store.credit."""
     touched = {i for o in ops for i in (o.id, *o.ids) if i}
     preview, _ = apply_ops(library.state, [], step, credit=credit)
     pruned = prune_ops(preview, step, unused_steps=cfg.prune_unused_steps, min_votes=cfg.prune_min_votes,
-                       harmful_share=cfg.prune_harmful_share)
+                       harmful_share=cfg.prune_harmful_share if cfg.prune_harmful else 1.0)
     return [o for o in pruned if o.id not in touched]
 
 

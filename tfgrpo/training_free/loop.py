@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -27,17 +28,18 @@ from experience_store import Injection, Library, Provenance, usage_credit
 from tfgrpo.training_free.budget import Budget
 from tfgrpo.training_free.config import RunConfig, dump_yaml
 from tfgrpo.training_free.distill import consolidate, consolidation_view, merge_candidates, prune_for
-from tfgrpo.training_free.judge import Attempt, GroupJudgement, judge_group
+from tfgrpo.training_free.judge import GroupJudgement, judge_group
 from tfgrpo.training_free.leak import LeakGuard
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast
-from tfgrpo.training_free.rollout import Group, injector, sample_group, stable_seed
+from tfgrpo.training_free.rollout import Group, cited_text, group_attempts, injector, sample_group, stable_seed, task_context
 from tfgrpo.task_registry import Task
 
 RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
+log = logging.getLogger(__name__)
 
 
 class RunDir:
@@ -183,6 +185,9 @@ async def train(
     budget, stopped = Budget(cfg.budget), None
     write_status(run_dir, "running", None, len(done), len(plan))  # still "running" after a crash: resumable
     guard = LeakGuard(s.user_text() for s in samples) if cfg.judge.leak_guard != "off" else None
+    judge_context = task_context(task, prompts)
+    if cfg.group_size == 1:
+        log.warning("group size 1: no group has a contrast, so the judge reviews every group on its own")
     use_cache = cfg.cache
     assert models.judge is not None
     for step, (epoch, indices) in enumerate(plan, start=1):
@@ -210,23 +215,21 @@ async def train(
             return g
 
         groups: list[Group] = await asyncio.gather(*(one(s) for s in batch))
-        advantages = group_advantages([g.rewards for g in groups], task.weights, cfg.advantage)
+        advantages = group_advantages([g.rewards for g in groups], task.weights, cfg.advantage, std=cfg.advantage_std)
 
+        # G = 1 has no contrast to filter on: every group is judged, as the reference's ablation does.
         to_judge = [
             i for i, g in enumerate(groups)
-            if not cfg.judge.ground_truth or not cfg.judge.skip_equal_groups
+            if not cfg.judge.ground_truth or not cfg.judge.skip_equal_groups or cfg.group_size == 1
             or has_contrast(g.combined, task.min_reward, task.max_reward)
         ]
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(to_judge))
 
-        # Tool-calling trajectories are long: summarise each before the comparison unless told not to.
-        judge_cfg = cfg.judge if cfg.judge.summaries is not None else cfg.judge.model_copy(update={"summaries": bool(task.tools)})
-
         async def judge_one(i: int) -> GroupJudgement:
             g = groups[i]
-            attempts = [Attempt(j + 1, g.attempt_text(j), g.combined[j]) for j in range(len(g.completions))]
-            out = await judge_group(models.judge, prompts, judge_cfg, g.sample, attempts, shown[g.sample.id].text,
-                                    pass_threshold=task.pass_threshold, use_cache=use_cache)
+            attempts = group_attempts(g, [r.name for r in task.rewards])
+            out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, shown[g.sample.id].text,
+                                    pass_threshold=task.pass_threshold, use_cache=use_cache, context=judge_context)
             hooks.on_advance("judging")
             return out
 
@@ -273,8 +276,8 @@ async def train(
         )
         run_dir.append("rollouts.jsonl", rollouts)
         run_dir.append("groups.jsonl", group_records)
-        credit = usage_credit(((shown[g.sample.id].ids, c.text, advantages[i][j]) for i, g in enumerate(groups)
-                               for j, c in enumerate(g.completions)), step)
+        credit = usage_credit(([(shown[g.sample.id].ids, cited_text(c), advantages[i][j]) for j, c in enumerate(g.completions)]
+                               for i, g in enumerate(groups)), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
         run_dir.append("ops.jsonl", [*results, *leaks, *failures])
