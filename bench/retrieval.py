@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experience_store import Experience, Pack, estimate_tokens, parse_spec  # noqa: E402
+from experience_store import Experience, InjectionSettings, Pack, estimate_tokens, parse_spec  # noqa: E402
 
 KINDS = ["fraction", "percentage", "triangle", "circle", "probability", "sequence", "modular", "polynomial",
          "inequality", "combinatorics", "logarithm", "matrix", "vector", "integral", "derivative", "graph",
@@ -82,7 +82,7 @@ def main() -> None:
     pack = Pack.build(synthetic_library(args.n), [], name="bench", embedding=parse_spec(args.embedding))
     index = pack.index()
     index_s = time.perf_counter() - t0
-    tokens_all = estimate_tokens(pack.render(mode="all"))
+    tokens_all = estimate_tokens(pack.render(settings=InjectionSettings(mode="all")))
 
     qs = queries(args.queries + 10)
     total, embed, search, injected = [], [], [], []
@@ -92,7 +92,7 @@ def main() -> None:
         e = time.perf_counter()
         index.search_vectors(vec, args.k)
         s = time.perf_counter()
-        inj = pack.inject(q, mode="retrieve", k=args.k, budget=args.budget)
+        inj = pack.inject(q, InjectionSettings(mode="retrieve", top_k=args.k, budget_tokens=args.budget))
         end = time.perf_counter()
         if i < 10:
             continue  # warm-up

@@ -10,11 +10,13 @@ without the learning toolkit::
 from experience_store.credit import cited_ids, usage_credit
 from experience_store.embedding import LexicalEmbedding, embedding_from_spec, parse_spec, same_spec, spec_label
 from experience_store.errors import ConflictError, PackError, StoreError
-from experience_store.library import Library, LibraryState, apply_ops, diff_states, prune_ops
+from experience_store.edits import LibraryState, apply_ops, diff_states, prune_ops
+from experience_store.library import Library
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 from experience_store.pack import Pack, PackManifest
 from experience_store.render import render_experiences
 from experience_store.retrieval import Index, Injection, Selector, estimate_tokens
+from experience_store.settings import InjectionSettings
 
 __all__ = [
     "ConflictError",
@@ -22,6 +24,7 @@ __all__ = [
     "ExperienceOp",
     "Index",
     "Injection",
+    "InjectionSettings",
     "LexicalEmbedding",
     "Library",
     "LibraryState",

@@ -10,7 +10,12 @@ Specs (a small dict; ``parse_spec`` reads the command-line form in brackets):
 * ``{"name": "sentence-transformers", "model": NAME_OR_PATH}`` [``st:NAME_OR_PATH``]: needs the
   sentence-transformers package.
 * ``{"name": "litellm", "model": MODEL}`` [``litellm:MODEL``]: API embeddings through litellm
-  (``openai/text-embedding-3-small``, ...), optional ``api_base``; needs litellm and a key.
+  (``openai/text-embedding-3-small``, ...); needs litellm and a key. The user's own spec may add
+  ``api_base``; otherwise litellm's usual environment variables say where and with which key.
+
+A pack carries only the portable part of a spec (``portable_spec``: the embedder and a model
+*name*); ``check_portable`` refuses one that names an endpoint, a key, a file or anything else,
+so a shared pack cannot send the user's key and queries to an address of its choosing.
 
 Optional libraries are imported only when a spec asks for them.
 """
@@ -29,6 +34,12 @@ from experience_store.errors import StoreError
 _WORD = re.compile(r"[a-z0-9]+")
 DEFAULT_SPEC: dict[str, Any] = {"name": "lexical", "dim": 512}
 KINDS = ("lexical", "chroma-default", "sentence-transformers", "litellm")
+MAX_DIM = 8192
+PORTABLE_KEYS = {"lexical": {"name", "dim"}, "chroma-default": {"name"}, "sentence-transformers": {"name", "model"},
+                 "litellm": {"name", "model"}}
+# A model name as registries and providers spell it (all-MiniLM-L6-v2, org/model, provider/org/model):
+# never a path (no leading / . ~, no backslash), never a URL (no colon).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,2}")
 
 
 class LexicalEmbedding(EmbeddingFunction[Documents]):
@@ -110,17 +121,52 @@ def parse_spec(value: str | dict[str, Any]) -> dict[str, Any]:
         kind = {"st": "sentence-transformers"}.get(kind, kind)
         spec = {"name": kind}
         if kind == "lexical":
-            spec["dim"] = int(arg) if arg.isdigit() else 512
+            spec["dim"] = arg or 512
         elif arg:
             spec["model"] = arg
     kind = spec.get("name")
-    if kind not in KINDS:
-        raise StoreError(f"unknown embedding {value!r} (choose lexical, chroma-default, st:MODEL or litellm:MODEL)")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise StoreError(f"unknown embedding {_short(value)} (choose lexical, chroma-default, st:MODEL or litellm:MODEL)")
     if kind in ("sentence-transformers", "litellm") and not spec.get("model"):
         raise StoreError(f"embedding {kind} needs a model, e.g. {'st:all-MiniLM-L6-v2' if kind != 'litellm' else 'litellm:openai/text-embedding-3-small'}")
     if kind == "lexical":
-        spec["dim"] = int(spec.get("dim", 512))
+        dim = spec.get("dim", 512)
+        if isinstance(dim, str) and dim.isdigit() and len(dim) < 6:
+            dim = int(dim)
+        if type(dim) is not int or not 1 <= dim <= MAX_DIM:
+            raise StoreError(f"embedding dim must be a whole number from 1 to {MAX_DIM}, got {_short(dim)}")
+        spec["dim"] = dim
     return spec
+
+
+def portable_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a pack records: the embedder and its model name, without the user's endpoint."""
+    spec = parse_spec(spec)
+    return {k: v for k, v in spec.items() if k in PORTABLE_KEYS[spec["name"]]}
+
+
+def check_portable(spec: Any) -> dict[str, Any]:
+    """A spec read from a pack: a built-in embedder or a model *name*, nothing else."""
+    if not isinstance(spec, dict):
+        raise StoreError(f"embedding must be an object, got {_short(spec)}")
+    kind = spec.get("name")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise StoreError(f"unknown embedder {_short(kind)} (a pack may name {', '.join(KINDS)})")
+    extra = sorted(str(k) for k in set(spec) - PORTABLE_KEYS[kind])
+    if extra:
+        raise StoreError(f"embedding names {_short(', '.join(extra))}; a pack may name only an embedder and a model "
+                         "name (endpoints, keys and files come from your own configuration)")
+    model = spec.get("model")
+    if "model" in PORTABLE_KEYS[kind] and not (isinstance(model, str) and _MODEL_NAME.fullmatch(model)):
+        raise StoreError(f"embedding model {_short(model)} is not a model name (a pack may not name a path or an address)")
+    if kind == "lexical" and type(spec.get("dim", 512)) is not int:
+        raise StoreError(f"embedding dim must be a whole number from 1 to {MAX_DIM}, got {_short(spec.get('dim'))}")
+    return parse_spec(spec)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def spec_label(spec: dict[str, Any]) -> str:
@@ -131,7 +177,8 @@ def spec_label(spec: dict[str, Any]) -> str:
 
 
 def same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return parse_spec(a) == parse_spec(b)
+    """The same embedding space (where each side's endpoint is does not matter)."""
+    return portable_spec(a) == portable_spec(b)
 
 
 def embedding_from_spec(spec: dict[str, Any]) -> EmbeddingFunction:

@@ -3,19 +3,21 @@ carries a ``version`` so readers can tell formats apart."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 OpKind = Literal["ADD", "UPDATE", "DELETE", "MERGE", "RESTORE", "NONE"]
+MAX_INT = 2**53  # the largest integer that every JSON reader keeps exact
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]  # steps, revisions, counts: never negative, never huge
 
 
 class Provenance(BaseModel):
     """Where a lesson came from."""
 
     run: str | None = None
-    epoch: int | None = None
-    step: int | None = None
+    epoch: Count | None = None
+    step: Count | None = None
     task: str | None = None
     query_ids: list[str] = Field(default_factory=list)
     rollout_ids: list[str] = Field(default_factory=list)
@@ -26,11 +28,11 @@ class Provenance(BaseModel):
 class Stats(BaseModel):
     """Usage credit: how often a lesson was shown, cited, and on which side of the advantage."""
 
-    retrieved: int = 0
-    cited: int = 0
-    helpful: int = 0
-    harmful: int = 0
-    last_cited_step: int | None = None
+    retrieved: Count = 0
+    cited: Count = 0
+    helpful: Count = 0
+    harmful: Count = 0
+    last_cited_step: Count | None = None
 
     def add(self, other: "Stats") -> None:
         self.retrieved += other.retrieved
@@ -44,15 +46,15 @@ class Stats(BaseModel):
 class Experience(BaseModel):
     """One lesson: a short "When <condition>, <strategy>" sentence with a stable id."""
 
-    version: int = 1
+    version: Count = 1
     id: str
     text: str
     title: str | None = None
     tags: list[str] = Field(default_factory=list)
     status: Literal["active", "retired"] = "active"
-    revision: int = 1
-    created_step: int = 0
-    updated_step: int = 0
+    revision: Count = 1
+    created_step: Count = 0
+    updated_step: Count = 0
     provenance: Provenance = Field(default_factory=Provenance)
     stats: Stats = Field(default_factory=Stats)
 
@@ -73,8 +75,8 @@ class ExperienceOp(BaseModel):
 class OpResult(BaseModel):
     """What happened to one op when a step's ops were applied."""
 
-    version: int = 1
-    step: int
+    version: Count = 1
+    step: Count
     op: ExperienceOp
     status: Literal["applied", "rejected", "noop"]
     error: str | None = None

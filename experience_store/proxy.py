@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from experience_store.pack import Pack
-from experience_store.retrieval import Mode
+from experience_store.settings import InjectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,11 @@ def inject_messages(messages: list[dict[str, Any]], block: str) -> list[dict[str
 
 
 class InjectingProxy:
-    def __init__(self, pack: Pack, upstream: str, *, mode: Mode | None = None, budget: int | None = None, k: int | None = None):
-        """``mode``, ``budget`` and ``k`` default to the pack's (``Pack.injection_settings``)."""
+    def __init__(self, pack: Pack, upstream: str, settings: InjectionSettings | None = None):
+        """``settings`` default to the pack's (``Pack.injection_settings``)."""
         self.pack = pack
         self.upstream = upstream.rstrip("/")
-        self.mode, self.budget, self.k = mode, budget, k
+        self.settings = settings or pack.injection_settings()
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -117,14 +117,14 @@ class InjectingProxy:
             return body
         if not users:
             return body
-        injected = self.pack.inject(_text(users[-1].get("content")), mode=self.mode, budget=self.budget, k=self.k)
+        injected = self.pack.inject(_text(users[-1].get("content")), self.settings)
         req["messages"] = inject_messages(messages, injected.text)
         log.info("injected %s (%d tokens)", injected.ids, injected.tokens)
         return json.dumps(req).encode()
 
 
-def serve(pack: Pack, upstream: str, *, host: str = "127.0.0.1", port: int = 8100, mode: Mode | None = None,
-          budget: int | None = None, k: int | None = None, print_fn: Any = print) -> None:
+def serve(pack: Pack, upstream: str, *, host: str = "127.0.0.1", port: int = 8100,
+          settings: InjectionSettings | None = None, print_fn: Any = print) -> None:
     """Run the proxy until interrupted."""
-    proxy = InjectingProxy(pack, upstream, mode=mode, budget=budget, k=k)
+    proxy = InjectingProxy(pack, upstream, settings)
     web.run_app(proxy.app(), host=host, port=port, print=print_fn, handle_signals=True)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 from experience_store.embedding import embedding_from_spec, spec_label
 from experience_store.errors import StoreError
 from experience_store.models import Experience
-from experience_store.render import DEFAULT_BLOCK, render_experiences
+from experience_store.render import render_experiences
+from experience_store.settings import InjectionSettings
 
-Mode = Literal["all", "retrieve", "auto"]
 TokenCounter = Callable[[str], int]
 
 
@@ -118,37 +118,35 @@ class Selector:
         self.active = [e for e in experiences if e.status == "active"]
         self.by_id = {e.id: e for e in self.active}
         self._index = index
-        self._all: dict[tuple[int, str], tuple[str, int]] = {}
+        self._all: dict[int, tuple[str, int]] = {}
 
-    def all_block(self, count: TokenCounter, template: str) -> tuple[str, int]:
-        key = (id(count), template)
+    def all_block(self, count: TokenCounter) -> tuple[str, int]:
+        key = id(count)
         if key not in self._all:
-            block = render_experiences(self.active, template)
+            block = render_experiences(self.active)
             self._all[key] = (block, count(block) if block else 0)
         return self._all[key]
 
-    def select(self, query: str, *, mode: Mode = "all", budget: int = 2000, k: int = 8,
-               count_tokens: TokenCounter | None = None, template: str = DEFAULT_BLOCK) -> Injection:
+    def select(self, query: str, settings: InjectionSettings, *, count_tokens: TokenCounter | None = None) -> Injection:
         """The experiences for one query, rendered (see the module docstring for the modes)."""
         count = count_tokens or estimate_tokens
-        if mode not in ("all", "retrieve", "auto"):
-            raise ValueError(f"unknown injection mode {mode!r}")
+        mode, budget = settings.mode, settings.budget_tokens
         if mode in ("all", "auto"):
-            block, tokens = self.all_block(count, template)
+            block, tokens = self.all_block(count)
             if mode == "all" or tokens <= budget:
                 return Injection(block, list(self.by_id), tokens, "all")
         if self._index is None or not self.active:
             return Injection("", [], 0, "retrieve")
-        hits = [(i, s) for i, s in self._index().search(query, k) if i in self.by_id]
+        hits = [(i, s) for i, s in self._index().search(query, settings.top_k) if i in self.by_id]
         chosen: list[Experience] = []
         used = 0
         for exp_id, _ in hits:
-            cost = count(render_experiences([self.by_id[exp_id]], template)) + 1
+            cost = count(render_experiences([self.by_id[exp_id]])) + 1
             if used + cost > budget:
                 continue
             chosen.append(self.by_id[exp_id])
             used += cost
-        block = render_experiences(chosen, template)
+        block = render_experiences(chosen)
         ids = [e.id for e in chosen]
         return Injection(block, ids, count(block) if block else 0, "retrieve",
                          {i: round(s, 4) for i, s in hits if i in ids})

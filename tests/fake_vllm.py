@@ -1,6 +1,7 @@
-"""A stand-in for the ``vllm`` executable in tests: ``fake_vllm.py serve MODEL --host H --port P``.
+"""A stand-in for the ``vllm`` (and ``transformers``) executable in tests:
+``fake_vllm.py serve MODEL --host H --port P``.
 
-It serves the SIMULATED model on that port until SIGTERM and logs like vLLM. Other vLLM
+It serves the SIMULATED model on that port until SIGTERM and logs like vLLM. Other
 flags are accepted and ignored. A model named ``fail-early`` exits 1 at once with an error
 line; ``never-healthy`` sleeps without serving.
 """

@@ -3,7 +3,7 @@
 import pytest
 
 from tfgrpo.training_free.agent import run_agent
-from tfgrpo.training_free.config import AgentConfig
+from tfgrpo.training_free.config import AgentConfig, SamplingConfig
 from tfgrpo.llm.client import LLMClient, RetryPolicy
 from tfgrpo.sim import start_sim_server
 from tfgrpo.sim.skills import TOOL_SKILLS_BY_TASK
@@ -43,8 +43,9 @@ async def test_trajectory_records_calls_results_timing_and_tokens(sim):
 
 async def test_turn_limit_scores_the_rollout_as_it_stands(sim):
     task, messages = skilled_messages("sql")  # the good plan makes two sql calls
+    sampling = SamplingConfig(group_size=4, temperature=0.7, agent=AgentConfig(max_turns=1))
     group = await sample_group(client_for(sim), task, task.dataset[0], f"[E1] {TOOL_SKILLS_BY_TASK['sql'].lesson}", Prompts(),
-                               n=4, temperature=0.7, max_tokens=None, seed=3, agent=AgentConfig(max_turns=1))
+                               sampling, seed=3)
     assert len(group.completions) == 4  # none dropped
     assert all(t.stopped_by == "turns" for t in group.trajectories)
     assert all(c.finish_reason == "limit:turns" for c in group.completions)

@@ -41,7 +41,7 @@ async def test_one_request_per_sample_when_backend_lacks_n(sim):
 @pytest.mark.parametrize("fault", ["429", "500", "503", "timeout"])
 async def test_transient_errors_are_retried(sim, fault):
     sim.add_faults([fault, fault])
-    c = client(sim, timeout=1.0)
+    c = client(sim, timeout=1.0, retry_timeouts=True, first_timeout_factor=1.0)
     out = await c.sample(MSGS, n=2, seed=1)
     assert all(o.ok for o in out)
     assert c.usage.roles["policy"].retries == 2

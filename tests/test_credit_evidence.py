@@ -15,8 +15,9 @@ from experience_store import ExperienceOp, Library
 from tfgrpo.llm.endpoints import open_models
 from tfgrpo.sim.skills import SKILLS, SKILLS_BY_NAME
 from tfgrpo.task_registry import load_task
-from tfgrpo.training_free.config import LibraryConfig, RunConfig
-from tfgrpo.training_free.loop import RunDir, train
+from tfgrpo.rundir import RunDir
+from tfgrpo.training_free.config import LibraryConfig, RunConfig, SamplingConfig
+from tfgrpo.training_free.loop import train_loop
 from tfgrpo.training_free.prompting import Prompts
 
 HARMED = "percentage"
@@ -27,14 +28,14 @@ def seeded_run(tmp_path, prune_harmful: bool) -> dict[str, str]:
     silent = tmp_path / "prompts"
     silent.mkdir()
     (silent / "compare.j2").write_text("There is nothing to compare this time.")  # the judge sees no attempts
-    cfg = RunConfig(task="demo", epochs=3, group_size=8, cache=False, prompts_dir=str(silent),
+    cfg = RunConfig(task="demo", epochs=3, sampling=SamplingConfig(group_size=8), cache=False, prompts_dir=str(silent),
                     library=LibraryConfig(prune_harmful=prune_harmful))
     rd = RunDir(tmp_path / "run")
     lessons = [s.harmful if s.name == HARMED else s.lesson for s in SKILLS]
-    Library(rd.path / "library").apply([ExperienceOp(op="ADD", text=t) for t in lessons], step=0)
+    Library(rd.library_path).apply([ExperienceOp(op="ADD", text=t) for t in lessons], step=0)
     with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed) as models:
-        asyncio.run(train(cfg, load_task("demo"), models, rd, prompts=Prompts(silent)))
-    return {e.text: e.status for e in Library(rd.path / "library").state.experiences}
+        asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts(silent)))
+    return {e.text: e.status for e in Library(rd.library_path).state.experiences}
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tfgrpo.cli.serve import register
 from tfgrpo.errors import UserError
-from tfgrpo.llm.launcher import VLLMServer
+from tfgrpo.llm.launcher import TransformersServer, VLLMServer, local_server
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
@@ -77,6 +77,34 @@ def test_command_line(fake_vllm):
     assert "--max-model-len" not in VLLMServer("m", executable=fake_vllm).command()
 
 
+def test_transformers_engine_command_line(fake_vllm, monkeypatch):
+    server = local_server("transformers", "/models/tiny", port=4321, executable=fake_vllm, extra_args=["--dtype", "float32"])
+    cmd = server.command()
+    assert isinstance(server, TransformersServer) and cmd[1:3] == ["serve", "/models/tiny"]
+    assert cmd[cmd.index("--device") + 1] == "cpu" and "--continuous-batching" in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "4321"
+    assert server.client_model == "openai//models/tiny" and VLLMServer("m").client_model == "hosted_vllm/m"
+    monkeypatch.setenv("TFGRPO_TRANSFORMERS_EXECUTABLE", str(fake_vllm))
+    assert TransformersServer("m").command()[0] == str(fake_vllm)
+
+
+def test_engine_choice_is_checked():
+    with pytest.raises(UserError, match="unknown engine 'tgi'"):
+        local_server("tgi", "m")
+    with pytest.raises(UserError, match="engine transformers: .*tensor_parallel_size"):
+        local_server("transformers", "m", tensor_parallel_size=2)
+
+
+def test_transformers_engine_serves_and_stops(fake_vllm, tmp_path):
+    with local_server("transformers", "tiny", executable=fake_vllm, log_path=tmp_path / "t.log", health_timeout=20) as server:
+        pid = server.process.pid
+        r = openai.OpenAI(base_url=server.base_url, api_key="x").chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "What is 2 + 2?"}]
+        )
+        assert r.choices[0].message.content
+    assert wait_until(lambda: gone(pid)) and "--continuous-batching" in (tmp_path / "t.log").read_text()
+
+
 def test_executable_from_environment(fake_vllm, monkeypatch):
     monkeypatch.setenv("TFGRPO_VLLM_EXECUTABLE", str(fake_vllm))
     assert VLLMServer("m").command()[0] == str(fake_vllm)
@@ -104,7 +132,7 @@ def test_child_dies_when_the_parent_is_killed(fake_vllm, tmp_path):
     script = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from tfgrpo.llm.launcher import VLLMServer\n"
+        "from tfgrpo.llm.launcher import TransformersServer, VLLMServer, local_server\n"
         f"s = VLLMServer('m', executable={str(fake_vllm)!r}, log_path={str(tmp_path / 'v.log')!r}, health_timeout=20).start()\n"
         "print(s.process.pid, s.port, flush=True)\n"
         "time.sleep(60)\n"
@@ -186,3 +214,42 @@ def test_serve_command_runs_until_ctrl_c(fake_vllm, tmp_path):
     assert code == 0, err
     assert any(line.startswith("try: tfgrpo train --model hosted_vllm/tiny --api-base http://127.0.0.1:") for line in lines)
     assert lines[-1].startswith("stopped vllm (tiny) after") and "Uvicorn running" in log.read_text()
+
+
+def test_serve_transformers_engine_runs_until_ctrl_c(fake_vllm, tmp_path):
+    log = tmp_path / "serve.log"
+    args = ["serve", "tiny", "--engine", "transformers", "--executable", str(fake_vllm), "--log", str(log)]
+    lines, err, code = run_until_ctrl_c(args, ready="--api-base")
+    assert code == 0, err
+    assert any(line.startswith("try: tfgrpo train --model openai/tiny --api-base http://127.0.0.1:") for line in lines)
+    assert lines[-1].startswith("stopped transformers (tiny) after") and "--device cpu --continuous-batching" in log.read_text()
+
+
+def test_serve_unknown_engine_exits_2():
+    result = CliRunner().invoke(cli_app(), ["serve", "m", "--engine", "tgi"])
+    assert result.exit_code == 2 and "error: unknown engine 'tgi'" in result.stderr
+
+
+@pytest.mark.slow
+def test_real_model_on_transformers_serve(tmp_path):
+    """SmolLM2-135M-Instruct on `transformers serve` answers concurrent chat requests."""
+    from tfgrpo import model_files
+
+    pytest.importorskip("gguf")
+    try:
+        path = model_files.smollm2_dir()
+    except UserError as e:
+        pytest.skip(f"SmolLM2 package not available offline: {e}")
+    with TransformersServer(str(path), log_path=tmp_path / "t.log", health_timeout=300) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", timeout=300)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ask(q: str) -> str:
+            r = client.chat.completions.create(model=str(path), messages=[{"role": "user", "content": q}], max_tokens=16)
+            return r.choices[0].message.content
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(ask, ["What is 2 + 2?", "Name a colour.", "Say hello."]))
+        assert all(isinstance(a, str) and a.strip() for a in answers), answers
+        pid = server.process.pid
+    assert wait_until(lambda: gone(pid), 30)

@@ -1,7 +1,7 @@
 import pytest
 
 from experience_store import ExperienceOp, Library, Provenance, apply_ops, render_experiences
-from experience_store.library import LibraryState
+from experience_store import LibraryState
 
 
 def op(kind, **kw):

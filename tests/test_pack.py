@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from experience_store import Experience, OpResult, ExperienceOp, Pack, PackError
-from experience_store import pack as pack_mod
+from experience_store import Experience, ExperienceOp, InjectionSettings, OpResult, Pack, PackError
+from experience_store import pack_format as pack_mod
 
 LESSONS = [
     "When adding fractions, rewrite both over a common denominator first.",
@@ -42,10 +42,10 @@ def test_render_retrieves_the_relevant_lesson_within_budget(tmp_path):
     pack = make_pack()
     pack.write(tmp_path / "x.zip")
     loaded = Pack.load(tmp_path / "x.zip")
-    assert loaded.render("a triangle with a right angle: find the missing side", mode="retrieve", k=1) == f"[E2] {LESSONS[1]}"
-    everything = loaded.render("anything", mode="auto", budget=10_000)
+    assert loaded.render("a triangle with a right angle: find the missing side", InjectionSettings(mode="retrieve", top_k=1)) == f"[E2] {LESSONS[1]}"
+    everything = loaded.render("anything", InjectionSettings(mode="auto", budget_tokens=10_000))
     assert everything.count("\n") == 3  # auto: all four fit the budget
-    small = loaded.inject("percentage growth twice", mode="auto", budget=30)
+    small = loaded.inject("percentage growth twice", InjectionSettings(mode="auto", budget_tokens=30))
     assert small.mode == "retrieve" and small.ids[0] == "E3" and small.tokens <= 30
 
 
@@ -58,8 +58,8 @@ class Block:
         if name.split('.')[0] in ('tfgrpo', 'torch', 'litellm'):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-from experience_store import Pack
-print(Pack.load({str(tmp_path / 'x.zip')!r}).render('right triangle side', mode='retrieve', k=1))
+from experience_store import InjectionSettings, Pack
+print(Pack.load({str(tmp_path / 'x.zip')!r}).render('right triangle side', InjectionSettings(mode='retrieve', top_k=1)))
 assert not any(m.split('.')[0] in ('tfgrpo', 'torch', 'litellm') for m in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -132,7 +132,7 @@ def _bad_experience_line(files):
     (_manifest(lambda m: m.update(format_version=99)), "format version 99 is not supported"),
     (_manifest(lambda m: m.update(format="something-else")), "does not describe"),
     (_manifest(lambda m: m.update(counts="many")), "manifest.json: counts"),
-    (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedding"),
+    (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedder"),
     (_replace("experiences.jsonl", b'{"id": "E1", "text": "When X, do the wrong thing."}\n'), "checksum mismatch for experiences.jsonl"),
     (_bad_experience_line, "experiences.jsonl line 2: text: Field required"),
 ])
@@ -199,12 +199,12 @@ def test_embedding_specs_parse_and_unavailable_ones_fail_in_one_line(tmp_path, m
     exps = [Experience(id="E1", text=LESSONS[0]), Experience(id="E2", text=LESSONS[1])]
     Pack.build(exps, [], embedding={"name": "sentence-transformers", "model": "no-such-model-here"}).write(tmp_path / "st.zip")
     pack = Pack.load(tmp_path / "st.zip")
-    assert pack.render("q", mode="all") == f"[E1] {LESSONS[0]}\n[E2] {LESSONS[1]}"  # 'all' needs no embedding
+    assert pack.render("q", InjectionSettings(mode="all")) == f"[E1] {LESSONS[0]}\n[E2] {LESSONS[1]}"  # 'all' needs no embedding
     with pytest.raises(StoreError) as exc:
-        pack.render("right triangle", mode="retrieve")
+        pack.render("right triangle", InjectionSettings(mode="retrieve"))
     assert "sentence-transformers:no-such-model-here" in str(exc.value) and "\n" not in str(exc.value)
     again = Pack.load(tmp_path / "st.zip", embedding="lexical")
-    assert again.inject("right-angled triangle missing side", mode="retrieve", k=1).ids == ["E2"]
+    assert again.inject("right-angled triangle missing side", InjectionSettings(mode="retrieve", top_k=1)).ids == ["E2"]
 
 
 def test_injection_defaults_to_the_source_runs_settings(tmp_path):
@@ -212,9 +212,10 @@ def test_injection_defaults_to_the_source_runs_settings(tmp_path):
     loaded = Pack.load(tmp_path / "r.zip")
     assert loaded.manifest.injection.model_dump() == {"mode": "retrieve", "budget_tokens": 500, "top_k": 1}
     assert loaded.inject("a right-angled triangle: the missing side").ids == ["E2"]  # retrieve, top 1
-    assert len(loaded.inject("a right-angled triangle", mode="all").ids) == 4  # the caller's choice wins
-    older = make_pack()  # a pack without recorded settings: auto, 1500 tokens, top 8
-    assert older.manifest.injection is None and older.injection_settings().model_dump() == {"mode": "auto", "budget_tokens": 1500, "top_k": 8}
+    assert len(loaded.inject("a right-angled triangle", InjectionSettings(mode="all")).ids) == 4  # the caller's choice wins
+    older = make_pack()  # a pack without recorded settings: InjectionSettings() (all, 2000 tokens, top 8)
+    assert older.manifest.injection is None and older.injection_settings() == InjectionSettings()
+    assert older.injection_settings().model_dump() == {"mode": "all", "budget_tokens": 2000, "top_k": 8}
     assert len(older.inject("a right-angled triangle").ids) == 4
     with pytest.raises(Exception, match="injection"):
         make_pack(injection={"mode": "everything"})

@@ -192,7 +192,7 @@ def test_parameter_mode_runs_are_listed_and_reported_as_such(tmp_path):
 
     from tfgrpo.report import load_run, run_status
 
-    tfgrpo("train", "--mode", "params", "--task", "toy", "--model", "tiny", "--steps", "2", "--out", str(tmp_path / "p"), "--json")
+    tfgrpo("grpo", "--task", "toy", "--model", "tiny", "--steps", "2", "--out", str(tmp_path / "p"), "--json")
     run = load_run(tmp_path / "p")
     assert run_status(run) == "finished" and run.models == ("tiny", None)
     assert run.missing == []  # no library or ops to miss in parameter mode

@@ -5,14 +5,18 @@ from an earlier version, and an imported starting library (version 0)."""
 import json
 
 import pytest
+import yaml
 
 from cli_helpers import last_json, tfgrpo
-from experience_store import Experience, ExperienceOp, Index, Library, LibraryState, Pack, Stats, cited_ids, prune_ops, usage_credit
+from experience_store import (Experience, ExperienceOp, Index, InjectionSettings, Library, LibraryState, Pack, Stats, cited_ids,
+                              prune_ops, usage_credit)
 from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.training_free.config import LibraryConfig
 from tfgrpo.training_free.distill import merge_candidates, prune_for
 from tfgrpo.training_free.judge import ProposedOp
 from tfgrpo.training_free.prompting import Prompts
+
+TOP1 = InjectionSettings(mode="retrieve", top_k=1)
 
 
 def add(lib, *texts, step=1):
@@ -53,7 +57,7 @@ def test_credit_is_stored_and_prune_retires_harmful_and_unused_reversibly(tmp_pa
                                   "E2": Stats(retrieved=5, cited=2, helpful=2, last_cited_step=2)})
     assert lib.state.get("E1").stats.harmful == 3
     ops = prune_ops(lib.state, step=6, unused_steps=5)
-    assert {o.id: o.reason for o in ops} == {"E1": "prune: harmful in 3 of 4 cited answers", "E3": "prune: not cited for 5 steps"}
+    assert {o.id: o.reason for o in ops} == {"E1": "prune: lost 3 of 4 within-group comparisons", "E3": "prune: not cited for 5 steps"}
     res = lib.apply(ops, step=6)
     assert [e.id for e in lib.experiences] == ["E2"]
     assert all(r.op.reason.startswith("prune:") for r in res)
@@ -95,8 +99,8 @@ def test_training_with_retrieval_injection_counts_usage(tmp_path):
     # each prompt got at most top-k=2 lessons: 16 queries x 5 answers x 2 per step, at most
     steps = summary["steps"]
     assert sum(e.stats.retrieved for e in lib.state.experiences) <= steps * 8 * 5 * 2
-    cfg = (out / "config.yaml").read_text()
-    assert "injection: retrieve" in cfg and "top_k: 2" in cfg
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["library"]["injection"] == {"mode": "retrieve", "budget_tokens": 200, "top_k": 2}
 
 
 def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
@@ -108,9 +112,17 @@ def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
     shown = [Injection("", ["E1"], 0, "retrieve")]
     cands = [{"proposal": "x", "op": "ADD", "id": None, "similar_to": [{"id": "E3", "similarity": 0.95}]}]
     props = [ProposedOp(op="DELETE", id="E4")]
-    view = consolidation_view(lib, LibraryConfig(injection="retrieve"), shown, cands, props)
+    view = consolidation_view(lib, LibraryConfig(injection=InjectionSettings(mode="retrieve")), shown, cands, props)
     assert view == "[E1] When A, do a.\n[E3] When C, do c.\n[E4] When D, do d."
     assert consolidation_view(lib, LibraryConfig(), shown, cands, props) == lib.render()
+
+
+def test_run_configs_of_earlier_runs_keep_their_injection_settings():
+    flat = LibraryConfig.model_validate({"injection": "retrieve", "budget_tokens": 40, "top_k": 1})
+    assert flat.injection == InjectionSettings(mode="retrieve", budget_tokens=40, top_k=1)
+    assert LibraryConfig.model_validate({"top_k": 3}).injection == InjectionSettings(top_k=3)
+    with pytest.raises(ValueError, match="mode"):
+        LibraryConfig.model_validate({"injection": "everything"})
 
 
 @pytest.mark.slow
@@ -137,7 +149,7 @@ def test_ties_at_the_kth_place_are_broken_by_id_every_time():
         index = Index.in_memory(exps, {"name": "lexical", "dim": 512})
         assert [i for i, _ in index.search("quadratic formula", 3)] == ["E1", "E2", "E3"]
         assert [i for i, _ in index.near_duplicates([SAME], 0.9, k=4)[0]] == ["E1", "E2", "E3", "E4"]
-        assert Pack.build(exps).inject("quadratic formula", mode="retrieve", k=3).ids == ["E1", "E2", "E3"]
+        assert Pack.build(exps).inject("quadratic formula", InjectionSettings(mode="retrieve", top_k=3)).ids == ["E1", "E2", "E3"]
 
 
 def test_ties_keep_the_more_similar_lessons_first_then_ids_in_natural_order():
@@ -154,9 +166,9 @@ def test_an_earlier_version_retrieves_from_its_own_lessons(tmp_path):
                ExperienceOp(op="UPDATE", id="E2", text="When counting fence posts, add one to the gaps."),
                ExperienceOp(op="ADD", text="When adding fractions with a common denominator, add the numerators.")], step=2)
     old = Library(tmp_path / "lib", at_step=1)
-    assert old.inject("adding fractions: common denominator", mode="retrieve", k=1).ids == ["E1"]  # retired later
-    assert old.inject("right-angled triangle Pythagoras", mode="retrieve", k=1).ids == ["E2"]  # reworded later
-    assert Library(tmp_path / "lib").inject("adding fractions: common denominator", mode="retrieve", k=1).ids == ["E3"]
+    assert old.inject("adding fractions: common denominator", TOP1).ids == ["E1"]  # retired later
+    assert old.inject("right-angled triangle Pythagoras", TOP1).ids == ["E2"]  # reworded later
+    assert Library(tmp_path / "lib").inject("adding fractions: common denominator", TOP1).ids == ["E3"]
 
 
 def test_import_as_version_zero_survives_a_fresh_runs_discard(tmp_path):

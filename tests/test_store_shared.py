@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experience_store import ConflictError, ExperienceOp, Library, StoreError
+from experience_store import ConflictError, ExperienceOp, InjectionSettings, Library, StoreError
 
 
 def add(text):
@@ -98,7 +98,7 @@ def test_two_runs_on_one_server_collection(tmp_path, chroma_server):
     fresh = Library(tmp_path / "run-c" / "library", store=chroma_server, collection="shared-lib")
     assert [e.id for e in fresh.experiences] == ["E1", "E2"]
     # the index lives on the server and retrieval uses it
-    assert fresh.inject("right triangle, Pythagoras", mode="retrieve", k=1).ids == ["E2"]
+    assert fresh.inject("right triangle, Pythagoras", InjectionSettings(mode="retrieve", top_k=1)).ids == ["E2"]
     assert fresh.collection().count() == 2
 
 

@@ -80,11 +80,11 @@ def test_repeated_run_is_served_from_cache(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["train", "--task", "nope"], "unknown task 'nope'"),
     (["train", "--task", "math", "--data", "/no/such/file.jsonl"], "data file not found"),
-    (["train", "--group-size", "0"], "invalid config value for group_size"),
+    (["train", "--group-size", "0"], "invalid config value for sampling.group_size (--group-size)"),
     (["train", "--config", "/no/such.yaml"], "config file not found"),
     (["train", "--task", "missing.py:thing"], "task file not found"),
     (["eval", "--library", "/no/such/run"], "no experience library"),
-    (["train", "--loss", "dapo"], "only applies with --mode params"),
+    (["train", "--mode", "params"], "tfgrpo grpo"),
     (["train", "--resume", "/no/such/run"], "nothing to resume"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -171,11 +171,11 @@ def test_yaml_config_with_flags_on_top(tmp_path):
     import yaml
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("task: demo\nepochs: 3\nbatch_size: 16\ngroup_size: 2\npolicy:\n  temperature: 0.5\njudge:\n  max_ops_per_group: 1\n")
+    cfg.write_text("task: demo\nepochs: 3\nbatch_size: 16\nsampling:\n  group_size: 2\n  temperature: 0.5\njudge:\n  max_ops_per_group: 1\n")
     summary = last_json(tfgrpo("train", "--config", str(cfg), "--epochs", "1", "--model", "sim", "--out", str(tmp_path / "run"), "--json"))
     assert summary["steps"] == 2  # 32 problems / 16 per step, one epoch: the flag beat the file
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["epochs"] == 1 and saved["group_size"] == 2 and saved["policy"]["temperature"] == 0.5
+    assert saved["epochs"] == 1 and saved["sampling"]["group_size"] == 2 and saved["sampling"]["temperature"] == 0.5
     assert saved["judge"]["max_ops_per_group"] == 1 and saved["policy"]["model"] == "sim"
     groups = [json.loads(line) for line in (tmp_path / "run" / "groups.jsonl").read_text().splitlines()]
     assert all(len(g["proposals"]) <= 1 for g in groups) and all(len(g["rewards"]) == 2 for g in groups)
@@ -191,7 +191,7 @@ def test_eval_injects_as_the_run_did(trained, tmp_path):
     copy = tmp_path / "retrieve-run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("eval", "eval.json"))
     cfg = yaml.safe_load((copy / "config.yaml").read_text())
-    cfg["library"].update(injection="retrieve", top_k=1, budget_tokens=40)
+    cfg["library"]["injection"] = {"mode": "retrieve", "top_k": 1, "budget_tokens": 40}
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     args = ["eval", "--task", "demo", "--model", "sim", "-k", "4", "--json", "--quiet"]
     full = last_json(tfgrpo(*args, "--library", str(out)))

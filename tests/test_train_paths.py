@@ -16,7 +16,8 @@ from tfgrpo.llm.endpoints import open_models
 from tfgrpo.sim import start_sim_server
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.task_registry import load_task
-from tfgrpo.training_free.loop import RunDir, train
+from tfgrpo.rundir import RunDir
+from tfgrpo.training_free.loop import train_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
@@ -39,14 +40,14 @@ def test_train_with_serve_launches_and_stops_vllm(tmp_path):
 def _run(tmp_path, faults, **cfg_kw):
     """A run against an external simulator with injected faults, through the Python API."""
     with start_sim_server(seed=0, faults=faults, timeout_delay=2.0) as sim:
-        cfg = RunConfig(task="demo", epochs=1, batch_size=8, group_size=4, **cfg_kw)
+        cfg = RunConfig(task="demo", epochs=1, batch_size=8, sampling={"group_size": 4}, **cfg_kw)
         cfg.policy.model, cfg.policy.api_base, cfg.policy.timeout = "openai/sim-policy-s0", sim.base_url, 1.0
         cfg.judge.model, cfg.judge.api_base = "openai/sim-judge-s0", sim.base_url
         for side in (cfg.policy, cfg.judge):
             side.api_key_env = "SIM_KEY"
         rd = RunDir(tmp_path / "run")
         with open_models(cfg.policy, cfg.judge, cache_path=rd.path / "cache.sqlite") as models:
-            return asyncio.run(train(cfg, load_task("demo"), models, rd, prompts=Prompts())), rd, sim
+            return asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts())), rd, sim
 
 
 def test_injected_429_500_timeouts_are_recovered(tmp_path, monkeypatch):

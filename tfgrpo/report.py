@@ -25,12 +25,10 @@ from typing import Any
 
 import yaml
 
+from tfgrpo.rundir import CONFIG, OPS, STEPS, RunDir
 from tfgrpo.training_free.budget import total_spend
-from tfgrpo.training_free.evaluate import SELECTION_FILE, saved_summaries
-from tfgrpo.training_free.loop import RunDir
 
 OP_KINDS = ("ADD", "UPDATE", "MERGE", "DELETE", "RESTORE")
-EXPECTED = ("config.yaml", "steps.jsonl", "ops.jsonl", "library/versions")
 
 
 # ---------------------------------------------------------------------------- reading a run
@@ -47,9 +45,11 @@ class RunData:
     status: dict[str, Any] | None = None
     missing: list[str] = field(default_factory=list)
 
+    mode: str = "training_free"
+
     @property
     def params_mode(self) -> bool:
-        return (self.config or {}).get("mode") == "params"
+        return self.mode == "params"
 
     @property
     def models(self) -> tuple[str | None, str | None]:
@@ -65,45 +65,32 @@ class RunData:
         return total_spend(s.get("usage") or {} for s in self.steps)
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return RunDir(path.parent).read(path.name)  # skips a line cut short by a kill
-
-
 def load_run(path: str | Path) -> RunData:
     """Everything readable in a run directory; what is absent or unreadable goes to ``missing``."""
-    p = Path(path)
-    run = RunData(path=p)
-
-    def read(name: str, reader):
-        f = p / name
-        if not f.exists():
+    rd = RunDir(path)
+    p = rd.path
+    run = RunData(path=p, mode=rd.mode)
+    for name in (CONFIG, STEPS) if run.params_mode else (CONFIG, STEPS, OPS):
+        if not rd.file(name).exists():
             run.missing.append(name)
-            return None
-        try:
-            return reader(f)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            run.missing.append(f"{name} (unreadable: {type(e).__name__})")
-            return None
-
-    run.config = read("config.yaml", lambda f: yaml.safe_load(f.read_text()) or {})
-    run.steps = read("steps.jsonl", _jsonl) or []
+    run.config = rd.read_config() if rd.exists() else None
+    if rd.exists() and not run.config:
+        run.missing.append(f"{CONFIG} (unreadable)")
+    run.steps = rd.step_rows()
+    run.status = rd.read_status()
     if run.params_mode:  # weights were trained: there is no library and no ops to miss
-        return _read_status(run, read)
-    run.ops = read("ops.jsonl", _jsonl) or []
-    versions = sorted((p / "library" / "versions").glob("*.json")) if (p / "library" / "versions").is_dir() else []
+        return run
+    run.ops = rd.read(OPS)
+    versions = sorted((rd.library_path / "versions").glob("*.json")) if (rd.library_path / "versions").is_dir() else []
     if versions:
-        run.library = read(str(versions[-1].relative_to(p)), lambda f: json.loads(f.read_text()))
+        try:
+            run.library = json.loads(versions[-1].read_text())
+        except (OSError, ValueError) as e:
+            run.missing.append(f"{versions[-1].relative_to(p)} (unreadable: {type(e).__name__})")
     else:
         run.missing.append("library/versions")
-    run.evals = saved_summaries(p)
-    if (p / SELECTION_FILE).is_file():
-        run.selection = read(SELECTION_FILE, lambda f: json.loads(f.read_text()))
-    return _read_status(run, read)
-
-
-def _read_status(run: RunData, read) -> RunData:
-    if (run.path / "status.json").is_file():
-        run.status = read("status.json", lambda f: json.loads(f.read_text()))
+    run.evals = rd.saved_evals()
+    run.selection = rd.read_selection()
     return run
 
 

@@ -200,11 +200,18 @@ def _weighted_sum(row: Sequence[float | None], w: Sequence[float]) -> float | No
     return sum(wj * v for wj, v in zip(w, row))  # type: ignore[operator]
 
 
-def has_contrast(combined: Sequence[float | None], lo: float, hi: float) -> bool:
-    """True when the group's mean reward is strictly between the lowest and highest possible
-    reward, i.e. some answers did better than others (the paper's group filter)."""
+def has_contrast(combined: Sequence[float | None], lo: float = -math.inf, hi: float = math.inf) -> bool:
+    """True when some answers did better than others and the group's mean reward is strictly
+    between the lowest and highest possible reward (the paper's group filter; without bounds,
+    DAPO's dynamic-sampling filter: the rewards are not all equal)."""
     present = [v for v in combined if v is not None]
     if len(present) < 2:
         return False
     mean = sum(present) / len(present)
     return lo < mean < hi and max(present) > min(present)
+
+
+def mean_of(values: Sequence[float | None]) -> float | None:
+    """Mean of the rewards present (None: a reward that could not be computed), or None."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None

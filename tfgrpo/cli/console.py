@@ -5,36 +5,58 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
+import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from experience_store import StoreError
 from tfgrpo.errors import UserError
-from tfgrpo.training_free.loop import Hooks
+
+from tfgrpo.hooks import Hooks
+
+if TYPE_CHECKING:
+    from experience_store import Experience
 
 err_console = Console(stderr=True)
 
 
+def configure_logging() -> None:
+    """Log level from TFGRPO_LOG (default WARNING); the chatty libraries only show errors."""
+    logging.basicConfig(level=os.environ.get("TFGRPO_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("LiteLLM", "litellm", "httpx", "chromadb"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    """``error: MESSAGE`` on stderr, the message printed as plain text (a ``[vllm]`` in it stays)."""
+    err_console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
+def _store_error(e: BaseException) -> bool:
+    """experience_store's own error type (it cannot import tfgrpo); checked without importing
+    experience_store, so commands that never load it (parameter mode) stay free of chromadb."""
+    errors = sys.modules.get("experience_store.errors")
+    return errors is not None and isinstance(e, errors.StoreError)
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Errors a user can fix end in one line and exit status 2, never a traceback
-    (experience_store has its own error type: it cannot import tfgrpo)."""
+    """Errors a user can fix end in one line and exit status 2, never a traceback."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (UserError, StoreError) as e:
-            raise fail(str(e)) from None
+        except Exception as e:
+            if isinstance(e, UserError) or _store_error(e):
+                raise fail(str(e)) from None
+            raise
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
@@ -145,3 +167,9 @@ def emit(tables: list[Table], payload: dict[str, Any] | None, as_json: bool) -> 
     if as_json and payload is not None:
         sys.stdout.write(json.dumps(payload) + "\n")
         sys.stdout.flush()
+
+
+def experience_row(e: "Experience") -> dict[str, Any]:
+    """One lesson as ``library show`` and ``pack show`` print it in JSON."""
+    return {"id": e.id, "text": e.text, "status": e.status, "revision": e.revision, "created_step": e.created_step,
+            "updated_step": e.updated_step, **e.stats.model_dump()}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
 
 import typer
 from rich.table import Table
 
-from experience_store import Experience, Library, LibraryState, diff_states
-from tfgrpo.cli.console import emit, user_errors
-from tfgrpo.cli.eval import library_dir
+from experience_store import Library, LibraryState, diff_states
+from tfgrpo.cli.console import emit, experience_row, user_errors
 from tfgrpo.errors import UserError
+from tfgrpo.rundir import library_dir
 
 
 def open_version(ref: str) -> tuple[Library, LibraryState, str]:
@@ -26,11 +26,6 @@ def open_version(ref: str) -> tuple[Library, LibraryState, str]:
             raise UserError(f"{path}: no library version for step {step} (it has steps {have[0]} to {have[-1]})")
         return lib, lib.state_at(int(step)), f"{path}@{step}"
     return lib, lib.state, f"{path}@{have[-1]}"
-
-
-def experience_row(e: Experience) -> dict[str, Any]:
-    return {"id": e.id, "text": e.text, "status": e.status, "revision": e.revision, "created_step": e.created_step,
-            "updated_step": e.updated_step, **e.stats.model_dump()}
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 class FlagSpec:
     flag: str
     short: str | None
-    paths: dict[type[BaseModel], tuple[str, ...]]  # config model -> where the value goes
+    path: tuple[str, ...]  # where the value goes in the command's config model
     field: FieldInfo
     py_type: Any
 
@@ -53,14 +53,16 @@ def _walk(model: type[BaseModel], prefix: tuple[str, ...] = ()):
             yield extra["flag"], extra.get("short"), prefix + (name,), info
 
 
-def collect(*models: type[BaseModel]) -> dict[str, FlagSpec]:
+def collect(model: type[BaseModel], exclude: frozenset[str] = frozenset()) -> dict[str, FlagSpec]:
+    """The flags of one command: every field of its config model that carries ``flag(...)``,
+    except the ``exclude``d flag names."""
     specs: dict[str, FlagSpec] = {}
-    for model in models:
-        for flag, short, path, info in _walk(model):
-            if flag in specs:
-                specs[flag].paths[model] = path
-            else:
-                specs[flag] = FlagSpec(flag, short, {model: path}, info, _base_type(info.annotation))
+    for flag, short, path, info in _walk(model):
+        if flag in exclude:
+            continue
+        if flag in specs:
+            raise ValueError(f"--{flag} is declared twice in {model.__name__}: {'.'.join(specs[flag].path)} and {'.'.join(path)}")
+        specs[flag] = FlagSpec(flag, short, path, info, _base_type(info.annotation))
     return specs
 
 
@@ -109,12 +111,10 @@ def with_generated_options(specs: dict[str, FlagSpec], panel: str | None = None)
     return wrap
 
 
-def apply_flags(data: dict[str, Any], flags: dict[str, Any], specs: dict[str, FlagSpec], model: type[BaseModel]) -> dict[str, Any]:
-    """Set each given flag that belongs to ``model`` at its nested path in ``data``."""
+def apply_flags(data: dict[str, Any], flags: dict[str, Any], specs: dict[str, FlagSpec]) -> dict[str, Any]:
+    """Set each given flag at its nested path in ``data`` (a config mapping)."""
     for flag, value in flags.items():
-        path = specs[flag].paths.get(model)
-        if path is None:
-            continue
+        path = specs[flag].path
         node = data
         for key in path[:-1]:
             node = node.setdefault(key, {})

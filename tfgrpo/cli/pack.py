@@ -7,19 +7,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.table import Table
 
-import tfgrpo
-from experience_store import Library, OpResult, Pack, spec_label
+from experience_store import Library, Pack, spec_label
 from experience_store.pack import MERGE_THRESHOLD
-from tfgrpo.cli.console import emit, err_console, user_errors
-from tfgrpo.cli.eval import library_dir
-from tfgrpo.cli.library import experience_row
+from tfgrpo.cli.console import emit, err_console, experience_row, user_errors
 from tfgrpo.errors import UserError
-from tfgrpo.training_free.evaluate import LATEST_EVAL, selected_step
-from tfgrpo.training_free.loop import RunDir
+from tfgrpo.rundir import library_dir
 
 
 def _read_eval(source: Path) -> dict[str, Any]:
@@ -30,48 +24,6 @@ def _read_eval(source: Path) -> dict[str, Any]:
     if not isinstance(evals, dict):
         raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
     return evals
-
-
-def pack_from_run(run: Path, step: int | None, eval_file: Path | None, name: str | None) -> Pack:
-    """The library of ``run`` (at ``step``; default: the step ``--select best-val`` kept, else the
-    latest, as ``tfgrpo eval`` uses) with the ops that built it and the run's metadata."""
-    path = library_dir(run)
-    run_dir = path.parent
-    if step is None:
-        step = selected_step(run_dir)
-    lib = Library(path, at_step=step)
-    have = lib.versions()
-    if step is not None and step not in have:
-        raise UserError(f"{run}: no library version for step {step}" + (f" (it has steps {have[0]} to {have[-1]})" if have else ""))
-    if not have:
-        raise UserError(f"{run}: the library has no versions yet")
-    cfg: dict[str, Any] = {}
-    if (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    history = []
-    for row in RunDir(run_dir).read("ops.jsonl"):
-        if (row.get("status") in ("applied", "rejected", "noop") and row.get("step", 0) <= lib.state.step
-                and not str(row.get("error") or "").startswith("leak")):  # a leak record quotes training problems
-            try:
-                history.append(OpResult.model_validate(row))
-            except ValidationError:
-                continue  # another record kind
-    evals = None
-    if eval_file is not None:
-        evals = _read_eval(eval_file)
-    elif (run_dir / LATEST_EVAL).is_file():
-        latest = _read_eval(run_dir / LATEST_EVAL)
-        evals = latest if latest.get("library_step") == lib.state.step else None  # results of another version
-    policy = (cfg.get("policy") or {}).get("model")
-    injection = {k: v for k, v in (cfg.get("library") or {}).items() if k in ("budget_tokens", "top_k")}
-    if (cfg.get("library") or {}).get("injection"):
-        injection["mode"] = cfg["library"]["injection"]
-    return Pack.build(
-        lib.state.experiences, history, name=name or run_dir.name, toolkit_version=tfgrpo.__version__,
-        task=cfg.get("task"), policy_model=policy, judge_model=(cfg.get("judge") or {}).get("model") or policy,
-        source_run=run_dir.name, source_step=lib.state.step, embedding=lib.state.embedding,
-        injection=injection or None, eval=evals,
-    )
 
 
 def manifest_table(pack: Pack, title: str) -> Table:
@@ -101,8 +53,9 @@ def register(app: typer.Typer) -> None:
                    name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the run's)"),
                    as_json: bool = json_opt) -> None:
         """Write a run's library (with the ops that built it) as a verifiable pack."""
-        pack = pack_from_run(run, step, eval_file, name)
-        pack.write(out)
+        from tfgrpo import api
+
+        pack = api.export_pack(run, out, step=step, eval_summary=_read_eval(eval_file) if eval_file else None, name=name)
         emit([manifest_table(pack, f"wrote {out}")], {"pack": str(out), **pack.manifest.model_dump(mode="json")}, as_json)
 
     @group.command("verify")

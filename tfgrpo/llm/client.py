@@ -1,12 +1,20 @@
 """One async client for every model: litellm for any provider, the OpenAI-compatible path for
-vLLM and the simulated model.
+vLLM, ``transformers serve`` and the simulated model.
 
-* ``n=G`` in one request where the backend supports it, else G requests.
-* Bounded concurrency (a semaphore per client) and a per-request timeout.
-* Retries with exponential backoff and full jitter on 429, 5xx, timeouts and connection
-  errors, honouring ``Retry-After``; other errors (bad request, context too long) fail that
-  request only and are returned as failed completions, never raised.
-* Usage per role and a SQLite response cache keyed by request and sample index.
+* ``n=G`` in one request where the backend supports it, else G requests. A server that
+  answers with fewer choices than asked (it ignores ``n``) gets the missing ones as separate
+  requests at once, and is remembered as one that ignores ``n``: a short reply never turns
+  into failed rollouts.
+* Bounded concurrency that halves on timeouts (a slow server is not stormed) and a
+  per-request timeout, longer until a local endpoint has answered once (its cold start).
+* Retries with exponential backoff and full jitter on 429, 5xx and connection errors,
+  honouring ``Retry-After``; a request that timed out at a local server is not sent again
+  (the server may still be computing it) unless ``retry_timeouts``; other errors (bad
+  request, context too long) fail that request only and are returned as failed
+  completions, never raised.
+* Several ``api_base`` URLs of one model are spread least-busy (:mod:`tfgrpo.llm.replicas`).
+* Usage per role and a SQLite response cache keyed by request and sample index; a reply the
+  caller's ``validate`` rejects is neither cached nor replayed from the cache.
 
 A model that stays unreachable after the retries raises :class:`EndpointError`: a systemic
 failure that stops the run at a point where it can be resumed.
@@ -19,23 +27,21 @@ import functools
 import inspect
 import logging
 import os
-import random
-import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from tfgrpo.errors import EndpointError
 from tfgrpo.llm.cache import ResponseCache, request_key
-from tfgrpo.llm.usage import Usage
+from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
+from tfgrpo.llm.retry import CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, retry_after, short
+from tfgrpo.llm.usage import MAX_COST_PER_REPLY, Usage, server_number, token_count
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the price map
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529}
-# Prefix of a failed completion's error when the prompt did not fit the model's context, so a
-# caller can handle it (the judge summarises and retries) instead of taking it for a bad request.
-CONTEXT_OVERFLOW = "context_overflow"
-_OVERFLOW = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long|exceeds the context", re.IGNORECASE)
+__all__ = ["CONTEXT_OVERFLOW", "Completion", "LLMClient", "RetryPolicy"]
+
+_N_IGNORED: set[str] = set()  # endpoints (api_base|model) seen answering n>1 with fewer choices
 
 
 @dataclass
@@ -59,25 +65,12 @@ class Completion:
 
 
 @dataclass
-class RetryPolicy:
-    max_retries: int = 6
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay)
-        cap = min(self.max_delay, self.base_delay * (2**attempt))
-        return random.uniform(cap / 2, cap)  # jitter so a crowd of clients does not retry in step
-
-
-@dataclass
 class LLMClient:
     """Async access to one model in one role (``policy`` or ``judge``)."""
 
     model: str
     role: str = "policy"
-    api_base: str | None = None
+    api_base: str | None = None  # one URL, or several comma-separated replicas of the same model
     api_key: str | None = None
     concurrency: int = 16
     timeout: float = 120.0
@@ -86,17 +79,32 @@ class LLMClient:
     usage: Usage = field(default_factory=Usage)
     supports_n: bool | None = None
     price_per_mtok: tuple[float, float] | None = None  # USD per 1M prompt/completion tokens, for unpriced models
-    _sem: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    retry_timeouts: bool | None = None  # None: retry timed-out requests at remote endpoints only
+    first_timeout_factor: float = 4.0  # local endpoints: timeout multiplier until they have answered once
+    _limit: AdaptiveLimit | None = field(default=None, init=False, repr=False)
+    _replicas: ReplicaSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.supports_n is None:
             self.supports_n = _backend_supports_n(self.model)
+        self._replicas = ReplicaSet(split_bases(self.api_base) or [""])
+        self._local = all(is_local(r.url) for r in self._replicas.replicas)
+        if self.retry_timeouts is None:
+            self.retry_timeouts = not self._local
 
     @property
-    def semaphore(self) -> asyncio.Semaphore:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrency)
-        return self._sem
+    def limit(self) -> AdaptiveLimit:
+        if self._limit is None:
+            self._limit = AdaptiveLimit(self.concurrency, cooldown=min(self.timeout, 30.0), name=f"{self.role} model {self.model}")
+        return self._limit
+
+    @property
+    def n_honoured(self) -> bool:
+        return bool(self.supports_n) and self._endpoint not in _N_IGNORED
+
+    @property
+    def _endpoint(self) -> str:
+        return f"{self.api_base or ''}|{self.model}"
 
     # ------------------------------------------------------------------ public
     async def sample(
@@ -110,9 +118,12 @@ class LLMClient:
         response_format: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
         use_cache: bool = True,
+        validate: Callable[[str], str | None] | None = None,
     ) -> list[Completion]:
         """G samples for one prompt, cached ones first; failed samples come back with text None.
-        With ``tools`` (OpenAI function schemas) a completion may carry ``tool_calls``."""
+        With ``tools`` (OpenAI function schemas) a completion may carry ``tool_calls``.
+        ``validate(text)`` returns why a reply is unusable (or None): such a reply is a failed
+        sample, never cached, and a cached one it rejects is asked for again."""
         request = {
             "model": self.model,
             "messages": messages,
@@ -127,36 +138,62 @@ class LLMClient:
         indices = list(range(n))
         cached = self.cache.get_many(key, indices) if (self.cache is not None and use_cache) else {}
         stats = self.usage.role(self.role)
-        stats.cache_hits += len(cached)
-        out: dict[int, Completion] = {i: Completion(cached=True, index=i, **p) for i, p in cached.items()}
+        out: dict[int, Completion] = {}
+        for i, payload in cached.items():
+            if validate is not None and validate(str(payload.get("text") or "")) is not None:
+                continue  # cached before this check existed: ask again rather than replay it
+            out[i] = Completion(cached=True, index=i, **payload)
+        stats.cache_hits += len(out)
         missing = [i for i in indices if i not in out]
         if missing:
-            if self.supports_n and len(missing) > 1:
-                got = await self._request(request, missing, n=len(missing), seed=seed)
-            else:
-                per = await asyncio.gather(
-                    *(self._request(request, [i], n=1, seed=None if seed is None else seed + i) for i in missing)
-                )
-                got = [c for cs in per for c in cs]
-            for c in got:
+            for c in await self._fetch(request, missing, seed):
+                if c.ok and validate is not None:
+                    why = validate(c.text or "")
+                    if why is not None:
+                        stats.failures += 1
+                        c = Completion(text=None, index=c.index, error=f"unusable reply: {why}")
                 out[c.index] = c
                 if c.ok and self.cache is not None:
-                    self.cache.put(
-                        key,
-                        c.index,
-                        {
-                            "text": c.text,
-                            "finish_reason": c.finish_reason,
-                            "prompt_tokens": c.prompt_tokens,
-                            "completion_tokens": c.completion_tokens,
-                            **({"tool_calls": c.tool_calls} if c.tool_calls else {}),
-                            **({"reasoning": c.reasoning} if c.reasoning else {}),
-                        },
-                    )
+                    self.cache.put(key, c.index, {
+                        "text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens, **({"tool_calls": c.tool_calls} if c.tool_calls else {}),
+                        **({"reasoning": c.reasoning} if c.reasoning else {}),
+                    })  # fmt: skip
         return [out[i] for i in indices]
 
     # ----------------------------------------------------------------- private
+    async def _fetch(self, request: dict[str, Any], missing: list[int], seed: int | None) -> list[Completion]:
+        """The ``missing`` samples: one request with ``n`` where it is honoured, and separate
+        requests (at once) for any sample the server left out."""
+        got: list[Completion] = []
+        if self.n_honoured and len(missing) > 1:
+            got = await self._request(request, missing, n=len(missing), seed=seed)
+            if len(got) < len(missing):
+                if self._endpoint not in _N_IGNORED:
+                    _N_IGNORED.add(self._endpoint)
+                    log.warning("%s model %s answered %d of %d choices: it ignores n; asking one request per sample from now on",
+                                self.role, self.model, len(got), len(missing))  # fmt: skip
+        have = {c.index for c in got}
+        rest = [i for i in missing if i not in have]
+        if rest:
+            per = await asyncio.gather(
+                *(self._request(request, [i], n=1, seed=None if seed is None else seed + i) for i in rest)
+            )
+            for i, cs in zip(rest, per):
+                if not cs:
+                    self.usage.role(self.role).failures += 1
+                    cs = [Completion(text=None, index=i, error="backend returned no choice")]
+                got.extend(cs)
+        return got
+
+    def _timeout_for(self, replica: Replica) -> float:
+        if self._local and not replica.answered:
+            return self.timeout * max(1.0, self.first_timeout_factor)
+        return self.timeout
+
     async def _request(self, request: dict[str, Any], indices: list[int], *, n: int, seed: int | None) -> list[Completion]:
+        """One request for ``n`` choices, retried as the error allows; returns the choices the
+        server gave (possibly fewer than ``n``), or failed completions for all ``indices``."""
         import litellm
 
         kwargs: dict[str, Any] = {
@@ -164,7 +201,6 @@ class LLMClient:
             "messages": request["messages"],
             "temperature": request["temperature"],
             "n": n,
-            "timeout": self.timeout,
             "drop_params": True,
             "max_retries": 0,
         }
@@ -175,60 +211,82 @@ class LLMClient:
             kwargs["_skip_mcp_handler"] = True
         if seed is not None:
             kwargs["seed"] = seed
-        if self.api_base:
-            kwargs["api_base"] = self.api_base
         if self.api_key:
             kwargs["api_key"] = self.api_key
         stats = self.usage.role(self.role)
+        several = len(self._replicas) > 1
         attempt = 0
+        replica: Replica | None = None
         while True:
+            replica = self._replicas.pick(avoid=replica.url if replica is not None else None)
+            timeout = self._timeout_for(replica)
+            if replica.url:
+                kwargs["api_base"] = replica.url
             try:
-                async with self.semaphore:
+                async with self.limit:
                     stats.calls += 1
-                    resp = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout=self.timeout + 5)
+                    if several:
+                        stats.replicas[replica.url] = stats.replicas.get(replica.url, 0) + 1
+                    replica.in_flight += 1
+                    try:
+                        resp = await asyncio.wait_for(litellm.acompletion(timeout=timeout, **kwargs), timeout=timeout + 5)
+                    finally:
+                        replica.in_flight -= 1
+                replica.answered = True
+                self.limit.answered()
                 break
             except Exception as e:  # classified below: retry, fail this request, or stop the run
-                kind = _classify(e)
+                kind = classify(e)
                 if kind == "fatal":
-                    raise EndpointError(f"{self.role} model {self.model}: {_short(e)}") from None
+                    raise EndpointError(f"{self.role} model {self.model}: {short(e)}") from None
+                timed_out = is_timeout(e)
+                if timed_out:
+                    self.limit.timed_out()
+                elif kind == "retry" and several and isinstance(e, litellm.APIConnectionError):
+                    self._replicas.down(replica, short(e))
+                    if self._replicas.any_live(replica):
+                        stats.retries += 1
+                        continue  # another replica takes it now; this attempt does not count
+                if timed_out and not self.retry_timeouts:
+                    stats.failures += len(indices)
+                    why = (f"no answer within {timeout:g}s; not sent again, the server may still be computing it "
+                           "(raise --timeout, or allow retries of timed-out requests)")  # fmt: skip
+                    log.warning("%s request failed: %s", self.role, why)
+                    return [Completion(text=None, index=i, error=why) for i in indices]
                 if kind == "request" or attempt >= self.retry.max_retries:
                     if kind == "retry":
                         raise EndpointError(
-                            f"{self.role} model {self.model} unreachable after {attempt + 1} attempts: {_short(e)}"
+                            f"{self.role} model {self.model} unreachable after {attempt + 1} attempts: {short(e)}"
                             " (fix the endpoint, then resume the run)"
                         ) from None
                     stats.failures += len(indices)
-                    log.warning("%s request failed: %s", self.role, _short(e))
-                    error = f"{CONTEXT_OVERFLOW}: {_short(e)}" if _overflows(e) else _short(e)
-                    return [Completion(text=None, index=i, error=error) for i in indices]
-                delay = self.retry.delay(attempt, _retry_after(e))
+                    log.warning("%s request failed: %s", self.role, short(e))
+                    return [Completion(text=None, index=i, error=failure_text(e)) for i in indices]
+                delay = self.retry.delay(attempt, retry_after(e, upper=self.retry.max_delay))
                 stats.retries += 1
-                log.info("%s: %s; retry %d in %.2fs", self.role, _short(e), attempt + 1, delay)
+                log.info("%s: %s; retry %d in %.2fs", self.role, short(e), attempt + 1, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
+        return self._completions(resp, indices)
 
+    def _completions(self, resp: Any, indices: list[int]) -> list[Completion]:
+        stats = self.usage.role(self.role)
         usage = getattr(resp, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        prompt_tokens = token_count(getattr(usage, "prompt_tokens", 0))
+        completion_tokens = token_count(getattr(usage, "completion_tokens", 0))
         details = getattr(usage, "prompt_tokens_details", None)
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        stats.cached_tokens += int(getattr(details, "cached_tokens", 0) or 0)
+        stats.cached_tokens += min(prompt_tokens, token_count(getattr(details, "cached_tokens", 0)))
         cost = _cost(resp)
         if cost is None and self.price_per_mtok is not None:
             cost = (prompt_tokens * self.price_per_mtok[0] + completion_tokens * self.price_per_mtok[1]) / 1e6
         stats.add_cost(cost)
-        choices = list(getattr(resp, "choices", []) or [])
-        out: list[Completion] = []
+        choices = list(getattr(resp, "choices", []) or [])[: len(indices)]
         per_choice_prompt = prompt_tokens // max(1, len(indices))
-        for pos, i in enumerate(indices):
-            if pos >= len(choices):
-                stats.failures += 1
-                out.append(Completion(text=None, index=i, error=f"backend returned {len(choices)} of {n} choices"))
-                continue
-            ch = choices[pos]
+        out: list[Completion] = []
+        for i, ch in zip(indices, choices):
             text = getattr(ch.message, "content", None)
-            calls = _tool_calls(ch.message)
             # Completion tokens of one choice: the backend reports the request's total; split evenly.
             out.append(
                 Completion(
@@ -237,7 +295,7 @@ class LLMClient:
                     finish_reason=getattr(ch, "finish_reason", None),
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
-                    tool_calls=calls,
+                    tool_calls=_tool_calls(ch.message),
                     reasoning=getattr(ch.message, "reasoning_content", None) or None,
                 )
             )
@@ -286,81 +344,11 @@ def _backend_supports_n(model: str) -> bool:
         return False
 
 
-def _status(e: Exception) -> int | None:
-    code = getattr(e, "status_code", None)
-    if isinstance(code, int):
-        return code
-    resp = getattr(e, "response", None)
-    code = getattr(resp, "status_code", None)
-    return code if isinstance(code, int) else None
-
-
-_CREDENTIALS = re.compile(r"missing credentials|api[_ ]key (must be set|is missing|not (set|found))|no api key", re.IGNORECASE)
-_PREFIX = re.compile(r"^\s*(litellm\.)?\w*(Error|Exception)\s*[:-]\s*")
-
-
-def _classify(e: Exception) -> str:
-    """'retry' (transient), 'request' (this request is bad), or 'fatal' (no request can succeed)."""
-    import litellm
-
-    if _CREDENTIALS.search(str(e)):
-        return "fatal"  # litellm reports a missing key as a server error; retrying cannot help
-
-    if isinstance(e, (asyncio.TimeoutError, litellm.Timeout, litellm.APIConnectionError)):
-        return "retry"
-    if isinstance(e, (litellm.RateLimitError, litellm.ServiceUnavailableError, litellm.InternalServerError)):
-        return "retry"
-    if isinstance(e, (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError)):
-        return "fatal"
-    status = _status(e)
-    if status is not None and (status in RETRYABLE_STATUS or status >= 500):
-        return "retry"
-    if status is None and isinstance(e, (OSError, ConnectionError)):
-        return "retry"
-    return "request"
-
-
-def _overflows(e: Exception) -> bool:
-    """The prompt did not fit the model's context (litellm's class, or the backend's words)."""
-    import litellm
-
-    return isinstance(e, litellm.ContextWindowExceededError) or bool(_OVERFLOW.search(str(e)))
-
-
-def _retry_after(e: Exception) -> float | None:
-    headers: Any = getattr(e, "headers", None) or getattr(e, "litellm_response_headers", None)
-    if not headers:
-        headers = getattr(getattr(e, "response", None), "headers", None)
-    if not headers:
-        return None
-    try:
-        value = headers.get("retry-after") or headers.get("Retry-After")
-    except AttributeError:
-        return None
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None  # an HTTP date: fall back to our own backoff
-
-
 def _cost(resp: Any) -> float | None:
     import litellm
 
     try:
         cost = litellm.completion_cost(completion_response=resp)
-        return float(cost) if cost else None
+        return server_number(cost, upper=MAX_COST_PER_REPLY, default=None) or None
     except Exception:
         return None  # no price known for this model (local vLLM, the simulator)
-
-
-def _short(e: Exception) -> str:
-    """``RateLimitError: <message>``, without the chain of prefixes litellm stacks up."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    while True:
-        trimmed = _PREFIX.sub("", msg, count=1)
-        if trimmed == msg:
-            break
-        msg = trimmed
-    return f"{type(e).__name__}: {msg[:300]}"

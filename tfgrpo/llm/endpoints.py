@@ -1,5 +1,5 @@
-"""Turn model settings into clients: start the simulated model or a vLLM server when asked,
-and stop them when the run ends."""
+"""Turn model settings into clients: start the simulated model or a local server (vLLM,
+transformers) when asked, and stop them when the run ends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from tfgrpo.errors import UserError
 from tfgrpo.llm.cache import ResponseCache
@@ -21,6 +21,17 @@ def is_sim(model: str | None) -> bool:
     return model is not None and (model == SIM or model.startswith("sim/"))
 
 
+class Endpoint(Protocol):
+    """How one role's model is reached (``PolicyConfig`` and ``JudgeConfig`` of a run are ones)."""
+
+    model: str | None
+    api_base: str | None
+    api_key_env: str | None
+    concurrency: int
+    timeout: float
+    max_retries: int
+
+
 @dataclass
 class Models:
     policy: LLMClient
@@ -30,12 +41,12 @@ class Models:
     judge_name: str | None
 
 
-def _client(model: str, role: str, access: Any, api_base: str | None, api_key: str | None,
+def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_key: str | None,
             cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None) -> LLMClient:
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
-        price_per_mtok=price,
+        price_per_mtok=price, retry_timeouts=getattr(access, "retry_timeouts", None),
     )
 
 
@@ -50,8 +61,8 @@ def _key(env_name: str | None) -> str | None:
 
 @contextlib.contextmanager
 def open_models(
-    policy: Any,
-    judge: Any | None = None,
+    policy: Endpoint,
+    judge: Endpoint | None = None,
     *,
     sim_seed: int = 0,
     serve: str | None = None,
@@ -69,13 +80,15 @@ def open_models(
             stack.callback(cache.close)
         p_model, p_base = policy.model, policy.api_base
         if serve:
-            from tfgrpo.llm.launcher import VLLMServer
+            from tfgrpo.llm.launcher import local_server
 
-            log_path = (log_dir or Path(".")) / "vllm.log"
-            launched = stack.enter_context(VLLMServer(serve, log_path=log_path, **(serve_args or {})))
+            options = dict(serve_args or {})
+            engine = str(options.pop("engine", "vllm"))
+            log_path = (log_dir or Path(".")) / f"{engine}.log"
+            launched = stack.enter_context(local_server(engine, serve, log_path=log_path, **options))
             p_base = launched.base_url
             if is_sim(p_model):
-                p_model = f"hosted_vllm/{serve}"
+                p_model = launched.client_model
         # The judge defaults to the policy's model, reached the same way.
         judge_model = None if judge is None else (judge.model or p_model)
         sim_url: str | None = None

@@ -1,4 +1,5 @@
-"""Launch ``vllm serve`` as a child process and wait until it answers ``/health``.
+"""Launch a local OpenAI-compatible server as a child process and wait until it answers
+``/health``: ``vllm serve`` on GPU machines, ``transformers serve`` (continuous batching) on CPU.
 
 The child never outlives us: it gets ``PR_SET_PDEATHSIG`` (Linux) so the kernel sends it
 SIGTERM when we die, even by SIGKILL; it runs in its own session so a Ctrl-C in the terminal
@@ -26,7 +27,9 @@ import httpx
 from tfgrpo.errors import UserError
 
 EXECUTABLE_ENV = "TFGRPO_VLLM_EXECUTABLE"
+TRANSFORMERS_EXECUTABLE_ENV = "TFGRPO_TRANSFORMERS_EXECUTABLE"
 LOG_TAIL_LINES = 20
+ENGINES = ("vllm", "transformers")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,11 +46,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _resolve_executable(executable: str | os.PathLike[str] | None) -> str:
-    name = str(executable or os.environ.get(EXECUTABLE_ENV) or "vllm")
-    found = shutil.which(name)
+def _resolve_executable(executable: str | os.PathLike[str] | None, env: str = EXECUTABLE_ENV, default: str = "vllm",
+                        hint: str = "pip install 'tfgrpo[vllm]' (needs a GPU) or pass --vllm-executable") -> str:
+    name = str(executable or os.environ.get(env) or default)
+    # Installed next to this interpreter (a virtual environment not on PATH) counts as found.
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        raise UserError(f"vllm not found ({name}): pip install 'tfgrpo[vllm]' (needs a GPU) or pass --vllm-executable")
+        raise UserError(f"{default} not found ({name}): {hint}")
     return found
 
 
@@ -59,33 +64,31 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
-class VLLMServer:
-    """A ``vllm serve`` child process; ``base_url`` is its OpenAI-compatible endpoint.
+class LocalServer:
+    """A local server child process; ``base_url`` is its OpenAI-compatible endpoint and
+    ``client_model`` the model name a client sends it. Subclasses say how to start it.
 
     ``with VLLMServer("Qwen/Qwen3-8B") as server: ...`` starts it and waits for health.
     """
+
+    engine = "server"
+    client_prefix = "openai/"
 
     def __init__(
         self,
         model: str,
         port: int | None = None,
         host: str = "127.0.0.1",
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = None,
         extra_args: Sequence[str] = (),
-        log_path: Path | str = Path("vllm.log"),
+        log_path: Path | str | None = None,
         health_timeout: float = 600.0,
         executable: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model = model
         self.host = host
         self.port = port or free_port(host)
-        self.tensor_parallel_size = tensor_parallel_size
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.max_model_len = max_model_len
         self.extra_args = list(extra_args)
-        self.log_path = Path(log_path)
+        self.log_path = Path(log_path or f"{self.engine}.log")
         self.health_timeout = health_timeout
         self.executable = executable
         self.process: subprocess.Popen[bytes] | None = None
@@ -99,19 +102,15 @@ class VLLMServer:
     def health_url(self) -> str:
         return f"http://{self.host}:{self.port}/health"
 
-    def command(self) -> list[str]:
-        cmd = [
-            _resolve_executable(self.executable), "serve", self.model,
-            "--host", self.host, "--port", str(self.port),
-            "--enable-prefix-caching",
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
-            "--gpu-memory-utilization", str(self.gpu_memory_utilization),
-        ]  # fmt: skip
-        if self.max_model_len:
-            cmd += ["--max-model-len", str(self.max_model_len)]
-        return cmd + self.extra_args
+    @property
+    def client_model(self) -> str:
+        """The model name to give the client (litellm provider prefix + served name)."""
+        return f"{self.client_prefix}{self.model}"
 
-    def start(self) -> "VLLMServer":
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> "LocalServer":
         """Start the process and block until ``/health`` answers 200."""
         if self.process is not None:
             return self
@@ -140,7 +139,7 @@ class VLLMServer:
             while True:
                 code = self.process.poll()
                 if code is not None:
-                    raise UserError(f"vllm exited with code {code} before it was ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                    raise UserError(f"{self.engine} exited with code {code} before it was ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
                 try:
                     if client.get(self.health_url).status_code == 200:
                         return
@@ -148,7 +147,7 @@ class VLLMServer:
                     pass
                 if time.monotonic() > deadline:
                     raise UserError(
-                        f"vllm was not healthy after {self.health_timeout:.0f}s (raise --health-timeout for a large model); "
+                        f"{self.engine} was not healthy after {self.health_timeout:.0f}s (raise --health-timeout for a large model); "
                         f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
                     )
                 time.sleep(0.5)
@@ -177,8 +176,64 @@ class VLLMServer:
         except ProcessLookupError:
             pass
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> "LocalServer":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class VLLMServer(LocalServer):
+    """``vllm serve MODEL`` with prefix caching (GPU machines)."""
+
+    engine = "vllm"
+    client_prefix = "hosted_vllm/"
+
+    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                 max_model_len: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+
+    def command(self) -> list[str]:
+        cmd = [
+            _resolve_executable(self.executable), "serve", self.model,
+            "--host", self.host, "--port", str(self.port),
+            "--enable-prefix-caching",
+            "--tensor-parallel-size", str(self.tensor_parallel_size),
+            "--gpu-memory-utilization", str(self.gpu_memory_utilization),
+        ]  # fmt: skip
+        if self.max_model_len:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        return cmd + self.extra_args
+
+
+class TransformersServer(LocalServer):
+    """``transformers serve DIR --continuous-batching`` (CPU machines; a Hugging Face directory,
+    for example the one ``tfgrpo models fetch`` makes). Without continuous batching concurrent
+    requests hang it."""
+
+    engine = "transformers"
+    client_prefix = "openai/"
+
+    def __init__(self, model: str, device: str = "cpu", **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.device = device
+
+    def command(self) -> list[str]:
+        exe = _resolve_executable(self.executable, TRANSFORMERS_EXECUTABLE_ENV, "transformers",
+                                  "pip install 'tfgrpo[train]' (transformers[serving]) or pass --executable")  # fmt: skip
+        return [exe, "serve", self.model, "--device", self.device, "--continuous-batching",
+                "--host", self.host, "--port", str(self.port), *self.extra_args]  # fmt: skip
+
+
+def local_server(engine: str, model: str, **kwargs: Any) -> LocalServer:
+    """The server for ``engine`` (one of ``ENGINES``); options the engine lacks are refused."""
+    cls = {"vllm": VLLMServer, "transformers": TransformersServer}.get(engine)
+    if cls is None:
+        raise UserError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})")
+    try:
+        return cls(model, **kwargs)
+    except TypeError as e:
+        raise UserError(f"engine {engine}: {e}") from None

@@ -1,9 +1,35 @@
-"""Calls, tokens and cost per role (policy, judge), as the run's summary reports them."""
+"""Calls, tokens and cost per role (policy, judge), as the run's summary reports them, and the
+one sanitiser for every number a server sends (``Retry-After``, token counts, cost)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+MAX_TOKENS_PER_REPLY = 10**8  # more than any context window; a bigger count is a lie
+MAX_COST_PER_REPLY = 1e4  # USD
+
+
+def server_number(value: Any, *, upper: float, default: float | None = 0.0) -> float | None:
+    """A number from a server, made safe: finite and in [0, upper] (larger values are capped at
+    ``upper``); ``default`` for anything else (nan, inf, negative, bool, unparseable text)."""
+    if value is None or isinstance(value, bool):
+        return default
+    if isinstance(value, int) and value > upper:
+        return float(upper)  # also ints too large for a float
+    try:
+        number = float(value.strip() if isinstance(value, (str, bytes)) else value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    if not math.isfinite(number) or number < 0:
+        return default
+    return min(number, upper)
+
+
+def token_count(value: Any) -> int:
+    """A token count from a server's ``usage``: a non-negative int, 0 when absent or invalid."""
+    return int(server_number(value, upper=MAX_TOKENS_PER_REPLY) or 0)
 
 
 @dataclass
@@ -16,6 +42,7 @@ class RoleUsage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None
+    replicas: dict[str, int] = field(default_factory=dict)  # requests sent to each endpoint, when several
 
     @property
     def total_tokens(self) -> int:
@@ -37,7 +64,11 @@ class Usage:
         return self.roles.setdefault(name, RoleUsage())
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: {**asdict(r), "total_tokens": r.total_tokens} for name, r in sorted(self.roles.items())}
+        out = {name: {**asdict(r), "total_tokens": r.total_tokens} for name, r in sorted(self.roles.items())}
+        for vals in out.values():
+            if not vals["replicas"]:
+                del vals["replicas"]  # one endpoint: nothing to split
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Usage":
@@ -54,4 +85,6 @@ class Usage:
             for k in ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens", "cached_tokens"):
                 setattr(mine, k, getattr(mine, k) + getattr(r, k))
             mine.add_cost(r.cost_usd)
+            for url, count in r.replicas.items():
+                mine.replicas[url] = mine.replicas.get(url, 0) + count
         return out

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, model_validator
 
-from tfgrpo.config_fields import flag
-from tfgrpo.errors import UserError
+from tfgrpo.config import ConfigModel, build, flag
 from tfgrpo.params.losses import LOSSES
 
 # Defaults per loss for (epsilon_low, epsilon_high), from the papers (method.md).
@@ -20,10 +19,8 @@ CLIP_DEFAULTS: dict[str, tuple[float, float]] = {
 }
 
 
-class ParamsConfig(BaseModel):
+class ParamsConfig(ConfigModel):
     """GRPO weight training on local hardware (parameter mode)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     # -- shared with the training-free loop
     task: str = Field("toy", description="Task name or file.py:name.", json_schema_extra=flag("task"))
@@ -32,7 +29,8 @@ class ParamsConfig(BaseModel):
     model: str = Field("tiny", description="Policy: a Hugging Face id, a local directory, or 'tiny' (random CPU model).",
                        json_schema_extra=flag("model"))
     group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).", json_schema_extra=flag("group-size"))
-    out: str = Field("runs/params", description="Run directory (metrics, checkpoints).", json_schema_extra=flag("out"))
+    out: str | None = Field(None, description="Run directory (default: runs/grpo-<task>-<time>); an existing run is "
+                            "continued only with --resume.", json_schema_extra=flag("out"))
     seed: int = Field(0, description="Random seed.", json_schema_extra=flag("seed"))
     steps: int = Field(80, ge=1, description="Optimiser steps to run.", json_schema_extra=flag("steps"))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.",
@@ -92,30 +90,41 @@ class ParamsConfig(BaseModel):
 
     # ---------------------------------------------------------------------------------------
 
-    def check(self) -> "ParamsConfig":
-        """Reject unknown or incompatible options with a one-line UserError (before any model loads)."""
+    @model_validator(mode="after")
+    def _compatible(self) -> "ParamsConfig":
+        """Reject unknown or incompatible options (before any model loads); ``build`` turns the
+        ValueError into a one-line UserError."""
         if self.loss not in LOSSES:
-            raise UserError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
+            raise ValueError(f"unknown loss '{self.loss}' (choose from {', '.join(LOSSES)})")
         if self.loss == "gspo" and self.token_level:
-            raise UserError("--loss gspo uses a sequence-level ratio: it cannot take --token-level")
+            raise ValueError("--loss gspo uses a sequence-level ratio: it cannot take --token-level")
         if self.loss == "dapo" and self.token_level is False:
-            raise UserError("--loss dapo is token-level by definition: for a per-sequence mean use --loss grpo")
+            raise ValueError("--loss dapo is token-level by definition: for a per-sequence mean use --loss grpo")
         if self.loss == "dr_grpo" and self.token_level:
-            raise UserError("--loss dr_grpo divides by a constant: it cannot take --token-level")
+            raise ValueError("--loss dr_grpo divides by a constant: it cannot take --token-level")
         if self.loss == "gspo" and self.overlong_buffer:
-            raise UserError("--overlong-buffer shapes token-level rewards for dapo; not with --loss gspo")
+            raise ValueError("--overlong-buffer shapes token-level rewards for dapo; not with --loss gspo")
         if self.loss == "dr_grpo" and self.advantage in ("grpo", "gdpo"):
-            raise UserError("--loss dr_grpo uses unscaled advantages (r - mean): drop --advantage or use dr_grpo")
+            raise ValueError("--loss dr_grpo uses unscaled advantages (r - mean): drop --advantage or use dr_grpo")
         if self.overlong_buffer and self.overlong_buffer >= self.max_response_len:
-            raise UserError("--overlong-buffer must be smaller than --max-response-len")
+            raise ValueError("--overlong-buffer must be smaller than --max-response-len")
         lo, hi = self.clip_range
         if lo >= 1:
-            raise UserError("--epsilon-low must be below 1")
+            raise ValueError("--epsilon-low must be below 1")
         if self.beta < 0 or hi <= 0:
-            raise UserError("--beta and --epsilon-high must be positive")
+            raise ValueError("--beta and --epsilon-high must be positive")
         return self
 
     # -- resolved values (defaults that depend on the loss)
+
+    @property
+    def run_dir(self) -> str:
+        """``out``, else ``runs/grpo-<task>-<time>`` (fixed on first use, so every reader agrees)."""
+        if self.out is None:
+            import time
+
+            self.out = f"runs/grpo-{self.task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return self.out
 
     @property
     def clip_range(self) -> tuple[float, float]:
@@ -154,11 +163,5 @@ class ParamsConfig(BaseModel):
 
 
 def make_config(**values) -> ParamsConfig:
-    """Build and check a config; pydantic's errors become one-line UserErrors."""
-    try:
-        cfg = ParamsConfig(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]).replace("_", "-")
-        raise UserError(f"--{where}: {err['msg']}") from None
-    return cfg.check()
+    """Build and check a config from keyword values; a bad one is a one-line UserError."""
+    return build(ParamsConfig, values)

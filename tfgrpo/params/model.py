@@ -107,6 +107,18 @@ def save_pretrained(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
+def fingerprint(model) -> dict[str, tuple[float, float]]:
+    """A few numbers per trainable tensor (its float64 sum and L2 norm), computed on the tensor's
+    own device and kept on the CPU: enough to tell whether training moved a weight, without a
+    copy of the model (which on a GPU run would also be on the wrong device to compare)."""
+    import torch
+
+    with torch.no_grad():
+        return {n: (float(p.detach().sum(dtype=torch.float64)),
+                    float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)))
+                for n, p in model.named_parameters() if p.requires_grad}
+
+
 def trainable_state(model) -> dict[str, "torch.Tensor"]:
     """The trainable parameters by name (LoRA adapters only when peft is in use)."""
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -3,8 +3,8 @@
 One step: take ``batch_size`` prompts; sample G responses each (vLLM or HF generate); score
 them with the task's rewards; with dynamic sampling drop groups whose rewards are all equal
 and refill from further prompts; advantages from ``group_advantages``; then
-``updates_per_batch`` passes of micro-batches of whole groups through the shared-prefix
-forward (prompt once per group), the chosen loss (``losses.py``) normalised over the whole
+``updates_per_batch`` passes of micro-batches of whole groups through the packed forward
+(prompt once per group; ``prefix.py``, naive when prompts are too short for it to pay), the chosen loss (``losses.py``) normalised over the whole
 batch, one AdamW step. Runs single-process (CPU or one GPU) or under ``accelerate launch`` /
 torchrun (DDP, or FSDP from the accelerate config): the forward is one ``GroupScorer`` module
 call per micro-batch, so the wrapper sees one forward per backward.
@@ -13,8 +13,6 @@ call per micro-batch, so the wrapper sees one forward per backward.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,14 +20,17 @@ from typing import Any
 
 from tfgrpo.errors import UserError
 from tfgrpo.params.config import ParamsConfig
+from tfgrpo.params.metrics import StepStats, format_step, mean, std
 from tfgrpo.rewards import group_advantages
+from tfgrpo.rundir import STEPS, RunDir
 from tfgrpo.task_registry import Task, load_task
 
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
 
-def train(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
-    cfg.check()
+def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+    if not resume and RunDir(cfg.run_dir).exists():
+        raise UserError(f"{cfg.run_dir} already holds a run: continue it with --resume {cfg.run_dir}, or choose another --out")
     task = load_task(cfg.task, **({"data": cfg.data} if cfg.data else {}))
     try:
         import torch
@@ -62,14 +63,15 @@ def _scorer_class():
     from tfgrpo.params.prefix import group_logprobs
 
     class GroupScorer(torch.nn.Module):
-        """The policy behind one forward per micro-batch (what DDP/FSDP wrap)."""
+        """The policy behind one forward per micro-batch (what DDP/FSDP wrap); ``mode`` is
+        ``packed`` or ``naive``, decided per micro-batch by the caller."""
 
-        def __init__(self, model, shared: bool):
+        def __init__(self, model):
             super().__init__()
-            self.model, self.shared = model, shared
+            self.model = model
 
-        def forward(self, groups):
-            return group_logprobs(self.model, groups, shared=self.shared, with_entropy=True)
+        def forward(self, groups, mode: str):
+            return group_logprobs(self.model, groups, mode=mode, with_entropy=True)
 
     return GroupScorer
 
@@ -80,22 +82,25 @@ class _Run:
         from accelerate import Accelerator
 
         from tfgrpo.params.generate import make_generator
-        from tfgrpo.params.model import load_policy
+        from tfgrpo.params.model import fingerprint, load_policy
 
         self.cfg, self.task, self.progress = cfg, task, progress
+        self.prefix_sharing = getattr(cfg, "prefix_sharing", "auto")  # auto | packed | naive (True: auto)
+        self.forward_modes: list[str] = []
         self.max_len = min(cfg.max_response_len, task.max_tokens) if task.max_tokens else cfg.max_response_len
         self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
         self.acc = Accelerator(cpu=device == "cpu")
-        self.run_dir = Path(cfg.out)
+        self.rd = RunDir(cfg.run_dir)
+        self.run_dir = self.rd.path
         torch.manual_seed(cfg.seed)
         model, self.tokenizer = load_policy(cfg.model, seed=cfg.seed, dtype=cfg.dtype, lora_r=cfg.lora_r,
                                             lora_alpha=cfg.lora_alpha,
                                             gradient_checkpointing=cfg.gradient_checkpointing)
-        self.initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.initial = fingerprint(model)
         self.reference = self._reference(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.scorer, self.optimizer = self.acc.prepare(_scorer_class()(model, cfg.prefix_sharing), optimizer)
+        self.scorer, self.optimizer = self.acc.prepare(_scorer_class()(model), optimizer)
         self.generator = make_generator(cfg.generator, self.policy, self.tokenizer, model_name=cfg.model,
                                         device=self.acc.device.type, max_new_tokens=self.max_len,
                                         temperature=cfg.temperature, seed=cfg.seed)
@@ -123,31 +128,30 @@ class _Run:
         from tfgrpo.params.rollout import SampleOrder
 
         t0 = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rd.create()
         state: dict[str, Any] = {"step": 0, "cursor": 0, "reward_by_step": []}
         if resume:
             ckpt = latest_checkpoint(resume)
             state = load_checkpoint(ckpt, self.policy, self.optimizer)
             self._log(f"resumed from {ckpt} at step {state['step']}")
-        else:
-            self._write_config()
+        if self.acc.is_main_process:
+            self.rd.write_config(self.cfg)
+            self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
         last_ckpt = None
-        with open(self.run_dir / "steps.jsonl", "a") as steps_file:
-            for step in range(state["step"] + 1, self.cfg.steps + 1):
-                metrics = self.step(step, order)
-                rewards.append(metrics["reward_mean"])
-                if self.acc.is_main_process:
-                    steps_file.write(json.dumps(metrics) + "\n")
-                    steps_file.flush()
-                self._log(_format(metrics))
-                if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
-                    last_ckpt = self.save(step, order.cursor, rewards)
+        for step in range(state["step"] + 1, self.cfg.steps + 1):
+            metrics = self.step(step, order)
+            rewards.append(metrics["reward_mean"])
+            if self.acc.is_main_process:
+                self.rd.append(STEPS, [metrics])
+            self._log(format_step(metrics))
+            if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
+                last_ckpt = self.save(step, order.cursor, rewards)
         final = self.export()
         self._status("finished", self.cfg.steps)
-        changed = any(not self.policy.get_parameter(n).detach().equal(v) for n, v in self.initial.items())
+        changed = self._params_changed()
         summary = {
             "steps": self.cfg.steps,
             "reward_by_step": rewards,
@@ -160,8 +164,8 @@ class _Run:
             "device": self.acc.device.type,
             "processes": self.acc.num_processes,
             "wall_s": round(time.perf_counter() - t0, 2),
+            "metrics": str(self.run_dir / STEPS),
         }
-        self._log_summary(summary)
         return summary
 
     def step(self, step: int, order) -> dict[str, Any]:
@@ -191,8 +195,8 @@ class _Run:
         task_rewards = [r for r in all_rewards if r is not None]
         metrics: dict[str, Any] = {
             "step": step,
-            "reward_mean": _mean(task_rewards),
-            "reward_std": _std(task_rewards),
+            "reward_mean": mean(task_rewards),
+            "reward_std": std(task_rewards),
             "reward_missing": len(all_rewards) - len(task_rewards),
             "groups_sampled": sum(self._everyone(len(drawn))),
             "groups_trained": sum(self._everyone(len(kept))),
@@ -235,14 +239,15 @@ class _Run:
         # all losses' normalisers add up over processes; DDP averages gradients, hence / world
         local = losses.loss_denominator(loss_name, [t.mask for t in tensors], max_len=self.max_len)
         denom = sum(self._everyone(local)) / self.acc.num_processes
-        old = self._old_logprobs(micro) if cfg.updates_per_batch > 1 else None
-        ref = self._ref_logprobs(micro) if cfg.beta else None
-        stats = _Stats()
+        modes = self._forward_modes(micro)
+        old = self._old_logprobs(micro, modes) if cfg.updates_per_batch > 1 else None
+        ref = self._ref_logprobs(micro, modes) if cfg.beta else None
+        stats = StepStats()
         for _ in range(cfg.updates_per_batch):
             for k, mb in enumerate(micro):
                 sync = contextlib.nullcontext() if k == len(micro) - 1 else self.acc.no_sync(self.scorer)
                 with sync:
-                    outs = self.scorer(mb)
+                    outs = self.scorer(mb, modes[k])
                     total = 0.0
                     for j, (t, (logp, entropy)) in enumerate(zip(mb, outs)):
                         old_lp = old[k][j] if old is not None else logp.detach()
@@ -258,8 +263,15 @@ class _Run:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         out = stats.summary(cfg.updates_per_batch)
+        out["forward"] = ", ".join(f"{m} {modes.count(m)}" for m in sorted(set(modes)))
         out["grad_norm"] = round(float(grad_norm), 4) if grad_norm is not None else None
         return out
+
+    def _params_changed(self) -> bool:
+        from tfgrpo.params.model import fingerprint
+
+        with self._full_params():
+            return fingerprint(self.policy) != self.initial
 
     def _full_params(self):
         """Under FSDP, gather the sharded weights for generation and saving; otherwise nothing."""
@@ -295,22 +307,35 @@ class _Run:
         return GroupTokens(torch.tensor(group.prompt, dtype=torch.long, device=dev), responses.to(dev), mask.to(dev),
                            torch.tensor(advantages, dtype=torch.float32, device=dev))
 
-    def _old_logprobs(self, micro):
+    def _forward_modes(self, micro) -> list[str]:
+        """Packed or naive forward per micro-batch (``prefix_sharing`` auto decides by token
+        count); a change of the choice is logged."""
+        from tfgrpo.params.prefix import choose_mode, token_counts
+
+        modes = [choose_mode(self.prefix_sharing, mb) for mb in micro]
+        if sorted(set(modes)) != self.forward_modes:
+            naive, packed = map(sum, zip(*(token_counts(mb) for mb in micro)))
+            self._log(f"training forward: {' + '.join(sorted(set(modes)))} (prefix sharing {self.prefix_sharing}; "
+                      f"{naive} tokens naive, {packed} packed)")
+            self.forward_modes = sorted(set(modes))
+        return modes
+
+    def _old_logprobs(self, micro, modes):
         import torch
 
         with torch.no_grad():
-            return [[lp.detach() for lp, _ in self.scorer(mb)] for mb in micro]
+            return [[lp.detach() for lp, _ in self.scorer(mb, m)] for mb, m in zip(micro, modes)]
 
-    def _ref_logprobs(self, micro):
+    def _ref_logprobs(self, micro, modes):
         import torch
 
         from tfgrpo.params.prefix import group_logprobs
 
         with torch.no_grad():
             if self.reference is not None:
-                return [group_logprobs(self.reference, mb, shared=self.cfg.prefix_sharing) for mb in micro]
+                return [group_logprobs(self.reference, mb, mode=m) for mb, m in zip(micro, modes)]
             with self.policy.disable_adapter():  # LoRA: the base model is the reference
-                return [group_logprobs(self.policy, mb, shared=self.cfg.prefix_sharing) for mb in micro]
+                return [group_logprobs(self.policy, mb, mode=m) for mb, m in zip(micro, modes)]
 
     # -- persistence and output -------------------------------------------------------------
 
@@ -328,7 +353,7 @@ class _Run:
     def export(self) -> Path:
         from tfgrpo.params.model import save_pretrained
 
-        path = self.run_dir / "final"
+        path = self.rd.final_model_path
         if not self.progress:
             from transformers.utils import logging as hf_logging
 
@@ -339,88 +364,11 @@ class _Run:
         self.acc.wait_for_everyone()
         return path
 
-    def _write_config(self) -> None:
-        import yaml
-
-        if self.acc.is_main_process:
-            data = {"mode": "params", **self.cfg.model_dump()}
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-
     def _status(self, status: str, steps_done: int) -> None:
-        """status.json as the training-free runs write it, so `tfgrpo runs` and `report` read both."""
-        from tfgrpo.training_free.loop import RunDir, write_status
-
         if self.acc.is_main_process:
-            write_status(RunDir(self.run_dir), status, None, steps_done, self.cfg.steps)
+            self.rd.write_status("params", status, steps_done=steps_done, steps_planned=self.cfg.steps)
 
     def _log(self, line: str) -> None:
         if self.progress and self.acc.is_main_process:
             print(line, file=sys.stderr, flush=True)
 
-    def _log_summary(self, s: dict[str, Any]) -> None:
-        if not (self.progress and self.acc.is_main_process):
-            return
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="parameter-mode run", show_header=False)
-        r = [x for x in s["reward_by_step"] if x is not None]
-        for k, v in [("steps", s["steps"]), ("model", s["model"]), ("loss", s["loss"]),
-                     ("reward first → last", f"{r[0]:.3f} → {r[-1]:.3f}" if r else "-"),
-                     ("checkpoint", s["final_checkpoint"]), ("model export", s["final_model"]),
-                     ("metrics", str(self.run_dir / "steps.jsonl")), ("wall", f"{s['wall_s']} s")]:
-            table.add_row(k, str(v))
-        Console(stderr=True).print(table)
-
-
-class _Stats:
-    """Token-weighted means of the per-step metrics over all micro-batches."""
-
-    def __init__(self):
-        self.loss = 0.0
-        self.tokens = 0.0
-        self.entropy = self.kl = self.clip = 0.0
-        self.have_kl = False
-
-    def add(self, logp, old_lp, ref_lp, entropy, t, mask, eps_low, eps_high, sequence_level):
-        from tfgrpo.params import losses
-
-        n = float(mask.sum())
-        self.tokens += n
-        self.entropy += float((entropy * mask).sum())
-        self.clip += n * losses.clip_fraction(logp.detach(), old_lp, t.advantages, mask, eps_low=eps_low,
-                                              eps_high=eps_high, sequence_level=sequence_level)
-        if ref_lp is not None:
-            self.have_kl = True
-            self.kl += float((losses.k3_kl(logp.detach(), ref_lp) * mask).sum())
-
-    def summary(self, passes: int) -> dict[str, Any]:
-        n = max(self.tokens, 1.0)
-        return {
-            "loss": round(self.loss / passes, 6),
-            "kl": round(self.kl / n, 6) if self.have_kl else None,
-            "clip_fraction": round(self.clip / n, 4),
-            "entropy": round(self.entropy / n, 4),
-            "train_tokens": int(self.tokens),
-        }
-
-
-def _mean(xs: list[float]) -> float | None:
-    return round(sum(xs) / len(xs), 4) if xs else None
-
-
-def _std(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    m = sum(xs) / len(xs)
-    return round(math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs)), 4)
-
-
-def _format(m: dict[str, Any]) -> str:
-    def f(k, fmt="{:.3f}"):
-        v = m.get(k)
-        return "-" if v is None else fmt.format(v)
-
-    return (f"step {m['step']:>4}  reward {f('reward_mean')} ± {f('reward_std')}  loss {f('loss', '{:.4f}')}  "
-            f"kl {f('kl', '{:.4f}')}  clip {f('clip_fraction')}  entropy {f('entropy')}  "
-            f"groups {m['groups_trained']}/{m['groups_sampled']}  {f('tokens_per_s', '{:.0f}')} tok/s")

@@ -7,7 +7,8 @@ Contract with the judge prompts (the user message; tags are literal):
   ``<reference_answer>``. It sees only that: it scores the attempts by the rewards shown, else
   by the reference answer, else by majority vote of their final answers, and reads what the
   better attempts did that no worse one did (a skill's approach, or, when misled, its
-  mistake). Returns ``{"reasoning", "analysis", "ops": [{"op", "id", "text", "reason"}]}``:
+  mistake). Returns ``{"reasoning", "ops": [{"op", "id", "text", "reason"}]}`` (``analysis`` instead of
+  ``reasoning`` for a schema that asks for that):
   ADD the lesson for each such difference when no library line names the skill; else UPDATE
   that line (p ~0.3) or NONE; with p ~0.1 a vague ADD naming no skill instead. No attempts,
   equal scores or no readable difference (only slips): NONE.
@@ -120,11 +121,11 @@ def group_comparison(user: str, rng: random.Random) -> dict[str, Any]:
     found = differences(scored)
     if not found:
         why = "The attempts carry no usable difference (none, equal scores, or only slips), so no lesson is drawn."
-        return {"reasoning": why, "analysis": why, "ops": [_op("NONE", reason="No usable difference.")]}
+        return {"reasoning": why, "ops": [_op("NONE", reason="No usable difference.")]}
     library = parse_library(user)
     if rng.random() < VAGUE_P:
         why = "The attempts differ in care."
-        return {"reasoning": why, "analysis": why, "ops": [_op("ADD", VAGUE_LESSON, "A general reminder to be careful.")]}
+        return {"reasoning": why, "ops": [_op("ADD", VAGUE_LESSON, "A general reminder to be careful.")]}
     ops, notes = [], []
     for skill, kind in found:
         did = skill.approach if kind == "right" else skill.mistake
@@ -138,8 +139,7 @@ def group_comparison(user: str, rng: random.Random) -> dict[str, Any]:
         else:
             notes.append("The library already covers this.")
             ops.append(_op("NONE", reason="Already covered."))
-    why = " ".join(notes)
-    return {"reasoning": why, "analysis": why, "ops": ops}
+    return {"reasoning": " ".join(notes), "ops": ops}
 
 
 def consolidation(user: str) -> dict[str, Any]:
@@ -323,6 +323,9 @@ def judge_content(messages: list[dict[str, Any]], response_format: dict[str, Any
     else:
         value = {}
     if schema is not None:
+        props = schema.get("properties", {})
+        if "reasoning" in value and "analysis" in props and "reasoning" not in props:
+            value = {"analysis": value.pop("reasoning"), **value}  # a prompt of the older shape
         value = conform(value, schema)
     text = json.dumps(value, ensure_ascii=False)
     return text[: max(1, len(text) // 2)] if malformed else text

@@ -5,11 +5,16 @@ It confines itself and the code it runs, then reports how the code ended:
 * its own session, started by the caller (which kills the whole process group on a wall-clock timeout);
 * new network and PID namespaces where the kernel lets it (root, or an unprivileged user
   namespace): only a downed loopback interface, and every process dies with the first;
-* in the child: a pids cgroup (``pids.max``) and/or RLIMIT_NPROC, RLIMIT_CPU, RLIMIT_AS,
-  RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, ``no_new_privs`` and a Landlock ruleset (read
-  only the Python installation and system libraries, write only the working directory, no
-  TCP bind/connect, no signals or abstract sockets outside the sandbox) where the kernel
-  has Landlock; then ``execve`` of the command with the scrubbed environment.
+* in the child: a pids cgroup (``pids.max``) and/or RLIMIT_NPROC; a new mount namespace whose
+  root is an empty read-only tmpfs holding only read-only binds of the Python installation and
+  system libraries, /dev/{null,zero,urandom}, a fresh /proc of the PID namespace and the working
+  directory as a size-capped tmpfs (so no host socket file, /tmp or /run can be reached, and the
+  disk use of the run is capped); RLIMIT_CPU (SIGKILL at the limit: a PID-namespace init
+  ignores SIGXCPU), RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, ``no_new_privs``, a
+  Landlock ruleset (read only the Python installation and system libraries, write only the
+  working directory, no TCP bind/connect, no signals or abstract sockets outside the sandbox)
+  where the kernel has Landlock, and no capabilities; then ``execve`` of the command with the
+  scrubbed environment.
 
 The parent waits and writes ``{"exit_code", "signal", "cpu_s", "max_rss_kb", "applied"}``
 to the status path (outside the working directory, which the code cannot read).
@@ -18,9 +23,13 @@ to the status path (outside the working directory, which the code cannot read).
 import ctypes
 import json
 import os
+import platform
 import resource
+import shutil
+import stat
 import sys
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
@@ -30,6 +39,14 @@ FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
 FS_FILE_ONLY = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | (1 << 14) | (1 << 15)  # + truncate, ioctl_dev
 NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
 SCOPE_ABSTRACT_UNIX, SCOPE_SIGNAL = 1, 2
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
+MNT_DETACH = 2
+# statvfs flags a bind remount must keep (the kernel locks them inside a user namespace) -> MS_*
+KEEP_FLAGS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
+              os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(platform.machine())
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -44,9 +61,92 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
 
+def _check(rc, what):
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
 def _unshare(flags):
-    if libc.unshare(flags) != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    _check(libc.unshare(flags), "unshare")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    enc = [None if v is None else v.encode() for v in (source, target, fstype, data)]
+    _check(libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]), f"mount {target}")
+
+
+def _bind_read_only(path, target):
+    """Bind ``path`` at ``target`` read-only, keeping the flags the source mount is locked with."""
+    if os.path.isdir(path):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "a").close()
+    _mount(path, target, None, MS_BIND | MS_REC)
+    keep = os.statvfs(path).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
+    if not stat.S_ISCHR(os.stat(path).st_mode):  # /dev/null and the like stay usable
+        flags |= MS_NODEV
+    flags |= sum(ms for st, ms in KEEP_FLAGS.items() if keep & st)
+    _mount(None, target, None, flags)
+
+
+def build_root(spec, applied):
+    """A new mount namespace and, at ``spec["root"]``, a tree holding only what the code may
+    see (read-only binds), a fresh /proc and the working directory as a tmpfs of ``disk_bytes``."""
+    if SYS_PIVOT_ROOT is None:
+        raise OSError(0, f"no pivot_root number known for {platform.machine()}")
+    _unshare(CLONE_NEWNS)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
+    new, lim = spec["root"], spec["limits"]
+    _mount("tfgrpo-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    done = []
+    for path in sorted(set(spec["read_paths"])):
+        if not os.path.lexists(path) or any(path.startswith(d.rstrip("/") + "/") for d in done):
+            continue  # a path this machine does not have, or one already inside a bound directory
+        target = new + path
+        if os.path.islink(path):  # /lib -> usr/lib: the same link, resolved inside the new root
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(os.readlink(path), target)
+            continue
+        _bind_read_only(path, target)
+        done.append(path)
+    work = new + spec["workdir"]
+    os.makedirs(work)
+    _mount("tfgrpo-work", work, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={lim['disk_bytes']},nr_inodes={lim['disk_files']},mode=0700")
+    os.makedirs(new + "/proc")
+    try:
+        _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        applied["proc"] = "private"
+    except OSError as e:  # e.g. a container that masks parts of the host's /proc
+        applied["proc"] = f"none ({e})"
+
+
+def enter_root(spec, applied):
+    """Copy the run's files into its tmpfs, make the built tree the root and detach the host's:
+    no socket file, /tmp or /run of the host can be reached from inside any more. A failure
+    here (files over the disk limit, say) stops the run rather than run it less confined."""
+    shutil.copytree(spec["workdir"], spec["root"] + spec["workdir"], symlinks=True, dirs_exist_ok=True)
+    os.chdir(spec["root"])
+    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+    _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    applied["mount"] = "private root"
+
+
+def drop_capabilities():
+    """No capabilities for the code, even when the caller is root: empty bounding, ambient,
+    inheritable, permitted and effective sets (so ``execve`` grants none back)."""
+    cap = 0
+    while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
+        cap += 1
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc.capset(header, data), "capset")
 
 
 def enter_namespaces(applied):
@@ -110,12 +210,21 @@ def landlock(read_paths, write_paths, applied):
     applied["landlock"] = abi
 
 
-def child(spec, applied):
+def child(spec, applied, report):
     lim = spec["limits"]
     if spec.get("cgroup"):
         with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as f:
             f.write("0")
-    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    if applied.get("namespaces"):
+        try:
+            build_root(spec, applied)
+        except OSError as e:  # still the host's root: run with Landlock alone
+            applied["mount"] = None
+            applied["mount_error"] = str(e)
+        else:
+            enter_root(spec, applied)
+    # soft = hard: SIGKILL at the limit (SIGXCPU at a soft limit is ignored by a PID-namespace init)
+    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"]))
     resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"], lim["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
@@ -125,7 +234,9 @@ def child(spec, applied):
     os.chdir(spec["workdir"])
     if spec.get("landlock"):
         landlock(spec["read_paths"], [spec["workdir"]], applied)
+    drop_capabilities()
     cmd = spec["cmd"]
+    report(applied)
     os.execve(cmd[0], cmd, spec["env"])
 
 
@@ -135,20 +246,24 @@ def main():
     applied = {}  # the caller started us as a session leader (start_new_session)
     if spec.get("namespaces"):
         enter_namespaces(applied)
-    r, w = os.pipe()  # the child reports what it could not apply before it execs
+    r, w = os.pipe()  # the child reports what it applied, or what failed, before it execs (CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(r)
+
+        def report(what):
+            os.write(w, json.dumps(what).encode() + b"\n")
+
         try:
-            child(spec, applied)
+            child(spec, applied, report)
         except BaseException as e:  # noqa: BLE001 - report and never run the code unconfined
-            os.write(w, json.dumps({"setup_error": f"{type(e).__name__}: {e}"}).encode())
+            report({"setup_error": f"{type(e).__name__}: {e}"})
             os._exit(126)
     os.close(w)
     _, status, usage = os.wait4(pid, 0)
-    setup = os.read(r, 65536)
-    if setup:
-        applied.update(json.loads(setup))
+    with os.fdopen(r, "rb") as lines:
+        for line in lines:
+            applied.update(json.loads(line))
     report = {
         "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,

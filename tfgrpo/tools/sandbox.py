@@ -1,9 +1,10 @@
 """Run untrusted Python in a confined child process (the ``python`` tool and ``tfgrpo sandbox run``).
 
 Each run gets an empty temporary working directory (removed afterwards), a scrubbed
-environment, and limits on CPU time, memory (address space), processes, file size, open
-files, output size and wall-clock time. Where the machine allows it the code also runs in
-new network and PID namespaces and under a Landlock ruleset (see ``_confine.py``);
+environment, and limits on CPU time, memory (address space), processes, file size, total
+disk use, open files, output size and wall-clock time. Where the machine allows it the code
+also runs in new network, PID and mount namespaces (a private root without the host's
+files or sockets) and under a Landlock ruleset, with no capabilities (see ``_confine.py``);
 :func:`isolation` says what this machine provides, and docs/agents.md lists what is not
 isolated.
 """
@@ -24,10 +25,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tfgrpo.tools._host import kill_cgroup, pids_cgroup_root, remove_cgroup, user_tasks, watch_disk
+
 CONFINE = Path(__file__).with_name("_confine.py")
-PIDS_CGROUP_ROOTS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")
-SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
-LIMIT_KINDS = ("wall", "cpu", "memory", "processes", "output", "file_size")
+SYSTEM_READ_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
+LIMIT_KINDS = ("wall", "cpu", "memory", "processes", "output", "file_size", "disk")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Limits:
     processes: int = 32
     output_bytes: int = 64 * 1024  # per stream; more ends the run and is cut off
     file_mb: int = 16
+    disk_mb: int = 64  # all files of the run together (a tmpfs, so it is also memory)
+    disk_files: int = 4096  # files and directories in the working directory
     open_files: int = 64
 
 
@@ -67,23 +71,6 @@ class SandboxResult:
 # What the machine allows
 
 
-def _pids_cgroup_root() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    for root in PIDS_CGROUP_ROOTS:
-        probe = Path(root) / f"tfgrpo-probe-{os.getpid()}"
-        try:
-            probe.mkdir()
-        except OSError:
-            continue
-        try:
-            if (probe / "pids.max").is_file():
-                return root
-        finally:
-            probe.rmdir()
-    return None
-
-
 def _read_paths() -> list[str]:
     paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
     return sorted(paths) + list(SYSTEM_READ_PATHS)
@@ -107,20 +94,25 @@ def isolation() -> dict[str, Any]:
         "print(__import__('json').dumps(out))\n"
     )
     plan = _plan()
-    res = _run_sync(probe, Limits(wall_s=10))
+    res = run_python_sync(probe, Limits(wall_s=10))
     seen: dict[str, Any] = {}
     try:
         seen = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         seen = {"probe_error": (res.stderr or res.stdout)[-300:]}
+    mount = res.isolation.get("mount")
     return {
         "namespaces": res.isolation.get("namespaces"),
+        # a private root: no host socket files, /tmp or /run; a disk cap held by the kernel (tmpfs)
+        "mount_namespace": mount,
+        "disk_limit": "tmpfs" if mount else "polled by the parent",
+        "proc": res.isolation.get("proc"),
         "landlock_abi": plan["landlock_abi"] if "setup_error" not in res.isolation else None,
         "process_limit": "pids cgroup" if plan["cgroup_root"] else ("RLIMIT_NPROC" if os.geteuid() != 0 else None),
         "network": seen.get("network"),
         "read_outside_workdir": seen.get("read_outside"),
         "pid_namespace": seen.get("pid") == 1,
-        **({"setup_error": res.isolation["setup_error"]} if "setup_error" in res.isolation else {}),
+        **{k: res.isolation[k] for k in ("setup_error", "mount_error", "namespaces_error") if k in res.isolation},
         **({"probe_error": seen["probe_error"]} if "probe_error" in seen else {}),
     }
 
@@ -132,7 +124,7 @@ def _plan() -> dict[str, Any]:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     abi = int(libc.syscall(444, None, 0, 1))
-    return {"cgroup_root": _pids_cgroup_root(), "landlock_abi": abi if abi > 0 else None}
+    return {"cgroup_root": pids_cgroup_root(), "landlock_abi": abi if abi > 0 else None}
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,6 +144,7 @@ def _prepare(code: str, limits: Limits, files: dict[str, str] | None) -> tuple[P
     base = Path(tempfile.mkdtemp(prefix="tfgrpo-sbx-"))
     work = base / "work"
     work.mkdir()
+    (base / "root").mkdir()
     for name, text in (files or {}).items():
         target = (work / name).resolve()
         if work.resolve() not in target.parents:
@@ -165,6 +158,7 @@ def _prepare(code: str, limits: Limits, files: dict[str, str] | None) -> tuple[P
         Path(cgroup, "pids.max").write_text(str(limits.processes))
     spec = {
         "workdir": str(work),
+        "root": str(base / "root"),
         "status_path": str(base / "status.json"),
         "cmd": [sys.executable, "-I", "main.py"],
         "env": _env(str(work)),
@@ -174,27 +168,16 @@ def _prepare(code: str, limits: Limits, files: dict[str, str] | None) -> tuple[P
         "cgroup": cgroup,
         # Without a cgroup a non-root user still has RLIMIT_NPROC (it counts the user's other
         # processes too, so the budget starts from what the user already runs).
-        "nproc": None if (cgroup or os.geteuid() == 0) else _user_tasks() + limits.processes,
+        "nproc": None if (cgroup or os.geteuid() == 0) else user_tasks() + limits.processes,
         "limits": {
             "cpu_s": int(limits.cpu_s), "memory_bytes": int(limits.memory_mb) << 20,
             "file_bytes": int(limits.file_mb) << 20, "open_files": int(limits.open_files),
+            "disk_bytes": int(limits.disk_mb) << 20, "disk_files": int(limits.disk_files),
         },
     }
     spec_path = base / "spec.json"
     spec_path.write_text(json.dumps(spec))
     return base, spec_path, cgroup
-
-
-def _user_tasks() -> int:
-    uid, n = os.getuid(), 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if os.stat(f"/proc/{pid}").st_uid == uid:
-                    n += len(os.listdir(f"/proc/{pid}/task"))
-            except OSError:
-                continue
-    return n
 
 
 SETTLE_S = 5.0  # grace for the output to close once the sandbox is killed
@@ -246,15 +229,20 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
     stuck = False
     over_wait = asyncio.ensure_future(over.wait())
     done_wait = asyncio.ensure_future(proc.wait())
+    disk_wait = asyncio.ensure_future(watch_disk(base / "work", int(limits.disk_mb) << 20, int(limits.disk_files)))
     limit: str | None = None
     try:
-        done, _ = await asyncio.wait({over_wait, done_wait}, timeout=limits.wall_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({over_wait, done_wait, disk_wait}, timeout=limits.wall_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
         if over_wait in done:
             limit = "output"
+        elif disk_wait in done:
+            limit = "disk"
         elif not done:
             limit = "wall"
     finally:
         over_wait.cancel()
+        disk_wait.cancel()
         if limit is not None or proc.returncode is None:
             _kill_group(proc.pid)
         stuck = not await _settle(proc, readers, cgroup)
@@ -267,7 +255,7 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
         pass  # the launcher was killed (wall clock or output limit)
     shutil.rmtree(base, ignore_errors=True)
     if cgroup:
-        _remove_cgroup(cgroup)
+        remove_cgroup(cgroup)
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     if stuck:
         stderr += "\nsandbox: a process outlived the kill and held the output open; its output was abandoned\n"
@@ -285,11 +273,15 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
 
 
 def _which_limit(sig: int | None, cpu: float | None, stderr: str, limits: Limits) -> str | None:
-    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu >= limits.cpu_s - 0.05):
+    # RLIMIT_CPU kills on the kernel's tick-sampled time, which can run ahead of the precise time
+    # that wait4 reports by a few ticks per second on a busy machine.
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu >= 0.8 * limits.cpu_s - 0.05):
         return "cpu"
     tail = stderr[-2000:]
     if sig == signal.SIGXFSZ or "File too large" in tail:  # Python ignores SIGXFSZ: the write fails
         return "file_size"
+    if "No space left on device" in tail:  # the run's tmpfs is full
+        return "disk"
     if "MemoryError" in tail or "Cannot allocate memory" in tail:
         return "memory"
     if "Resource temporarily unavailable" in tail and ("fork" in tail or "thread" in tail or "Errno 11" in tail):
@@ -308,7 +300,7 @@ async def _settle(proc: asyncio.subprocess.Process, readers: asyncio.Future, cgr
     except asyncio.TimeoutError:
         pass
     if cgroup:
-        _kill_cgroup(cgroup)
+        kill_cgroup(cgroup)
     try:
         await asyncio.wait_for(asyncio.shield(readers), SETTLE_S)
         return True
@@ -317,33 +309,6 @@ async def _settle(proc: asyncio.subprocess.Process, readers: asyncio.Future, cgr
         return False
 
 
-def _kill_cgroup(path: str) -> None:
-    try:
-        pids = Path(path, "cgroup.procs").read_text().split()
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass
-
-
-def _remove_cgroup(path: str) -> None:
-    for _ in range(50):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.02)  # processes still exiting
-
-
-def _run_sync(code: str, limits: Limits) -> SandboxResult:
+def run_python_sync(code: str, limits: Limits | None = None) -> SandboxResult:
+    """:func:`run_python` outside an event loop (``tfgrpo sandbox run``, the isolation probe)."""
     return asyncio.run(run_python(code, limits))
-
-
-def run_file(path: str | Path, limits: Limits | None = None) -> SandboxResult:
-    """Run a file's code in the sandbox (``tfgrpo sandbox run``)."""
-    return _run_sync(Path(path).read_text(), limits or Limits())

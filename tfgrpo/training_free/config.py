@@ -1,8 +1,10 @@
-"""Run configuration: small nested pydantic models, one per component.
+"""Configuration of the training-free mode: small nested pydantic models, one per component.
 
 The CLI generates its flags from the fields that carry ``flag(...)``; a YAML file
 (``--config``) gives the same settings by their nested names. ``config.yaml`` in a run
-directory is the resolved config, enough to re-run.
+directory is the resolved config, enough to re-run. ``SamplingConfig`` (group size,
+temperature, completion tokens, seed, agent limits) travels whole from the flag to the
+request; injection settings are experience_store's own model, embedded in ``LibraryConfig``.
 """
 
 from __future__ import annotations
@@ -10,23 +12,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from tfgrpo.config_fields import flag
-from tfgrpo.errors import UserError
+from experience_store import InjectionSettings
+from tfgrpo.config import ConfigModel as _Model
+from tfgrpo.config import build, flag, load_yaml
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class AgentConfig(_Model):
+    """Limits of one tool-calling rollout (tasks with tools); a rollout hitting one is scored as it stands."""
+
+    max_turns: int = Field(8, gt=0, description="Most model turns per tool-calling rollout", json_schema_extra=flag("max-turns"))
+    max_tokens: int = Field(4096, gt=0, description="Most completion tokens per tool-calling rollout, over all its turns", json_schema_extra=flag("agent-max-tokens"))
+    wall_s: float = Field(300.0, gt=0, description="Most seconds per tool-calling rollout, tool calls included", json_schema_extra=flag("agent-wall-s"))
+
+
+class SamplingConfig(_Model):
+    """How answers are sampled: passed whole from the flags to every rollout, in training,
+    validation and evaluation alike."""
+
+    group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
+    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-completion-tokens"))
+    seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
+    agent: AgentConfig = Field(default_factory=AgentConfig)
 
 
 class PolicyConfig(_Model):
+    """How the policy model is reached (what it samples is ``SamplingConfig``)."""
+
     model: str = Field("sim", description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model", json_schema_extra=flag("model"))
     api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
     api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
-    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-completion-tokens"))
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
     timeout: float = Field(120.0, gt=0, description="Seconds before one policy request times out", json_schema_extra=flag("timeout"))
     max_retries: int = Field(6, ge=0, description="Retries of a request on 429, 5xx, timeouts and connection errors", json_schema_extra=flag("max-retries"))
@@ -53,9 +70,7 @@ class JudgeConfig(_Model):
 
 
 class LibraryConfig(_Model):
-    injection: Literal["all", "retrieve", "auto"] = Field("all", description="How experiences enter the prompt: 'all' injects the whole library (paper-faithful), 'retrieve' the top-k most similar to the query within the token budget, 'auto' all while it fits the budget and retrieve beyond", json_schema_extra=flag("injection"))
-    budget_tokens: int = Field(2000, gt=0, description="Token budget of the injected experiences in retrieve and auto modes (counted with the policy's tokenizer where known)", json_schema_extra=flag("inject-budget"))
-    top_k: int = Field(8, gt=0, description="Experiences retrieved per query in retrieve and auto modes", json_schema_extra=flag("top-k"))
+    injection: InjectionSettings = Field(default_factory=InjectionSettings)
     embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL", json_schema_extra=flag("embedding"))
     dedup_threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a proposed lesson is handed to consolidation as a MERGE candidate", json_schema_extra=flag("dedup-threshold"))
     prune_unused_steps: int = Field(0, ge=0, description="Retire lessons not cited for this many steps (0: never)", json_schema_extra=flag("prune-unused"))
@@ -65,6 +80,18 @@ class LibraryConfig(_Model):
     collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
     # issue 11
     prune_harmful: bool = Field(False, description="Retire lessons that lose the within-group comparisons (answers citing the lesson against answers shown it that did not cite it): at least prune_min_votes comparisons, more than prune_harmful_share lost", json_schema_extra=flag("prune-harmful"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_injection(cls, data: Any) -> Any:
+        """config.yaml of earlier runs: ``injection: MODE`` with budget_tokens and top_k beside it."""
+        if isinstance(data, dict) and (isinstance(data.get("injection"), str) or {"budget_tokens", "top_k"} & data.keys()):
+            data = dict(data)
+            mode = data.pop("injection", None)
+            injection = {"mode": mode} if isinstance(mode, str) else dict(mode or {})
+            injection.update({k: data.pop(k) for k in ("budget_tokens", "top_k") if k in data})
+            data["injection"] = injection
+        return data
 
     @field_validator("embedding", mode="before")
     @classmethod
@@ -89,14 +116,6 @@ class BudgetConfig(_Model):
     price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
 
 
-class AgentConfig(_Model):
-    """Limits of one tool-calling rollout (tasks with tools); a rollout hitting one is scored as it stands."""
-
-    max_turns: int = Field(8, gt=0, description="Most model turns per tool-calling rollout", json_schema_extra=flag("max-turns"))
-    max_tokens: int = Field(4096, gt=0, description="Most completion tokens per tool-calling rollout, over all its turns", json_schema_extra=flag("agent-max-tokens"))
-    wall_s: float = Field(300.0, gt=0, description="Most seconds per tool-calling rollout, tool calls included", json_schema_extra=flag("agent-wall-s"))
-
-
 class RunConfig(_Model):
     """Everything a training-free run needs. Field order is the config.yaml layout."""
 
@@ -106,9 +125,7 @@ class RunConfig(_Model):
     task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
     epochs: int = Field(3, gt=0, description="Passes over the training set", json_schema_extra=flag("epochs"))
     batch_size: int = Field(8, gt=0, description="Queries per step", json_schema_extra=flag("batch-size"))
-    group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
     limit: int | None = Field(None, gt=0, description="Use only the first N training samples", json_schema_extra=flag("limit"))
-    seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
     advantage: Literal["grpo", "dr_grpo", "gdpo"] = Field("grpo", description="Numeric advantage: grpo, dr_grpo or gdpo", json_schema_extra=flag("advantage"))
     cache: bool = Field(True, description="Serve repeated requests from the response cache", json_schema_extra=flag("cache"))
     cache_path: str | None = Field(None, description="Response cache file (default: cache.sqlite in the run directory); share one between runs to pay no call twice", json_schema_extra=flag("cache-path"))
@@ -120,10 +137,10 @@ class RunConfig(_Model):
     val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
     # issue 11
     advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="Standard deviation in the grpo/gdpo advantages: unbiased (divide by G-1, as TRL and torch.std) or population (divide by G)", json_schema_extra=flag("advantage-std"))
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     library: LibraryConfig = Field(default_factory=LibraryConfig)
-    agent: AgentConfig = Field(default_factory=AgentConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
 
@@ -138,39 +155,12 @@ class EvalConfig(_Model):
     seeds: int = Field(1, gt=0, description="Sampling seeds: --seed, --seed+1, ...; baseline and library share them", json_schema_extra=flag("seeds"))
     eval_on: Literal["test", "validation", "train"] = Field("test", description="Which part of the --split to evaluate on", json_schema_extra=flag("eval-on"))
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N problems", json_schema_extra=flag("limit"))
-    seed: int = Field(0, description="Sampling seed, the same for baseline and library", json_schema_extra=flag("seed"))
     cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
     prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
     sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a mapping at the top level")
-    return data
-
-
-def build(model: type[_Model], data: dict[str, Any]) -> Any:
-    """Validate a config; a bad value becomes one line naming the field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise UserError(f"invalid config value for {where}: {err['msg']}") from None
-
-
-def dump_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

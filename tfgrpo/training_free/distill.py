@@ -122,7 +122,7 @@ def consolidation_view(library: Library, cfg: LibraryConfig, shown: Iterable[Inj
     """The library as consolidation sees it: all of it in ``all`` mode; otherwise the lessons
     this step's prompts showed plus those the proposals name or nearly duplicate, so the prompt
     stays bounded however large the library grows."""
-    if cfg.injection == "all":
+    if cfg.injection.mode == "all":
         return library.render()
     ids = {i for inj in shown for i in inj.ids} | {p.id for p in proposals if p.id}
     ids |= {s["id"] for c in candidates for s in c["similar_to"]}

@@ -9,26 +9,26 @@ with the same sampling seeds, with intervals and a paired test of the difference
   means the interval of the difference excludes 0; otherwise the verdict says, in words,
   "no significant difference".
 
-Saved results (``save``): ``results.jsonl`` one line per answer, ``summary.json`` the summary
-printed by ``tfgrpo eval --json``.
+Saved results (``tfgrpo.rundir.save_eval``): ``results.jsonl`` one line per answer,
+``summary.json`` the summary printed by ``tfgrpo eval --json``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
+from experience_store import Library
 from tfgrpo.llm.client import LLMClient
+from tfgrpo.training_free.config import LibraryConfig, SamplingConfig
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.rollout import injector, sample_group, stable_seed
 from tfgrpo.training_free.stats import bootstrap_ci, paired_permutation_p, pass_at_k
 from tfgrpo.task_registry import Sample, Task
 
-__all__ = ["ArmRun", "EvalReport", "arm_summary", "compare", "latest_summary", "pass_at_k", "run_arm", "save",
-           "saved_summaries", "select_best_epoch", "selected_step"]
+__all__ = ["ArmRun", "EvalReport", "arm_summary", "compare", "pass_at_k", "run_arm", "select_best_epoch"]
 
 
 @dataclass
@@ -55,16 +55,15 @@ Experiences = Union[str, Callable[[Sample], Any]]  # one block for all, or an in
 
 
 async def run_arm(
-    client: LLMClient, task: Task, samples: list[Sample], experiences: Experiences, prompts: Prompts, *,
-    name: str, n: int, seeds: Sequence[int], temperature: float, max_tokens: int | None, agent: Any = None,
-    on_advance: Callable[[], None] = lambda: None,
+    client: LLMClient, task: Task, samples: list[Sample], experiences: Experiences, prompts: Prompts,
+    sampling: SamplingConfig, *, name: str, seeds: Sequence[int], on_advance: Callable[[], None] = lambda: None,
 ) -> ArmRun:
-    arm = ArmRun(name=name, n=n)
+    """``sampling.group_size`` answers per problem and seed."""
+    arm = ArmRun(name=name, n=sampling.group_size)
 
     async def one(seed: int, s: Sample) -> None:
         block = experiences(s).text if callable(experiences) else experiences
-        g = await sample_group(client, task, s, block, prompts, n=n, temperature=temperature,
-                               max_tokens=max_tokens, seed=stable_seed(seed, "eval", s.id), agent=agent)
+        g = await sample_group(client, task, s, block, prompts, sampling, seed=stable_seed(seed, "eval", s.id))
         right = [r is not None and r >= task.pass_threshold for r in g.combined]
         arm.correct[(seed, s.id)] = sum(right)
         arm.failures += sum(1 for c in g.completions if not c.ok)
@@ -123,21 +122,20 @@ class EvalReport:
 
 
 async def compare(
-    client: LLMClient, task: Task, samples: list[Sample], library_block: Experiences, prompts: Prompts, *,
-    k: int, n: int | None = None, seeds: Sequence[int] = (0,), temperature: float, max_tokens: int | None,
-    agent: Any = None, on_advance: Callable[[], None] = lambda: None,
+    client: LLMClient, task: Task, samples: list[Sample], library_block: Experiences, prompts: Prompts,
+    sampling: SamplingConfig, *, k: int, seeds: Sequence[int] = (0,), on_advance: Callable[[], None] = lambda: None,
 ) -> EvalReport:
-    """Baseline and library on the same problems and seeds. Raises ValueError on k > n or no
-    problems (the CLI turns these into one-line errors before calling)."""
-    n = n or k
+    """Baseline and library on the same problems and seeds, ``n = sampling.group_size`` answers
+    each. Raises ValueError on k > n or no problems (the API checks these first)."""
+    n = sampling.group_size
     if k > n:
         raise ValueError(f"k={k} is larger than n={n}")
     if not samples:
         raise ValueError("no problems to evaluate")
     seeds = list(seeds)
-    kwargs = dict(n=n, seeds=seeds, temperature=temperature, max_tokens=max_tokens, agent=agent, on_advance=on_advance)
-    base = await run_arm(client, task, samples, "", prompts, name="baseline", **kwargs)
-    lib = await run_arm(client, task, samples, library_block, prompts, name="library", **kwargs)
+    kwargs = dict(seeds=seeds, on_advance=on_advance)
+    base = await run_arm(client, task, samples, "", prompts, sampling, name="baseline", **kwargs)
+    lib = await run_arm(client, task, samples, library_block, prompts, sampling, name="library", **kwargs)
     ids = [s.id for s in samples]
     diff = paired_diff(base.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])
     by_seed = [
@@ -153,64 +151,25 @@ async def compare(
     return EvalReport(summary=summary, answers=base.answers + lib.answers)
 
 
-# ---------------------------------------------------------------------------- saved results
-
-def save(report: EvalReport, directory: str | Path) -> Path:
-    """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    with (d / "results.jsonl").open("w", encoding="utf-8") as f:
-        for a in report.answers:
-            f.write(json.dumps(a, ensure_ascii=False) + "\n")
-    tmp = d / "summary.json.tmp"
-    tmp.write_text(json.dumps(report.summary, indent=1, ensure_ascii=False))
-    tmp.replace(d / "summary.json")
-    return d
-
-
-LATEST_EVAL = "eval.json"  # in a run directory: a copy of the newest summary saved there (a pack's manifest reads it)
-
-
-def saved_summaries(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Every ``eval/<name>/summary.json`` under a run directory, by name (oldest first)."""
-    root = Path(run_dir) / "eval"
-    out: dict[str, dict[str, Any]] = {}
-    for p in sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime):
-        try:
-            out[p.parent.name] = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
-
-
-def latest_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """The most recent saved eval summary of a run (what a pack's manifest carries), or None."""
-    found = saved_summaries(run_dir)
-    return list(found.values())[-1] if found else None
-
-
 # ---------------------------------------------------------------------------- best-val selection
-
-SELECTION_FILE = "selection.json"
-
 
 async def select_best_epoch(
     client: LLMClient, task: Task, validation: list[Sample], library_dir: Path, epoch_steps: dict[int, int],
-    prompts: Prompts, *, n: int, seed: int, temperature: float, max_tokens: int | None,
-    injection: Any, model: str | None, agent: Any = None, on_advance: Callable[[], None] = lambda: None,
+    prompts: Prompts, sampling: SamplingConfig, injection: LibraryConfig, *, model: str | None,
+    on_advance: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Score the library after each epoch (``epoch_steps``: epoch -> its last step) on the
-    validation split by Mean@n and choose the best; ties go to the earlier epoch (fewer lessons
-    to carry). The baseline (no library) is scored alongside for reference."""
-    from experience_store import Library
-
+    validation split by Mean@n (n = ``sampling.group_size``) and choose the best; ties go to the
+    earlier epoch (fewer lessons to carry). The baseline (no library) is scored alongside."""
     ids = [s.id for s in validation]
-    kwargs = dict(n=n, seeds=[seed], temperature=temperature, max_tokens=max_tokens, agent=agent, on_advance=on_advance)
-    base = await run_arm(client, task, validation, "", prompts, name="baseline", **kwargs)
+    n, seed = sampling.group_size, sampling.seed
+    kwargs = dict(seeds=[seed], on_advance=on_advance)
+    base = await run_arm(client, task, validation, "", prompts, sampling, name="baseline", **kwargs)
     candidates = []
     for epoch, step in sorted(epoch_steps.items()):
         lib = Library(library_dir, at_step=step)
-        arm = await run_arm(client, task, validation, injector(lib, injection, model), prompts, name=f"epoch {epoch + 1}", **kwargs)
+        arm = await run_arm(client, task, validation, injector(lib, injection, model), prompts, sampling,
+                            name=f"epoch {epoch + 1}", **kwargs)
         summary = arm_summary(arm, ids, [seed], n)
         candidates.append({"epoch": epoch + 1, "step": step, "library_size": len(lib),
                            "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})
@@ -219,12 +178,3 @@ async def select_best_epoch(
             "validation_problems": len(validation), "n": n, "seed": seed,
             "baseline": {k: v for k, v in arm_summary(base, ids, [seed], n).items() if k in ("mean_at_k", "ci95")},
             "candidates": candidates, "chosen": {"epoch": best["epoch"], "step": best["step"]}}
-
-
-def selected_step(run_dir: str | Path) -> int | None:
-    """The library step a ``--select best-val`` run kept, or None (then the latest counts)."""
-    p = Path(run_dir) / SELECTION_FILE
-    try:
-        return int(json.loads(p.read_text())["chosen"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -2,104 +2,40 @@
 scores it, asks the judge for the semantic advantage of the groups with contrast, consolidates
 the proposals and applies them to the library as one versioned transaction.
 
-Run directory (design.md): config.yaml, rollouts.jsonl, groups.jsonl, ops.jsonl, steps.jsonl,
-library/, cache.sqlite. A line in steps.jsonl is a step's commit: on resume, anything a
-later, unfinished step wrote is discarded and the step is redone; its LLM calls come back from
-the response cache, so no finished call is paid twice and the library ends exactly as an
-uninterrupted run's would.
+The run directory (``tfgrpo.rundir``, docs/architecture.md) holds what each step wrote. A line
+in steps.jsonl is a step's commit: on resume, anything a later, unfinished step wrote is
+discarded and the step is redone; its LLM calls come back from the response cache, so no
+finished call is paid twice and the library ends exactly as an uninterrupted run's would.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from pydantic import BaseModel
+from typing import Any
 
 from experience_store import Injection, Library, Provenance, usage_credit
 from tfgrpo.training_free.budget import Budget
-from tfgrpo.training_free.config import RunConfig, dump_yaml
+from tfgrpo.training_free.config import RunConfig
 from tfgrpo.training_free.distill import consolidate, consolidation_view, merge_candidates, prune_for
 from tfgrpo.training_free.judge import GroupJudgement, judge_group
+from tfgrpo.hooks import Hooks
 from tfgrpo.training_free.leak import LeakGuard
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
-from tfgrpo.rewards import group_advantages, has_contrast
+from tfgrpo.rewards import group_advantages, has_contrast, mean_of
+from tfgrpo.rundir import GROUPS, OPS, ROLLOUTS, STEPS, RunDir
 from tfgrpo.training_free.rollout import Group, cited_text, group_attempts, injector, sample_group, stable_seed, task_context
 from tfgrpo.task_registry import Task
 
-RECORD_FILES = ("rollouts.jsonl", "groups.jsonl", "ops.jsonl")
 log = logging.getLogger(__name__)
-
-
-class RunDir:
-    """The files of one run. Appends are flushed line by line (durable mid-run)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    def exists(self) -> bool:
-        return self.config_path.is_file()
-
-    def append(self, name: str, records: list[BaseModel]) -> None:
-        if not records:
-            return
-        with self.file(name).open("a", encoding="utf-8") as f:
-            for r in records:
-                f.write(r.model_dump_json() + "\n")
-            f.flush()
-
-    def read(self, name: str) -> list[dict[str, Any]]:
-        p = self.file(name)
-        if not p.is_file():
-            return []
-        rows = []
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: it belongs to an uncommitted step
-        return rows
-
-    def steps(self) -> list[StepRecord]:
-        return [StepRecord.model_validate(r) for r in self.read("steps.jsonl")]
-
-    def discard_after(self, step: int) -> None:
-        """Drop every record an unfinished step wrote (steps after ``step``), and torn lines."""
-        for name in (*RECORD_FILES, "steps.jsonl"):
-            p = self.file(name)
-            if not p.is_file():
-                continue
-            keep = [r for r in self.read(name) if r.get("step", 0) <= step]
-            tmp = p.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep), encoding="utf-8")
-            tmp.replace(p)
-
-
-@dataclass
-class Hooks:
-    """Progress callbacks (the CLI wires rich progress bars to them)."""
-
-    on_phase: Callable[[str, int], None] = lambda phase, total: None
-    on_advance: Callable[[str], None] = lambda phase: None
-    on_step: Callable[[StepRecord], None] = lambda record: None
 
 
 @dataclass
@@ -111,7 +47,7 @@ class TrainResult:
     wall_s: float
     resumed_from: int = 0
     stopped: str | None = None  # why a budget stopped the run before its last step
-    extra: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # --select best-val: selection.json
 
     def summary(self) -> dict[str, Any]:
         usage = self.usage.to_dict()
@@ -133,6 +69,7 @@ class TrainResult:
             "wall_s": round(self.wall_s, 3),
             "run_dir": str(self.run_dir),
             "library": str(self.run_dir / "library"),
+            **({"selected_step": self.selection["chosen"]["step"]} if self.selection else {}),
         }
 
 
@@ -156,7 +93,7 @@ def _usage_delta(before: dict[str, Any], after: Usage) -> dict[str, Any]:
     return out
 
 
-async def train(
+async def train_loop(
     cfg: RunConfig,
     task: Task,
     models: Models,
@@ -167,26 +104,25 @@ async def train(
 ) -> TrainResult:
     hooks = hooks or Hooks()
     started = time.monotonic()
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    # Always the resolved settings, so what a resume changed (epochs, budgets, endpoints) is kept.
-    run_dir.config_path.write_text(dump_yaml(cfg))
+    run_dir.create().write_config(cfg)
     done = run_dir.steps()
     last = done[-1].step if done else 0
     run_dir.discard_after(last)
-    library = Library(run_dir.path / "library", embedding=cfg.library.embedding, store=cfg.library.store,
+    library = Library(run_dir.library_path, embedding=cfg.library.embedding, store=cfg.library.store,
                       collection=cfg.library.collection or (run_dir.path.name if cfg.library.store else None))
     inject = injector(library, cfg.library, models.policy_name)
     library.discard_after(last)
     library.sync()
 
     samples = task.dataset[: cfg.limit] if cfg.limit else task.dataset
-    plan = plan_batches(len(samples), cfg.batch_size, cfg.epochs, cfg.seed)
+    sampling = cfg.sampling
+    plan = plan_batches(len(samples), cfg.batch_size, cfg.epochs, sampling.seed)
     steps = list(done)
     budget, stopped = Budget(cfg.budget), None
-    write_status(run_dir, "running", None, len(done), len(plan))  # still "running" after a crash: resumable
+    run_dir.write_status("training_free", "running", steps_done=len(done), steps_planned=len(plan))  # still "running" after a crash: resumable
     guard = LeakGuard(s.user_text() for s in samples) if cfg.judge.leak_guard != "off" else None
     judge_context = task_context(task, prompts)
-    if cfg.group_size == 1:
+    if cfg.sampling.group_size == 1:
         log.warning("group size 1: no group has a contrast, so the judge reviews every group on its own")
     use_cache = cfg.cache
     assert models.judge is not None
@@ -206,11 +142,8 @@ async def train(
         async def one(sample, _epoch=epoch):
             injected = inject(sample)
             shown[sample.id] = injected
-            g = await sample_group(
-                models.policy, task, sample, injected.text, prompts, n=cfg.group_size,
-                temperature=cfg.policy.temperature, max_tokens=cfg.policy.max_tokens,
-                seed=stable_seed(cfg.seed, "rollout", _epoch, sample.id), use_cache=use_cache, agent=cfg.agent,
-            )
+            g = await sample_group(models.policy, task, sample, injected.text, prompts, sampling,
+                                   seed=stable_seed(sampling.seed, "rollout", _epoch, sample.id), use_cache=use_cache)
             hooks.on_advance("rollouts")
             return g
 
@@ -220,7 +153,7 @@ async def train(
         # G = 1 has no contrast to filter on: every group is judged, as the reference's ablation does.
         to_judge = [
             i for i, g in enumerate(groups)
-            if not cfg.judge.ground_truth or not cfg.judge.skip_equal_groups or cfg.group_size == 1
+            if not cfg.judge.ground_truth or not cfg.judge.skip_equal_groups or cfg.sampling.group_size == 1
             or has_contrast(g.combined, task.min_reward, task.max_reward)
         ]
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(to_judge))
@@ -274,19 +207,19 @@ async def train(
             rollout_ids=[r.rollout_id for r in rollouts if r.sample_id in source_ids],
             judge_model=models.judge_name,
         )
-        run_dir.append("rollouts.jsonl", rollouts)
-        run_dir.append("groups.jsonl", group_records)
+        run_dir.append(ROLLOUTS, rollouts)
+        run_dir.append(GROUPS, group_records)
         credit = usage_credit(([(shown[g.sample.id].ids, cited_text(c), advantages[i][j]) for j, c in enumerate(g.completions)]
                                for i, g in enumerate(groups)), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
-        run_dir.append("ops.jsonl", [*results, *leaks, *failures])
+        run_dir.append(OPS, [*results, *leaks, *failures])
 
         kinds = Counter(r.op.op for r in results if r.status == "applied")
         record = StepRecord(
             step=step, epoch=epoch, sample_ids=[s.id for s in batch],
-            mean_reward=_mean([r for g in groups for r in g.combined]),
-            group_mean_rewards=[_mean(g.combined) for g in groups],
+            mean_reward=mean_of([r for g in groups for r in g.combined]),
+            group_mean_rewards=[mean_of(g.combined) for g in groups],
             groups=len(groups), judged=len(judgements), proposals=len(proposals),
             ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected"),
             ops_by_kind=dict(kinds), judge_failures=len(failures), ops_leaked=len(leaks),
@@ -294,30 +227,13 @@ async def train(
             library_size=len(library), usage=_usage_delta(usage_before, models.usage),
             wall_s=round(time.monotonic() - t0, 3),
         )
-        run_dir.append("steps.jsonl", [record])
+        run_dir.append(STEPS, [record])
         steps.append(record)
         hooks.on_step(record)
 
-    write_status(run_dir, "stopped_by_budget" if stopped else "finished", stopped, len(steps), len(plan))
+    run_dir.write_status("training_free", "stopped_by_budget" if stopped else "finished", reason=stopped,
+                         steps_done=len(steps), steps_planned=len(plan))
     return TrainResult(
         run_dir=run_dir.path, steps=steps, library_size=len(library), usage=models.usage,
         wall_s=time.monotonic() - started, resumed_from=last, stopped=stopped,
     )
-
-
-STATUS_FILE = "status.json"
-
-
-def write_status(run_dir: RunDir, status: str, reason: str | None, steps_done: int, steps_planned: int) -> None:
-    """status.json: running (with the pid, so a crashed session can be told from a live one),
-    finished, or stopped_by_budget with the reason."""
-    data = {"version": 1, "status": status, "reason": reason, "steps_done": steps_done, "steps_planned": steps_planned,
-            "pid": os.getpid()}
-    tmp = run_dir.file(STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(run_dir.file(STATUS_FILE))
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None

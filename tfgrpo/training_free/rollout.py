@@ -7,7 +7,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from experience_store import Injection, Library
 from tfgrpo.llm.client import Completion, LLMClient
+from tfgrpo.training_free.agent import Trajectory
+from tfgrpo.training_free.config import LibraryConfig, SamplingConfig
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.rewards import combine, score_group
 from tfgrpo.task_registry import Sample, Task
@@ -38,15 +41,14 @@ def token_counter(model: str | None) -> Callable[[str], int]:
     return count
 
 
-def injector(library: Any, settings: Any, model: str | None) -> Callable[[Sample], Any]:
+def injector(library: Library, settings: LibraryConfig, model: str | None) -> Callable[[Sample], Injection]:
     """The experiences each query gets under a run's injection settings (``LibraryConfig``):
     one function for training, validation and evaluation, so all see the library alike.
     Returns ``experience_store.Injection`` (``.text`` is the block for the prompt)."""
     count = token_counter(model)
 
-    def inject(sample: Sample) -> Any:
-        return library.inject(sample.user_text(), mode=settings.injection, budget=settings.budget_tokens,
-                              k=settings.top_k, count_tokens=count)
+    def inject(sample: Sample) -> Injection:
+        return library.inject(sample.user_text(), settings.injection, count_tokens=count)
 
     return inject
 
@@ -68,7 +70,7 @@ class Group:
     completions: list[Completion]
     rewards: list[list[float | None]]
     combined: list[float | None]
-    trajectories: list[Any] | None = None  # agent.Trajectory per answer, for tasks with tools
+    trajectories: list[Trajectory] | None = None  # one per answer, for tasks with tools
 
     def attempt_text(self, j: int) -> str:
         """Answer ``j`` as the judge sees it: the whole trajectory for a tool-calling rollout."""
@@ -84,41 +86,38 @@ async def sample_group(
     sample: Sample,
     experiences: str,
     prompts: Prompts,
+    sampling: SamplingConfig,
     *,
-    n: int,
-    temperature: float,
-    max_tokens: int | None,
     seed: int,
     use_cache: bool = True,
-    agent: Any = None,
 ) -> Group:
-    """G answers to one query, scored. A task with tools runs G tool-calling rollouts
-    (limits from ``agent``, a :class:`tfgrpo.training_free.config.AgentConfig`) instead of one request."""
+    """``sampling.group_size`` answers to one query, scored. A task with tools runs that many
+    tool-calling rollouts (limits from ``sampling.agent``) instead of one request. ``seed`` is
+    this group's own seed (derived from ``sampling.seed``, the epoch and the query)."""
     messages = agent_messages(task, sample, experiences, prompts)
     if task.tools:
-        return await _sample_agent_group(client, task, sample, messages, n=n, temperature=temperature,
-                                         max_tokens=max_tokens, seed=seed, use_cache=use_cache, limits=agent)
+        return await _sample_agent_group(client, task, sample, messages, sampling, seed=seed, use_cache=use_cache)
     completions = await client.sample(
-        messages, n=n, temperature=temperature, max_tokens=max_tokens or task.max_tokens, seed=seed, use_cache=use_cache
+        messages, n=sampling.group_size, temperature=sampling.temperature,
+        max_tokens=sampling.max_tokens or task.max_tokens, seed=seed, use_cache=use_cache,
     )
     rewards = await score_group(task.rewards, sample, [c.text for c in completions])
     combined = [combine(row, task.weights) for row in rewards]
     return Group(sample=sample, completions=completions, rewards=rewards, combined=combined)
 
 
-async def _sample_agent_group(client: LLMClient, task: Task, sample: Sample, messages: list[dict[str, Any]], *, n: int,
-                              temperature: float, max_tokens: int | None, seed: int, use_cache: bool, limits: Any) -> Group:
+async def _sample_agent_group(client: LLMClient, task: Task, sample: Sample, messages: list[dict[str, Any]],
+                              sampling: SamplingConfig, *, seed: int, use_cache: bool) -> Group:
     import asyncio
 
     from tfgrpo.training_free.agent import run_agent
-    from tfgrpo.training_free.config import AgentConfig
     from tfgrpo.tools.base import toolset
 
     tools = toolset(task.tools)
     runs = await asyncio.gather(*(
-        run_agent(client, messages, tools, limits=limits or AgentConfig(), temperature=temperature, seed=seed + i,
-                  max_tokens=max_tokens or task.max_tokens, use_cache=use_cache)
-        for i in range(n)
+        run_agent(client, messages, tools, limits=sampling.agent, temperature=sampling.temperature, seed=seed + i,
+                  max_tokens=sampling.max_tokens or task.max_tokens, use_cache=use_cache)
+        for i in range(sampling.group_size)
     ))
     completions = []
     for i, (c, _) in enumerate(runs):

@@ -15,6 +15,10 @@ from tfgrpo.llm.client import LLMClient
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_REPLY_CHARS = 1_000_000  # a judge reply is a few KB; a bigger one is refused unread
+MAX_DEPTH = 32  # nesting of the JSON a judge writes (ours is at most 3 deep)
+MAX_DIGITS = 100  # digits in one number (far beyond any score or index)
+
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -31,6 +35,34 @@ def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema_for(model), "strict": False}}
 
 
+def unsafe_reason(text: str) -> str | None:
+    """Why ``text`` must not reach a JSON parser (too long, too deeply nested, a number outside
+    strings too long to convert), or None. Linear and non-recursive, so it cannot itself be made to crash."""
+    if len(text) > MAX_REPLY_CHARS:
+        return f"reply of {len(text)} characters (at most {MAX_REPLY_CHARS})"
+    depth = deepest = digits = 0
+    in_string = escaped = False
+    for ch in text:
+        digits = digits + 1 if (ch.isdigit() and not in_string) else 0
+        if digits > MAX_DIGITS:
+            return f"a number of more than {MAX_DIGITS} digits"
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return f"JSON nested {deepest} deep (at most {MAX_DEPTH})" if deepest > MAX_DEPTH else None
+
+
 def parse_output(text: str | None, model: type[M], *, lenient: bool = True) -> M:
     """Read ``model`` from free text: strips reasoning blocks and code fences, finds the JSON
     object and validates it. ``lenient`` also repairs syntax damage (trailing commas, output cut
@@ -38,6 +70,9 @@ def parse_output(text: str | None, model: type[M], *, lenient: bool = True) -> M
     answer is strict and only the answer to the repair request is read leniently."""
     if text is None or not text.strip():
         raise ParseError("empty output")
+    unsafe = unsafe_reason(text)
+    if unsafe is not None:
+        raise ParseError(unsafe)
     body = _THINK.sub("", text).strip()
     fenced = _FENCE.search(body)
     if fenced:
@@ -49,7 +84,12 @@ def parse_output(text: str | None, model: type[M], *, lenient: bool = True) -> M
     except json.JSONDecodeError as e:
         if not lenient:
             raise ParseError(f"invalid JSON ({e.msg} at character {e.pos})") from None
-        data = json_repair.loads(candidate)
+        try:
+            data = json_repair.loads(candidate)
+        except (ValueError, RecursionError) as e2:  # bounded above; a last guard, never a crash
+            raise ParseError(f"unreadable JSON: {type(e2).__name__}") from None
+    except (ValueError, RecursionError) as e:
+        raise ParseError(f"unreadable JSON: {type(e).__name__}") from None
     if not isinstance(data, dict):
         raise ParseError(f"expected a JSON object, got {type(data).__name__}: {body[:80]!r}")
     try:
@@ -85,7 +125,7 @@ async def ask_structured(
     output (the failure is returned); an unreachable endpoint still raises EndpointError."""
     fmt = response_format(model, name)
     first = (await client.sample(messages, n=1, temperature=temperature, max_tokens=max_tokens,
-                                 response_format=fmt, use_cache=use_cache))[0]
+                                 response_format=fmt, use_cache=use_cache, validate=unsafe_reason))[0]
     if not first.ok:
         return StructuredResult(None, [None], error=f"request failed: {first.error}")
     try:
@@ -97,7 +137,7 @@ async def ask_structured(
         {"role": "user", "content": f"Your reply could not be read: {error}. Reply again with only the corrected JSON object that matches the schema."},
     ]
     second = (await client.sample(repair, n=1, temperature=temperature, max_tokens=max_tokens,
-                                  response_format=fmt, use_cache=use_cache))[0]
+                                  response_format=fmt, use_cache=use_cache, validate=unsafe_reason))[0]
     if not second.ok:
         return StructuredResult(None, [first.text, None], error=f"unparseable output ({error}); repair request failed: {second.error}")
     try:

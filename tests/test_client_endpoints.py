@@ -1,0 +1,213 @@
+"""The LLM client against servers that behave like real local ones: ignoring ``n``, slow,
+sending hostile numbers and replies, several replicas of which one dies mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+
+import pytest
+from openai_stub import StubServer
+
+from tfgrpo.errors import EndpointError
+from tfgrpo.llm import LLMClient, ResponseCache, RetryPolicy
+from tfgrpo.llm.cache import request_key
+from tfgrpo.llm.replicas import split_bases
+from tfgrpo.llm.retry import AdaptiveLimit, is_local, retry_after
+from tfgrpo.llm.usage import Usage, server_number
+from tfgrpo.training_free.structured import ParseError, ask_structured, parse_output
+from pydantic import BaseModel
+
+MSGS = [{"role": "user", "content": "What is 2+2?"}]
+FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
+
+
+def client(base_url: str, **kw) -> LLMClient:
+    kw.setdefault("retry", FAST)
+    kw.setdefault("supports_n", True)
+    return LLMClient(model="openai/stub", api_base=base_url, api_key="x", **kw)
+
+
+async def bounded(coro, seconds: float = 60.0):
+    """Fail instead of hanging when the client stalls."""
+    return await asyncio.wait_for(coro, seconds)
+
+
+# ----------------------------------------------------------------------- n not honoured
+
+
+async def test_missing_choices_are_fetched_as_separate_requests(caplog):
+    with StubServer(honour_n=False, answer=lambda m, i: f"sample {i}") as server, caplog.at_level(logging.WARNING):
+        c = client(server.base_url)
+        first = await bounded(c.sample(MSGS, n=4, seed=1))
+        assert all(o.ok for o in first) and [o.index for o in first] == [0, 1, 2, 3]
+        assert server.ns == [4, 1, 1, 1] and c.usage.roles["policy"].failures == 0
+        second = await bounded(c.sample(MSGS + [{"role": "user", "content": "again"}], n=3))
+        assert all(o.ok for o in second) and server.ns[4:] == [1, 1, 1]  # remembered: no n=3 request
+        judge = client(server.base_url, role="judge")  # same endpoint, another role: also remembered
+        await bounded(judge.sample(MSGS, n=2, seed=9))
+        assert server.ns[7:] == [1, 1]
+    assert sum("ignores n" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_server_honouring_n_gets_one_request():
+    with StubServer() as server:
+        out = await bounded(client(server.base_url).sample(MSGS, n=5))
+        assert all(o.ok for o in out) and server.ns == [5]
+
+
+# ------------------------------------------------------------------------ slow servers
+
+
+async def test_timed_out_request_is_not_sent_again_to_a_local_server():
+    with StubServer(latency=1.0) as server:
+        c = client(server.base_url, timeout=0.3, first_timeout_factor=1.0)
+        out = await bounded(c.sample(MSGS, n=1))
+        assert not out[0].ok and "may still be computing" in out[0].error
+        assert server.requests == 1 and c.usage.roles["policy"].failures == 1
+        asked = client(server.base_url, timeout=0.3, first_timeout_factor=1.0, retry_timeouts=True,
+                       retry=RetryPolicy(max_retries=1, base_delay=0.01))  # fmt: skip
+        with pytest.raises(EndpointError, match="unreachable after 2 attempts"):
+            await bounded(asked.sample(MSGS + MSGS, n=1))
+        assert server.requests == 3 and asked.usage.roles["policy"].retries == 1
+
+
+def test_timeouts_are_retried_at_remote_endpoints_by_default():
+    assert client("https://api.example.invalid/v1").retry_timeouts is True
+    assert client("http://127.0.0.1:9/v1").retry_timeouts is False
+    assert is_local("http://localhost:8000/v1") and is_local("http://10.0.0.7:8000/v1")
+    assert not is_local("https://api.openai.com/v1") and not is_local(None)
+
+
+async def test_first_request_to_a_local_server_waits_longer():
+    with StubServer(latency=0.6) as server:
+        c = client(server.base_url, timeout=0.3, first_timeout_factor=4.0)
+        assert (await bounded(c.sample(MSGS, n=1)))[0].ok  # cold start: 1.2 s allowed
+        assert not (await bounded(c.sample(MSGS + MSGS, n=1)))[0].ok  # warm: 0.3 s
+
+
+async def test_concurrency_halves_on_timeouts_and_grows_back():
+    limit = AdaptiveLimit(8, cooldown=0.0)
+    limit.timed_out()
+    assert limit.limit == 4
+    limit.timed_out()
+    limit.timed_out()
+    limit.timed_out()
+    assert limit.limit == 1
+    for _ in range(1 + 2 + 3):
+        limit.answered()
+    assert limit.limit == 4
+
+
+async def test_a_slow_server_sees_fewer_requests_at_once_after_timeouts():
+    with StubServer(latency=0.8) as server:
+        c = client(server.base_url, timeout=0.2, first_timeout_factor=1.0, concurrency=8)
+        await bounded(asyncio.gather(*(c.sample([{"role": "user", "content": str(i)}]) for i in range(8))))
+        assert c.limit.limit < 8
+        await asyncio.sleep(1.0)  # let the server finish what it still computes
+        server.max_in_flight = 0
+        server.latency = 0.05
+        out = await bounded(asyncio.gather(*(c.sample([{"role": "user", "content": f"b{i}"}]) for i in range(8))))
+        assert all(o[0].ok for o in out) and server.max_in_flight <= 4
+
+
+# ------------------------------------------------------------------- numbers a server sends
+
+
+@pytest.mark.parametrize("value,expected", [("nan", None), ("inf", None), ("-5", None), ("abc", None), ("", None),
+                                            ("1e308", 60.0), ("2.5", 2.5), ("0", 0.0), (None, None)])  # fmt: skip
+def test_retry_after_is_sanitised(value, expected):
+    class Err(Exception):
+        headers = {"retry-after": value}
+
+    assert retry_after(Err(), upper=60.0) == expected
+    assert RetryPolicy(max_delay=60.0).delay(0, retry_after(Err(), upper=60.0)) <= 60.0
+
+
+def test_server_number_bounds():
+    assert server_number(float("nan"), upper=10) == 0.0 and server_number(-3, upper=10) == 0.0
+    assert server_number(10**400, upper=10) == 10 and server_number(True, upper=10) == 0.0
+    assert server_number("7", upper=10) == 7.0
+
+
+async def test_retry_after_nan_does_not_stall():
+    with StubServer() as server:
+        server.fail(503, {"Retry-After": "nan"}, times=2)
+        c = client(server.base_url)
+        out = await bounded(c.sample(MSGS, n=1), 30)
+        assert out[0].ok and c.usage.roles["policy"].retries == 2
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": -1_000_000, "completion_tokens": -5, "total_tokens": -1_000_005},
+    {"prompt_tokens": 10**30, "completion_tokens": -1, "total_tokens": 10**30},  # litellm itself refuses non-integers
+])  # fmt: skip
+async def test_provider_usage_is_never_trusted_below_zero_or_unbounded(usage):
+    with StubServer(usage=usage) as server:
+        c = client(server.base_url, price_per_mtok=(1.0, 1.0))
+        out = await bounded(c.sample(MSGS, n=2))
+        role = c.usage.roles["policy"]
+        assert all(o.ok and o.prompt_tokens >= 0 and o.completion_tokens >= 0 for o in out)
+        assert 0 <= role.prompt_tokens <= 10**8 and role.completion_tokens >= 0 and (role.cost_usd or 0) >= 0
+
+
+# ------------------------------------------------------------- replies parsed before caching
+
+
+class Verdict(BaseModel):
+    better: int
+
+
+def test_hostile_json_is_a_parse_error_not_a_crash():
+    for text in ["[" * 100_000, '{"better": ' + "9" * 5000 + "}", '{"a":' * 50 + "1" + "}" * 50]:
+        with pytest.raises(ParseError):
+            parse_output(text, Verdict)
+
+
+async def test_an_unsafe_reply_is_neither_cached_nor_replayed(tmp_path):
+    deep = "[" * 50_000 + "]" * 50_000
+    with StubServer(answer=lambda m, i: deep) as server:
+        cache = ResponseCache(tmp_path / "c.sqlite")
+        c = client(server.base_url, cache=cache, usage=Usage())
+        result = await bounded(ask_structured(c, MSGS, Verdict, "verdict"))
+        assert not result.ok and "nested" in result.error and len(cache) == 0
+        # A reply cached by an older version is asked again, not replayed into the parser.
+        request = {"model": c.model, "messages": MSGS, "temperature": 0.0, "max_tokens": None, "seed": None,
+                   "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": Verdict.model_json_schema(), "strict": False}}}  # fmt: skip
+        cache.put(request_key(request), 0, {"text": '{"better": ' + "9" * 5000 + "}"})
+        server.answer = lambda m, i: '{"better": 1}'
+        result = await bounded(ask_structured(c, MSGS, Verdict, "verdict"))
+        assert result.ok and result.value.better == 1 and c.usage.roles["policy"].cache_hits == 0
+
+
+# ----------------------------------------------------------------------- several replicas
+
+
+def test_api_base_lists():
+    assert split_bases("http://a/v1, http://b/v1/,http://a/v1") == ["http://a/v1", "http://b/v1"]
+    assert split_bases(["http://a/v1", "http://b/v1,http://c/v1"]) == ["http://a/v1", "http://b/v1", "http://c/v1"]
+    assert split_bases(None) == []
+
+
+async def test_two_replicas_one_killed_mid_run_loses_no_rollout():
+    with StubServer(latency=0.05) as a, StubServer(latency=0.05) as b:
+        c = client(f"{a.base_url},{b.base_url}", concurrency=4)
+        killed = threading.Event()
+
+        async def one(i: int):
+            if i == 20:
+                b.stop()
+                killed.set()
+            return await c.sample([{"role": "user", "content": f"q{i}"}], n=2)
+
+        results = []
+        for batch in range(0, 60, 10):
+            results += await bounded(asyncio.gather(*(one(i) for i in range(batch, batch + 10))))
+        assert killed.is_set() and all(o.ok for r in results for o in r) and len(results) == 60
+        role = c.usage.roles["policy"]
+        assert set(role.replicas) == {a.base_url, b.base_url} and sum(role.replicas.values()) == role.calls
+        assert role.failures == 0 and a.completed + b.completed == 60
+        assert b.completed < 30 < a.completed  # the dead one got nothing after it died
+        assert json.loads(json.dumps(c.usage.to_dict()))["policy"]["replicas"] == role.replicas

