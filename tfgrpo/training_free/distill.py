@@ -3,6 +3,13 @@ apply (DELETE beats UPDATE, duplicate ADDs merged, restated lessons become UPDAT
 
 With no proposal there is no call. When the call fails the step applies nothing; the
 proposals stay recorded in ``groups.jsonl`` and the failure in ``ops.jsonl``.
+
+The answer is bounded by the batch's proposals (``bound_ops``): consolidation merges, rewords
+and resolves, it does not invent. It may return at most as many ADDs as were proposed, at most
+as many edits carrying a text (ADD, UPDATE, MERGE) as proposals carrying one plus the MERGE
+candidates it was shown, and DELETEs only of ids a proposal deleted. Ops beyond that are not
+applied and are recorded as rejected, so a judge that answers with a thousand invented ADDs
+cannot grow the library (and every later prompt) by a thousand lessons in one step.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class Distilled:
     error: str | None = None
     called: bool = False
     raw: list[str | None] = field(default_factory=list)
+    dropped: list[tuple[ExperienceOp, str]] = field(default_factory=list)  # ops beyond bound_ops' limits, with why
 
 
 def order_proposals(proposals: list[ProposedOp]) -> list[dict]:
@@ -90,7 +98,36 @@ async def consolidate(
         for o in out.value.ops
         if o.op != "NONE"
     ]
-    return Distilled(ops=ops, called=True, raw=out.raw)
+    kept, dropped = bound_ops(ops, live, len(candidates or []))
+    return Distilled(ops=kept, called=True, raw=out.raw, dropped=dropped)
+
+
+TEXT_OPS = ("ADD", "UPDATE", "MERGE")
+
+
+def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: int) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:
+    """The consolidated ops the batch's (non-NONE) ``proposals`` allow, in the judge's order,
+    and the rest with the reason each was dropped (see the module docstring)."""
+    max_adds = sum(p.op == "ADD" for p in proposals)
+    max_text = sum(p.op in ("ADD", "UPDATE") for p in proposals) + candidates
+    deletable = {p.id for p in proposals if p.op == "DELETE" and p.id}
+    kept: list[ExperienceOp] = []
+    dropped: list[tuple[ExperienceOp, str]] = []
+    adds = texts = 0
+    for op in ops:
+        if op.op == "DELETE" and op.id not in deletable:
+            dropped.append((op, f"consolidation: DELETE {op.id} was not proposed by any group"))
+            continue
+        if op.op == "ADD" and adds >= max_adds:
+            dropped.append((op, f"consolidation: more ADDs than the {max_adds} proposed"))
+            continue
+        if op.op in TEXT_OPS and texts >= max_text:
+            dropped.append((op, f"consolidation: more edits with a text than the {max_text} the batch allows"))
+            continue
+        adds += op.op == "ADD"
+        texts += op.op in TEXT_OPS
+        kept.append(op)
+    return kept, dropped
 
 
 def merge_candidates(library: Library, proposals: list[ProposedOp], threshold: float) -> list[dict]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experience_store import Injection, Library, Provenance, usage_credit
+from experience_store import Injection, Library, OpResult, Provenance, usage_credit
 from tfgrpo.training_free.budget import Budget
 from tfgrpo.training_free.config import RunConfig
 from tfgrpo.training_free.distill import consolidate, consolidation_view, merge_candidates, prune_for
@@ -213,7 +213,8 @@ async def train_loop(
                                for i, g in enumerate(groups)), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
-        run_dir.append(OPS, [*results, *leaks, *failures])
+        dropped = [OpResult(step=step, op=op, status="rejected", error=why) for op, why in distilled.dropped]
+        run_dir.append(OPS, [*results, *dropped, *leaks, *failures])
 
         kinds = Counter(r.op.op for r in results if r.status == "applied")
         record = StepRecord(
@@ -221,7 +222,7 @@ async def train_loop(
             mean_reward=mean_of([r for g in groups for r in g.combined]),
             group_mean_rewards=[mean_of(g.combined) for g in groups],
             groups=len(groups), judged=len(judgements), proposals=len(proposals),
-            ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected"),
+            ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected") + len(dropped),
             ops_by_kind=dict(kinds), judge_failures=len(failures), ops_leaked=len(leaks),
             rollout_failures=sum(1 for g in groups for c in g.completions if not c.ok),
             library_size=len(library), usage=_usage_delta(usage_before, models.usage),
