@@ -158,6 +158,7 @@ class EvalConfig(_Model):
     cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
     prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
     sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
+    placebo: bool = Field(False, description="Also run a placebo arm: the library's prompt with each lesson replaced by neutral text of equal token length, to tell the lessons' content from the prompt format", json_schema_extra=flag("placebo"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
