@@ -58,12 +58,11 @@ class JudgeConfig(_Model):
     concurrency: int = Field(8, gt=0, description="Concurrent judge requests", json_schema_extra=flag("judge-concurrency"))
     timeout: float = Field(300.0, gt=0, description="Seconds before one judge request times out")
     max_retries: int = Field(6, ge=0, description="Retries of a judge request on transient errors")
-    summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: on for tasks with tools, whose trajectories are long; off otherwise)", json_schema_extra=flag("summaries"))
+    summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: only when the attempts together would fill more than summary_share of the judge's context)", json_schema_extra=flag("summaries"))
     skip_equal_groups: bool = Field(True, description="Skip groups whose answers all scored the same (they carry no contrast)", json_schema_extra=flag("skip-equal-groups"))
     ground_truth: bool = Field(True, description="Show the judge the reference answer and the rewards; without it every group is judged blind", json_schema_extra=flag("ground-truth"))
-    max_ops_per_group: int = Field(3, ge=1, le=10, description="Most lessons one group comparison may propose (the reference implementation uses 1)", json_schema_extra=flag("ops-per-group"))
+    max_ops_per_group: int = Field(3, ge=1, le=10, description="Most ops one group comparison may propose; the first non-NONE ones are kept (default 3, room for a lesson on strategy, checking and format at once; the reference implementation uses 1)", json_schema_extra=flag("ops-per-group"))
     leak_guard: Literal["reject", "flag", "off"] = Field("reject", description="Lessons copying training problem text (long word overlap, or its numbers and names): reject them, flag them but keep them, or do not check", json_schema_extra=flag("leak-guard"))
-    # issue 11
     context_tokens: int | None = Field(None, gt=0, description="The judge's context window in tokens, for switching summaries on (default: litellm's model info, else 32768)", json_schema_extra=flag("judge-context"))
     summary_share: float = Field(0.5, gt=0, le=1, description="Summarise the attempts first when together they would fill more than this share of the judge's context (with --summaries unset)")
     schema_in_prompt: bool | None = Field(None, description="Paste the JSON schema into judge prompts (default: only for backends litellm does not know to take a response_format schema)")
@@ -78,7 +77,6 @@ class LibraryConfig(_Model):
     prune_harmful_share: float = Field(0.5, ge=0, le=1, description="Share of lost within-group comparisons above which a lesson is retired (with --prune-harmful)")
     store: str | None = Field(None, description="Chroma server http://host:port shared by several writers (default: a local index in the run directory)", json_schema_extra=flag("store"))
     collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
-    # issue 11
     prune_harmful: bool = Field(False, description="Retire lessons that lose the within-group comparisons (answers citing the lesson against answers shown it that did not cite it): at least prune_min_votes comparisons, more than prune_harmful_share lost", json_schema_extra=flag("prune-harmful"))
 
     @model_validator(mode="before")
@@ -135,8 +133,7 @@ class RunConfig(_Model):
     serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
     select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
     val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
-    # issue 11
-    advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="Standard deviation in the grpo/gdpo advantages: unbiased (divide by G-1, as TRL and torch.std) or population (divide by G)", json_schema_extra=flag("advantage-std"))
+    advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="Standard deviation in the grpo/gdpo advantages: unbiased (divide by G-1; the default, as TRL's GRPOTrainer and torch.std, so recorded advantages match TRL's) or population (divide by G)", json_schema_extra=flag("advantage-std"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
