@@ -186,19 +186,37 @@ def consolidation(user: str) -> dict[str, Any]:
 _CALLED = re.compile(r"the agent called (\w+)\((.*?)\)( \[(\w+)\])?\n\s*-> (.*)")
 
 
+_WROTE = re.compile(r"the agent wrote:\s*(.+?[.!?])(?:\s|$)")
+_FIRST_SENTENCE = re.compile(r"^\s*(.+?[.!?])(?:\s|$)")
+
+
+def _said(text: str) -> str:
+    """What the agent said it did: the first sentence of its last message in a trajectory
+    (where a simulated answer names its approach or its mistake), else of the answer."""
+    wrote = _WROTE.findall(text)
+    if wrote:
+        return wrote[-1].strip()
+    m = _FIRST_SENTENCE.match(text.strip())
+    return m.group(1).strip() if m else ""
+
+
 def sample_summary(user: str) -> dict[str, Any]:
+    """What a summariser keeps: the tools called with what came back, what the agent said it
+    did (its first sentence, where the approach or the mistake is named) and its final answer."""
     attempt = _between(user, "attempt") or user
     calls = _CALLED.findall(attempt)
+    said = _said(attempt)
+    said = f" It said: {said}" if said and not said.startswith("Final answer") else ""
     if calls or "Final answer:" in attempt:  # a tool-calling trajectory
         steps = [f"called {name}" + (f" ({err}, told so)" if err else f", which returned: {result.strip()[:80]}")
                  for name, _, _, err, result in calls]
         final = attempt.rsplit("Final answer:", 1)[-1].strip().splitlines()
         stopped = " It was stopped by a limit." if "was stopped by its" in attempt else ""
         done = "; then ".join(steps) if steps else "used no tool"
-        return {"summary": f"The agent {done}.{stopped} Final answer: {(final[-1] if final else '(none)')[:120]}"}
+        return {"summary": f"The agent {done}.{said}{stopped} Final answer: {(final[-1] if final else '(none)')[:120]}"}
     answers = re.findall(r"Answer\s*:\s*(.+)", attempt)
     if answers:
-        return {"summary": f"The attempt reasons in a sentence or two and answers {answers[-1].strip()}."}
+        return {"summary": f"The attempt reasons in a sentence or two and answers {answers[-1].strip()}.{said}"}
     return {"summary": "The attempt gives no final answer line."}
 
 
