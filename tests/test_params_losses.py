@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tfgrpo.params import losses  # noqa: E402
+from tfgrpo.params import losses
+from tfgrpo.rewards import has_contrast  # noqa: E402
 
 # Two responses, three token slots; the second response has two real tokens.
 LOGP = torch.tensor([[math.log(0.5), math.log(0.5), math.log(0.5)], [math.log(0.3), math.log(0.3), 0.0]])
@@ -102,10 +103,10 @@ def test_overlong_penalty_three_regions():
 
 
 def test_dynamic_sampling_keeps_groups_with_spread():
-    assert losses.has_reward_spread([0.0, 1.0, 0.0])
-    assert not losses.has_reward_spread([1.0, 1.0, 1.0])
-    assert not losses.has_reward_spread([0.0, None, 0.0])
-    assert not losses.has_reward_spread([1.0])
+    assert has_contrast([0.0, 1.0, 0.0])
+    assert not has_contrast([1.0, 1.0, 1.0])
+    assert not has_contrast([0.0, None, 0.0])
+    assert not has_contrast([1.0])
 
 
 def test_unknown_loss_raises():

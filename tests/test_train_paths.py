@@ -39,12 +39,12 @@ def test_train_with_serve_launches_and_stops_vllm(tmp_path):
 
 def _run(tmp_path, faults, **cfg_kw):
     """A run against an external simulator with injected faults, through the Python API."""
-    with start_sim_server(seed=0, faults=faults, timeout_delay=2.0) as sim:
+    with start_sim_server(seed=0, faults=faults, timeout_delay=5.0) as sim:  # past 4x the 1 s timeout (a cold local endpoint)
         cfg = RunConfig(task="demo", epochs=1, batch_size=8, sampling={"group_size": 4}, **cfg_kw)
         cfg.policy.model, cfg.policy.api_base, cfg.policy.timeout = "openai/sim-policy-s0", sim.base_url, 1.0
         cfg.judge.model, cfg.judge.api_base = "openai/sim-judge-s0", sim.base_url
         for side in (cfg.policy, cfg.judge):
-            side.api_key_env = "SIM_KEY"
+            side.api_key_env, side.retry_timeouts = "SIM_KEY", True  # a local server: timeouts are not resent by default
         rd = RunDir(tmp_path / "run")
         with open_models(cfg.policy, cfg.judge, cache_path=rd.path / "cache.sqlite") as models:
             return asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts())), rd, sim

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from tfgrpo.config import build
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.llm.endpoints import Models, open_models
-from tfgrpo.rundir import OPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.rundir import EVALS, OPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Task, load_task
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
@@ -187,7 +187,7 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path, *, step: 
                    usage=models.usage.to_dict())
     name = name or f"{part}-k{cfg.k}-n{n}-step{lib.state.step}"
     root = Path(save_dir) if save_dir is not None else (run.path if run is not None else Path("."))
-    dest = root / "eval" / name
+    dest = root / EVALS / name
     summary["saved"] = str(dest)
     save_eval(dest, summary, report.answers)
     if run is not None and save_dir is None:  # the run's latest eval, which `pack export` records

@@ -14,6 +14,7 @@ from tfgrpo.cli.console import configure_logging, emit, err_console, user_errors
 from tfgrpo.cli.options import apply_flags, collect, with_generated_options
 from tfgrpo.config import build, load_yaml
 from tfgrpo.params.config import ParamsConfig
+from tfgrpo.rundir import CONFIG
 
 SPECS = collect(ParamsConfig)
 
@@ -35,8 +36,8 @@ def register(app: typer.Typer) -> None:
 
         base = load_yaml(config) if config else {}
         if resume is not None and config is None:  # a run directory continues with its own config.yaml
-            run = resume if (resume / "config.yaml").is_file() else resume.parent.parent
-            base = load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
+            run = resume if (resume / CONFIG).is_file() else resume.parent.parent
+            base = load_yaml(run / CONFIG) if (run / CONFIG).is_file() else {}
             base.setdefault("out", str(run))
         cfg = build(ParamsConfig, apply_flags(base, flags, SPECS))
         summary = train_params(cfg, resume=resume, progress=not quiet)

@@ -13,7 +13,7 @@ from experience_store import Library, Pack, spec_label
 from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.cli.console import emit, err_console, experience_row, user_errors
 from tfgrpo.errors import UserError
-from tfgrpo.rundir import library_dir
+from tfgrpo.rundir import LIBRARY, STEPS, library_dir
 
 
 def _read_eval(source: Path) -> dict[str, Any]:
@@ -126,8 +126,8 @@ def register(app: typer.Typer) -> None:
         try:
             target = library_dir(into)
         except UserError:
-            target = into / "library"
-        if (target.parent / "steps.jsonl").is_file():
+            target = into / LIBRARY
+        if (target.parent / STEPS).is_file():
             raise UserError(f"{target.parent} holds a run, whose resume would drop the import: import into a new "
                             "directory and train there (tfgrpo train --out DIR)")
         lib = Library(target)

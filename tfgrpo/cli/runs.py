@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tfgrpo.cli.console import user_errors
 from tfgrpo.errors import UserError
+from tfgrpo.rundir import CONFIG
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
         if not folder.is_dir():
             raise UserError(f"no folder {folder}")
-        paths = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file())
+        paths = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
         t = Table(title=f"Runs in {folder}", title_justify="left")
         for col in ("run", "task", "policy / judge", "steps", "library", "best eval (library vs baseline)", "cost", "status"):
             t.add_column(col, justify="right" if col in ("steps", "library", "cost") else "left")

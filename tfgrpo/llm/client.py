@@ -250,7 +250,7 @@ class LLMClient:
                 if timed_out and not self.retry_timeouts:
                     stats.failures += len(indices)
                     why = (f"no answer within {timeout:g}s; not sent again, the server may still be computing it "
-                           "(raise --timeout, or allow retries of timed-out requests)")  # fmt: skip
+                           "(raise --timeout, or pass --retry-timeouts)")  # fmt: skip
                     log.warning("%s request failed: %s", self.role, why)
                     return [Completion(text=None, index=i, error=why) for i in indices]
                 if kind == "request" or attempt >= self.retry.max_retries:

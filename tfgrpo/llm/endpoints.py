@@ -30,6 +30,7 @@ class Endpoint(Protocol):
     concurrency: int
     timeout: float
     max_retries: int
+    retry_timeouts: bool | None
 
 
 @dataclass
@@ -46,7 +47,7 @@ def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_k
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
-        price_per_mtok=price, retry_timeouts=getattr(access, "retry_timeouts", None),
+        price_per_mtok=price, retry_timeouts=access.retry_timeouts,
     )
 
 

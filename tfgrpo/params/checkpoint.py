@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from tfgrpo.errors import UserError
+from tfgrpo.rundir import CHECKPOINTS
 
 STATE_VERSION = 1
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
 
 
 def save_checkpoint(path: Path, model, optimizer, state: dict[str, Any]) -> Path:
@@ -40,7 +41,7 @@ def latest_checkpoint(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if (p / "state.json").is_file():
         return p
-    found = sorted((p / "checkpoints").glob("step-*/state.json"))
+    found = sorted((p / CHECKPOINTS).glob("step-*/state.json"))
     if not found:
         raise UserError(f"--resume: no checkpoint in {p}")
     return found[-1].parent

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from tfgrpo.config import ConfigModel, build, flag
 from tfgrpo.params.losses import LOSSES
 
-# Defaults per loss for (epsilon_low, epsilon_high), from the papers (method.md).
+# Defaults per loss for (epsilon_low, epsilon_high), from the papers (docs/params.md, Losses).
 CLIP_DEFAULTS: dict[str, tuple[float, float]] = {
     "grpo": (0.2, 0.2),
     "dr_grpo": (0.2, 0.2),

@@ -1,6 +1,6 @@
 """GRPO-family policy losses, one public function per piece.
 
-Notation (method.md): a batch of N sampled responses, token log-probs ``logp[N, T]`` under the
+Notation (docs/params.md): a batch of N sampled responses, token log-probs ``logp[N, T]`` under the
 policy being trained, ``old_logp[N, T]`` under the policy that sampled them, ``mask[N, T]``
 (1 on response tokens that take part in the loss), one advantage ``A_i`` per response
 (from :func:`tfgrpo.rewards.group_advantages`, never recomputed here), log-ratio
@@ -65,7 +65,7 @@ def dapo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2, eps_hig
               ref_logp=None, beta: float = 0.0, denominator: float | None = None):
     """DAPO: clip-higher and a token-level mean over the whole batch,
     ``loss = sum_i sum_t m_it (L_it + beta KL_it) / sum_i sum_t m_it`` with ``eps_low=0.2, eps_high=0.28``.
-    (Dynamic sampling: :func:`has_reward_spread`; overlong shaping: :func:`overlong_penalty`.)
+    (Dynamic sampling: :func:`tfgrpo.rewards.has_contrast`; overlong shaping: :func:`overlong_penalty`.)
     ``denominator`` replaces the batch's token count."""
     per_token = _with_kl(clipped_token_loss(logp, old_logp, advantages, eps_low, eps_high), logp, ref_logp, beta)
     denom = denominator if denominator is not None else mask.sum().clamp(min=1)
@@ -144,13 +144,6 @@ def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
     if length <= max_len:
         return (max_len - buffer - length) / buffer
     return -1.0
-
-
-def has_reward_spread(combined: list[float | None]) -> bool:
-    """DAPO dynamic sampling: keep a group only when its rewards are not all equal
-    (``0 < #correct < G`` for a 0/1 reward); equal-reward groups carry no gradient."""
-    present = [v for v in combined if v is not None]
-    return len(present) >= 2 and max(present) > min(present)
 
 
 def _with_kl(per_token, logp, ref_logp, beta: float):

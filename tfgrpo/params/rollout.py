@@ -10,13 +10,13 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
-from tfgrpo.params.losses import has_reward_spread, overlong_penalty
-from tfgrpo.rewards import combine, score_group
+from tfgrpo.params.losses import overlong_penalty
+from tfgrpo.rewards import combine, has_contrast, score_group
 from tfgrpo.task_registry import Sample, Task
 
 
 @dataclass
-class Group:
+class TokenGroup:
     """One prompt and its G sampled responses, scored."""
 
     sample: Sample
@@ -62,14 +62,14 @@ def encode_prompt(tokenizer, task: Task, sample: Sample, max_len: int) -> list[i
 
 
 def sample_groups(generator, tokenizer, task: Task, samples: list[Sample], *, group_size: int,
-                  max_prompt_len: int) -> list[Group]:
+                  max_prompt_len: int) -> list[TokenGroup]:
     prompts = [encode_prompt(tokenizer, task, s, max_prompt_len) for s in samples]
     responses = generator.sample(prompts, group_size)
-    return [Group(sample=s, prompt=p, responses=r, texts=[tokenizer.decode(t, skip_special_tokens=True) for t in r])
+    return [TokenGroup(sample=s, prompt=p, responses=r, texts=[tokenizer.decode(t, skip_special_tokens=True) for t in r])
             for s, p, r in zip(samples, prompts, responses)]
 
 
-def score_groups(task: Task, groups: list[Group], *, max_len: int, overlong_buffer: int) -> None:
+def score_groups(task: Task, groups: list[TokenGroup], *, max_len: int, overlong_buffer: int) -> None:
     """Fill ``rewards`` and ``combined``. A reward that raises on one sample gives None there
     (missing, skipped by the advantage); the step goes on. With an overlong buffer the DAPO
     length penalty is one more reward column (weight 1)."""
@@ -88,6 +88,6 @@ def reward_weights(task: Task, overlong_buffer: int) -> list[float]:
     return task.weights + ([1.0] if overlong_buffer else [])
 
 
-def keep_informative(groups: list[Group], weights: list[float]) -> list[Group]:
+def keep_informative(groups: list[TokenGroup], weights: list[float]) -> list[TokenGroup]:
     """DAPO dynamic sampling: the groups whose (weighted) rewards are not all equal."""
-    return [g for g in groups if has_reward_spread([combine(row, weights) for row in g.rewards])]
+    return [g for g in groups if has_contrast([combine(row, weights) for row in g.rewards])]

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from experience_store import InjectionSettings
 from tfgrpo.config import ConfigModel as _Model
 from tfgrpo.config import build, flag, load_yaml
+from tfgrpo.rundir import CONFIG
 
 
 class AgentConfig(_Model):
@@ -47,6 +48,7 @@ class PolicyConfig(_Model):
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
     timeout: float = Field(120.0, gt=0, description="Seconds before one policy request times out", json_schema_extra=flag("timeout"))
     max_retries: int = Field(6, ge=0, description="Retries of a request on 429, 5xx, timeouts and connection errors", json_schema_extra=flag("max-retries"))
+    retry_timeouts: bool | None = Field(None, description="Send a timed-out request again (default: at remote endpoints only; a local server that timed out may still be computing it)", json_schema_extra=flag("retry-timeouts"))
 
 
 class JudgeConfig(_Model):
@@ -58,6 +60,7 @@ class JudgeConfig(_Model):
     concurrency: int = Field(8, gt=0, description="Concurrent judge requests", json_schema_extra=flag("judge-concurrency"))
     timeout: float = Field(300.0, gt=0, description="Seconds before one judge request times out")
     max_retries: int = Field(6, ge=0, description="Retries of a judge request on transient errors")
+    retry_timeouts: bool | None = Field(None, description="Send a timed-out judge request again (default: at remote endpoints only)")
     summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: only when the attempts together would fill more than summary_share of the judge's context)", json_schema_extra=flag("summaries"))
     skip_equal_groups: bool = Field(True, description="Skip groups whose answers all scored the same (they carry no contrast)", json_schema_extra=flag("skip-equal-groups"))
     ground_truth: bool = Field(True, description="Show the judge the reference answer and the rewards; without it every group is judged blind", json_schema_extra=flag("ground-truth"))
@@ -163,4 +166,4 @@ class EvalConfig(_Model):
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run directory was made with."""
-    return build(RunConfig, load_yaml(Path(run_dir) / "config.yaml"))
+    return build(RunConfig, load_yaml(Path(run_dir) / CONFIG))

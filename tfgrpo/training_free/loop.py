@@ -31,7 +31,7 @@ from tfgrpo.llm.usage import Usage
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast, mean_of
-from tfgrpo.rundir import GROUPS, OPS, ROLLOUTS, STEPS, RunDir
+from tfgrpo.rundir import GROUPS, LIBRARY, OPS, ROLLOUTS, STEPS, RunDir
 from tfgrpo.training_free.rollout import Group, cited_text, group_attempts, injector, sample_group, stable_seed, task_context
 from tfgrpo.task_registry import Task
 
@@ -68,7 +68,7 @@ class TrainResult:
             "resumed_from_step": self.resumed_from,
             "wall_s": round(self.wall_s, 3),
             "run_dir": str(self.run_dir),
-            "library": str(self.run_dir / "library"),
+            "library": str(self.run_dir / LIBRARY),
             **({"selected_step": self.selection["chosen"]["step"]} if self.selection else {}),
         }
 
