@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, Field
 
+from experience_store.credit import canonical_id
 from experience_store.embedding import DEFAULT_SPEC
 from experience_store.models import Experience, ExperienceOp, OpResult, Provenance, Stats
 
@@ -23,6 +24,7 @@ class LibraryState(BaseModel):
     experiences: list[Experience] = Field(default_factory=list)
 
     def get(self, exp_id: str) -> Experience | None:
+        exp_id = canonical_id(exp_id)  # [E1], e1, ' E1 ' and 1 all name E1
         for e in self.experiences:
             if e.id == exp_id:
                 return e
@@ -131,7 +133,7 @@ def apply_ops(
             target.status = "active"
             done(op, target)
         elif op.op == "MERGE":
-            ids = list(dict.fromkeys(op.ids))
+            ids = list(dict.fromkeys(canonical_id(i) or "" for i in op.ids))
             sources = [active_or_none(i) for i in ids]
             if len(ids) < 2:
                 reject(op, "MERGE needs at least two ids")
@@ -156,14 +158,14 @@ def apply_ops(
 
 def prune_ops(state: LibraryState, step: int, *, unused_steps: int, min_votes: int = 3, harmful_share: float = 0.5) -> list[ExperienceOp]:
     """DELETE ops (reason "prune: ...") for active lessons that are mostly harmful (at least
-    ``min_votes`` cited outcomes, more than ``harmful_share`` of them harmful) or not cited for
+    ``min_votes`` within-group comparisons, experience_store.credit, more than ``harmful_share`` of them lost) or not cited for
     ``unused_steps`` steps (0: never prune for disuse). A RESTORE op brings one back."""
     ops = []
     for e in state.active():
         votes = e.stats.helpful + e.stats.harmful
         last = e.stats.last_cited_step if e.stats.last_cited_step is not None else e.created_step
         if votes >= min_votes and e.stats.harmful > harmful_share * votes:
-            why = f"prune: harmful in {e.stats.harmful} of {votes} cited answers"
+            why = f"prune: lost {e.stats.harmful} of {votes} within-group comparisons"
         elif unused_steps > 0 and step - last >= unused_steps:
             why = f"prune: not cited for {step - last} steps"
         else:

@@ -74,3 +74,25 @@ async def test_score_group_records_raising_reward_as_missing_and_failed_rollout_
     assert group_advantages([table], [2.0, 1.0])[0][2] == 0.0
     assert combine(table[0], [2.0, 1.0]) == 1.0
     assert combine(table[1], [2.0, 1.0]) is None
+
+
+def test_advantage_std_unbiased_matches_ddof_1_and_population_is_sqrt_g_over_g_minus_1_larger():
+    """Issue 11, defect 10: TRL normalises by the unbiased std (ddof=1)."""
+    import numpy as np
+
+    r = [1.0, 0.0, 0.0, 1.0, 1.0]
+    rows = [[[v] for v in r]]
+    unbiased = group_advantages(rows, mode="grpo", std="unbiased", eps=0.0)[0]
+    population = group_advantages(rows, mode="grpo", std="population", eps=0.0)[0]
+    x = np.array(r)
+    assert unbiased == pytest.approx(list((x - x.mean()) / x.std(ddof=1)), rel=1e-12)
+    assert [p / u for p, u in zip(population, unbiased)] == pytest.approx([math.sqrt(5 / 4)] * 5)
+    assert group_advantages([[[1.0]]], std="unbiased")[0] == [0.0]  # a group of one: no spread
+    with pytest.raises(ValueError, match="unknown std"):
+        group_advantages(rows, std="sample")
+
+
+def test_run_config_defaults_to_the_unbiased_std():
+    from tfgrpo.training_free.config import RunConfig
+
+    assert RunConfig().advantage_std == "unbiased"

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from tfgrpo.errors import UserError
-from tfgrpo.sim import BASE_P, SKILLED_P, expected_accuracy, parse_faults, start_sim_server
+from tfgrpo.sim import parse_faults, start_sim_server
 from tfgrpo.sim.skills import SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, demo_rows, skill_in_text
 from tfgrpo.task_registry import load_task
 
@@ -113,41 +113,6 @@ async def test_stream_matches_non_stream(sim):
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 
-# ------------------------------------------------------------------------------- accuracy
-
-
-async def accuracy(server, system: str, rows, n: int = 20, hint: str = "") -> float:
-    demo = load_task("demo")
-    samples = {s.prompt: s for s in demo.dataset + demo.eval_samples()}
-    hints = user(hint) if hint else []
-    messages = lambda q: ([{"role": "system", "content": system}] if system else []) + hints + user(q)  # noqa: E731
-    c = client(server)
-    answers = await asyncio.gather(*(ask(c, messages(r["question"]), n=n) for r in rows))
-    scores = []
-    for r, texts in zip(rows, answers):
-        scores += await demo.rewards[0].score(samples[r["question"]], texts)
-    return sum(scores) / len(scores)
-
-
-async def test_accuracy_rises_when_the_context_names_the_skill(sim):
-    """The margin the simulator implies: BASE_P without experiences, SKILLED_P with all."""
-    base = await accuracy(sim, "Solve the problem.", ROWS)
-    lessons = "\n".join(f"[E{i}] {s.lesson}" for i, s in enumerate(SKILLS, 1))
-    skilled = await accuracy(sim, f"Experiences:\n{lessons}", ROWS)
-    assert abs(base - BASE_P) < 0.06 and abs(skilled - SKILLED_P) < 0.06
-    half = {s.name for s in SKILLS[:4]}
-    partial = await accuracy(sim, "\n".join(SKILLS_BY_NAME[n].lesson for n in half), ROWS)
-    assert abs(partial - expected_accuracy(0.5)) < 0.06
-    assert expected_accuracy(0.0) == BASE_P and expected_accuracy(1.0) == SKILLED_P
-
-
-async def test_keyword_counts_in_a_user_message_and_ignores_case(sim):
-    rows = [r for r in ROWS if r["skill"] == "percentage"]
-    plain = await accuracy(sim, "", rows)
-    hinted = await accuracy(sim, "", rows, hint="Hint: think about the PERCENTAGE.")
-    assert hinted > plain + 0.3
-
-
 # ---------------------------------------------------------------------------------- judge
 
 
@@ -203,47 +168,6 @@ async def judge(target, name: str, model: type[BaseModel] | dict, text: str, see
     data = json.loads(r.choices[0].message.content)
     jsonschema.validate(data, schema)
     return data
-
-
-def comparison_prompt(question: str, library: list[str]) -> str:
-    lib = "\n".join(f"[E{i}] {t}" for i, t in enumerate(library, 1))
-    return (
-        f"Compare the attempts.\n<problem>\n{question}\n</problem>\n<library>\n{lib}\n</library>\n"
-        '<attempt id="1" reward="1.0">Right.\nAnswer: 1</attempt>\n<attempt id="2" reward="0.0">Wrong.\nAnswer: 2</attempt>'
-    )
-
-
-async def test_group_comparison_adds_the_missing_skill(sim):
-    row = ROWS[10]
-    skill = SKILLS_BY_NAME[row["skill"]]
-    c = client(sim)
-    outs = [await judge(c, "group_comparison", GroupComparison, comparison_prompt(row["question"], [VAGUE_LESSON]), seed=s) for s in range(40)]
-    ops = [o["ops"][0] for o in outs]
-    adds = [op for op in ops if op["op"] == "ADD" and skill_in_text(op["text"]) == skill]
-    vague = [op for op in ops if op["text"] == VAGUE_LESSON]
-    assert len(adds) + len(vague) == 40 and len(adds) >= 28
-    assert len({op["text"] for op in adds}) >= 2  # reworded deterministically
-    assert all(GroupComparison.model_validate(o) for o in outs)
-
-
-async def test_group_comparison_updates_or_keeps_a_known_skill(sim):
-    row = ROWS[20]
-    skill = SKILLS_BY_NAME[row["skill"]]
-    prompt = comparison_prompt(row["question"], ["When tired, rest.", skill.lesson])
-    c = client(sim)
-    ops = [(await judge(c, "group_comparison", GroupComparison, prompt, seed=s))["ops"][0] for s in range(60)]
-    kinds = Counter(op["op"] for op in ops)
-    assert kinds["UPDATE"] >= 8 and kinds["NONE"] >= 25 and kinds["ADD"] <= 15
-    for op in ops:
-        if op["op"] == "UPDATE":
-            assert op["id"] == "E2" and skill.keyword in op["text"].lower()
-        if op["op"] == "ADD":
-            assert op["text"] == VAGUE_LESSON
-
-
-async def test_group_comparison_unknown_problem_is_none(sim):
-    out = await judge(sim, "group_comparison", GroupComparison, comparison_prompt("What is love?", []))
-    assert [op["op"] for op in out["ops"]] == ["NONE"]
 
 
 async def test_consolidation(sim):

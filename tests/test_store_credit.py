@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from cli_helpers import last_json, tfgrpo
-from experience_store import (Experience, ExperienceOp, Index, InjectionSettings, Library, Pack, Stats, cited_ids, prune_ops,
-                              usage_credit)
+from experience_store import (Experience, ExperienceOp, Index, InjectionSettings, Library, LibraryState, Pack, Stats, cited_ids,
+                              prune_ops, usage_credit)
 from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.training_free.config import LibraryConfig
 from tfgrpo.training_free.distill import merge_candidates, prune_for
@@ -23,16 +23,31 @@ def add(lib, *texts, step=1):
     return lib.apply([ExperienceOp(op="ADD", text=t) for t in texts], step=step)
 
 
-def test_citations_credit_helpful_harmful_retrieved_cited():
-    assert cited_ids("Using [E3] and [E12], then [E3] again; not E4 or [X1].") == ["E3", "E12"]
+def test_citations_credit_compares_citing_and_non_citing_answers_of_a_group():
+    assert cited_ids("Using [E3] and [E12], then [e3] again; not E4 or [X1]; [ E5 ].") == ["E3", "E12", "E5"]
     credit = usage_credit([
-        (["E1", "E2"], "By [E1] the answer is 4.", 1.2),
-        (["E1", "E2"], "Following [E1] and [E2]: 5.", -0.8),
-        (["E1", "E2"], "No citation here.", 0.5),
-        (["E2"], "Cites [E1] though it was not shown.", 1.0),
+        [
+            (["E1", "E2"], "By [E1] the answer is 4.", 1.2),
+            (["E1", "E2"], "Following [E1] and [E2]: 5.", -0.8),
+            (["E1", "E2"], "No citation here.", 0.5),
+        ],
+        [(["E2"], "Cites [E1] though it was not shown.", 1.0), (["E2"], "Plain.", -1.0)],
     ], step=7)
+    # E1: cited at 1.2 and -0.8 against the non-citing 0.5: one comparison won, one lost.
     assert credit["E1"] == Stats(retrieved=3, cited=2, helpful=1, harmful=1, last_cited_step=7)
-    assert credit["E2"] == Stats(retrieved=4, cited=1, helpful=0, harmful=1, last_cited_step=7)
+    # E2: cited once at -0.8 against 1.2 and 0.5 (lost both); never cited in the second group.
+    assert credit["E2"] == Stats(retrieved=5, cited=1, helpful=0, harmful=2, last_cited_step=7)
+
+
+def test_a_lesson_cited_in_every_answer_of_a_hard_problem_is_not_called_harmful():
+    """Issue 11, defect 1: with the old credit (harmful = cited in an answer with negative
+    advantage) a lesson cited by all five answers of a group at 20 % accuracy got 4 harmful
+    votes of 5 and was retired at step 1; the problem's difficulty is no evidence about it."""
+    group = [(["E1"], "Following [E1] ...", a) for a in (2.0, -0.5, -0.5, -0.5, -0.5)]
+    credit = usage_credit([group, group], step=1)
+    assert credit["E1"].helpful == credit["E1"].harmful == 0 and credit["E1"].cited == 10
+    state = LibraryState(experiences=[Experience(id="E1", text="When a, b.", stats=credit["E1"])])
+    assert prune_ops(state, 1, unused_steps=0, min_votes=3) == []
 
 
 def test_credit_is_stored_and_prune_retires_harmful_and_unused_reversibly(tmp_path):
@@ -42,7 +57,7 @@ def test_credit_is_stored_and_prune_retires_harmful_and_unused_reversibly(tmp_pa
                                   "E2": Stats(retrieved=5, cited=2, helpful=2, last_cited_step=2)})
     assert lib.state.get("E1").stats.harmful == 3
     ops = prune_ops(lib.state, step=6, unused_steps=5)
-    assert {o.id: o.reason for o in ops} == {"E1": "prune: harmful in 3 of 4 cited answers", "E3": "prune: not cited for 5 steps"}
+    assert {o.id: o.reason for o in ops} == {"E1": "prune: lost 3 of 4 within-group comparisons", "E3": "prune: not cited for 5 steps"}
     res = lib.apply(ops, step=6)
     assert [e.id for e in lib.experiences] == ["E2"]
     assert all(r.op.reason.startswith("prune:") for r in res)
@@ -54,7 +69,8 @@ def test_credit_is_stored_and_prune_retires_harmful_and_unused_reversibly(tmp_pa
 def test_prune_for_uses_this_steps_credit_and_spares_touched_ids(tmp_path):
     lib = Library(tmp_path / "lib")
     add(lib, "When A, do a.", "When B, do b.")
-    cfg = LibraryConfig(prune_min_votes=2)
+    cfg = LibraryConfig(prune_min_votes=2, prune_harmful=True)
+    assert prune_for(lib, LibraryConfig(prune_min_votes=2), {i: Stats(cited=2, harmful=2) for i in ("E1", "E2")}, 2, []) == []
     credit = {i: Stats(cited=2, harmful=2, last_cited_step=2) for i in ("E1", "E2")}
     pruned = prune_for(lib, cfg, credit, 2, [ExperienceOp(op="UPDATE", id="E2", text="When B, do b well.")])
     assert [o.id for o in pruned] == ["E1"]

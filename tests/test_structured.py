@@ -32,7 +32,7 @@ def test_strict_reading_refuses_repairs():
 @pytest.mark.parametrize("text,msg", [
     ("", "empty"),
     ("I cannot help with that.", "expected a JSON object"),
-    ('{"ops": [{"op": "RENAME"}]}', "analysis"),
+    ('{"ops": [{"op": "RENAME"}]}', "reasoning"),
     ('{"analysis": "cut before the ops"}', "ops"),
     ('{"analysis": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
 ])

@@ -22,7 +22,8 @@ def rows(path):
 def test_offline_run(tmp_path, task, tool):
     out = tmp_path / "run"
     summary = last_json(tfgrpo("train", "--task", task, "--model", "sim", "--epochs", "2", "--group-size", "4",
-                               "--out", str(out), "--json", "--quiet"))
+                               # a small judge context: the trajectories fill more than half of it, so they are summarised
+                               "--judge-context", "256", "--out", str(out), "--json", "--quiet"))
     assert summary["steps"] == 2 and summary["library_size"] >= 1
     first, last = summary["reward_by_step"]
     assert last > first  # the lesson about the tool is learned and used

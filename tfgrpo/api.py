@@ -35,7 +35,8 @@ from tfgrpo.hooks import Hooks
 from tfgrpo.params import train_params
 from tfgrpo.training_free.loop import TrainResult, train_loop
 from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.rollout import injector
+from tfgrpo.training_free.placebo import placebo_injector
+from tfgrpo.training_free.rollout import injector, token_counter
 from tfgrpo.training_free.split import Splits, split_task
 from tfgrpo.version import __version__
 
@@ -215,10 +216,14 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     with open_models(got.policy, sim_seed=cfg.sim_seed, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
         prompts = Prompts(cfg.prompts_dir)
         if learned:
-            hooks.on_phase("evaluating baseline + library", 2 * len(samples) * len(seeds))
+            inject = injector(src.library, src.injection, models.policy_name)
+            placebo = placebo_injector(inject, token_counter(models.policy_name)) if cfg.placebo else None
+            arms = 3 if cfg.placebo else 2
+            hooks.on_phase("evaluating baseline + library" + (" + placebo" if cfg.placebo else ""),
+                           arms * len(samples) * len(seeds))
             report = asyncio.run(compare(
-                models.policy, task, samples, injector(src.library, src.injection, models.policy_name), prompts,
-                sampling, k=cfg.k, seeds=seeds, on_advance=lambda: hooks.on_advance("library"),
+                models.policy, task, samples, inject, prompts, sampling, k=cfg.k, seeds=seeds,
+                on_advance=lambda: hooks.on_advance("library"), placebo=placebo,
             ))
         else:
             hooks.on_phase("evaluating baseline", len(samples) * len(seeds))

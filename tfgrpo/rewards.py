@@ -12,7 +12,11 @@ raises on one sample is recorded as missing for that sample; the step goes on.
                A is normalised over the whole batch: (A - mean_B A) / (std_B A + eps)
 
 Samples with a missing reward take no part in the statistics and get advantage 0.
-std is the population standard deviation (divide by G), as in the GRPO papers' code.
+``std="unbiased"`` divides by G-1 as TRL's GRPOTrainer and ``torch.std`` do (a group of one
+then has std 0); ``std="population"`` divides by G, giving advantages sqrt(G/(G-1)) times
+larger (1.118x at G=5). The training-free loop defaults to unbiased, so its recorded
+advantages are the ones TRL computes; its decisions (which groups are judged, the
+within-group credit) depend only on their order within a group, the same either way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 AdvantageMode = Literal["grpo", "dr_grpo", "gdpo"]
 ADVANTAGE_MODES: tuple[str, ...] = ("grpo", "dr_grpo", "gdpo")
+StdMode = Literal["population", "unbiased"]
+STD_MODES: tuple[str, ...] = ("population", "unbiased")
 EPS = 1e-4
 
 
@@ -124,12 +130,13 @@ def combine(row: Sequence[float | None], weights: Sequence[float]) -> float | No
     return sum(w * v for w, v in zip(weights, row)) / total  # type: ignore[operator]
 
 
-def _normalise(values: Sequence[float | None], eps: float, scale: bool) -> list[float]:
+def _normalise(values: Sequence[float | None], eps: float, scale: bool, std_mode: str = "population") -> list[float]:
     present = [v for v in values if v is not None]
     if not present:
         return [0.0] * len(values)
     mean = sum(present) / len(present)
-    std = math.sqrt(sum((v - mean) ** 2 for v in present) / len(present))
+    dof = len(present) - 1 if std_mode == "unbiased" else len(present)
+    std = math.sqrt(sum((v - mean) ** 2 for v in present) / dof) if dof > 0 else 0.0
     out = []
     for v in values:
         if v is None:
@@ -146,13 +153,18 @@ def group_advantages(
     weights: Sequence[float] | None = None,
     mode: str = "grpo",
     eps: float = EPS,
+    std: str = "population",
 ) -> list[list[float]]:
     """Advantages for a batch of groups: ``rewards[B][G][K]`` -> ``advantages[B][G]``.
 
-    A single group is a batch of one: ``group_advantages([rows])[0]``.
+    A single group is a batch of one: ``group_advantages([rows])[0]``. ``std``: "population"
+    (divide by G, the default here, which parameter mode's losses are checked against) or
+    "unbiased" (divide by G-1, TRL's).
     """
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"unknown advantage mode '{mode}' (choose from {', '.join(ADVANTAGE_MODES)})")
+    if std not in STD_MODES:
+        raise ValueError(f"unknown std '{std}' (choose from {', '.join(STD_MODES)})")
     if not rewards:
         return []
     k = len(rewards[0][0]) if rewards[0] else 0
@@ -161,7 +173,7 @@ def group_advantages(
         out = []
         for group in rewards:
             summed = [_weighted_sum(row, w) for row in group]
-            out.append(_normalise(summed, eps, scale=(mode == "grpo")))
+            out.append(_normalise(summed, eps, scale=(mode == "grpo"), std_mode=std))
         return out
     # gdpo: decoupled per-reward normalisation inside each group, then batch normalisation
     per_group: list[list[float | None]] = []
@@ -170,10 +182,10 @@ def group_advantages(
         cols = []
         for j in range(k):
             col = [None if missing[i] else row[j] for i, row in enumerate(group)]
-            cols.append(_normalise(col, eps, scale=True))
+            cols.append(_normalise(col, eps, scale=True, std_mode=std))
         per_group.append([None if missing[i] else sum(w[j] * cols[j][i] for j in range(k)) for i in range(len(group))])
     flat = [a for g in per_group for a in g]
-    normed = _normalise(flat, eps, scale=True)
+    normed = _normalise(flat, eps, scale=True, std_mode=std)
     out, pos = [], 0
     for g in per_group:
         out.append(normed[pos : pos + len(g)])

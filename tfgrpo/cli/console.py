@@ -184,6 +184,14 @@ def eval_table(report: dict[str, Any]) -> Table:
         d_pass = report["library"]["pass_at_k"] - report["baseline"]["pass_at_k"]
         p = f"{d['p_value']:.3g}" if "p_value" in d else ""
         t.add_row("difference", f"{d['mean']:+.3f}", _ci(d.get("ci95")), f"{d_pass:+.3f}", "", "", p)
+        placebo = report.get("placebo")
+        if placebo:  # tfgrpo eval --placebo: the library's prompt with neutral lessons
+            t.add_row("placebo", fmt(placebo["mean_at_k"]), _ci(placebo.get("ci95")), fmt(placebo["pass_at_k"]),
+                      _ci(placebo.get("pass_ci95")), str(placebo["failures"]), "")
+            dp = placebo["diff"]
+            t.add_row("library - placebo", f"{dp['mean']:+.3f}", _ci(dp.get("ci95")),
+                      f"{report['library']['pass_at_k'] - placebo['pass_at_k']:+.3f}", "", "",
+                      f"{dp['p_value']:.3g}" if "p_value" in dp else "")
     return t
 
 

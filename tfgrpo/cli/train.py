@@ -89,13 +89,14 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
     ) -> None:
         """Offline demo: train on the built-in demo task with the SIMULATED model, then evaluate
-        baseline vs learned library. No network, no API key, a couple of minutes on a laptop."""
+        baseline vs learned library (and a placebo arm: the same prompt with neutral lessons). No
+        network, no API key, a couple of minutes on a laptop."""
         from tfgrpo import api
 
         cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4}, policy={"model": "sim"})
         result = _run(cfg, out, False, quiet)
         with progress_hooks(not quiet) as hooks:
-            report = api.evaluate(EvalConfig(task="demo", k=k, sampling={"seed": cfg.sampling.seed}), result.run_dir,
+            report = api.evaluate(EvalConfig(task="demo", k=k, placebo=True, sampling={"seed": cfg.sampling.seed}), result.run_dir,
                                   name="demo", hooks=hooks).summary
         summary = result.summary()
         summary["eval"] = report

@@ -33,13 +33,13 @@ from typing import Any, Callable
 from tfgrpo.errors import EndpointError
 from tfgrpo.llm.cache import ResponseCache, request_key
 from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
-from tfgrpo.llm.retry import AdaptiveLimit, RetryPolicy, classify, is_local, is_timeout, retry_after, short
+from tfgrpo.llm.retry import CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, retry_after, short
 from tfgrpo.llm.usage import MAX_COST_PER_REPLY, Usage, server_number, token_count
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the price map
 log = logging.getLogger(__name__)
 
-__all__ = ["Completion", "LLMClient", "RetryPolicy"]
+__all__ = ["CONTEXT_OVERFLOW", "Completion", "LLMClient", "RetryPolicy"]
 
 _N_IGNORED: set[str] = set()  # endpoints (api_base|model) seen answering n>1 with fewer choices
 
@@ -57,6 +57,7 @@ class Completion:
     completion_tokens: int = 0
     # Calls the model asked for (OpenAI tools API): [{"id", "type", "function": {"name", "arguments"}}]
     tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None  # a reasoning model's reasoning content, where the backend returns it
 
     @property
     def ok(self) -> bool:
@@ -157,6 +158,7 @@ class LLMClient:
                     self.cache.put(key, c.index, {
                         "text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                         "completion_tokens": c.completion_tokens, **({"tool_calls": c.tool_calls} if c.tool_calls else {}),
+                        **({"reasoning": c.reasoning} if c.reasoning else {}),
                     })  # fmt: skip
         return [out[i] for i in indices]
 
@@ -260,7 +262,7 @@ class LLMClient:
                         ) from None
                     stats.failures += len(indices)
                     log.warning("%s request failed: %s", self.role, short(e))
-                    return [Completion(text=None, index=i, error=short(e)) for i in indices]
+                    return [Completion(text=None, index=i, error=failure_text(e)) for i in indices]
                 delay = self.retry.delay(attempt, retry_after(e, upper=self.retry.max_delay))
                 stats.retries += 1
                 log.info("%s: %s; retry %d in %.2fs", self.role, short(e), attempt + 1, delay)
@@ -295,6 +297,7 @@ class LLMClient:
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
                     tool_calls=_tool_calls(ch.message),
+                    reasoning=getattr(ch.message, "reasoning_content", None) or None,
                 )
             )
         return out

@@ -135,6 +135,25 @@ def classify(e: Exception) -> str:
     return "request"
 
 
+# Prefix of a failed completion's error when the prompt did not fit the model's context, so a
+# caller can handle it (the judge summarises and retries) instead of taking it for a bad request.
+CONTEXT_OVERFLOW = "context_overflow"
+_OVERFLOW = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long|exceeds the context", re.IGNORECASE)
+
+
+def overflows(e: Exception) -> bool:
+    """The prompt did not fit the model's context (litellm's class, or the backend's words)."""
+    import litellm
+
+    return isinstance(e, litellm.ContextWindowExceededError) or bool(_OVERFLOW.search(str(e)))
+
+
+def failure_text(e: Exception) -> str:
+    """A failed request's error as recorded on its completions: ``short(e)``, prefixed with
+    CONTEXT_OVERFLOW when the prompt did not fit."""
+    return f"{CONTEXT_OVERFLOW}: {short(e)}" if overflows(e) else short(e)
+
+
 def retry_after(e: Exception, upper: float = 3600.0) -> float | None:
     """The server's ``Retry-After`` in seconds: finite, non-negative and at most ``upper``, or
     None (absent, an HTTP date, nan, negative or garbage: our own backoff applies)."""

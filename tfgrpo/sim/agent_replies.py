@@ -3,8 +3,10 @@
 Not a language model. It recognises a question of one of the bundled agentic datasets and
 plays a plan: which tool calls to make and how to answer from what they return. Whether it
 takes the good plan (use the tool well) or a poor one depends on a random draw, far more
-often good when its context names the task's tool-use skill keyword (as a learned lesson
-would). Answers come from the real tool results: the python tool's printed output, the
+often good when a lesson in its context gives the right tool-use advice, less often when one
+gives harmful advice (the policy's levels, tfgrpo.sim.policy_replies.follow). The final
+answer says what the agent did (the skill's approach or its mistake) and cites the lessons
+it followed. Answers come from the real tool results: the python tool's printed output, the
 passages the BM25 search returned, the SQL the agent settled on, the code whose tests ran.
 The plan of a rollout is drawn once from (seed, first messages), so it stays the same over
 the rollout's turns; malformed tool-call arguments returned to it are simply retried.
@@ -18,12 +20,11 @@ import re
 from functools import lru_cache
 from typing import Any, Callable
 
-from tfgrpo.sim.policy_replies import text_of, wrong_answer
+from tfgrpo.sim.policy_replies import context_lessons, follow, text_of, wrong_answer
 from tfgrpo.sim.skills import TOOL_SKILLS_BY_TASK
 from tfgrpo.resources import read_jsonl, task_data
 
-BASE_P = 0.3  # chance of the good plan without the skill in context
-SKILLED_P = 0.9
+BASE_P = 0.3  # chance of a right answer by hand when the poor plan is drawn
 DATA = {"math-tools": "math_tools.jsonl", "docqa": "docqa.jsonl", "sql": "sql.jsonl", "code": "code.jsonl"}
 MALFORMED_NOTE = "Error: the arguments of this"
 
@@ -95,8 +96,9 @@ def agent_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]], pla
         return {"content": "I cannot tell what is asked, so I answer directly.\nAnswer: 42", "tool_calls": None}
     task, row = found
     skill = TOOL_SKILLS_BY_TASK[task]
-    context = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") in ("system", "user")).lower()
-    good = plan_rng.random() < (SKILLED_P if skill.keyword in context else BASE_P)
+    context = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") in ("system", "user"))
+    p, cites, _ = follow(skill, context_lessons(context), plan_rng)
+    good = plan_rng.random() < p
     calls, answer = _plan(task, row, good, plan_rng)
     if any(name not in offered for name, _ in calls):
         calls, answer = _plan(task, row, False, plan_rng)
@@ -110,4 +112,6 @@ def agent_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]], pla
             arguments = arguments[: len(arguments) // 2]
         ident = f"call_{len(results)}"
         return {"content": None, "tool_calls": [{"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}}]}
-    return {"content": answer(valid or [""]), "tool_calls": None}
+    cite = f" (following {', '.join(f'[{i}]' for i in cites)})" if cites else ""
+    said = skill.approach if good else skill.mistake
+    return {"content": f"I {said}{cite}. {answer(valid or [''])}", "tool_calls": None}

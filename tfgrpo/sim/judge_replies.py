@@ -2,11 +2,16 @@
 
 Contract with the judge prompts (the user message; tags are literal):
 
-* ``group_comparison``: ``<problem>...</problem>``, the library as lines ``[E<n>] <text>``
-  between ``<library>`` and ``</library>``, attempts in ``<attempt ...>`` tags. Returns
-  ``{"analysis", "ops": [{"op", "id", "text", "reason"}]}``: ADD the problem's skill lesson
-  when no library line names the skill keyword; else UPDATE that line (p ~0.3) or NONE; with
-  p ~0.1 a vague ADD naming no skill instead. Unknown problem: NONE.
+* ``group_comparison``: attempts in ``<attempt ... reward="r">...</attempt>`` tags, the
+  library as lines ``[E<n>] <text>`` between ``<library>`` and ``</library>``, optionally a
+  ``<reference_answer>``. It sees only that: it scores the attempts by the rewards shown, else
+  by the reference answer, else by majority vote of their final answers, and reads what the
+  better attempts did that no worse one did (a skill's approach, or, when misled, its
+  mistake). Returns ``{"reasoning", "ops": [{"op", "id", "text", "reason"}]}`` (``analysis`` instead of
+  ``reasoning`` for a schema that asks for that):
+  ADD the lesson for each such difference when no library line names the skill; else UPDATE
+  that line (p ~0.3) or NONE; with p ~0.1 a vague ADD naming no skill instead. No attempts,
+  equal scores or no readable difference (only slips): NONE.
 * ``consolidation``: ``<library>`` as above and the proposed ops as a JSON list between
   ``<proposals>`` and ``</proposals>``. Returns ``{"ops": [{"op", "id", "ids", "text",
   "reason"}]}``: ADDs of one skill merged into one; an ADD whose skill the library already
@@ -24,11 +29,12 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from typing import Any
 
 from tfgrpo.sim.policy_replies import text_of
 from tfgrpo.sim.agent_replies import find_tool_row
-from tfgrpo.sim.skills import ALL_SKILLS, SKILLS_BY_NAME, TOOL_SKILLS_BY_TASK, VAGUE_LESSON, Skill, find_row, skill_in_text
+from tfgrpo.sim.skills import ALL_SKILLS, VAGUE_LESSON, Skill, advice, find_row, skill_in_text
 
 UPDATE_P = 0.3
 VAGUE_P = 0.1
@@ -58,32 +64,82 @@ def _op(op: str, text: str = "", reason: str = "", id: str | None = None, ids: l
     return out
 
 
-def _skill_of(problem: str) -> Skill | None:
-    """The skill a problem exercises: a demo problem's hidden skill, or an agentic task's tool skill."""
-    row = find_row(problem)
-    if row is not None:
-        return SKILLS_BY_NAME[row["skill"]]
-    found = find_tool_row(problem)
-    return TOOL_SKILLS_BY_TASK[found[0]] if found else None
+_ATTEMPT = re.compile(r"<attempt\b([^>]*)>(.*?)</attempt>", re.DOTALL)
+_REWARD = re.compile(r'reward="([^"]*)"')
+_FINAL = re.compile(r"(?:Answer\s*:|Final answer:)\s*(.+)")
+
+
+def _final(text: str) -> str:
+    found = _FINAL.findall(text)
+    return found[-1].strip().lower() if found else ""
+
+
+def scored_attempts(user: str) -> list[tuple[float, str]]:
+    """(score, text) of the attempts shown: by their rewards, else by the reference answer,
+    else by majority vote of the final answers (self-consistency; no majority, no scores)."""
+    attempts = _ATTEMPT.findall(user)
+    out = []
+    for attrs, text in attempts:
+        m = _REWARD.search(attrs)
+        if m and re.fullmatch(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", m.group(1)):
+            out.append((float(m.group(1)), text))
+    if out:
+        return out
+    texts = [t for _, t in attempts]
+    reference = (_between(user, "reference_answer") or "").strip().lower()
+    if reference:
+        return [(1.0 if reference and reference in _final(t) else 0.0, t) for t in texts]
+    votes = Counter(_final(t) for t in texts if _final(t))
+    top = votes.most_common(2)
+    if not top or top[0][1] < 2 or (len(top) > 1 and top[1][1] == top[0][1]):
+        return []
+    return [(1.0 if _final(t) == top[0][0] else 0.0, t) for t in texts]
+
+
+def differences(scored: list[tuple[float, str]]) -> list[tuple[Skill, str]]:
+    """(skill, "right" | "harmful") for what a better attempt did and no worse one did: a
+    skill's approach (a right lesson), or its mistake (a harmful one: the judge was misled
+    into taking a wrong attempt for a better one)."""
+    if len(scored) < 2:
+        return []
+    hi, lo = max(sc for sc, _ in scored), min(sc for sc, _ in scored)
+    if hi == lo:
+        return []
+    better = [t for sc, t in scored if sc == hi]
+    worse = [t for sc, t in scored if sc == lo]
+    found: list[tuple[Skill, str]] = []
+    for skill in ALL_SKILLS:
+        for phrase, kind in ((skill.approach, "right"), (skill.mistake, "harmful")):
+            if phrase and any(phrase in b for b in better) and not any(phrase in w for w in worse):
+                found.append((skill, kind))
+                break
+    return found
 
 
 def group_comparison(user: str, rng: random.Random) -> dict[str, Any]:
-    problem = (_between(user, "problem") or "").strip()
-    skill = _skill_of(problem) if problem else None
-    if skill is None:
-        return {"analysis": "The problem is not one I recognise, so no lesson is drawn.", "ops": [_op("NONE", reason="Unknown problem.")]}
-    named = _line_naming(parse_library(user), skill)
-    analysis = f"The better attempts {skill.approach}; the worse ones did not."
-    r = rng.random()
-    if r < VAGUE_P:
-        return {"analysis": "The attempts differ in care.", "ops": [_op("ADD", VAGUE_LESSON, "A general reminder to be careful.")]}
-    if not named:
-        text = rng.choice((skill.lesson, *skill.rewordings))
-        return {"analysis": analysis, "ops": [_op("ADD", text, f"No lesson yet covers {skill.keyword}.")]}
-    if r < VAGUE_P + UPDATE_P:
-        text = rng.choice(skill.rewordings)
-        return {"analysis": analysis, "ops": [_op("UPDATE", text, "A clearer wording of the existing lesson.", id=named[0])]}
-    return {"analysis": analysis + " The library already covers this.", "ops": [_op("NONE", reason="Already covered.")]}
+    scored = scored_attempts(user)
+    found = differences(scored)
+    if not found:
+        why = "The attempts carry no usable difference (none, equal scores, or only slips), so no lesson is drawn."
+        return {"reasoning": why, "ops": [_op("NONE", reason="No usable difference.")]}
+    library = parse_library(user)
+    if rng.random() < VAGUE_P:
+        why = "The attempts differ in care."
+        return {"reasoning": why, "ops": [_op("ADD", VAGUE_LESSON, "A general reminder to be careful.")]}
+    ops, notes = [], []
+    for skill, kind in found:
+        did = skill.approach if kind == "right" else skill.mistake
+        notes.append(f"The better attempts {did}; the worse ones did not.")
+        named = [eid for eid, text in library if advice(text, skill) is not None]
+        if not named:
+            text = rng.choice((skill.lesson, *skill.rewordings)) if kind == "right" else skill.harmful
+            ops.append(_op("ADD", text, f"No lesson yet covers {skill.keyword}."))
+        elif kind == "right" and rng.random() < UPDATE_P:
+            ops.append(_op("UPDATE", rng.choice(skill.rewordings), "A clearer wording of the existing lesson.", id=named[0]))
+        else:
+            notes.append("The library already covers this.")
+            ops.append(_op("NONE", reason="Already covered."))
+    return {"reasoning": " ".join(notes), "ops": ops}
 
 
 def consolidation(user: str) -> dict[str, Any]:
@@ -130,19 +186,37 @@ def consolidation(user: str) -> dict[str, Any]:
 _CALLED = re.compile(r"the agent called (\w+)\((.*?)\)( \[(\w+)\])?\n\s*-> (.*)")
 
 
+_WROTE = re.compile(r"the agent wrote:\s*(.+?[.!?])(?:\s|$)")
+_FIRST_SENTENCE = re.compile(r"^\s*(.+?[.!?])(?:\s|$)")
+
+
+def _said(text: str) -> str:
+    """What the agent said it did: the first sentence of its last message in a trajectory
+    (where a simulated answer names its approach or its mistake), else of the answer."""
+    wrote = _WROTE.findall(text)
+    if wrote:
+        return wrote[-1].strip()
+    m = _FIRST_SENTENCE.match(text.strip())
+    return m.group(1).strip() if m else ""
+
+
 def sample_summary(user: str) -> dict[str, Any]:
+    """What a summariser keeps: the tools called with what came back, what the agent said it
+    did (its first sentence, where the approach or the mistake is named) and its final answer."""
     attempt = _between(user, "attempt") or user
     calls = _CALLED.findall(attempt)
+    said = _said(attempt)
+    said = f" It said: {said}" if said and not said.startswith("Final answer") else ""
     if calls or "Final answer:" in attempt:  # a tool-calling trajectory
         steps = [f"called {name}" + (f" ({err}, told so)" if err else f", which returned: {result.strip()[:80]}")
                  for name, _, _, err, result in calls]
         final = attempt.rsplit("Final answer:", 1)[-1].strip().splitlines()
         stopped = " It was stopped by a limit." if "was stopped by its" in attempt else ""
         done = "; then ".join(steps) if steps else "used no tool"
-        return {"summary": f"The agent {done}.{stopped} Final answer: {(final[-1] if final else '(none)')[:120]}"}
+        return {"summary": f"The agent {done}.{said}{stopped} Final answer: {(final[-1] if final else '(none)')[:120]}"}
     answers = re.findall(r"Answer\s*:\s*(.+)", attempt)
     if answers:
-        return {"summary": f"The attempt reasons in a sentence or two and answers {answers[-1].strip()}."}
+        return {"summary": f"The attempt reasons in a sentence or two and answers {answers[-1].strip()}.{said}"}
     return {"summary": "The attempt gives no final answer line."}
 
 
@@ -267,6 +341,9 @@ def judge_content(messages: list[dict[str, Any]], response_format: dict[str, Any
     else:
         value = {}
     if schema is not None:
+        props = schema.get("properties", {})
+        if "reasoning" in value and "analysis" in props and "reasoning" not in props:
+            value = {"analysis": value.pop("reasoning"), **value}  # a prompt of the older shape
         value = conform(value, schema)
     text = json.dumps(value, ensure_ascii=False)
     return text[: max(1, len(text) // 2)] if malformed else text

@@ -91,11 +91,14 @@ class JudgeConfig(_Model):
     timeout: float = Field(300.0, gt=0, description="Seconds before one judge request times out")
     max_retries: int = Field(6, ge=0, description="Retries of a judge request on transient errors")
     retry_timeouts: bool | None = Field(None, description="Send a timed-out judge request again (default: at remote endpoints only)")
-    summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: on for tasks with tools, whose trajectories are long; off otherwise)", json_schema_extra=flag("summaries"))
+    summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: only when the attempts together would fill more than summary_share of the judge's context)", json_schema_extra=flag("summaries"))
     skip_equal_groups: bool = Field(True, description="Skip groups whose answers all scored the same (they carry no contrast)", json_schema_extra=flag("skip-equal-groups"))
     ground_truth: bool = Field(True, description="Show the judge the reference answer and the rewards; without it every group is judged blind", json_schema_extra=flag("ground-truth"))
-    max_ops_per_group: int = Field(3, ge=1, le=10, description="Most lessons one group comparison may propose")
+    max_ops_per_group: int = Field(3, ge=1, le=10, description="Most ops one group comparison may propose; the first non-NONE ones are kept (default 3, room for a lesson on strategy, checking and format at once; the reference implementation uses 1)", json_schema_extra=flag("ops-per-group"))
     leak_guard: Literal["reject", "flag", "off"] = Field("reject", description="Lessons copying training problem text (long word overlap, or its numbers and names): reject them, flag them but keep them, or do not check", json_schema_extra=flag("leak-guard"))
+    context_tokens: int | None = Field(None, gt=0, description="The judge's context window in tokens, for switching summaries on (default: litellm's model info, else 32768)", json_schema_extra=flag("judge-context"))
+    summary_share: float = Field(0.5, gt=0, le=1, description="Summarise the attempts first when together they would fill more than this share of the judge's context (with --summaries unset)")
+    schema_in_prompt: bool | None = Field(None, description="Paste the JSON schema into judge prompts (default: only for backends litellm does not know to take a response_format schema)")
 
 
 class LibraryConfig(_Model):
@@ -103,10 +106,11 @@ class LibraryConfig(_Model):
     embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL", json_schema_extra=flag("embedding"))
     dedup_threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a proposed lesson is handed to consolidation as a MERGE candidate", json_schema_extra=flag("dedup-threshold"))
     prune_unused_steps: int = Field(0, ge=0, description="Retire lessons not cited for this many steps (0: never)", json_schema_extra=flag("prune-unused"))
-    prune_min_votes: int = Field(3, ge=1, description="Cited outcomes needed before a mostly harmful lesson is retired")
-    prune_harmful_share: float = Field(0.5, ge=0, le=1, description="Share of harmful cited outcomes above which a lesson is retired")
+    prune_min_votes: int = Field(12, ge=1, description="Within-group comparisons (citing vs non-citing answers) needed before a lesson can be retired as harmful")
+    prune_harmful_share: float = Field(0.5, ge=0, le=1, description="Share of lost within-group comparisons above which a lesson is retired (with --prune-harmful)")
     store: str | None = Field(None, description="Chroma server http://host:port shared by several writers (default: a local index in the run directory)", json_schema_extra=flag("store"))
     collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
+    prune_harmful: bool = Field(False, description="Retire lessons that lose the within-group comparisons (answers citing the lesson against answers shown it that did not cite it): at least prune_min_votes comparisons, more than prune_harmful_share lost", json_schema_extra=flag("prune-harmful"))
 
     @model_validator(mode="before")
     @classmethod
@@ -185,6 +189,7 @@ class RunConfig(_Paths):
     select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
     val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
     report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow (comma-separated; each an optional extra)", json_schema_extra=flag("report-to"))
+    advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="Standard deviation in the grpo/gdpo advantages: unbiased (divide by G-1; the default, as TRL's GRPOTrainer and torch.std, so recorded advantages match TRL's) or population (divide by G)", json_schema_extra=flag("advantage-std"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -206,6 +211,7 @@ class EvalConfig(_Paths):
     cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
     prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
     sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
+    placebo: bool = Field(False, description="Also run a placebo arm: the library's prompt with each lesson replaced by neutral text of equal token length, to tell the lessons' content from the prompt format", json_schema_extra=flag("placebo"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)

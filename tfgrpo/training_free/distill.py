@@ -3,6 +3,13 @@ apply (DELETE beats UPDATE, duplicate ADDs merged, restated lessons become UPDAT
 
 With no proposal there is no call. When the call fails the step applies nothing; the
 proposals stay recorded in ``groups.jsonl`` and the failure in ``ops.jsonl``.
+
+The answer is bounded by the batch's proposals (``bound_ops``): consolidation merges, rewords
+and resolves, it does not invent. It may return at most as many ADDs as were proposed, at most
+as many edits carrying a text (ADD, UPDATE, MERGE) as proposals carrying one plus the MERGE
+candidates it was shown, and DELETEs only of ids a proposal deleted. Ops beyond that are not
+applied and are recorded as rejected, so a judge that answers with a thousand invented ADDs
+cannot grow the library (and every later prompt) by a thousand lessons in one step.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops, prune_ops, render_experiences
 from tfgrpo.training_free.config import JudgeConfig, LibraryConfig
-from tfgrpo.training_free.judge import ProposedOp, check_op_fields, judge_messages, upper_op
+from tfgrpo.training_free.judge import ProposedOp, check_op_fields, judge_messages, lesson_id, schema_text, upper_op
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.structured import ask_structured, schema_for
+from tfgrpo.training_free.structured import ask_structured
 
 
 class ConsolidatedOp(BaseModel):
@@ -29,7 +36,13 @@ class ConsolidatedOp(BaseModel):
     reason: str = Field("", description="One sentence: why this edit")
 
     _op = field_validator("op", mode="before")(upper_op)
+    _id = field_validator("id", mode="before")(lesson_id)
     _fields = model_validator(mode="after")(check_op_fields)
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _ids(cls, v: object) -> object:
+        return [lesson_id(i) for i in v] if isinstance(v, list) else v
 
 
 class Consolidation(BaseModel):
@@ -42,6 +55,7 @@ class Distilled:
     error: str | None = None
     called: bool = False
     raw: list[str | None] = field(default_factory=list)
+    dropped: list[tuple[ExperienceOp, str]] = field(default_factory=list)  # ops beyond bound_ops' limits, with why
 
 
 def order_proposals(proposals: list[ProposedOp]) -> list[dict]:
@@ -71,7 +85,7 @@ async def consolidate(
         return Distilled()
     user = prompts.render(
         "consolidate.j2", library=library, proposals=json.dumps(order_proposals(live), indent=1, ensure_ascii=False),
-        schema=json.dumps(schema_for(Consolidation)),
+        schema=schema_text(client, cfg, Consolidation),
         candidates=json.dumps(candidates, indent=1, ensure_ascii=False) if candidates else "",
     )
     out = await ask_structured(client, judge_messages(prompts, user), Consolidation, "consolidation",
@@ -84,7 +98,36 @@ async def consolidate(
         for o in out.value.ops
         if o.op != "NONE"
     ]
-    return Distilled(ops=ops, called=True, raw=out.raw)
+    kept, dropped = bound_ops(ops, live, len(candidates or []))
+    return Distilled(ops=kept, called=True, raw=out.raw, dropped=dropped)
+
+
+TEXT_OPS = ("ADD", "UPDATE", "MERGE")
+
+
+def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: int) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:
+    """The consolidated ops the batch's (non-NONE) ``proposals`` allow, in the judge's order,
+    and the rest with the reason each was dropped (see the module docstring)."""
+    max_adds = sum(p.op == "ADD" for p in proposals)
+    max_text = sum(p.op in ("ADD", "UPDATE") for p in proposals) + candidates
+    deletable = {p.id for p in proposals if p.op == "DELETE" and p.id}
+    kept: list[ExperienceOp] = []
+    dropped: list[tuple[ExperienceOp, str]] = []
+    adds = texts = 0
+    for op in ops:
+        if op.op == "DELETE" and op.id not in deletable:
+            dropped.append((op, f"consolidation: DELETE {op.id} was not proposed by any group"))
+            continue
+        if op.op == "ADD" and adds >= max_adds:
+            dropped.append((op, f"consolidation: more ADDs than the {max_adds} proposed"))
+            continue
+        if op.op in TEXT_OPS and texts >= max_text:
+            dropped.append((op, f"consolidation: more edits with a text than the {max_text} the batch allows"))
+            continue
+        adds += op.op == "ADD"
+        texts += op.op in TEXT_OPS
+        kept.append(op)
+    return kept, dropped
 
 
 def merge_candidates(library: Library, proposals: list[ProposedOp], threshold: float) -> list[dict]:
@@ -102,11 +145,12 @@ def merge_candidates(library: Library, proposals: list[ProposedOp], threshold: f
 
 def prune_for(library: Library, cfg: LibraryConfig, credit: dict[str, Stats], step: int, ops: list[ExperienceOp]) -> list[ExperienceOp]:
     """Prune DELETEs for this step, judged on the stats including this step's credit, leaving
-    alone the lessons this step's ops already touch."""
+    alone the lessons this step's ops already touch. Retiring for harm needs ``prune_harmful``
+    (off by default): the within-group comparisons of experience_store.credit."""
     touched = {i for o in ops for i in (o.id, *o.ids) if i}
     preview, _ = apply_ops(library.state, [], step, credit=credit)
     pruned = prune_ops(preview, step, unused_steps=cfg.prune_unused_steps, min_votes=cfg.prune_min_votes,
-                       harmful_share=cfg.prune_harmful_share)
+                       harmful_share=cfg.prune_harmful_share if cfg.prune_harmful else 1.0)
     return [o for o in pruned if o.id not in touched]
 
 

@@ -9,6 +9,11 @@ with the same sampling seeds, with intervals and a paired test of the difference
   means the interval of the difference excludes 0 AND p < 0.05; where the two disagree the
   weaker claim wins and the verdict says, in words, "no significant difference". Below
   ``SMALL_SAMPLE`` problems the verdict warns that the sample is small.
+* ``placebo`` (``tfgrpo eval --placebo``): a third arm with the library's block, its lessons
+  replaced by neutral text of equal token length (tfgrpo.training_free.placebo), on the same
+  problems and seeds. The summary's ``placebo`` object is shaped like ``baseline`` and adds
+  ``diff``: library - placebo, paired like the main difference, so the lessons' content is
+  told apart from the prompt format (preamble, citation request, length).
 
 Saved results (``tfgrpo.rundir.save_eval``): ``results.jsonl`` one line per answer,
 ``summary.json`` the summary printed by ``tfgrpo eval --json``.
@@ -131,9 +136,11 @@ class EvalReport:
 async def compare(
     client: LLMClient, task: Task, samples: list[Sample], library_block: Experiences, prompts: Prompts,
     sampling: SamplingConfig, *, k: int, seeds: Sequence[int] = (0,), on_advance: Callable[[], None] = lambda: None,
+    placebo: Experiences | None = None,
 ) -> EvalReport:
-    """Baseline and library on the same problems and seeds, ``n = sampling.group_size`` answers
-    each. Raises ValueError on k > n or no problems (the API checks these first)."""
+    """Baseline and library (and the ``placebo`` arm when given) on the same problems and
+    seeds, ``n = sampling.group_size`` answers each. Raises ValueError on k > n or no problems
+    (the API checks these first)."""
     n = sampling.group_size
     if k > n:
         raise ValueError(f"k={k} is larger than n={n}")
@@ -143,11 +150,14 @@ async def compare(
     kwargs = dict(seeds=seeds, on_advance=on_advance)
     base = await run_arm(client, task, samples, "", prompts, sampling, name="baseline", **kwargs)
     lib = await run_arm(client, task, samples, library_block, prompts, sampling, name="library", **kwargs)
+    arms = [base, lib]
+    if placebo is not None:
+        arms.append(await run_arm(client, task, samples, placebo, prompts, sampling, name="placebo", **kwargs))
     ids = [s.id for s in samples]
     diff = paired_diff(base.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])
     by_seed = [
         {"seed": s, **{arm.name: {key: arm_summary(arm, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}
-                       for arm in (base, lib)}}
+                       for arm in arms}}
         for s in seeds
     ]
     summary = {
@@ -156,7 +166,11 @@ async def compare(
         "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
         "task": task.name, "by_seed": by_seed,
     }
-    return EvalReport(summary=summary, answers=base.answers + lib.answers)
+    if placebo is not None:
+        pla = arms[2]
+        summary["placebo"] = {**arm_summary(pla, ids, seeds, k),
+                              "diff": paired_diff(pla.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])}
+    return EvalReport(summary=summary, answers=[a for arm in arms for a in arm.answers])
 
 
 async def baseline(

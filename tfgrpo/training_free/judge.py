@@ -1,9 +1,13 @@
 """The semantic advantage: the judge compares a group's better and worse answers and proposes
 edits to the library.
 
-Stages (docs/architecture.md): optional per-sample summaries, then one group comparison that returns an
-analysis and at most a few proposed ops. Following the GEPA contract, one bad group never
-raises: its failure is returned and recorded; only an unreachable endpoint raises.
+Stages (docs/architecture.md): per-sample summaries when the attempts would crowd the judge's
+context, then one group comparison that returns its reasoning first and then at most a few
+proposed ops. The judge sees what the agent saw (its instructions and tools), the task's
+objective (each reward with its description), every reward's value per attempt and whether an
+attempt was cut off by its token limit. Following the GEPA contract, one bad group never
+raises: its failure is returned and recorded; only an unreachable endpoint raises. A comparison
+that overflows the judge's context is retried once on summaries.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 
+from experience_store.credit import canonical_id
+from tfgrpo.llm.client import CONTEXT_OVERFLOW, LLMClient
+from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.config import JudgeConfig
-from tfgrpo.llm.client import LLMClient
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import ask_structured, schema_for
-from tfgrpo.task_registry import Sample
+
+DEFAULT_CONTEXT_TOKENS = 32768  # judge context assumed when neither the flag nor litellm knows it
+CHARS_PER_TOKEN = 4  # rough size of a token of English text, to size prompts before sending
 
 
 def upper_op(v: Any) -> Any:
@@ -38,6 +46,11 @@ def check_op_fields(op: Any) -> Any:
     return op
 
 
+def lesson_id(v: Any) -> Any:
+    """A lesson id as the library writes it, however the judge wrote it ([E1], e1, 'E1 ', 1)."""
+    return canonical_id(v) if v is not None else None
+
+
 class ProposedOp(BaseModel):
     op: Literal["ADD", "UPDATE", "DELETE", "NONE"]
     id: str | None = Field(None, description="Library id for UPDATE and DELETE, e.g. E3")
@@ -45,12 +58,22 @@ class ProposedOp(BaseModel):
     reason: str = Field("", description="One sentence: why this edit")
 
     _op = field_validator("op", mode="before")(upper_op)
+    _id = field_validator("id", mode="before")(lesson_id)
     _fields = model_validator(mode="after")(check_op_fields)
 
 
 class GroupComparison(BaseModel):
-    analysis: str = Field(description="What the better attempts did that the worse did not")
-    ops: list[ProposedOp] = Field(description="At most a few edits; [] when nothing general was learned")
+    reasoning: str = Field(
+        validation_alias=AliasChoices("reasoning", "analysis"),
+        description="Your analysis, written before any edit: what each attempt did, where the better ones "
+                    "differ from the worse (strategy, checking, tool use, format, or only a slip), which "
+                    "library lessons they followed or broke, and what general lesson follows, if any",
+    )
+    ops: list[ProposedOp] = Field(description="The edits, most important first; [NONE] when nothing general was learned")
+
+    @property
+    def analysis(self) -> str:
+        return self.reasoning
 
 
 class SampleSummary(BaseModel):
@@ -62,6 +85,18 @@ class Attempt:
     index: int
     text: str
     reward: float | None
+    rewards: dict[str, float | None] = field(default_factory=dict)  # each reward's value, by name
+    truncated: bool = False  # cut off by its token limit (finish_reason "length")
+
+
+@dataclass
+class JudgeContext:
+    """What the agent was told and how it was scored: shown to the judge with every group."""
+
+    instructions: str = ""  # the agent's system prompt without the lessons
+    tools: list[str] = field(default_factory=list)  # "name: description"
+    objective: list[str] = field(default_factory=list)  # "reward (weight w): description"
+    pass_threshold: float = 1.0
 
 
 @dataclass
@@ -79,8 +114,81 @@ class GroupJudgement:
         return [op for op in (self.comparison.ops if self.comparison else []) if op.op != "NONE"]
 
 
+def keep_ops(ops: list[ProposedOp], limit: int) -> list[ProposedOp]:
+    """At most ``limit`` ops, the judge's first non-NONE ones ([NONE, ADD, ADD, ADD] keeps
+    three ADDs); a lone NONE stays so the record shows the judge found nothing."""
+    live = [op for op in ops if op.op != "NONE"]
+    return live[:limit] if live else ops[:1]
+
+
 def judge_messages(prompts: Prompts, user: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": prompts.render("judge_system.j2")}, {"role": "user", "content": user}]
+
+
+def takes_response_schema(model: str) -> bool:
+    """Whether the backend honours a ``response_format`` JSON schema (litellm's model info; the
+    simulated model does); unknown models are assumed not to."""
+    from tfgrpo.llm.endpoints import is_sim
+
+    if is_sim(model):
+        return True
+    try:
+        import litellm
+
+        return bool(litellm.supports_response_schema(model=model))
+    except Exception:
+        return False
+
+
+def schema_text(client: LLMClient, cfg: JudgeConfig, model: type[BaseModel]) -> str:
+    """The schema to paste into a prompt: only where the backend does not take it as
+    ``response_format`` (or when told to), else "" and the template leaves it out."""
+    paste = cfg.schema_in_prompt if cfg.schema_in_prompt is not None else not takes_response_schema(client.model)
+    return json.dumps(schema_for(model)) if paste else ""
+
+
+def context_tokens(client: LLMClient, cfg: JudgeConfig) -> int:
+    """The judge's context window: the flag, else litellm's model info, else a default."""
+    if cfg.context_tokens:
+        return cfg.context_tokens
+    try:
+        import litellm
+
+        info = litellm.get_model_info(client.model)
+        return int(info.get("max_input_tokens") or info.get("max_tokens") or DEFAULT_CONTEXT_TOKENS)
+    except Exception:
+        return DEFAULT_CONTEXT_TOKENS
+
+
+def needs_summaries(client: LLMClient, cfg: JudgeConfig, attempts: list[Attempt]) -> bool:
+    """On when set; unset, on when the attempts would fill more than ``summary_share`` of the
+    judge's context."""
+    if cfg.summaries is not None:
+        return cfg.summaries
+    size = sum(len(a.text) for a in attempts) / CHARS_PER_TOKEN
+    return size > cfg.summary_share * context_tokens(client, cfg)
+
+
+def summary_words(text: str) -> int:
+    """Summary length sized to the attempt: a fifth of its words, between 60 and 400."""
+    return max(60, min(400, len(text.split()) // 5))
+
+
+async def summarise(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
+                    library: str, ctx: JudgeContext, use_cache: bool) -> list[str | None]:
+    schema = schema_text(client, cfg, SampleSummary)
+    calls = [
+        ask_structured(
+            client,
+            judge_messages(prompts, prompts.render(
+                "summary.j2", problem=sample.user_text(), answer=sample.answer, attempt=a.text, reward=a.reward,
+                correct=(a.reward or 0) >= ctx.pass_threshold, ground_truth=cfg.ground_truth, schema=schema,
+                library=library, words=summary_words(a.text), truncated=a.truncated)),
+            SampleSummary, "sample_summary", temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache,
+        )
+        for a in attempts
+    ]
+    return [o.value.summary if o.ok else None for o in await asyncio.gather(*calls)]
 
 
 async def judge_group(
@@ -93,40 +201,45 @@ async def judge_group(
     *,
     pass_threshold: float,
     use_cache: bool = True,
+    context: JudgeContext | None = None,
 ) -> GroupJudgement:
+    ctx = context or JudgeContext(pass_threshold=pass_threshold)
+    ctx.pass_threshold = pass_threshold
     result = GroupJudgement(sample_id=sample.id)
-    texts = [a.text for a in attempts]
-    if cfg.summaries:
-        schema = json.dumps(schema_for(SampleSummary))
-        calls = [
-            ask_structured(
-                client,
-                judge_messages(prompts, prompts.render(
-                    "summary.j2", problem=sample.user_text(), answer=sample.answer, attempt=a.text,
-                    reward=a.reward, correct=(a.reward or 0) >= pass_threshold, ground_truth=cfg.ground_truth,
-                    schema=schema)),
-                SampleSummary, "sample_summary", temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                use_cache=use_cache,
-            )
-            for a in attempts
-        ]
-        outs = await asyncio.gather(*calls)
-        # A failed summary falls back to the attempt itself: the comparison still sees everything.
-        texts = [o.value.summary if o.ok else a.text for o, a in zip(outs, attempts)]
-        result.summaries = [o.value.summary if o.ok else "" for o in outs]
-    shown = [Attempt(a.index, t, a.reward) for a, t in zip(attempts, texts)]
-    user = prompts.render(
-        "compare.j2", problem=sample.user_text(), answer=sample.answer, attempts=shown, library=library,
-        ground_truth=cfg.ground_truth, max_ops=cfg.max_ops_per_group, schema=json.dumps(schema_for(GroupComparison)),
-    )
-    out = await ask_structured(client, judge_messages(prompts, user), GroupComparison, "group_comparison",
-                               temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache)
+    summarised = False
+    if needs_summaries(client, cfg, attempts):
+        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+        summarised = True
+    out = await _compare(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+    if not out.ok and not summarised and CONTEXT_OVERFLOW in (out.error or ""):
+        # The attempts did not fit the judge's context: summarise them and try once more.
+        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+        out = await _compare(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
     result.raw = out.raw
     if not out.ok:
         result.error = out.error
         return result
     comparison = out.value
     assert comparison is not None
-    comparison.ops = comparison.ops[: cfg.max_ops_per_group]
+    comparison.ops = keep_ops(comparison.ops, cfg.max_ops_per_group)
     result.comparison = comparison
     return result
+
+
+async def _summarised(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
+                      library: str, ctx: JudgeContext, use_cache: bool) -> tuple[list[Attempt], list[str]]:
+    outs = await summarise(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+    # A failed summary falls back to the attempt itself: the comparison still sees everything.
+    shown = [Attempt(a.index, o if o is not None else a.text, a.reward, a.rewards, a.truncated) for a, o in zip(attempts, outs)]
+    return shown, [o or "" for o in outs]
+
+
+async def _compare(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
+                   library: str, ctx: JudgeContext, use_cache: bool):
+    user = prompts.render(
+        "compare.j2", problem=sample.user_text(), answer=sample.answer, attempts=attempts, library=library,
+        ground_truth=cfg.ground_truth, max_ops=cfg.max_ops_per_group, schema=schema_text(client, cfg, GroupComparison),
+        instructions=ctx.instructions, tools=ctx.tools, objective=ctx.objective, pass_threshold=ctx.pass_threshold,
+    )
+    return await ask_structured(client, judge_messages(prompts, user), GroupComparison, "group_comparison",
+                                temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache)

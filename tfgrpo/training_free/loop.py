@@ -11,6 +11,7 @@ finished call is paid twice and the library ends exactly as an uninterrupted run
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import Counter
@@ -18,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experience_store import Injection, Library, Provenance, usage_credit
+from experience_store import Injection, Library, OpResult, Provenance, usage_credit
 from tfgrpo.training_free.budget import Budget
 from tfgrpo.training_free.config import RunConfig
 from tfgrpo.training_free.distill import consolidate, consolidation_view, merge_candidates, prune_for
-from tfgrpo.training_free.judge import Attempt, GroupJudgement, judge_group
+from tfgrpo.training_free.judge import GroupJudgement, judge_group
 from tfgrpo.hooks import Hooks
 from tfgrpo.training_free.leak import LeakGuard
 from tfgrpo.llm.endpoints import Models
@@ -31,8 +32,10 @@ from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.records import GroupRecord, JudgeFailure, RolloutRecord, StepRecord
 from tfgrpo.rewards import group_advantages, has_contrast, mean_of
 from tfgrpo.rundir import GROUPS, LIBRARY, OPS, ROLLOUTS, STEPS, RunDir
-from tfgrpo.training_free.rollout import Group, injector, sample_group, stable_seed
+from tfgrpo.training_free.rollout import Group, cited_text, group_attempts, injector, sample_group, stable_seed, task_context
 from tfgrpo.task_registry import Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,8 +97,10 @@ def _skip_reason(cfg: RunConfig, task: Task, group: Group, answered: int) -> str
     """Why a group is not judged (None: it is): fewer than two answers (the other requests
     failed), or no contrast among its answers' rewards."""
     size = len(group.completions)
-    if answered < 2:
+    if answered < min(2, size):
         return f"only {answered} of {size} answers ({size - answered} requests failed)"
+    if size == 1:  # G = 1 has no contrast to filter on: every group is judged, as the reference's ablation does
+        return None
     if cfg.judge.ground_truth and cfg.judge.skip_equal_groups and not has_contrast(group.combined, task.min_reward, task.max_reward):
         return "all answers scored the same"
     return None
@@ -129,6 +134,9 @@ async def train_loop(
     budget, stopped = Budget(cfg.budget), None
     run_dir.write_status("training_free", "running", steps_done=len(done), steps_planned=len(plan))  # still "running" after a crash: resumable
     guard = LeakGuard(s.user_text() for s in samples) if cfg.judge.leak_guard != "off" else None
+    judge_context = task_context(task, prompts)
+    if cfg.sampling.group_size == 1:
+        log.warning("group size 1: no group has a contrast, so the judge reviews every group on its own")
     use_cache = cfg.cache
     assert models.judge is not None
     for step, (epoch, indices) in enumerate(plan, start=1):
@@ -153,7 +161,7 @@ async def train_loop(
             return g
 
         groups: list[Group] = await asyncio.gather(*(one(s) for s in batch))
-        advantages = group_advantages([g.rewards for g in groups], task.weights, cfg.advantage)
+        advantages = group_advantages([g.rewards for g in groups], task.weights, cfg.advantage, std=cfg.advantage_std)
 
         # A failed rollout is no answer: the judge sees only the answers a group has.
         answered = [[j for j, c in enumerate(g.completions) if c.ok] for g in groups]
@@ -161,14 +169,11 @@ async def train_loop(
         to_judge = [i for i in range(len(groups)) if i not in skipped]
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(to_judge))
 
-        # Tool-calling trajectories are long: summarise each before the comparison unless told not to.
-        judge_cfg = cfg.judge if cfg.judge.summaries is not None else cfg.judge.model_copy(update={"summaries": bool(task.tools)})
-
         async def judge_one(i: int) -> GroupJudgement:
             g = groups[i]
-            attempts = [Attempt(n + 1, g.attempt_text(j), g.combined[j]) for n, j in enumerate(answered[i])]
-            out = await judge_group(models.judge, prompts, judge_cfg, g.sample, attempts, shown[g.sample.id].text,
-                                    pass_threshold=task.pass_threshold, use_cache=use_cache)
+            attempts = group_attempts(g, [r.name for r in task.rewards], answered[i])
+            out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, shown[g.sample.id].text,
+                                    pass_threshold=task.pass_threshold, use_cache=use_cache, context=judge_context)
             hooks.on_advance("judging")
             return out
 
@@ -215,11 +220,12 @@ async def train_loop(
         )
         run_dir.append(ROLLOUTS, rollouts)
         run_dir.append(GROUPS, group_records)
-        credit = usage_credit(((shown[g.sample.id].ids, g.completions[j].text, advantages[i][j])
-                               for i, g in enumerate(groups) for j in answered[i]), step)
+        credit = usage_credit(([(shown[g.sample.id].ids, cited_text(g.completions[j]), advantages[i][j]) for j in answered[i]]
+                               for i, g in enumerate(groups)), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
-        run_dir.append(OPS, [*results, *leaks, *failures])
+        dropped = [OpResult(step=step, op=op, status="rejected", error=why) for op, why in distilled.dropped]
+        run_dir.append(OPS, [*results, *dropped, *leaks, *failures])
 
         kinds = Counter(r.op.op for r in results if r.status == "applied")
         record = StepRecord(
@@ -227,7 +233,7 @@ async def train_loop(
             mean_reward=mean_of([r for g in groups for r in g.combined]),
             group_mean_rewards=[mean_of(g.combined) for g in groups],
             groups=len(groups), judged=len(judgements), proposals=len(proposals),
-            ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected"),
+            ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected") + len(dropped),
             ops_by_kind=dict(kinds), judge_failures=len(failures), ops_leaked=len(leaks),
             rollout_failures=sum(1 for g in groups for c in g.completions if not c.ok),
             library_size=len(library), usage=_usage_delta(usage_before, models.usage),

@@ -127,3 +127,38 @@ async def _sample_agent_group(client: LLMClient, task: Task, sample: Sample, mes
     combined = [combine(row, task.weights) for row in rewards]
     return Group(sample=sample, completions=completions, rewards=rewards, combined=combined,
                  trajectories=[t for _, t in runs])
+
+
+def group_attempts(group: Group, reward_names: list[str], indices: list[int] | None = None) -> list[Any]:
+    """The group's answers as the judge sees them (``judge.Attempt``): text, combined reward,
+    each reward's value by name, and whether the answer was cut off by its token limit; only the
+    answers at ``indices`` (default: all), numbered from 1 in that order."""
+    from tfgrpo.training_free.judge import Attempt
+
+    out = []
+    for n, j in enumerate(range(len(group.completions)) if indices is None else indices):
+        c = group.completions[j]
+        stopped = group.trajectories[j].stopped_by if group.trajectories and group.trajectories[j] is not None else None
+        out.append(Attempt(n + 1, group.attempt_text(j), group.combined[j], dict(zip(reward_names, group.rewards[j])),
+                           truncated=c.finish_reason == "length" or stopped == "tokens"))
+    return out
+
+
+def cited_text(c: Completion) -> str | None:
+    """Where an answer's citations are read: its text and a reasoning model's reasoning."""
+    return "\n".join(t for t in (c.reasoning, c.text) if t) or None
+
+
+def task_context(task: Task, prompts: Prompts) -> Any:
+    """What the judge is told about the task (``judge.JudgeContext``): the agent's system prompt
+    without lessons, its tools, and the rewards that score it."""
+    from tfgrpo.tools.base import toolset
+    from tfgrpo.training_free.judge import JudgeContext
+
+    tools = [f"{t.name}: {t.description}" for t in toolset(task.tools).values()] if task.tools else []
+    objective = []
+    for r in task.rewards:
+        doc = " ".join((getattr(r.fn, "__doc__", None) or "").split())
+        objective.append(f"{r.name} (weight {r.weight:g}){': ' + doc if doc else ''}")
+    return JudgeContext(instructions=prompts.render(task.template, instructions=task.instructions, experiences=""),
+                        tools=tools, objective=objective, pass_threshold=task.pass_threshold)
