@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = args.out or str(Path(tmp) / "run")
         cfg = make_config(task=TASK, model=model_dir, steps=args.steps, batch_size=args.batch_size,
                           group_size=args.group_size, lr=args.lr, lora_r=args.lora_r, loss=args.loss,
-                          max_response_len=args.max_new_tokens, micro_batch_groups=args.batch_size, device="cpu",
+                          max_tokens=args.max_new_tokens, micro_batch_groups=args.batch_size, device="cpu",
                           dtype="float32", generator="hf", seed=args.seed, out=out)
         t_train = time.perf_counter()
         summary = train_weights(cfg, progress=True)

@@ -35,7 +35,7 @@ def test_neutral_text_advises_nothing_on_any_simulated_skill():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "demo"
-    api.train({"task": "demo", "epochs": 2}, out=out)
+    api.train({"task": "demo", "epochs": 2, "policy": {"model": "sim"}}, out=out)
     return out
 
 

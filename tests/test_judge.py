@@ -179,7 +179,7 @@ def test_group_size_one_judges_every_group_with_a_note(tmp_path, caplog):  # def
     from tfgrpo.training_free.config import RunConfig, SamplingConfig
     from tfgrpo.training_free.loop import train_loop
 
-    cfg = RunConfig(task="demo", epochs=1, limit=16, sampling=SamplingConfig(group_size=1), cache=False)
+    cfg = RunConfig(task="demo", epochs=1, limit=16, sampling=SamplingConfig(group_size=1), cache=False, policy={"model": "sim"})
     with caplog.at_level(logging.WARNING), open_models(cfg.policy, cfg.judge, sim_seed=0) as models:
         result = asyncio.run(train_loop(cfg, load_task("demo"), models, RunDir(tmp_path / "run"), prompts=PROMPTS))
     assert all(s.judged == s.groups for s in result.steps) and sum(s.judged for s in result.steps) == 16

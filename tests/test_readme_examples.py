@@ -41,7 +41,7 @@ def _commands() -> list[tuple[str, list[str]]]:
     found = []
     for doc in DOCS:
         for start, block in _blocks(doc, ("bash", "sh", "shell", "console")):
-            for j, line in enumerate(block.splitlines()):
+            for j, line in enumerate(block.replace("\\\n", " ").splitlines()):  # continued lines joined
                 for part in re.split(r"&&|;", line.split("  #", 1)[0]):
                     words = shlex.split(part, comments=True)
                     for k, w in enumerate(words):

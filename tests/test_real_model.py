@@ -38,12 +38,12 @@ def test_real_model_trains_resumes_and_evaluates(tmp_path, smollm2):
         common = ["--task", "math", "--data", str(data), "--json", "-q"]
         started = time.monotonic()
         first = last_json(tfgrpo("train", *common, *endpoint, "-c", str(config), "--epochs", "1", "--batch-size", "2",
-                                 "--group-size", "2", "--max-completion-tokens", "48", "--out", str(run), timeout=1800))
+                                 "--group-size", "2", "--max-tokens", "48", "--out", str(run), timeout=1800))
         resumed = last_json(tfgrpo("train", "--resume", str(run), "--epochs", "2", "--json", "-q", *endpoint,
                                    timeout=1800))  # fmt: skip
         train_wall = time.monotonic() - started
         evaluated = last_json(tfgrpo("eval", "--library", str(run), *common, *endpoint, "-k", "1",
-                                     "--max-completion-tokens", "48", timeout=1800))  # fmt: skip
+                                     "--max-tokens", "48", "--on-training-problems", timeout=1800))  # fmt: skip
     codes = re.findall(r'"POST /v1/chat/completions HTTP/1\.1" (\d+)', log.read_text())
 
     rd = RunDir(run)

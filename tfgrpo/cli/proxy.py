@@ -37,8 +37,8 @@ def register(app: typer.Typer) -> None:
         """Serve an OpenAI-compatible endpoint that adds the pack's experiences (retrieved for the
         last user message) to the system message and forwards everything else unchanged. Point any
         agent's base URL at http://HOST:PORT/v1."""
-        if not 0 < port < 65536:
-            raise UserError(f"--port {port}: a port is 1 to 65535")
+        if not 0 <= port < 65536:
+            raise UserError(f"--port {port}: a port is 1 to 65535 (0: a free one)")
         if injection is not None and injection not in MODES:
             raise UserError(f"unknown --injection '{injection}' (choose {', '.join(MODES)})")
         if not upstream.startswith(("http://", "https://")):

@@ -81,6 +81,8 @@ def open_models(
 ) -> Iterator[Models]:
     """Clients for the policy (and judge), with any local server they need running.
     ``price_per_mtok`` prices the calls of models litellm has no price for."""
+    if policy.model is None and not serve:
+        raise UserError("which model? pass --model NAME (a litellm name, or sim for the built-in SIMULATED model)")
     usage = Usage()
     cache = ResponseCache(cache_path) if cache_path is not None else None
     with contextlib.ExitStack() as stack:
