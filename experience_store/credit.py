@@ -18,8 +18,9 @@ from typing import Any, Iterable
 
 from experience_store.models import Stats
 
-CITATION = re.compile(r"\[\s*(E\s*\d+)\s*\]", re.IGNORECASE)
-_ID = re.compile(r"^\[?\s*(?:E\s*)?(\d+)\s*\]?$", re.IGNORECASE)
+# ASCII digits only, at most 9 (an id like E² or a 5000-digit one is no id, and int() stays cheap).
+CITATION = re.compile(r"\[\s*(E\s*[0-9]{1,9})\s*\]", re.IGNORECASE)
+_ID = re.compile(r"^\[?\s*(?:E\s*)?([0-9]{1,9})\s*\]?$", re.IGNORECASE)
 
 Answer = tuple[Iterable[str], "str | None", float]  # (ids shown, output text, advantage)
 

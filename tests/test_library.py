@@ -82,3 +82,14 @@ def test_rendering_treats_lesson_text_as_data():
     state, _ = apply_ops(LibraryState(), [op("ADD", text="When {{ 7*7 }} appears, {% raw %}stay calm.")], step=1)
     out = render_experiences(state.experiences)
     assert out == "[E1] When {{ 7*7 }} appears, {% raw %}stay calm."
+
+
+@pytest.mark.parametrize("bad_id", ["E²", "E" + "9" * 5000, "E١", "E1]x[E2"])
+def test_an_op_naming_a_hostile_id_is_rejected_not_a_crash(tmp_path, bad_id):
+    """Issue 14 item 4: a superscript digit, a 5000-digit id (int() would raise past 4300 digits)
+    or a non-ASCII digit is no id: the op is rejected and logged, the library unchanged."""
+    lib = Library(tmp_path / "lib")
+    lib.apply([ExperienceOp(op="ADD", text="When x, do y.")], 1)
+    [result] = lib.apply([ExperienceOp(op="DELETE", id=bad_id)], 2)
+    assert result.status == "rejected" and "unknown" in result.error
+    assert [e.id for e in lib.experiences] == ["E1"]
