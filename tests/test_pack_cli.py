@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from cli_helpers import last_json, tfgrpo
+from cli_helpers import ENV, last_json, tfgrpo
 from experience_store import Library, Pack
 
 
@@ -46,6 +46,10 @@ def test_export_verify_show_import(run, tmp_path):
     assert last_json(tfgrpo("pack", "verify", str(pack), "--json"))["ok"] is True
     shown = last_json(tfgrpo("pack", "show", str(pack), "--query", "anything", "--json"))
     assert [e["text"] for e in shown["experiences"]] == [e.text for e in lib.experiences]
+    # the human view shows the recorded evaluation, the injection settings and the injected block
+    human = tfgrpo("pack", "show", str(pack), "--query", "anything", env={**ENV, "COLUMNS": "250"}).stdout
+    assert "library 0.700 vs baseline 0.400" in human and "all, 2000 tokens, top 8" in human
+    assert "injected for the query" in human and lib.experiences[0].text[:40] in " ".join(human.split())
     # import into a new library: the same lessons, ids kept
     res = last_json(tfgrpo("pack", "import", str(pack), "--into", str(tmp_path / "new"), "--json"))
     assert res["added"] == len(lib)

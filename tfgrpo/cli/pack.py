@@ -36,9 +36,26 @@ def manifest_table(pack: Pack, title: str) -> Table:
                        ("source", f"{m.source_run}@{m.source_step}" if m.source_run else None),
                        ("embedding", spec_label(m.embedding)), ("lessons", m.counts.get("experiences")),
                        ("retired", m.counts.get("retired")), ("history ops", m.counts.get("history")),
-                       ("created", m.created)):
+                       ("created", m.created), ("injection", _injection_label(pack)), ("evaluation", _eval_label(m.eval))):
         t.add_row(key, plain("n/a" if value is None else value))
     return t
+
+
+def _injection_label(pack: Pack) -> str:
+    s = pack.injection_settings()
+    return f"{s.mode}, {s.budget_tokens} tokens, top {s.top_k}" + ("" if pack.manifest.injection else " (defaults)")
+
+
+def _eval_label(ev: dict[str, Any] | None) -> str | None:
+    """The recorded evaluation in one line: library vs baseline Mean@k, the difference and its verdict."""
+    if not ev or not isinstance(ev.get("library"), dict) or not isinstance(ev.get("baseline"), dict):
+        return None
+    k, d = ev.get("k", "?"), ev.get("diff") or {}
+    line = (f"library {ev['library'].get('mean_at_k', float('nan')):.3f} vs baseline "
+            f"{ev['baseline'].get('mean_at_k', float('nan')):.3f} (Mean@{k}, {ev.get('n_problems', '?')} problems)")
+    if isinstance(d.get("mean"), (int, float)):
+        line += f", difference {d['mean']:+.3f}" + (f", p {d['p_value']:.3g}" if isinstance(d.get("p_value"), (int, float)) else "")
+    return line + (f"; {ev['verdict']}" if ev.get("verdict") else "")
 
 
 def register(app: typer.Typer) -> None:
@@ -87,7 +104,10 @@ def register(app: typer.Typer) -> None:
         payload = {"manifest": p.manifest.model_dump(mode="json"), "experiences": [experience_row(e) for e in p.active]}
         if injected is not None:
             payload["injected"] = {"ids": injected.ids, "tokens": injected.tokens, "mode": injected.mode, "text": injected.text}
-        emit([manifest_table(p, str(pack)), lessons], payload, as_json)
+        shown: list[Any] = [manifest_table(p, str(pack)), lessons]
+        if injected is not None:  # the block exactly as the prompt gets it
+            shown.append(plain(f"injected for the query ({injected.mode}, {injected.tokens} tokens):\n{injected.text}"))
+        emit(shown, payload, as_json)
 
     @group.command("diff")
     @user_errors
