@@ -29,6 +29,7 @@ def seeded_run(tmp_path, prune_harmful: bool) -> dict[str, str]:
     silent.mkdir()
     (silent / "compare.j2").write_text("There is nothing to compare this time.")  # the judge sees no attempts
     cfg = RunConfig(task="demo", epochs=3, sampling=SamplingConfig(group_size=8), cache=False, prompts_dir=str(silent),
+                    policy={"model": "sim"},
                     library=LibraryConfig(prune_harmful=prune_harmful))
     rd = RunDir(tmp_path / "run")
     lessons = [s.harmful if s.name == HARMED else s.lesson for s in SKILLS]

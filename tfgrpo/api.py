@@ -21,7 +21,7 @@ from typing import Any
 from experience_store import Library, OpResult, Pack, StoreError
 from pydantic import ValidationError
 
-from tfgrpo.config import build
+from tfgrpo.config import build, setting_name
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.eval_source import library_at, open_source, resolve
 from tfgrpo.llm.endpoints import Models, is_sim, open_models
@@ -97,7 +97,8 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
             raise UserError(f"nothing to resume: {out} has no config.yaml")
         fixed = sorted(_changed(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json")) - RESUMABLE)
         if fixed:
-            raise UserError(f"a resumed run keeps its settings; cannot change {', '.join(fixed)} (start a new run instead)")
+            raise UserError(f"a resumed run keeps its settings; cannot change {', '.join(setting_name(RunConfig, f) for f in fixed)} "
+                            "(start a new run instead)")
         try:  # a damaged step record stops the resume here, before anything is written
             rd.steps()
         except (ValueError, RecursionError) as e:  # pydantic's ValidationError is a ValueError

@@ -100,6 +100,12 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def setting_name(model: type[BaseModel], dotted: str) -> str:
+    """How a user names the setting at ``dotted`` (``sampling.group_size``): its flag, else the YAML path."""
+    flag_name = _flag_at(model, tuple(dotted.split(".")))
+    return f"--{flag_name}" if flag_name else dotted
+
+
 def _flag_at(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     """The command-line flag of the field at ``loc``, if it has one."""
     for i, key in enumerate(loc):
