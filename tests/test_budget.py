@@ -62,6 +62,7 @@ def test_price_per_mtok_prices_an_unpriced_model_and_caps_cost(tmp_path):
     assert s["status"] == "stopped_by_budget" and total <= 0.01
 
 
+@pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
 def test_cost_limit_without_a_price_stops_after_the_first_step_and_says_why(tmp_path):
     proc = tfgrpo("train", "--model", "sim", "--epochs", "1", "--budget-cost", "5", "--out", str(tmp_path / "r"), "--json", "-q")
     assert last_json(proc)["steps"] == 1 and "--price-per-mtok" in proc.stderr

@@ -57,6 +57,7 @@ def sim_server():
     proc.wait(10)
 
 
+@pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
 @pytest.mark.parametrize("sig, code, reason", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
 def test_sigterm_and_ctrl_c_mark_the_run_interrupted(tmp_path, sim_server, sig, code, reason):
     server, url = sim_server

@@ -43,6 +43,7 @@ def test_train_json_summary(trained):
     assert "Training-free GRPO run" in proc.stderr  # the table goes to stderr under --json
 
 
+@pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
 def test_eval_with_library_beats_baseline_by_the_simulated_margin(trained):
     out, _, _ = trained
     report = last_json(tfgrpo("eval", "--task", "demo", "--model", "sim", "--library", str(out), "-k", "4", "--json"))
@@ -156,6 +157,7 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
     assert proc.returncode == 2 and "OPENAI_API_KEY" in proc.stderr and "already holds a run" not in proc.stderr
 
 
+@pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
 def test_prompts_dir_overrides_a_builtin_template(tmp_path):
     from tfgrpo.sim.skills import SKILLS
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
 
 
+@pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
 def test_train_with_serve_launches_and_stops_vllm(tmp_path):
     exe = tmp_path / "vllm"
     exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_VLLM}" "$@"\n')
