@@ -16,7 +16,7 @@ from tfgrpo.llm.client import CONTEXT_OVERFLOW, Completion
 from tfgrpo.llm.retry import failure_text
 from tfgrpo.task_registry import Sample, load_task
 from tfgrpo.training_free.config import JudgeConfig
-from tfgrpo.training_free.distill import ConsolidatedOp, bound_ops
+from tfgrpo.training_free.distill import ConsolidatedOp
 from tfgrpo.training_free.judge import (Attempt, GroupComparison, JudgeContext, ProposedOp, judge_group, keep_ops,
                                         needs_summaries, schema_text, summary_words)
 from tfgrpo.training_free.prompting import Prompts
@@ -184,18 +184,3 @@ def test_group_size_one_judges_every_group_with_a_note(tmp_path, caplog):  # def
         result = asyncio.run(train_loop(cfg, load_task("demo"), models, RunDir(tmp_path / "run"), prompts=PROMPTS))
     assert all(s.judged == s.groups for s in result.steps) and sum(s.judged for s in result.steps) == 16
     assert any("group size 1" in r.getMessage() for r in caplog.records)
-
-
-def test_consolidation_is_bounded_by_the_batch_proposals():  # issue 14, item 11
-    proposals = [ProposedOp(op="ADD", text="When a, b."), ProposedOp(op="UPDATE", id="E1", text="When c, d."),
-                 ProposedOp(op="DELETE", id="E2")]
-    invented = [ExperienceOp(op="ADD", text=f"When {i}, do {i}.") for i in range(1000)]
-    kept, dropped = bound_ops([ExperienceOp(op="DELETE", id="E2"), ExperienceOp(op="DELETE", id="E7"), *invented],
-                              proposals, candidates=0)
-    assert [o.op for o in kept] == ["DELETE", "ADD"] and len(dropped) == 1000
-    assert "DELETE E7 was not proposed" in dropped[0][1]
-    merge = ExperienceOp(op="MERGE", ids=["E3", "E4"], text="When e, f.")
-    kept, _ = bound_ops([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), merge, invented[0]], proposals, candidates=1)
-    assert [o.op for o in kept] == ["UPDATE", "MERGE", "ADD"]
-    kept, _ = bound_ops([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), merge, invented[0]], proposals, candidates=0)
-    assert [o.op for o in kept] == ["UPDATE", "MERGE"]

@@ -1,6 +1,6 @@
 import pytest
 
-from experience_store import ExperienceOp, Library, Provenance, apply_ops, render_experiences
+from experience_store import ExperienceOp, Library, Provenance, apply_ops
 from experience_store import LibraryState
 
 
@@ -24,16 +24,6 @@ def test_add_update_delete_merge_keep_stable_ids(tmp_path):
     assert lib.state.get("E2").revision == 2
     assert lib.versions() == [1, 2, 3]
     assert [e.id for e in lib.state_at(1).active()] == ["E1", "E2", "E3"]
-
-
-def test_unknown_id_is_rejected_not_turned_into_add(tmp_path):
-    lib = Library(tmp_path / "lib")
-    lib.apply([op("ADD", text="When A, do a.")], step=1)
-    res = lib.apply([op("UPDATE", id="E9", text="When Z, do z."), op("DELETE", id="E7"),
-                     op("MERGE", ids=["E1", "E8"], text="x"), op("UPDATE", id=None, text="y")], step=2)
-    assert [r.status for r in res] == ["rejected"] * 4
-    assert "E9" in res[0].error
-    assert [e.text for e in lib.experiences] == ["When A, do a."]
 
 
 def test_exact_duplicate_is_never_stored_twice(tmp_path):
@@ -76,20 +66,3 @@ def test_apply_ops_is_pure_and_records_provenance():
     new, res = apply_ops(state, [op("ADD", text="When A, do a.")], step=4, provenance=Provenance(run="r", step=4, query_ids=["q1"]))
     assert state.experiences == [] and new.experiences[0].provenance.query_ids == ["q1"]
     assert new.experiences[0].created_step == 4
-
-
-def test_rendering_treats_lesson_text_as_data():
-    state, _ = apply_ops(LibraryState(), [op("ADD", text="When {{ 7*7 }} appears, {% raw %}stay calm.")], step=1)
-    out = render_experiences(state.experiences)
-    assert out == "[E1] When {{ 7*7 }} appears, {% raw %}stay calm."
-
-
-@pytest.mark.parametrize("bad_id", ["E²", "E" + "9" * 5000, "E١", "E1]x[E2"])
-def test_an_op_naming_a_hostile_id_is_rejected_not_a_crash(tmp_path, bad_id):
-    """Issue 14 item 4: a superscript digit, a 5000-digit id (int() would raise past 4300 digits)
-    or a non-ASCII digit is no id: the op is rejected and logged, the library unchanged."""
-    lib = Library(tmp_path / "lib")
-    lib.apply([ExperienceOp(op="ADD", text="When x, do y.")], 1)
-    [result] = lib.apply([ExperienceOp(op="DELETE", id=bad_id)], 2)
-    assert result.status == "rejected" and "unknown" in result.error
-    assert [e.id for e in lib.experiences] == ["E1"]

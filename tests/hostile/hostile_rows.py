@@ -10,7 +10,12 @@ from the results at the end of a run that collected any of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import inspect
+import json
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -72,8 +77,6 @@ GOOD_LESSON = {"id": "E1", "text": "When adding fractions, rewrite both over a c
 
 def lesson(**change: Any) -> str:
     """One line of a pack's experiences.jsonl: the good lesson with ``change`` on top."""
-    import json
-
     return json.dumps({**GOOD_LESSON, **change})
 
 
@@ -82,9 +85,6 @@ def pack_dir(d, lines: list[str] | None = None, *, manifest: dict | None = None,
     """A directory pack written by hand: ``lines`` of experiences.jsonl, the manifest's checksums
     and counts made to match them (unless ``counts`` says otherwise), ``manifest`` keys put on
     top, or ``manifest_raw`` written as the manifest instead."""
-    import hashlib
-    import json
-
     from experience_store import pack_format
 
     lines = [lesson()] if lines is None else lines
@@ -98,3 +98,46 @@ def pack_dir(d, lines: list[str] | None = None, *, manifest: dict | None = None,
             **(manifest or {})}
     write(d / "manifest.json", manifest_raw if manifest_raw is not None else json.dumps(meta))
     return d
+
+
+class Relay:
+    """A loopback TCP relay in front of a server on ``port``. The first ``drop_first`` connections
+    are read from and closed unanswered (a dropped connection); ``cut()`` drops every connection
+    and refuses new ones, which is what a client sees of a server killed mid-run."""
+
+    def __init__(self, port: int, drop_first: int = 0):
+        self.target, self.conns, self.drop_first, self.dropped = port, [], drop_first, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.dropped < self.drop_first:
+                self.dropped += 1
+                client.recv(65536)
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def cut(self, *_: object) -> None:
+        self.sock.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()

@@ -1,0 +1,239 @@
+"""Areas 3, 4 and 11, and what held of the judge's output and of retries: every number a server
+sends is sanitised (finite, non-negative, bounded); a judge reply is parsed (bounded depth and
+size) before it is cached, and one that cannot be read is a failed call, never a crash nor a
+replay; ops naming ids that do not exist, and oversized lessons, are rejected; consolidation is
+bounded by the batch's proposals; transient failures of a server are retried."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from hostile_rows import HUGE, Case, Relay, deep, rows
+from openai_stub import StubServer
+from pydantic import BaseModel
+
+from experience_store import ExperienceOp, Library
+from tfgrpo.llm import LLMClient, ResponseCache, RetryPolicy
+from tfgrpo.llm.cache import request_key
+from tfgrpo.llm.client import Completion
+from tfgrpo.llm.retry import retry_after
+from tfgrpo.llm.usage import MAX_TOKENS_PER_REPLY, Usage
+from tfgrpo.task_registry import Sample
+from tfgrpo.training_free.config import JudgeConfig
+from tfgrpo.training_free.distill import bound_ops
+from tfgrpo.training_free.judge import Attempt, ProposedOp, judge_group
+from tfgrpo.training_free.prompting import Prompts
+from tfgrpo.training_free.structured import ParseError, ask_structured, parse_output
+
+MSGS = [{"role": "user", "content": "What is 2+2?"}]
+FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
+
+
+def stub_client(base_url: str, **kw) -> LLMClient:
+    kw.setdefault("retry", FAST)
+    kw.setdefault("supports_n", True)
+    return LLMClient(model="openai/stub", api_base=base_url, api_key="x", **kw)
+
+
+# ------------------------------------------------------------------------ 3 server numbers
+
+class _Err(Exception):
+    def __init__(self, value):
+        self.headers = {"retry-after": value}
+
+
+def retry_after_is(ctx, value, expected) -> None:
+    wait = retry_after(_Err(value), upper=60.0)
+    assert wait == expected
+    assert 0 <= RetryPolicy(max_delay=60.0).delay(0, wait) <= 60.0
+
+
+async def retry_after_nan_does_not_stall(ctx) -> None:
+    with StubServer() as server:
+        server.fail(503, {"Retry-After": "nan"}, times=2)
+        c = stub_client(server.base_url)
+        out = await c.sample(MSGS, n=1)
+        assert out[0].ok and c.usage.roles["policy"].retries == 2
+
+
+def usage_read_in_process(ctx, usage: dict) -> None:
+    """Negative, non-finite or absurd usage is read as 0 or capped, so a --max-tokens budget holds."""
+    client = LLMClient(model="openai/x", role="policy")
+    reply = SimpleNamespace(usage=SimpleNamespace(**usage), choices=[SimpleNamespace(
+        message=SimpleNamespace(content="4", tool_calls=None), finish_reason="stop")])
+    out = client._completions(reply, [0])
+    stats = client.usage.role("policy")
+    for n in (stats.prompt_tokens, stats.completion_tokens, out[0].prompt_tokens, out[0].completion_tokens):
+        assert isinstance(n, int) and 0 <= n <= MAX_TOKENS_PER_REPLY
+
+
+async def usage_from_a_server(ctx, usage: dict) -> None:
+    with StubServer(usage=usage) as server:
+        c = stub_client(server.base_url, price_per_mtok=(1.0, 1.0))
+        out = await c.sample(MSGS, n=2)
+        role = c.usage.roles["policy"]
+        assert all(o.ok and o.prompt_tokens >= 0 and o.completion_tokens >= 0 for o in out)
+        assert 0 <= role.prompt_tokens <= 10**8 and role.completion_tokens >= 0 and (role.cost_usd or 0) >= 0
+
+
+# ------------------------------------------------------------------------ 4 judge replies
+
+class Verdict(BaseModel):
+    better: int
+
+
+def parse_error(ctx, text: str) -> None:
+    with pytest.raises(ParseError) as exc:
+        parse_output(text, Verdict)
+    assert ctx.expected in str(exc.value)
+
+
+async def unsafe_reply_not_cached(ctx) -> None:
+    with StubServer(answer=lambda m, i: deep(50_000)) as server:
+        cache = ResponseCache(ctx.tmp / "c.sqlite")
+        c = stub_client(server.base_url, cache=cache, usage=Usage())
+        result = await ask_structured(c, MSGS, Verdict, "verdict")
+        assert not result.ok and "nested" in result.error and len(cache) == 0
+
+
+async def cached_unsafe_reply_not_replayed(ctx) -> None:
+    """A reply cached by an older version is asked again, not replayed into the parser."""
+    with StubServer(answer=lambda m, i: '{"better": 1}') as server:
+        cache = ResponseCache(ctx.tmp / "c.sqlite")
+        c = stub_client(server.base_url, cache=cache, usage=Usage())
+        request = {"model": c.model, "messages": MSGS, "temperature": 0.0, "max_tokens": None, "seed": None,
+                   "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": Verdict.model_json_schema(), "strict": False}}}  # fmt: skip
+        cache.put(request_key(request), 0, {"text": '{"better": ' + "9" * 5000 + "}"})
+        result = await ask_structured(c, MSGS, Verdict, "verdict")
+        assert result.ok and result.value.better == 1 and c.usage.roles["policy"].cache_hits == 0 and server.requests == 1
+
+
+def op_rejected(ctx, op: ExperienceOp) -> None:
+    """An op naming an id that is not an active lesson is rejected and logged; the library is unchanged."""
+    lib = Library(ctx.tmp / "lib")
+    lib.apply([ExperienceOp(op="ADD", text="When x, do y.")], 1)
+    [result] = lib.apply([op], 2)
+    assert result.status == "rejected" and ctx.expected in result.error, result
+    assert [(e.id, e.text) for e in lib.experiences] == [("E1", "When x, do y.")] and lib.versions() == [1, 2]
+
+
+# ------------------------------------------------------------------- held: judge output
+
+def judged(reply: str):
+    """judge_group on one two-attempt group whose judge always answers ``reply``."""
+    import asyncio
+
+    class Judge:
+        model = "sim"
+
+        async def sample(self, messages, **kw):
+            return [Completion(text=reply, index=0)]
+
+    sample = Sample(id="q1", prompt="How many posts does a 10 m fence with a post every 2 m need?", answer="6")
+    return asyncio.run(judge_group(Judge(), Prompts(), JudgeConfig(), sample, [Attempt(1, "Answer: 6", 1.0), Attempt(2, "Answer: 5", 0.0)],
+                                   "[E1] When counting posts, add one.", pass_threshold=1.0))
+
+
+def judge_reply_is_a_failed_call(ctx, reply: str) -> None:
+    out = judged(reply)
+    assert out.comparison is None and not out.proposals and out.error and ctx.expected in out.error, out
+
+
+# -------------------------------------------------------------------------- 11 consolidation
+
+PROPOSALS = [ProposedOp(op="ADD", text="When a, b."), ProposedOp(op="UPDATE", id="E1", text="When c, d."), ProposedOp(op="DELETE", id="E2")]
+INVENTED = [ExperienceOp(op="ADD", text=f"When {i}, do {i}.") for i in range(1000)]
+MERGE = ExperienceOp(op="MERGE", ids=["E3", "E4"], text="When e, f.")
+
+
+def consolidation_bounded(ctx, ops: list, candidates: int, kept_ops: list[str], dropped: int, reason: str | None = None) -> None:
+    kept, dropped_ops = bound_ops(ops, PROPOSALS, candidates=candidates)
+    assert [o.op for o in kept] == kept_ops and len(dropped_ops) == dropped
+    assert reason is None or reason in dropped_ops[0][1]
+
+
+# -------------------------------------------------------------------------- held: retries
+
+async def sim_fault_retried(ctx, fault: str) -> None:
+    from tfgrpo.sim import start_sim_server
+
+    with start_sim_server(seed=1, timeout_delay=3.0) as sim:
+        sim.add_faults([fault, fault])
+        c = LLMClient(model="openai/sim-policy", api_base=sim.base_url, api_key="sim", timeout=1.0, retry_timeouts=True,
+                      first_timeout_factor=1.0, retry=RetryPolicy(max_retries=4, base_delay=0.01, max_delay=1.0))
+        out = await c.sample(MSGS, n=2, seed=1)
+        assert all(o.ok for o in out) and c.usage.roles["policy"].retries == 2
+
+
+async def garbage_retried(ctx, body) -> None:
+    with StubServer() as server:
+        server.fail(200, body=body, times=2)
+        c = stub_client(server.base_url)
+        out = await c.sample(MSGS, n=1)
+        assert out[0].ok and out[0].text == "Answer: 0" and c.usage.roles["policy"].retries == 2 and server.requests == 3
+
+
+async def dropped_connections_retried(ctx) -> None:
+    with StubServer() as server:
+        relay = Relay(server.port, drop_first=2)
+        try:
+            c = stub_client(f"http://127.0.0.1:{relay.port}/v1")
+            out = await c.sample(MSGS, n=1)
+            assert out[0].ok and relay.dropped == 2 and server.requests == 1 and c.usage.roles["policy"].retries == 2
+        finally:
+            relay.cut()
+
+
+S, J, H, C, R = "03 server numbers", "04 judge replies", "held judge output", "11 consolidation", "held retries"
+RETRY_AFTER = [("nan", None), ("NaN", None), ("inf", None), ("-inf", None), ("1e309", None), ("-5", None), ("-1", None),
+               ("abc", None), ("", None), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("9" * 5000, None),
+               ("1e308", 60.0), ("2.5", 2.5), ("0", 0.0)]
+CASES = [
+    *(Case(S, f"Retry-After: {v if v is None or len(v) < 40 else v[:4] + '... (5000 digits)'}",
+           "our own backoff" if e is None else f"waits {e} s (bounded)", retry_after_is, (v, e)) for v, e in RETRY_AFTER),
+    Case(S, "Retry-After: nan twice, then an answer", "no stall: retried twice and answered", retry_after_nan_does_not_stall),
+    *(Case(S, f"usage {name}", "counts 0 or capped, never below zero", usage_read_in_process, (u,)) for name, u in [
+        ("-1e9 prompt tokens", {"prompt_tokens": -10**9, "completion_tokens": -5}),
+        ("nan and inf", {"prompt_tokens": float("nan"), "completion_tokens": float("inf")}),
+        ("a string and a bool", {"prompt_tokens": "-3", "completion_tokens": True}),
+        ("a 5000-digit int", {"prompt_tokens": 10**5000, "completion_tokens": None})]),
+    *(Case(S, f"usage {name} from a server", "counts 0 or capped, cost never negative", usage_from_a_server, (u,)) for name, u in [
+        ("negative", {"prompt_tokens": -1_000_000, "completion_tokens": -5, "total_tokens": -1_000_005}),
+        ("1e30", {"prompt_tokens": 10**30, "completion_tokens": -1, "total_tokens": 10**30})]),
+    Case(J, "reply nested 100000 deep", "JSON nested", parse_error, ("[" * 100_000,)),
+    Case(J, "reply with a 5000-digit int", "a number of more than", parse_error, ('{"better": ' + "9" * 5000 + "}",)),
+    Case(J, "reply nested 50 deep", "JSON nested 50 deep", parse_error, ('{"a":' * 50 + "1" + "}" * 50,)),
+    Case(J, "deeply nested reply from a server", "a failed call, nothing cached", unsafe_reply_not_cached),
+    Case(J, "crashing reply already in the cache", "asked again, never replayed into the parser", cached_unsafe_reply_not_replayed),
+    *(Case(J, f"op id {name}", "unknown", op_rejected, (ExperienceOp(op="DELETE", id=i),))
+      for name, i in [("E\u00b2", "E\u00b2"), ("of 5000 digits", "E" + HUGE), ("E with an Arabic-Indic digit", "E\u0661"), ("E1]x[E2", "E1]x[E2")]),
+    Case(H, "invented id in UPDATE", "unknown or retired id 'E9'", op_rejected, (ExperienceOp(op="UPDATE", id="E9", text="When Z, do z."),)),
+    Case(H, "invented id in DELETE", "unknown or retired id 'E7'", op_rejected, (ExperienceOp(op="DELETE", id="E7"),)),
+    Case(H, "invented id in MERGE", "MERGE", op_rejected, (ExperienceOp(op="MERGE", ids=["E1", "E8"], text="When x or z, do y."),)),
+    Case(H, "UPDATE without an id", "unknown or retired id None", op_rejected, (ExperienceOp(op="UPDATE", id=None, text="When y, do x."),)),
+    Case(H, "10 MB ADD applied", "ADD text longer than 2000 characters", op_rejected, (ExperienceOp(op="ADD", text="When x, " + "y" * (10 << 20)),)),
+    Case(H, "10 MB ADD in a judge reply", "reply of", judge_reply_is_a_failed_call,
+         (json.dumps({"reasoning": "r", "ops": [{"op": "ADD", "text": "x" * (10 << 20)}]}),)),
+    Case(H, "judge reply NaN reasoning, null ops", "reasoning", judge_reply_is_a_failed_call, ('{"reasoning": NaN, "ops": null}',)),
+    Case(H, "judge reply null", "expected a JSON object", judge_reply_is_a_failed_call, ("null",)),
+    Case(H, "judge reply with a NaN lesson text", "ops.0.text", judge_reply_is_a_failed_call, ('{"reasoning": "r", "ops": [{"op": "ADD", "text": NaN}]}',)),
+    Case(H, "judge reply with null ops", "ops", judge_reply_is_a_failed_call, ('{"reasoning": "r", "ops": [null]}',)),
+    Case(C, "1000 invented ADDs and an unproposed DELETE", "only the proposed ops kept", consolidation_bounded,
+         ([ExperienceOp(op="DELETE", id="E2"), ExperienceOp(op="DELETE", id="E7"), *INVENTED], 0, ["DELETE", "ADD"], 1000, "DELETE E7 was not proposed")),
+    Case(C, "MERGE and an invented ADD, one candidate", "MERGE kept, one ADD within the candidates", consolidation_bounded,
+         ([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), MERGE, INVENTED[0]], 1, ["UPDATE", "MERGE", "ADD"], 0)),
+    Case(C, "MERGE and an invented ADD, no candidates", "the invented ADD dropped", consolidation_bounded,
+         ([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), MERGE, INVENTED[0]], 0, ["UPDATE", "MERGE"], 1)),
+    *(Case(R, f"{fault} twice", "retried, every sample answered", sim_fault_retried, (fault,)) for fault in ("429", "500", "503", "timeout")),
+    Case(R, "garbage body with status 200, twice", "retried, answered", garbage_retried, ("garbage",)),
+    Case(R, "a completion of the wrong shape, twice", "retried, answered", garbage_retried, ({"choices": "x"},)),
+    Case(R, "connection dropped unanswered, twice", "retried, answered", dropped_connections_retried),
+]
+
+
+@pytest.mark.parametrize("case", rows(CASES))
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # the wrong-shape completion
+def test_hostile_server(case, ctx):
+    case.run(ctx)
