@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
@@ -23,3 +24,9 @@ def last_json(proc: subprocess.CompletedProcess) -> dict[str, Any]:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, f"no stdout; stderr:\n{proc.stderr[-2000:]}"
     return json.loads(lines[-1])
+
+
+def committed(run: Path) -> int:
+    """How many steps a run directory has marked done (lines of its steps.jsonl)."""
+    p = run / "steps.jsonl"
+    return len(p.read_text().splitlines()) if p.exists() else 0

@@ -1,5 +1,7 @@
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -7,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import CMD, ENV
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -54,3 +58,22 @@ def smollm2():
         return model_files.smollm2_dir()
     except UserError as e:
         pytest.skip(f"SmolLM2 package not available offline: {e}")
+
+
+@pytest.fixture
+def sim_server():
+    """The simulated model in its own process, so the test can freeze it mid-request."""
+    proc = subprocess.Popen([*CMD, "sim-server", "--port", "0", "--seed", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    url = None
+    deadline = time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
+        if m:
+            url = m.group(1)
+    assert url, "sim-server did not print its URL"
+    yield proc, url
+    os.kill(proc.pid, signal.SIGCONT)
+    proc.terminate()
+    proc.wait(10)
