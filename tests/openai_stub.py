@@ -125,6 +125,15 @@ class StubServer:
         self.stop()
 
 
+def stub_client(base_url: str, **kw: Any):
+    """An LLMClient for a stub server: fast retries, ``n`` honoured unless said otherwise."""
+    from tfgrpo.llm import LLMClient, RetryPolicy
+
+    kw.setdefault("retry", RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05))
+    kw.setdefault("supports_n", True)
+    return LLMClient(model="openai/stub", api_base=base_url, api_key="x", **kw)
+
+
 def main() -> None:
     """``python tests/openai_stub.py --latency 0.2 --slots 16``: serve until killed; prints the URL."""
     import argparse

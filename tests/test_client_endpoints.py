@@ -10,22 +10,17 @@ import logging
 import threading
 
 import pytest
-from openai_stub import StubServer
+from openai_stub import StubServer, stub_client
 
 from tfgrpo.errors import EndpointError
-from tfgrpo.llm import LLMClient, RetryPolicy
+from tfgrpo.llm import RetryPolicy
 from tfgrpo.llm.replicas import split_bases
 from tfgrpo.llm.retry import AdaptiveLimit, is_local
 from tfgrpo.llm.usage import server_number
 
 MSGS = [{"role": "user", "content": "What is 2+2?"}]
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
-
-
-def client(base_url: str, **kw) -> LLMClient:
-    kw.setdefault("retry", FAST)
-    kw.setdefault("supports_n", True)
-    return LLMClient(model="openai/stub", api_base=base_url, api_key="x", **kw)
+client = stub_client
 
 
 async def bounded(coro, seconds: float = 60.0):

@@ -46,8 +46,9 @@ def needs(feature: str) -> None:
         pytest.skip(why)
 
 
-def run(code: str, **limits):
-    return asyncio.run(run_python(textwrap.dedent(code), Limits(**limits)))
+def run(*code: str, **limits):
+    """Run the code (its parts dedented one by one, then joined) in the sandbox."""
+    return asyncio.run(run_python("".join(textwrap.dedent(part) for part in code), Limits(**limits)))
 
 
 def override_spec(ctx, **changes) -> None:
@@ -62,6 +63,18 @@ def override_spec(ctx, **changes) -> None:
         return base, spec_path, cgroup
 
     ctx.monkeypatch.setattr(sandbox, "_prepare", changed)
+
+
+def connect(address: str) -> str:
+    """Sandboxed code that connects an AF_UNIX socket to ``address``: prints connected or refused ERRNO."""
+    return f"""
+        import socket
+        try:
+            socket.socket(socket.AF_UNIX).connect({address!r})
+            print("connected")
+        except OSError as e:
+            print("refused", e.errno)
+    """
 
 
 def listening_unix_socket(ctx) -> tuple[socket.socket, str]:
@@ -80,14 +93,8 @@ def host_unix_socket(ctx) -> None:
     needs("mount")
     server, path = listening_unix_socket(ctx)
     try:
-        r = run(f"""
-            import os, socket
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect({path!r})
-                print("connected")
-            except OSError as e:
-                print("refused", e.errno)
+        r = run(connect(path), f"""
+            import os
             print("visible", os.path.exists({path!r}), os.path.exists("/etc/hostname"), os.path.exists("/run"))
         """)
         with pytest.raises(BlockingIOError):
@@ -105,14 +112,8 @@ def host_unix_socket_by_seccomp(ctx) -> None:
     override_spec(ctx, namespaces=False, landlock=False)
     server, path = listening_unix_socket(ctx)
     try:
-        r = run(f"""
-            import asyncio, os, socket
-            try:
-                s = socket.socket(socket.AF_UNIX)
-                s.connect({path!r})
-                print("connected")
-            except OSError as e:
-                print("refused", e.errno)
+        r = run(connect(path), f"""
+            import asyncio, os
             print("visible", os.path.exists({path!r}))
             print("asyncio", asyncio.run(asyncio.sleep(0, result="ok")))
         """)
@@ -133,15 +134,7 @@ def abstract_socket(ctx) -> None:
     server.listen()
     server.setblocking(False)
     try:
-        r = run(f"""
-            import socket
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect({name!r})
-                print("connected")
-            except OSError as e:
-                print("refused", e.errno)
-        """)
+        r = run(connect(name))
         with pytest.raises(BlockingIOError):
             server.accept()
     finally:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from hostile_rows import HUGE, Case, Relay, deep, rows
-from openai_stub import StubServer
+from openai_stub import StubServer, stub_client
 from pydantic import BaseModel
 
 from experience_store import ExperienceOp, Library
@@ -28,13 +28,6 @@ from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import ParseError, ask_structured, parse_output
 
 MSGS = [{"role": "user", "content": "What is 2+2?"}]
-FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
-
-
-def stub_client(base_url: str, **kw) -> LLMClient:
-    kw.setdefault("retry", FAST)
-    kw.setdefault("supports_n", True)
-    return LLMClient(model="openai/stub", api_base=base_url, api_key="x", **kw)
 
 
 # ------------------------------------------------------------------------ 3 server numbers
