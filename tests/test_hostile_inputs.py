@@ -306,10 +306,11 @@ def test_usage_from_a_server_never_lowers_the_counts(usage):
     from types import SimpleNamespace
 
     from tfgrpo.llm.client import LLMClient
+    from tfgrpo.llm.reply import Reply
     from tfgrpo.llm.usage import MAX_TOKENS_PER_REPLY
 
     client = LLMClient(model="openai/x", role="policy")
-    reply = SimpleNamespace(usage=SimpleNamespace(**usage), choices=[SimpleNamespace(
+    reply = Reply(usage=SimpleNamespace(**usage), cost=None, choices=[SimpleNamespace(
         message=SimpleNamespace(content="4", tool_calls=None), finish_reason="stop")])
     out = client._completions(reply, [0])
     stats = client.usage.role("policy")
