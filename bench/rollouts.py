@@ -14,14 +14,18 @@ server runs in another process, so none of its work is counted. ``--ignore-n`` m
 answer one choice per request (as ``transformers serve`` does); the bound is then
 ``concurrency / latency``.
 
-For comparison the same requests are then sent by a bare HTTP client (httpx: no tfgrpo, no
-litellm) at the same concurrency: ``bare_client_rps`` is what this machine and server allow any
-client, so ``ratio`` well below ``bare_client_ratio`` is the client's own cost (on a busy
-machine, the CPU litellm spends per request), not the server's.
+The client sends OpenAI-compatible requests straight over HTTP (``tfgrpo.llm.direct``), as it
+does for every ``openai/`` or ``hosted_vllm/`` model with an ``api_base``. For comparison, in the
+same run, the same groups go through litellm (``transport="litellm"``, the path of every other
+provider: ``litellm_ratio``, ``litellm_overhead_ms``), and the same requests are sent by a bare
+HTTP client (httpx: no tfgrpo, no litellm) at the same concurrency: ``bare_client_rps`` is what
+this machine and server allow any client, so ``ratio`` well below ``bare_client_ratio`` is the
+client's own cost, not the server's.
 
 The last stdout line is one JSON object: bound_rps, achieved_rps, ratio, overhead_ms,
-rollouts, rollouts_ok, requests, wall_s, latency_s, concurrency, group_size, bare_client_rps,
-bare_client_ratio.
+rollouts, rollouts_ok, requests, wall_s, latency_s, concurrency, group_size,
+litellm_achieved_rps, litellm_ratio, litellm_overhead_ms, bare_client_rps, bare_client_ratio.
+Progress goes to stderr.
 
     python bench/rollouts.py --json
 """
@@ -61,11 +65,15 @@ def start_server(latency: float, slots: int, ignore_n: bool) -> tuple[subprocess
     return proc, url
 
 
-async def run(args: argparse.Namespace, url: str, out_dir: Path) -> dict[str, float]:
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace, url: str, out_dir: Path, transport: str = "auto") -> dict[str, float]:
     task = load_task("demo")
     prompts = Prompts()
     client = LLMClient(model="openai/stub", api_base=url, api_key="x", concurrency=args.concurrency, timeout=30,
-                       retry=RetryPolicy(max_retries=2, base_delay=0.05), supports_n=True)  # fmt: skip
+                       retry=RetryPolicy(max_retries=2, base_delay=0.05), supports_n=True, transport=transport)  # fmt: skip
     run_dir = RunDir(out_dir)
     sampling = SamplingConfig(group_size=args.group_size, temperature=0.7, max_tokens=64)
     samples = [task.dataset[i % len(task.dataset)] for i in range(args.groups + 1)]
@@ -128,9 +136,18 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args()
     proc, url = start_server(args.latency, args.concurrency, args.ignore_n)
+    groups = f"{args.groups} groups of {args.group_size}, {args.concurrency} at once, {args.latency:g}s per request"
     try:
+        say(f"[1/3] tfgrpo client, straight HTTP: {groups} ...")
         with tempfile.TemporaryDirectory() as tmp:
             result = asyncio.run(run(args, url, Path(tmp)))
+        say(f"      {result['achieved_rps']} rollouts/s ({result['ratio']:.0%} of the bound) in {result['wall_s']}s")
+        say(f"[2/3] tfgrpo client through litellm: {groups} ...")
+        with tempfile.TemporaryDirectory() as tmp:
+            via = asyncio.run(run(args, url, Path(tmp), transport="litellm"))
+        say(f"      {via['achieved_rps']} rollouts/s ({via['ratio']:.0%} of the bound) in {via['wall_s']}s")
+        result.update(litellm_achieved_rps=via["achieved_rps"], litellm_ratio=via["ratio"], litellm_overhead_ms=via["overhead_ms"])
+        say("[3/3] bare HTTP client (httpx), the same requests ...")
         bare_rps = asyncio.run(bare(args, url))
         result["bare_client_rps"] = round(bare_rps, 1)
         result["bare_client_ratio"] = round(bare_rps / result["bound_rps"], 3)
@@ -139,7 +156,8 @@ def main() -> None:
         proc.wait(10)
     if not args.json:
         print(f"{result['achieved_rps']} rollouts/s of a bound of {result['bound_rps']} ({result['ratio']:.0%}); "
-              f"client CPU {result['overhead_ms']} ms per rollout; a bare HTTP client reaches "
+              f"client CPU {result['overhead_ms']} ms per rollout; through litellm {result['litellm_achieved_rps']} "
+              f"({result['litellm_ratio']:.0%}, {result['litellm_overhead_ms']} ms); a bare HTTP client reaches "
               f"{result['bare_client_rps']} ({result['bare_client_ratio']:.0%})")  # fmt: skip
     print(json.dumps(result))
 

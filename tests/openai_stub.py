@@ -39,6 +39,7 @@ class StubServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.ns: list[int] = []  # the n of each request
+        self.auth: list[str | None] = []  # the Authorization header of each request
         self._faults: deque[tuple[int, dict[str, str], Any]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -51,7 +52,8 @@ class StubServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def fail(self, status: int, headers: dict[str, str] | None = None, body: Any = None, times: int = 1) -> None:
-        """The next ``times`` requests get ``status`` with ``headers`` (``body``: the JSON sent)."""
+        """The next ``times`` requests get ``status`` with ``headers`` (``body``: the JSON sent,
+        or a string sent as it is)."""
         for _ in range(times):
             self._faults.append((status, headers or {}, body))
 
@@ -61,8 +63,11 @@ class StubServer:
         self.requests += 1
         n = int(body.get("n") or 1)
         self.ns.append(n)
+        self.auth.append(request.headers.get("Authorization"))
         if self._faults:
             status, headers, payload = self._faults.popleft()
+            if isinstance(payload, str):  # a body that is not JSON
+                return web.Response(text=payload, status=status, headers=headers)
             if status == 200:
                 return web.json_response(payload, headers=headers)
             return web.json_response(payload or {"error": {"message": f"stub fault {status}", "type": "stub"}},

@@ -41,3 +41,34 @@ def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
 def test_default_run_directory_is_new_per_run():
     cfg = make_config(task="toy", model="tiny", steps=1, device="cpu")
     assert cfg.run_dir.startswith("runs/grpo-toy-")
+
+
+@pytest.mark.slow  # a subprocess that loads torch and trains; CI runs it
+def test_sigterm_marks_a_parameter_mode_run_interrupted_and_it_resumes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from cli_helpers import CMD, ENV, tfgrpo
+
+    run = tmp_path / "run"
+    flags = ["--task", "toy", "--model", "tiny", "--batch-size", "2", "--group-size", "2", "--device", "cpu", "--save-every", "1"]
+    proc = subprocess.Popen([*CMD, "grpo", *flags, "--steps", "200", "--out", str(run), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    steps = run / "steps.jsonl"
+    deadline = time.monotonic() + 180
+    while not (steps.exists() and steps.read_text().count("\n") >= 2) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    assert json.loads((run / "status.json").read_text())["status"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 143
+    assert f"interrupted; continue with: tfgrpo grpo --resume {run}" in proc.stderr.read()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["reason"] == "SIGTERM" and status["mode"] == "params"
+    assert 2 <= status["steps_done"] == steps.read_text().count("\n") < 200
+    assert "interrupted" in tfgrpo("runs", str(tmp_path)).stdout
+    done = status["steps_done"]
+    resumed = tfgrpo("grpo", "--resume", str(run), "--steps", str(done + 1), "--json", "--quiet")
+    assert json.loads(resumed.stdout.splitlines()[-1])["steps"] == done + 1
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"

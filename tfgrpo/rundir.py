@@ -254,9 +254,10 @@ class RunDir:
         try:
             yield
         except KeyboardInterrupt as e:
-            planned = (self.read_status() or {}).get("steps_planned")
-            self.write_status(mode, "interrupted", reason="SIGTERM" if isinstance(e, Terminated) else "Ctrl-C",
-                              steps_done=len(self.step_rows()), steps_planned=planned if isinstance(planned, int) else 0)
+            if self.path.is_dir():  # not when stopped before the run directory existed
+                planned = (self.read_status() or {}).get("steps_planned")
+                self.write_status(mode, "interrupted", reason="SIGTERM" if isinstance(e, Terminated) else "Ctrl-C",
+                                  steps_done=len(self.step_rows()), steps_planned=planned if isinstance(planned, int) else 0)
             raise
         finally:
             if previous is not None:

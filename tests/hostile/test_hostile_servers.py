@@ -53,8 +53,10 @@ async def retry_after_nan_does_not_stall(ctx) -> None:
 
 def usage_read_in_process(ctx, usage: dict) -> None:
     """Negative, non-finite or absurd usage is read as 0 or capped, so a --max-tokens budget holds."""
+    from tfgrpo.llm.reply import Reply
+
     client = LLMClient(model="openai/x", role="policy")
-    reply = SimpleNamespace(usage=SimpleNamespace(**usage), choices=[SimpleNamespace(
+    reply = Reply(usage=SimpleNamespace(**usage), cost=None, choices=[SimpleNamespace(
         message=SimpleNamespace(content="4", tool_calls=None), finish_reason="stop")])
     out = client._completions(reply, [0])
     stats = client.usage.role("policy")
@@ -220,8 +222,9 @@ CASES = [
     Case(C, "MERGE and an invented ADD, no candidates", "the invented ADD dropped", consolidation_bounded,
          ([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), MERGE, INVENTED[0]], 0, ["UPDATE", "MERGE"], 1)),
     *(Case(R, f"{fault} twice", "retried, every sample answered", sim_fault_retried, (fault,)) for fault in ("429", "500", "503", "timeout")),
-    Case(R, "garbage body with status 200, twice", "retried, answered", garbage_retried, ("garbage",)),
-    Case(R, "a completion of the wrong shape, twice", "retried, answered", garbage_retried, ({"choices": "x"},)),
+    *(Case(R, f"{name} with status 200, twice", "retried, answered", garbage_retried, (body,)) for name, body in [
+        ("plain-text garbage", "garbage"), ("an HTML page", "<html>gateway</html>"), ("JSON nested 100000 deep", deep()),
+        ("a completion of the wrong shape", {"choices": "x"}), ("JSON without choices", {"object": "no choices"})]),
     Case(R, "connection dropped unanswered, twice", "retried, answered", dropped_connections_retried),
 ]
 

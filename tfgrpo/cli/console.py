@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import unicodedata
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 import typer
 from rich.console import Console
@@ -79,6 +79,16 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return run
+
+
+def exit_interrupted(e: KeyboardInterrupt, command: str, run_dir: Any) -> NoReturn:
+    """After Ctrl-C or SIGTERM (``Terminated``; status.json already says interrupted): how to
+    continue, and the exit status a shell expects (130, or 143 for SIGTERM)."""
+    from tfgrpo.rundir import Terminated
+
+    where = f" --resume {run_dir}" if run_dir else ""
+    err_console.print(f"interrupted; continue with: tfgrpo {command}{where}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
 
 def notice(line: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from tfgrpo.cli.console import configure_logging, emit, err_console, user_errors
+from tfgrpo.cli.console import configure_logging, emit, err_console, exit_interrupted, user_errors
 from tfgrpo.cli.options import apply_flags, collect, describe_tasks, with_generated_options
 from tfgrpo.config import build, load_yaml
 from tfgrpo.params.config import ParamsConfig
@@ -40,7 +40,10 @@ def register(app: typer.Typer) -> None:
             base = load_yaml(run / CONFIG) if (run / CONFIG).is_file() else {}
             base.setdefault("out", str(run))
         cfg = build(ParamsConfig, apply_flags(base, flags, SPECS))
-        summary = train_params(cfg, resume=resume, progress=not quiet)
+        try:
+            summary = train_params(cfg, resume=resume, progress=not quiet)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM: status.json says interrupted
+            exit_interrupted(e, "grpo", cfg.run_dir)
         if os.environ.get("RANK", "0") != "0":  # one summary under torchrun / accelerate launch
             return
         if not (as_json or quiet):

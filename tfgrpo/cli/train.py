@@ -7,11 +7,10 @@ from typing import Any, Optional
 
 import typer
 
-from tfgrpo.cli.console import emit, err_console, eval_table, progress_hooks, train_tables, user_errors
+from tfgrpo.cli.console import emit, err_console, eval_table, exit_interrupted, progress_hooks, train_tables, user_errors
 from tfgrpo.cli.options import TASK_ARG_HELP, apply_flags, describe_tasks, collect, with_generated_options, with_task_args
 from tfgrpo.config import build, load_yaml
 from tfgrpo.errors import UserError
-from tfgrpo.rundir import Terminated
 from tfgrpo.training_free.config import EvalConfig, RunConfig
 
 SPECS = describe_tasks(collect(RunConfig))
@@ -38,9 +37,7 @@ def _run(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
         with progress_hooks(not quiet) as hooks:
             result = api.train(cfg, out=out, resume=resume, hooks=hooks)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): status.json says interrupted
-        where = f" --resume {target}" if target else ""
-        err_console.print(f"interrupted; continue with: tfgrpo train{where}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        exit_interrupted(e, "train", target)
     if result.stopped:
         fix = ("--price-per-mtok IN,OUT" if "--price-per-mtok" in result.stopped  # no price: a higher limit would not help
                else "and a higher limit")

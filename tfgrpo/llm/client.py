@@ -1,5 +1,7 @@
-"""One async client for every model: litellm for any provider, the OpenAI-compatible path for
-vLLM, ``transformers serve`` and the simulated model.
+"""One async client for every model: OpenAI-compatible endpoints (vLLM, ``transformers serve``,
+the simulated model, any ``openai/`` or ``hosted_vllm/`` model with an ``api_base``) straight
+over HTTP (:mod:`tfgrpo.llm.direct`, about a fifth of litellm's CPU per request), every other
+provider through litellm.
 
 * ``n=G`` in one request where the backend supports it, else G requests. A server that
   answers with fewer choices than asked (it ignores ``n``) gets the missing ones as separate
@@ -31,10 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tfgrpo.errors import EndpointError
+from tfgrpo.llm import direct
 from tfgrpo.llm.cache import ResponseCache, request_key
 from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
-from tfgrpo.llm.retry import CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, retry_after, short
-from tfgrpo.llm.usage import MAX_COST_PER_REPLY, Usage, server_number, token_count
+from tfgrpo.llm.reply import Prices, Reply, field_of, prices_of, reply_cost
+from tfgrpo.llm.retry import (CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, refused,
+                              retry_after, short)  # fmt: skip
+from tfgrpo.llm.usage import Usage, token_count
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the price map
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CONTEXT_OVERFLOW", "Completion", "LLMClient", "RetryPolicy"]
 
 _N_IGNORED: set[str] = set()  # endpoints (api_base|model) seen answering n>1 with fewer choices
+_KEY_ENV = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}  # litellm's key variables
 
 
 @dataclass
@@ -81,6 +87,9 @@ class LLMClient:
     price_per_mtok: tuple[float, float] | None = None  # USD per 1M prompt/completion tokens, for unpriced models
     retry_timeouts: bool | None = None  # None: retry timed-out requests at remote endpoints only
     first_timeout_factor: float = 4.0  # local endpoints: timeout multiplier until they have answered once
+    # "auto": OpenAI-compatible endpoints (openai/ or hosted_vllm/ with an api_base) straight over
+    # HTTP (tfgrpo.llm.direct), every other provider through litellm; "litellm": always litellm
+    transport: str = "auto"
     _limit: AdaptiveLimit | None = field(default=None, init=False, repr=False)
     _replicas: ReplicaSet = field(init=False, repr=False)
 
@@ -92,6 +101,10 @@ class LLMClient:
         self._local = all(is_local(r.url) for r in self._replicas.replicas)
         if self.retry_timeouts is None:
             self.retry_timeouts = not self._local
+        if self.transport not in ("auto", "litellm"):
+            raise ValueError(f"transport {self.transport!r}: choose auto or litellm")
+        self._direct = direct.direct_model(self.model, self.api_base) if self.transport == "auto" else None
+        self._prices: Prices | None = prices_of(self.model) if self._direct is not None else None
 
     @property
     def limit(self) -> AdaptiveLimit:
@@ -195,25 +208,7 @@ class LLMClient:
     async def _request(self, request: dict[str, Any], indices: list[int], *, n: int, seed: int | None) -> list[Completion]:
         """One request for ``n`` choices, retried as the error allows; returns the choices the
         server gave (possibly fewer than ``n``), or failed completions for all ``indices``."""
-        import litellm
-
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": request["messages"],
-            "temperature": request["temperature"],
-            "n": n,
-            "drop_params": True,
-            "max_retries": 0,
-        }
-        for k in ("max_tokens", "response_format", "tools"):
-            if request.get(k) is not None:
-                kwargs[k] = request[k]
-        if request.get("tools") and _skips_mcp_gateway():
-            kwargs["_skip_mcp_handler"] = True
-        if seed is not None:
-            kwargs["seed"] = seed
-        if self.api_key:
-            kwargs["api_key"] = self.api_key
+        send = self._sender(request, n, seed)
         stats = self.usage.role(self.role)
         several = len(self._replicas) > 1
         attempt = 0
@@ -221,8 +216,6 @@ class LLMClient:
         while True:
             replica = self._replicas.pick(avoid=replica.url if replica is not None else None)
             timeout = self._timeout_for(replica)
-            if replica.url:
-                kwargs["api_base"] = replica.url
             try:
                 async with self.limit:
                     stats.calls += 1
@@ -230,7 +223,7 @@ class LLMClient:
                         stats.replicas[replica.url] = stats.replicas.get(replica.url, 0) + 1
                     replica.in_flight += 1
                     try:
-                        resp = await asyncio.wait_for(litellm.acompletion(timeout=timeout, **kwargs), timeout=timeout + 5)
+                        reply = await asyncio.wait_for(send(replica.url, timeout), timeout=timeout + 5)
                     finally:
                         replica.in_flight -= 1
                 replica.answered = True
@@ -243,7 +236,7 @@ class LLMClient:
                 timed_out = is_timeout(e)
                 if timed_out:
                     self.limit.timed_out()
-                elif kind == "retry" and several and isinstance(e, litellm.APIConnectionError):
+                elif kind == "retry" and several and refused(e):
                     self._replicas.down(replica, short(e))
                     if self._replicas.any_live(replica):
                         stats.retries += 1
@@ -268,36 +261,69 @@ class LLMClient:
                 log.info("%s: %s; retry %d in %.2fs", self.role, short(e), attempt + 1, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
-        return self._completions(resp, indices)
+        return self._completions(reply, indices)
 
-    def _completions(self, resp: Any, indices: list[int]) -> list[Completion]:
+    def _sender(self, request: dict[str, Any], n: int, seed: int | None) -> Callable[[str, float], Any]:
+        """``send(replica_url, timeout)``: straight to an OpenAI-compatible endpoint, or via litellm."""
+        options = {k: request[k] for k in ("max_tokens", "response_format", "tools") if request.get(k) is not None}
+        if seed is not None:
+            options["seed"] = seed
+        if self._direct is not None:
+            body = {"model": self._direct, "messages": request["messages"], "temperature": request["temperature"],
+                    **({"n": n} if n > 1 else {}), **options}  # fmt: skip
+            key = self.api_key or os.environ.get(_KEY_ENV.get(self.model.partition("/")[0], ""))
+
+            async def direct_send(url: str, timeout: float) -> Reply:
+                reply = await direct.chat(url, body, api_key=key, timeout=timeout, local=self._local)
+                cost = self._prices.cost(reply.get("usage") or {}) if self._prices else None
+                return Reply(reply["choices"], reply.get("usage"), cost)
+
+            return direct_send
+
+        import litellm
+
+        kwargs: dict[str, Any] = {"model": self.model, "messages": request["messages"], "temperature": request["temperature"],
+                                  "n": n, "drop_params": True, "max_retries": 0, **options}  # fmt: skip
+        if request.get("tools") and _skips_mcp_gateway():
+            kwargs["_skip_mcp_handler"] = True
+        if self.api_key:
+            kwargs["api_key"] = self.api_key
+
+        async def litellm_send(url: str, timeout: float) -> Reply:
+            resp = await litellm.acompletion(timeout=timeout, **({"api_base": url} if url else {}), **kwargs)
+            return Reply(list(getattr(resp, "choices", []) or []), getattr(resp, "usage", None), reply_cost(resp))
+
+        return litellm_send
+
+    def _completions(self, reply: Reply, indices: list[int]) -> list[Completion]:
         stats = self.usage.role(self.role)
-        usage = getattr(resp, "usage", None)
-        prompt_tokens = token_count(getattr(usage, "prompt_tokens", 0))
-        completion_tokens = token_count(getattr(usage, "completion_tokens", 0))
-        details = getattr(usage, "prompt_tokens_details", None)
+        usage = reply.usage
+        prompt_tokens = token_count(field_of(usage, "prompt_tokens"))
+        completion_tokens = token_count(field_of(usage, "completion_tokens"))
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        stats.cached_tokens += min(prompt_tokens, token_count(getattr(details, "cached_tokens", 0)))
-        cost = _cost(resp)
+        cached = field_of(field_of(usage, "prompt_tokens_details"), "cached_tokens")
+        stats.cached_tokens += min(prompt_tokens, token_count(cached))
+        cost = reply.cost
         if cost is None and self.price_per_mtok is not None:
             cost = (prompt_tokens * self.price_per_mtok[0] + completion_tokens * self.price_per_mtok[1]) / 1e6
         stats.add_cost(cost)
-        choices = list(getattr(resp, "choices", []) or [])[: len(indices)]
+        choices = reply.choices[: len(indices)]
         per_choice_prompt = prompt_tokens // max(1, len(indices))
         out: list[Completion] = []
         for i, ch in zip(indices, choices):
-            text = getattr(ch.message, "content", None)
+            message = field_of(ch, "message")
+            text = field_of(message, "content")
             # Completion tokens of one choice: the backend reports the request's total; split evenly.
             out.append(
                 Completion(
-                    text=text if text is not None else "",
+                    text=str(text) if text is not None else "",
                     index=i,
-                    finish_reason=getattr(ch, "finish_reason", None),
+                    finish_reason=field_of(ch, "finish_reason"),
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
-                    tool_calls=_tool_calls(ch.message),
-                    reasoning=getattr(ch.message, "reasoning_content", None) or None,
+                    tool_calls=_tool_calls(message),
+                    reasoning=field_of(message, "reasoning_content") or None,
                 )
             )
         return out
@@ -321,14 +347,14 @@ def _skips_mcp_gateway() -> bool:
 
 def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     """The message's tool calls as plain dicts; arguments stay the raw string the model wrote."""
-    calls = getattr(message, "tool_calls", None) or []
+    calls = field_of(message, "tool_calls")
     out = []
-    for c in calls:
-        fn = getattr(c, "function", None)
+    for c in calls if isinstance(calls, list) else []:
+        fn = field_of(c, "function")
         out.append({
-            "id": str(getattr(c, "id", "") or f"call_{len(out)}"),
+            "id": str(field_of(c, "id") or f"call_{len(out)}"),
             "type": "function",
-            "function": {"name": str(getattr(fn, "name", "") or ""), "arguments": str(getattr(fn, "arguments", "") or "")},
+            "function": {"name": str(field_of(fn, "name") or ""), "arguments": str(field_of(fn, "arguments") or "")},
         })
     return out or None
 
@@ -350,16 +376,3 @@ def _backend_supports_n(model: str) -> bool:
         return "n" in params
     except Exception:
         return False
-
-
-def _cost(resp: Any) -> float | None:
-    import litellm
-
-    hidden = getattr(resp, "_hidden_params", None)
-    if isinstance(hidden, dict) and "response_cost" in hidden:  # litellm priced the reply already
-        return server_number(hidden["response_cost"], upper=MAX_COST_PER_REPLY, default=None) or None
-    try:
-        cost = litellm.completion_cost(completion_response=resp)
-        return server_number(cost, upper=MAX_COST_PER_REPLY, default=None) or None
-    except Exception:
-        return None  # no price known for this model (local vLLM, the simulator)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from tfgrpo.llm.direct import TransportError
 from tfgrpo.llm.usage import server_number
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,13 @@ _CREDENTIALS = re.compile(r"missing credentials|api[_ ]key (must be set|is missi
 _PREFIX = re.compile(r"^\s*(litellm\.)?\w*(Error|Exception)\s*[:-]\s*")
 
 
+def refused(e: Exception) -> bool:
+    """The connection failed (refused, reset, dropped): the replica is likely down."""
+    import litellm
+
+    return isinstance(e, (litellm.APIConnectionError, TransportError))
+
+
 def is_timeout(e: Exception) -> bool:
     import litellm
 
@@ -128,6 +136,8 @@ def classify(e: Exception) -> str:
     if isinstance(e, (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError)):
         return "fatal"
     status = status_of(e)
+    if status in (401, 403, 404):
+        return "fatal"  # bad key, no access, no such model or path: every request would fail the same way
     if status is not None and (status in RETRYABLE_STATUS or status >= 500):
         return "retry"
     if status is None and isinstance(e, (OSError, ConnectionError)):

@@ -39,7 +39,8 @@ def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: boo
         raise UserError("parameter mode needs torch: pip install 'tfgrpo[train]'") from None
     device = resolve_device(cfg.device)
     try:
-        return _Run(cfg, task, device, progress).loop(resume)
+        with RunDir(cfg.run_dir).interrupts_marked("params"):  # SIGTERM / Ctrl-C: status.json says interrupted
+            return _Run(cfg, task, device, progress).loop(resume)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             "CUDA out of memory: lower --micro-batch-groups "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -95,6 +96,31 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many concurrent clients connect at once (batched rollouts)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_connections: set[Any] = set()
+        self._conn_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            self.open_connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conn_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open (keep-alive) connection, as a killed server's would be."""
+        with self._conn_lock:
+            conns = list(self.open_connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
 
 class SimServer:
     """A running simulated model. Use as a context manager, or call :meth:`stop`."""
@@ -137,6 +163,7 @@ class SimServer:
         self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.drop_connections()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> "SimServer":

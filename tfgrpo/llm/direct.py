@@ -1,0 +1,130 @@
+"""Straight to an OpenAI-compatible chat endpoint over HTTP, without litellm in the request path.
+
+vLLM, ``transformers serve``, the simulator and any ``openai/`` or ``hosted_vllm/`` model with
+an ``api_base`` speak the OpenAI chat API as it is: there is nothing to translate. litellm's
+request path costs about 5 ms of CPU per request (logging objects, provider routing, response
+conversion), which on a fast local server caps how many rollouts a client can take in a second
+(``bench/rollouts.py`` measures both paths side by side). Here one pooled aiohttp session per
+event loop sends the JSON body and returns the reply as a dict; every other provider
+(anthropic/, gemini/, bedrock/, ...) still goes through litellm.
+
+Errors come back as exceptions :func:`tfgrpo.llm.retry.classify` understands: an HTTP error
+status as :class:`HTTPStatusError` (status, server message and headers, so ``Retry-After`` is
+honoured), a refused or dropped connection as :class:`TransportError`, a 200 reply that is not
+a chat completion as :class:`BadReply` (retried like a 502), a timeout as
+:class:`asyncio.TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+DIRECT_PROVIDERS = ("openai", "hosted_vllm")
+# per event loop (weakly: a loop that is gone takes its session with it)
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, aiohttp.ClientSession]] = weakref.WeakKeyDictionary()
+_HOLDERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()
+
+
+def direct_model(model: str, api_base: str | None) -> str | None:
+    """The model name to send when ``model`` can go straight to ``api_base``, else None
+    (no endpoint given, or a provider litellm has to translate for)."""
+    provider, sep, name = model.partition("/")
+    if not api_base or not sep or provider not in DIRECT_PROVIDERS or not name:
+        return None
+    return name
+
+
+class HTTPStatusError(Exception):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, message: str, headers: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status_code = status
+        self.headers = headers
+
+
+class TransportError(ConnectionError):
+    """The connection was refused, reset or dropped before a reply came."""
+
+
+class BadReply(Exception):
+    """A 200 reply that is not a chat completion (not JSON, nested beyond reason, no choices)."""
+
+    status_code = 502
+
+
+async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, timeout: float,
+               local: bool = False) -> dict[str, Any]:  # fmt: skip
+    """POST ``body`` to ``base_url/chat/completions``; the reply as a dict with ``choices``.
+    ``local``: a server on this machine or network, reached without the environment's proxy."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    session = await _session(trust_env=not local)
+    try:
+        async with session.post(f"{base_url}/chat/completions", json=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:  # fmt: skip
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise HTTPStatusError(resp.status, _error_message(raw), resp.headers)
+    except asyncio.TimeoutError:
+        raise asyncio.TimeoutError(f"no reply within {timeout:g}s") from None
+    except aiohttp.ClientError as e:  # refused, reset, cut off mid-reply
+        raise TransportError(f"{type(e).__name__}: {e}") from None
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadReply(f"reply is not JSON: {raw[:120]!r}") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
+        raise BadReply(f"reply has no choices: {raw[:120]!r}")
+    return reply
+
+
+def _error_message(raw: bytes) -> str:
+    """The server's own words: OpenAI's ``{"error": {"message"}}``, FastAPI's ``detail``, or the text."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw[:300].decode("utf-8", "replace").strip() or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+        for key in ("error", "detail", "message"):
+            if isinstance(data.get(key), str):
+                return data[key][:300]
+    return str(data)[:300]
+
+
+async def _session(trust_env: bool) -> aiohttp.ClientSession:
+    """The pooled session of the running event loop (one that reads proxy settings and .netrc
+    from the environment, for remote endpoints, and one that does not, for local ones: that
+    lookup costs two thread hops per request). Sessions are closed when the loop shuts down:
+    a suspended async generator holds them, and ``asyncio.run`` closes every async generator
+    still alive at its end (``loop.shutdown_asyncgens``)."""
+    loop = asyncio.get_running_loop()
+    sessions = _SESSIONS.get(loop)
+    if sessions is None:
+        sessions = _SESSIONS[loop] = {}
+        holder = _hold(sessions)
+        await holder.__anext__()
+        _HOLDERS[loop] = holder
+    session = sessions.get(trust_env)
+    if session is None or session.closed:
+        session = sessions[trust_env] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=trust_env)
+    return session
+
+
+async def _hold(sessions: dict[bool, aiohttp.ClientSession]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        loop = asyncio.get_running_loop()
+        if _SESSIONS.get(loop) is sessions:
+            del _SESSIONS[loop]
+            _HOLDERS.pop(loop, None)
+        for session in sessions.values():
+            await session.close()
