@@ -72,3 +72,25 @@ def test_runs_lists_hostile_names_as_written_and_a_damaged_run_beside_the_others
     assert_safe(out)
     assert "a-[red]x[not-a-tag" in out and "[bold]x[/] \\x1b[2J" in out
     assert "b-damaged" in out and "unreadable:" in out
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("d.jsonl:1: invalid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
+     "use sys.set_int_max_str_digits() to increase the limit", "d.jsonl:1: invalid JSON: a number of 5000 digits (at most 4300 allowed)"),
+    ("x: invalid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 di",
+     "x: invalid JSON: a number of 5000 digits (at most 4300 allowed)"),
+    ("m (Exceeds the limit (4300 digits) for integer string conversion)", "m (a number of more than 4300 digits (at most 4300 allowed))"),
+])
+def test_errors_about_huge_numbers_give_no_advice_a_user_cannot_take(message, shown, capsys):
+    from tfgrpo.cli.console import fail
+
+    assert fail(message).exit_code == 2
+    assert capsys.readouterr().err.strip() == f"error: {shown}"
+
+
+def test_a_huge_number_in_a_dataset_is_named_not_blamed_on_python(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "x", "answer": ' + "1" * 5000 + "}\n")
+    proc = tfgrpo("train", "--task", "math", "--data", str(data), "--model", "sim", "--out", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and "a number of 5000 digits (at most 4300 allowed)" in proc.stderr
+    assert "set_int_max_str_digits" not in proc.stderr

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import unicodedata
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
@@ -50,8 +51,19 @@ def plain(*parts: Any) -> Text:
     return Text(escape_controls("".join(str(p) for p in parts)))
 
 
+# Python's own words for an integer past its digit limit end in advice a user cannot take
+# (sys.set_int_max_str_digits); a parser's message may also be cut short after "value has".
+_INT_LIMIT = re.compile(r"Exceeds the limit \((\d+) digits\) for integer string conversion"
+                        r"(?:: value has (\d+)(?: digits)?)?[\w ]*(?:; use sys\.set_int_max_str_digits\(\) to increase the limit)?")
+
+
+def _int_limit(m: re.Match[str]) -> str:
+    return f"a number of {m.group(2) + ' ' if m.group(2) else 'more than ' + m.group(1) + ' '}digits (at most {m.group(1)} allowed)"
+
+
 def fail(message: str) -> typer.Exit:
     """``error: MESSAGE`` on stderr, the message printed as plain text (a ``[vllm]`` in it stays)."""
+    message = _INT_LIMIT.sub(_int_limit, message)
     err_console.print(Text.assemble(("error:", "red"), " ", plain(message)), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
