@@ -114,3 +114,22 @@ def test_train_runs_share_a_library_on_the_server(tmp_path, chroma_server):
     assert second["library_size"] == len(shared)
     kept = {e.text for e in shared.state.experiences}  # the second run built on the first's lessons
     assert set(learned) <= kept
+
+
+def test_a_copied_library_gets_its_own_writer_id_and_a_moved_one_keeps_it(tmp_path):
+    import shutil
+
+    from experience_store.versions import VersionStore
+
+    first = VersionStore(tmp_path / "a" / "library").writer_id()
+    assert VersionStore(tmp_path / "a" / "library").writer_id() == first  # kept
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # a copy, its original still there
+    copy = VersionStore(tmp_path / "b" / "library").writer_id()
+    assert copy != first and VersionStore(tmp_path / "b" / "library").writer_id() == copy
+    assert VersionStore(tmp_path / "a" / "library").writer_id() == first
+    (tmp_path / "a").rename(tmp_path / "c")  # moved: the same writer
+    assert VersionStore(tmp_path / "c" / "library").writer_id() == first
+    legacy = tmp_path / "d" / "library"
+    legacy.mkdir(parents=True)
+    (legacy / "writer").write_text("0123abcd")  # written before the path was kept
+    assert VersionStore(legacy).writer_id() == "0123abcd"
