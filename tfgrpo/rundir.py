@@ -18,6 +18,7 @@ Layout (see docs/architecture.md)::
         eval/NAME/        summary.json and results.jsonl of each evaluation
         checkpoints/      parameter mode: step-N/ checkpoints
         final/            parameter mode: the trained model
+        tensorboard/, wandb/, mlflow.db   --report-to: the trackers' own files (tfgrpo.tracking)
 
 JSONL lines end in "\n" only: U+2028, U+2029 and NEL inside a value are written escaped, and
 readers split on "\n" alone, so no text can break a record in two. Appends are flushed line by
