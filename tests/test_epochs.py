@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+import pytest
 from cli_helpers import last_json, tfgrpo
 
 from tfgrpo.report import write_report
@@ -75,6 +76,7 @@ def _to_zero_based(run: Path) -> None:
         (run / name).write_text("".join(json.dumps({**r, "version": 1, "epoch": r["epoch"] - 1}) + "\n" for r in rows))
 
 
+@pytest.mark.slow  # three short runs
 def test_a_run_written_with_epochs_from_zero_resumes_and_reports_from_one(tmp_path):
     run, clean = tmp_path / "old", tmp_path / "clean"
     tfgrpo(*SMALL, "--epochs", "1", "--out", str(run), "-q")

@@ -49,6 +49,7 @@ def test_report_to_wandb_offline_logs_each_step(offline):
     assert [h["_step"] for h in history] == [s.step for s in result.steps] == [1, 2]
     assert [h["mean_reward"] for h in history] == pytest.approx([s.mean_reward for s in result.steps])
     assert [h["library_size"] for h in history] == [s.library_size for s in result.steps]
+    assert [h["epoch"] for h in history] == [1, 2]  # epochs count from 1, as on screen
     assert all(h["tokens/policy"] > 0 for h in history)
     summary = json.loads(subprocess.run([*inspect, "--summary", str(runs[0])], capture_output=True, text=True,
                                         check=True, timeout=120).stdout)
@@ -70,6 +71,7 @@ def test_report_to_mlflow_logs_each_step_to_the_run_directory(offline):
     assert [m.value for m in history] == pytest.approx([s.mean_reward for s in result.steps])
     assert [m.value for m in client.get_metric_history(run.info.run_id, "library_size")] == \
         [s.library_size for s in result.steps]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
     assert run.data.params["task"] == "demo" and run.data.params["sampling.group_size"] == "2"
 
 

@@ -40,7 +40,7 @@ def parse_report_to(value: str | None) -> list[str]:
 
 def step_metrics(record: Any) -> dict[str, float]:
     """The numbers of one training-free step record worth plotting over steps."""
-    out = {k: float(getattr(record, k)) for k in ("mean_reward", "judged", "groups", "ops_applied", "ops_rejected",
+    out = {k: float(getattr(record, k)) for k in ("epoch", "mean_reward", "judged", "groups", "ops_applied", "ops_rejected",
                                                     "ops_leaked", "library_size", "judge_failures", "rollout_failures",
                                                     "wall_s") if getattr(record, k, None) is not None}
     for role, u in (getattr(record, "usage", None) or {}).items():
