@@ -136,7 +136,7 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         current.clear()
         reward = "n/a" if record.mean_reward is None else f"{record.mean_reward:.3f}"
         progress.console.print(
-            f"step {record.step} (epoch {record.epoch + 1}): reward {reward}, judged {record.judged}/{record.groups}, "
+            f"step {record.step} (epoch {record.epoch}): reward {reward}, judged {record.judged}/{record.groups}, "
             f"ops {record.ops_applied} applied/{record.ops_rejected} rejected, library {record.library_size}"
             + (f", rollouts failed {record.rollout_failures}" if record.rollout_failures else "")
             + (f", judge failures {record.judge_failures}" if record.judge_failures else "")
@@ -172,7 +172,7 @@ def train_tables(summary: dict[str, Any], steps: list[Any]) -> list[Table]:
     for col in ("step", "epoch", "mean reward", "judged", "ops applied", "rejected", "library"):
         t.add_column(col, justify="right")
     for s in steps:
-        t.add_row(str(s.step), str(s.epoch + 1), fmt(s.mean_reward), f"{s.judged}/{s.groups}",
+        t.add_row(str(s.step), str(s.epoch), fmt(s.mean_reward), f"{s.judged}/{s.groups}",
                   str(s.ops_applied), str(s.ops_rejected), str(s.library_size))
     tail = Table(show_header=False, box=None)
     tail.add_row("steps", str(summary["steps"]))
