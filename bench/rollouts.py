@@ -15,7 +15,7 @@ answer one choice per request (as ``transformers serve`` does); the bound is the
 ``concurrency / latency``.
 
 The client sends OpenAI-compatible requests straight over HTTP (``tfgrpo.llm.direct``), as it
-does for every ``openai/`` or ``hosted_vllm/`` model with an ``api_base``. For comparison, in the
+does for ``hosted_vllm/`` models and ``openai/`` ones on a local ``api_base``. For comparison, in the
 same run, the same groups go through litellm (``transport="litellm"``, the path of every other
 provider: ``litellm_ratio``, ``litellm_overhead_ms``), and the same requests are sent by a bare
 HTTP client (httpx: no tfgrpo, no litellm) at the same concurrency: ``bare_client_rps`` is what
