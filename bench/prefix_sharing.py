@@ -22,7 +22,8 @@ peak of a training forward: the bytes of the distinct tensors saved for backward
 attention inputs, logits), counted through ``torch.autograd.graph.saved_tensors_hooks`` over one
 step. With ``--forward-only`` nothing is saved and the CPU figures are 0.
 
-The last stdout line is one JSON object: prompt_len, response_len, group_size, groups, path,
+Progress (one line per phase, a bar on a terminal) goes to stderr; the last stdout line is one
+JSON object: prompt_len, response_len, group_size, groups, path,
 auto, naive_s, packed_s (also as shared_s), speedup, packed_speedup, token_bound,
 max_abs_logprob_diff, peak_mem_naive_mb, peak_mem_shared_mb, gen_tokens_per_s_trainer,
 gen_tokens_per_s_plain (and context).
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402  (the benchmark is a torch program; tfgrpo itself imports it lazily)
 
+from bench._progress import Progress  # noqa: E402
 from tfgrpo.params.model import random_qwen2  # noqa: E402
 from tfgrpo.params.generate import HFGenerator  # noqa: E402
 from tfgrpo.params.prefix import GroupTokens, choose_mode, flex_available, group_logprobs, token_counts  # noqa: E402
@@ -89,8 +91,9 @@ def step(model, batch, mode, backward: bool):
     return [lp.detach().float() for lp in logps]
 
 
-def generation(model, batch, new_tokens: int, device: str, repeats: int) -> dict:
-    """Generated tokens/s of the trainer's generator and of a plain batched generate."""
+def generation(model, batch, new_tokens: int, device: str, repeats: int, advance=lambda n=1: None) -> dict:
+    """Generated tokens/s of the trainer's generator and of a plain batched generate
+    (``advance`` after each of the 2 x (1 + repeats) generations)."""
     from types import SimpleNamespace
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -101,6 +104,7 @@ def generation(model, batch, new_tokens: int, device: str, repeats: int) -> dict
     for name, shared in (("trainer", True), ("plain", False)):
         gen = HFGenerator(model, tok, max_new_tokens=new_tokens, temperature=1.0, shared_prefill=shared)
         gen.sample(prompts, n)  # warm-up
+        advance()
         best = float("inf")
         for _ in range(repeats):
             sync()
@@ -108,16 +112,19 @@ def generation(model, batch, new_tokens: int, device: str, repeats: int) -> dict
             gen.sample(prompts, n)
             sync()
             best = min(best, time.perf_counter() - t0)
+            advance()
         out[f"gen_tokens_per_s_{name}"] = round(len(prompts) * n * new_tokens / best, 1)
     return out
 
 
-def measure(model, batch, fns, *, backward: bool, repeats: int, device: str):
+def measure(model, batch, fns, *, backward: bool, repeats: int, device: str, advance=lambda n=1: None):
     """Best time of each forward mode in ``fns`` over ``repeats`` rounds. The modes alternate
-    within each round, so a load change on a shared machine hits both alike."""
+    within each round, so a load change on a shared machine hits both alike. ``advance`` after
+    each of the len(fns) x (2 + repeats) steps (warm-up, timed, memory)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for fn in fns:
         step(model, batch, fn, backward)  # warm-up
+        advance()
     best = [float("inf")] * len(fns)
     logps = [None] * len(fns)
     for _ in range(repeats):
@@ -127,6 +134,7 @@ def measure(model, batch, fns, *, backward: bool, repeats: int, device: str):
             logps[i] = step(model, batch, fn, backward)
             sync()
             best[i] = min(best[i], time.perf_counter() - t0)
+            advance()
     mems = []
     for fn in fns:
         if device == "cuda":
@@ -137,6 +145,7 @@ def measure(model, batch, fns, *, backward: bool, repeats: int, device: str):
             mems.append(torch.cuda.max_memory_allocated() / 2**20)
         else:
             mems.append(saved_for_backward_mb(model, batch, fn) if backward else 0.0)
+        advance()
     return best, mems, logps
 
 
@@ -165,16 +174,20 @@ def main(argv: list[str] | None = None) -> dict:
         shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=256)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model = random_qwen2(max_positions=args.prompt_len + args.response_len + 8, **shape).to(args.device, dtype)
-    model.train()
-    batch = make_batch(args.groups, args.prompt_len, args.response_len, args.group_size, shape["vocab_size"],
-                       args.device, seed=1)
+    progress = Progress("prefix_sharing")
+    with progress.phase(f"random model and batch on {args.device}"):
+        model = random_qwen2(max_positions=args.prompt_len + args.response_len + 8, **shape).to(args.device, dtype)
+        model.train()
+        batch = make_batch(args.groups, args.prompt_len, args.response_len, args.group_size, shape["vocab_size"],
+                           args.device, seed=1)
     backward = not args.forward_only
     ctx = torch.enable_grad() if backward else torch.no_grad()
     auto = choose_mode("auto", batch)
-    with ctx:
+    label = f"training {'forward + backward' if backward else 'forward'}, naive and packed (warm-up, {args.repeats} timed, memory)"
+    with ctx, progress.phase(label, total=2 * (2 + args.repeats)) as advance:
         (naive_s, packed_s), (naive_mb, packed_mb), (naive_lp, packed_lp) = measure(
-            model, batch, ["naive", "packed"], backward=backward, repeats=args.repeats, device=args.device)
+            model, batch, ["naive", "packed"], backward=backward, repeats=args.repeats, device=args.device,
+            advance=advance)
     diff = max(float((a - b).abs().max()) for a, b in zip(naive_lp, packed_lp))
     auto_s = packed_s if auto == "packed" else naive_s
     n_naive, n_packed = token_counts(batch)
@@ -202,7 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.no_generate:
         model.eval()
-        result.update(generation(model, batch, args.response_len, args.device, args.repeats))
+        with progress.phase(f"generation, trainer's and plain (warm-up, {args.repeats} timed)",
+                            total=2 * (1 + args.repeats)) as advance:
+            result.update(generation(model, batch, args.response_len, args.device, args.repeats, advance))
     if not args.json:
         for k, v in result.items():
             print(f"{k:>22}: {v}", file=sys.stderr)

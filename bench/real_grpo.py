@@ -13,7 +13,7 @@ the measurements are paired; the 95 % interval of the gain is a bootstrap over t
 paired differences. Tokens/s counts
 generated plus trained tokens over the steps' generation and training time.
 
-Progress (reward by step, evaluations) goes to stderr; the last stdout line is one JSON object
+Progress (one line per phase, a bar on a terminal; reward by step; evaluations) goes to stderr; the last stdout line is one JSON object
 with reward_by_step, heldout_before, heldout_after, ci95_diff, tokens_per_s, wall_s (and the
 settings).
 
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402  (the benchmark is a torch program)
 
+from bench._progress import Progress  # noqa: E402
 from tfgrpo.model_files import smollm2_dir  # noqa: E402
 from tfgrpo.params.config import make_config  # noqa: E402
 from tfgrpo.params.generate import HFGenerator  # noqa: E402
@@ -49,8 +50,10 @@ from tfgrpo.training_free.stats import bootstrap_ci  # noqa: E402
 TASK = f"{ROOT / 'tasks' / 'digit_sums.py'}:digit_sums"
 
 
-def heldout_scores(model_path: str, task, n: int, *, samples: int, max_new_tokens: int, batch: int = 25) -> list[float]:
-    """Mean reward of ``samples`` responses (temperature 1) for each of the first ``n`` held-out items."""
+def heldout_scores(model_path: str, task, n: int, *, samples: int, max_new_tokens: int, batch: int = 25,
+                   advance=lambda n=1: None) -> list[float]:
+    """Mean reward of ``samples`` responses (temperature 1) for each of the first ``n`` held-out
+    items (``advance(k)`` after each chunk of k items)."""
     import asyncio
 
     model, tok = load_policy(model_path, dtype="float32")
@@ -64,6 +67,7 @@ def heldout_scores(model_path: str, task, n: int, *, samples: int, max_new_token
             texts = [tok.decode(r, skip_special_tokens=True) for r in responses]
             rows = asyncio.run(score_group(task.rewards, item, texts))
             scores.append(sum(combine(row, task.weights) or 0.0 for row in rows) / len(rows))
+        advance(len(chunk))
     return scores
 
 
@@ -86,10 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model_dir = str(smollm2_dir())
+    progress = Progress("real_grpo")
+    with progress.phase("SmolLM2-135M-Instruct files (fetched and converted once)"):
+        model_dir = str(smollm2_dir())
     task = load_task(TASK)
-    before = heldout_scores(model_dir, task, args.heldout, samples=args.eval_samples, max_new_tokens=args.max_new_tokens)
-    print(f"held-out before: {sum(before) / len(before):.3f} ({len(before)} items)", file=sys.stderr, flush=True)
+    n_heldout = min(args.heldout, len(task.eval_dataset))
+    with progress.phase(f"held-out before: {n_heldout} items x {args.eval_samples} samples", total=n_heldout) as advance:
+        before = heldout_scores(model_dir, task, args.heldout, samples=args.eval_samples,
+                                max_new_tokens=args.max_new_tokens, advance=advance)
+    progress.note(f"held-out before: {sum(before) / len(before):.3f} ({len(before)} items)")
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or str(Path(tmp) / "run")
@@ -98,12 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
                           max_tokens=args.max_new_tokens, micro_batch_groups=args.batch_size, device="cpu",
                           dtype="float32", generator="hf", seed=args.seed, out=out)
         t_train = time.perf_counter()
-        summary = train_weights(cfg, progress=True)
+        with progress.phase(f"GRPO training: {args.steps} steps (one line per step)"):
+            summary = train_weights(cfg, progress=True)
         train_s = time.perf_counter() - t_train
         steps = RunDir(out).read(STEPS)
-        after = heldout_scores(summary["final_model"], task, args.heldout, samples=args.eval_samples,
-                               max_new_tokens=args.max_new_tokens)
-    print(f"held-out after: {sum(after) / len(after):.3f}", file=sys.stderr, flush=True)
+        with progress.phase(f"held-out after: {n_heldout} items x {args.eval_samples} samples", total=n_heldout) as advance:
+            after = heldout_scores(summary["final_model"], task, args.heldout, samples=args.eval_samples,
+                                   max_new_tokens=args.max_new_tokens, advance=advance)
+    progress.note(f"held-out after: {sum(after) / len(after):.3f}")
 
     diffs = [a - b for a, b in zip(after, before)]
     lo, hi = bootstrap_ci(diffs, seed=args.seed)

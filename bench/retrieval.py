@@ -8,7 +8,8 @@ lexical embedding (or ``--embedding``). ``--queries`` problem statements are ans
 embedding + vector search + budget fitting and rendering) and report the query embedding
 apart; tokens are counted with experience_store's estimate (about 4 characters a token).
 
-The last stdout line is one JSON object: n, k, p50_ms, p95_ms (end to end), embed_p50_ms,
+Progress (one line per phase, a bar on a terminal) goes to stderr; the last stdout line is one
+JSON object: n, k, p50_ms, p95_ms (end to end), embed_p50_ms,
 search_p50_ms (without the embedding), tokens_all (the whole library rendered, as ``all``
 mode would inject it), tokens_retrieve (mean injected in retrieve mode), saving, index_s.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._progress import Progress  # noqa: E402
 from experience_store import Experience, InjectionSettings, Pack, estimate_tokens, parse_spec  # noqa: E402
 
 KINDS = ["fraction", "percentage", "triangle", "circle", "probability", "sequence", "modular", "polynomial",
@@ -68,6 +70,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def _time_query(pack: Pack, index, q: str, args: argparse.Namespace, *, warm_up: bool,
+                out: tuple[list[float], list[float], list[float], list[int]]) -> None:
+    """Time one query: embedding, search, and inject end to end; appended to ``out`` unless warming up."""
+    total, embed, search, injected = out
+    t = time.perf_counter()
+    vec = index.embed([q])
+    e = time.perf_counter()
+    index.search_vectors(vec, args.k)
+    s = time.perf_counter()
+    inj = pack.inject(q, InjectionSettings(mode="retrieve", top_k=args.k, budget_tokens=args.budget))
+    end = time.perf_counter()
+    if warm_up:
+        return
+    embed.append((e - t) * 1000)
+    search.append((s - e) * 1000)
+    total.append((end - s) * 1000)  # inject: embed + search + fit + render, as an agent calls it
+    injected.append(inj.tokens)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="lessons in the library")
@@ -78,28 +99,20 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = ap.parse_args()
 
-    t0 = time.perf_counter()
-    pack = Pack.build(synthetic_library(args.n), [], name="bench", embedding=parse_spec(args.embedding))
-    index = pack.index()
-    index_s = time.perf_counter() - t0
-    tokens_all = estimate_tokens(pack.render(settings=InjectionSettings(mode="all")))
+    progress = Progress("retrieval")
+    with progress.phase(f"index {args.n} lessons ({args.embedding} embedding)"):
+        t0 = time.perf_counter()
+        pack = Pack.build(synthetic_library(args.n), [], name="bench", embedding=parse_spec(args.embedding))
+        index = pack.index()
+        index_s = time.perf_counter() - t0
+        tokens_all = estimate_tokens(pack.render(settings=InjectionSettings(mode="all")))
 
     qs = queries(args.queries + 10)
     total, embed, search, injected = [], [], [], []
-    for i, q in enumerate(qs):
-        t = time.perf_counter()
-        vec = index.embed([q])
-        e = time.perf_counter()
-        index.search_vectors(vec, args.k)
-        s = time.perf_counter()
-        inj = pack.inject(q, InjectionSettings(mode="retrieve", top_k=args.k, budget_tokens=args.budget))
-        end = time.perf_counter()
-        if i < 10:
-            continue  # warm-up
-        embed.append((e - t) * 1000)
-        search.append((s - e) * 1000)
-        total.append((end - s) * 1000)  # inject: embed + search + fit + render, as an agent calls it
-        injected.append(inj.tokens)
+    with progress.phase(f"{len(qs)} queries (10 warm-up)", total=len(qs)) as advance:
+        for i, q in enumerate(qs):
+            _time_query(pack, index, q, args, warm_up=i < 10, out=(total, embed, search, injected))
+            advance()
 
     result = {
         "n": args.n, "k": args.k, "budget": args.budget, "embedding": args.embedding, "queries": len(total),

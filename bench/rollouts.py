@@ -15,7 +15,7 @@ answer one choice per request (as ``transformers serve`` does); the bound is the
 ``concurrency / latency``.
 
 The client sends OpenAI-compatible requests straight over HTTP (``tfgrpo.llm.direct``), as it
-does for every ``openai/`` or ``hosted_vllm/`` model with an ``api_base``. For comparison, in the
+does for ``hosted_vllm/`` models and ``openai/`` ones on a local ``api_base``. For comparison, in the
 same run, the same groups go through litellm (``transport="litellm"``, the path of every other
 provider: ``litellm_ratio``, ``litellm_overhead_ms``), and the same requests are sent by a bare
 HTTP client (httpx: no tfgrpo, no litellm) at the same concurrency: ``bare_client_rps`` is what
@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench._progress import Progress  # noqa: E402
 from tfgrpo.llm import LLMClient, RetryPolicy  # noqa: E402
 from tfgrpo.records import RolloutRecord  # noqa: E402
 from tfgrpo.rundir import ROLLOUTS, RunDir  # noqa: E402
@@ -65,11 +66,7 @@ def start_server(latency: float, slots: int, ignore_n: bool) -> tuple[subprocess
     return proc, url
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-async def run(args: argparse.Namespace, url: str, out_dir: Path, transport: str = "auto") -> dict[str, float]:
+async def run(args: argparse.Namespace, url: str, out_dir: Path, transport: str = "auto", advance=None) -> dict[str, float]:
     task = load_task("demo")
     prompts = Prompts()
     client = LLMClient(model="openai/stub", api_base=url, api_key="x", concurrency=args.concurrency, timeout=30,
@@ -81,6 +78,8 @@ async def run(args: argparse.Namespace, url: str, out_dir: Path, transport: str 
     async def one(k: int) -> int:
         sample = samples[k]
         g = await sample_group(client, task, sample, "", prompts, sampling, seed=stable_seed("bench", k), use_cache=False)
+        if advance is not None and k:
+            advance()
         run_dir.append(ROLLOUTS, [
             RolloutRecord(step=1, epoch=1, rollout_id=f"s1-{sample.id}-{k}-{j}", sample_id=sample.id, index=j,
                           text=c.text, error=c.error, finish_reason=c.finish_reason, cached=c.cached,
@@ -136,19 +135,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args()
     proc, url = start_server(args.latency, args.concurrency, args.ignore_n)
-    groups = f"{args.groups} groups of {args.group_size}, {args.concurrency} at once, {args.latency:g}s per request"
+    progress = Progress("rollouts")
+    progress.note(f"{args.groups} groups of {args.group_size}, {args.concurrency} at once, {args.latency:g}s per request")
     try:
-        say(f"[1/3] tfgrpo client, straight HTTP: {groups} ...")
-        with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(run(args, url, Path(tmp)))
-        say(f"      {result['achieved_rps']} rollouts/s ({result['ratio']:.0%} of the bound) in {result['wall_s']}s")
-        say(f"[2/3] tfgrpo client through litellm: {groups} ...")
-        with tempfile.TemporaryDirectory() as tmp:
-            via = asyncio.run(run(args, url, Path(tmp), transport="litellm"))
-        say(f"      {via['achieved_rps']} rollouts/s ({via['ratio']:.0%} of the bound) in {via['wall_s']}s")
+        with progress.phase("[1/3] tfgrpo client, straight HTTP", total=args.groups) as advance, \
+                tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+            result = asyncio.run(run(args, url, Path(tmp), advance=advance))
+        progress.note(f"{result['achieved_rps']} rollouts/s ({result['ratio']:.0%} of the bound)")
+        with progress.phase("[2/3] tfgrpo client through litellm", total=args.groups) as advance, tempfile.TemporaryDirectory() as tmp:
+            via = asyncio.run(run(args, url, Path(tmp), transport="litellm", advance=advance))
+        progress.note(f"{via['achieved_rps']} rollouts/s ({via['ratio']:.0%} of the bound)")
         result.update(litellm_achieved_rps=via["achieved_rps"], litellm_ratio=via["ratio"], litellm_overhead_ms=via["overhead_ms"])
-        say("[3/3] bare HTTP client (httpx), the same requests ...")
-        bare_rps = asyncio.run(bare(args, url))
+        with progress.phase("[3/3] bare HTTP client (httpx), the same requests"):
+            bare_rps = asyncio.run(bare(args, url))
         result["bare_client_rps"] = round(bare_rps, 1)
         result["bare_client_ratio"] = round(bare_rps / result["bound_rps"], 3)
     finally:

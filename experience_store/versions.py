@@ -27,14 +27,23 @@ class VersionStore:
         self._lock = FileLock(str(path / ".lock"))
 
     def writer_id(self) -> str:
-        """This directory's name in a shared commit log (made once, kept in ``writer``)."""
+        """This directory's name in a shared commit log, kept in ``writer`` with the directory's
+        path. A copy of the directory (its original still there with the same id) gets an id of
+        its own, so two copies never adopt each other's commits; a moved directory keeps its id."""
         path = self.dir.parent / "writer"
+        here = str(self.dir.parent.resolve())
         with self._lock:
-            if not path.is_file():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(uuid.uuid4().hex)
-                os.replace(tmp, path)
-            return path.read_text().strip()
+            writer, where = _read_writer(path)
+            if writer and where != here:
+                original = Path(where) / "writer" if where else None
+                if original is not None and original != path and _read_writer(original)[0] == writer:
+                    writer = ""  # a copy: the original still uses this id
+                else:
+                    _write_writer(path, writer, here)  # moved (or written before paths were kept)
+            if not writer:
+                writer = uuid.uuid4().hex
+                _write_writer(path, writer, here)
+            return writer
 
     def steps(self) -> list[int]:
         return sorted(int(p.stem) for p in self.dir.glob("*.json") if p.stem.isdigit())
@@ -78,3 +87,18 @@ class VersionStore:
             if not existed:
                 path.unlink(missing_ok=True)
             raise
+
+
+def _read_writer(path: Path) -> tuple[str, str]:
+    """(id, directory) from a ``writer`` file; ("", "") when it is absent or unreadable."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return "", ""
+    return (lines[0].strip() if lines else ""), (lines[1].strip() if len(lines) > 1 else "")
+
+
+def _write_writer(path: Path, writer: str, where: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{writer}\n{where}\n")
+    os.replace(tmp, path)

@@ -39,10 +39,14 @@ def litellm_calls(monkeypatch):
 
 
 def test_which_models_go_straight():
-    assert direct.direct_model("openai/qwen", "http://127.0.0.1:8000/v1") == "qwen"
-    assert direct.direct_model("hosted_vllm/org/model", "http://h/v1") == "org/model"
-    for model, base in [("openai/qwen", None), ("anthropic/claude", "http://h/v1"), ("gpt-4o", "http://h/v1"), ("openai/", "http://h")]:
-        assert direct.direct_model(model, base) is None, model
+    assert direct.direct_model("openai/qwen", "http://127.0.0.1:8000/v1", local=True) == "qwen"
+    assert direct.direct_model("hosted_vllm/org/model", "http://gpu-box:8000/v1", local=False) == "org/model"
+    for model, base, local in [("openai/qwen", None, False), ("anthropic/claude", "http://127.0.0.1/v1", True),
+                               ("gpt-4o", "http://127.0.0.1/v1", True), ("openai/", "http://127.0.0.1", True),
+                               ("openai/o3-mini", "https://api.openai.com/v1", False)]:  # fmt: skip
+        assert direct.direct_model(model, base, local=local) is None, model
+    assert LLMClient(model="openai/o3-mini", api_base="https://api.openai.com/v1", api_key="k")._direct is None
+    assert LLMClient(model="openai/qwen", api_base="http://10.0.0.5:8000/v1")._direct == "qwen"
 
 
 async def test_openai_compatible_endpoints_skip_litellm_and_others_use_it(litellm_calls):

@@ -72,3 +72,16 @@ def test_sigterm_marks_a_parameter_mode_run_interrupted_and_it_resumes(tmp_path)
     resumed = tfgrpo("grpo", "--resume", str(run), "--steps", str(done + 1), "--json", "--quiet")
     assert json.loads(resumed.stdout.splitlines()[-1])["steps"] == done + 1
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_second_trainer_on_the_same_run_directory_is_refused(tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = make_config(task="toy", model="tiny", out=str(out), steps=1, batch_size=2, group_size=2, device="cpu")
+    with FileLock(str(out / "run.lock"), timeout=0):  # another process trains here
+        with pytest.raises(UserError, match=f"{out} is in use by another tfgrpo process"):
+            train_params(cfg, progress=False)
+    assert not (out / "steps.jsonl").exists() and not (out / "config.yaml").exists()
+    assert train_params(cfg, progress=False)["steps"] == 1  # the same start once the other has ended

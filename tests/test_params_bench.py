@@ -1,6 +1,8 @@
-"""The prefix-sharing benchmark runs and prints its JSON line."""
+"""The prefix-sharing benchmark runs and prints its JSON line, whose numbers agree with each
+other as the code guarantees (no timed thresholds: timings only enter through their ratios)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,26 @@ KEYS = {"prompt_len", "response_len", "group_size", "groups", "path", "auto", "n
         "gen_tokens_per_s_trainer", "gen_tokens_per_s_plain"}
 
 
-def bench(*args):
+def bench(*args, stderr: list[str] | None = None):
     cmd = [sys.executable, str(ROOT / "bench" / "prefix_sharing.py"), "--json", *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
+    if stderr is not None:
+        stderr.extend(out.stderr.splitlines())
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_consistent(r: dict) -> None:
+    """What the benchmark's numbers must satisfy whatever the machine's speed."""
+    p, resp, g, n = r["prompt_len"], r["response_len"], r["group_size"], r["groups"]
+    # tokens each forward pushes through the model: G copies of prompt + response, or the prompt once
+    assert r["token_bound"] == round(n * g * (p + resp) / (n * (p + g * resp)), 2)
+    # both arms computed the same log-probs of the same tokens
+    assert r["max_abs_logprob_diff"] < 1e-4
+    # the ratios are the printed times' ratios (up to the times' rounding to 4 decimals)
+    exact = r["naive_s"] / r["packed_s"]
+    assert abs(r["packed_speedup"] - exact) <= 0.005 + exact * 5e-5 * (1 / r["naive_s"] + 1 / r["packed_s"]) + 1e-9
+    assert r["speedup"] == (1.0 if r["auto"] == "naive" else r["packed_speedup"])
+    assert r["shared_s"] == r["packed_s"]
 
 
 @pytest.mark.slow
@@ -28,16 +46,23 @@ def test_benchmark_small_shape_prints_json():
     assert KEYS <= r.keys()
     assert (r["prompt_len"], r["response_len"], r["group_size"], r["groups"]) == (256, 16, 8, 2)
     assert r["path"] == "sdpa" and r["auto"] == "packed"
-    assert r["max_abs_logprob_diff"] < 1e-4
-    assert r["naive_s"] > 0 and r["packed_s"] > 0  # timings at this toy size are overhead, not compute
+    check_consistent(r)
     assert r["peak_mem_shared_mb"] < r["peak_mem_naive_mb"]
     assert r["gen_tokens_per_s_trainer"] > 0 and r["gen_tokens_per_s_plain"] > 0
 
 
 def test_benchmark_short_prompts_keep_the_naive_forward():
+    stderr: list[str] = []
     r = bench("--small", "--prompt-len", "4", "--response-len", "32", "--group-size", "4", "--repeats", "1",
-              "--no-generate")
-    assert r["auto"] == "naive" and r["speedup"] == 1.0 and r["max_abs_logprob_diff"] < 1e-4
+              "--no-generate", stderr=stderr)
+    assert r["auto"] == "naive" and r["speedup"] == 1.0
+    check_consistent(r)
+    assert r["token_bound"] == 1.09  # 4 x 36 tokens naive, 4 + 4 x 32 packed
+    assert "gen_tokens_per_s_trainer" not in r  # --no-generate
+    # progress on stderr: each phase's end with its time, generation skipped
+    done = [m.group(1) for line in stderr if (m := re.fullmatch(r"\[prefix_sharing\] (.+): done in \d+\.\d s", line))]
+    assert done == ["random model and batch on cpu",
+                    "training forward + backward, naive and packed (warm-up, 1 timed, memory)"], stderr
 
 
 CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -47,6 +72,7 @@ CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reaso
 def test_benchmark_cuda_four_groups_at_least_3x(args):
     r = bench("--device", "cuda", *args)
     assert r["path"] == "flex" and r["speedup"] >= 3.0, r
+    check_consistent(r)
 
 
 @pytest.mark.parametrize("args", [
@@ -61,3 +87,4 @@ def test_benchmark_cuda_never_below_naive(args):
     """Whatever --prefix-sharing auto picks is never slower than the naive forward."""
     r = bench("--device", "cuda", "--no-generate", *args)
     assert r["speedup"] >= 1.0, r
+    check_consistent(r)

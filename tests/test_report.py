@@ -175,7 +175,7 @@ def test_most_helpful_and_harmful_lessons_are_ranked_by_credit(tmp_path):
     versions = tmp_path / "library" / "versions"
     versions.mkdir(parents=True)
     exps = [{"id": f"E{i}", "text": f"When case {i}, do thing {i}.", "status": "active", "created_step": 1,
-             "updated_step": 1, "provenance": {"step": 1, "epoch": 0, "query_ids": ["q1"]},
+             "updated_step": 1, "provenance": {"step": 1, "epoch": 1, "query_ids": ["q1"]},
              "stats": {"retrieved": 5, "cited": h + b, "helpful": h, "harmful": b}}
             for i, (h, b) in enumerate([(0, 4), (6, 0), (1, 1)], start=1)]
     (versions / "000001.json").write_text(json.dumps({"version": 1, "step": 1, "experiences": exps}))

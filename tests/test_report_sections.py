@@ -47,7 +47,7 @@ def _training_free_run(root, priced: bool = True, ops: bool = True):
     rd.config_path.write_text(yaml.safe_dump({"task": "demo", "policy": {"model": "sim"}}))
     rd.write_status("training_free", "finished", steps_done=2, steps_planned=2)
     rd.append("steps.jsonl", [
-        {"step": i, "epoch": 0, "mean_reward": 0.3 + 0.1 * i, "group_mean_rewards": [0.2, 0.4 + 0.1 * i, 0.6],
+        {"step": i, "epoch": 1, "mean_reward": 0.3 + 0.1 * i, "group_mean_rewards": [0.2, 0.4 + 0.1 * i, 0.6],
          "ops_by_kind": {"ADD": 2} if ops else {}, "library_size": 2 * i if ops else 0, "usage": _usage(priced)}
         for i in (1, 2)])
     if ops:
@@ -55,7 +55,7 @@ def _training_free_run(root, priced: bool = True, ops: bool = True):
     versions = rd.library_path / "versions"
     versions.mkdir(parents=True)
     lesson = {"id": "E1", "text": "When units differ, convert first <script>x</script>.", "status": "active", "created_step": 1,
-              "updated_step": 1, "provenance": {"step": 1, "epoch": 0, "query_ids": [f"query-{i}" for i in range(40)]},
+              "updated_step": 1, "provenance": {"step": 1, "epoch": 1, "query_ids": [f"query-{i}" for i in range(40)]},
               "stats": {"retrieved": 3, "cited": 2, "helpful": 2, "harmful": 0}}
     (versions / "000002.json").write_text(json.dumps({"version": 1, "step": 2, "experiences": [lesson] if ops else []}))
     summary = {"k": 2, "n": 4, "seeds": [0], "n_problems": 5, "baseline": {"mean_at_k": 0.31234567, "ci95": [0.1, 0.5],

@@ -1,6 +1,8 @@
 """The retrieval benchmark prints its JSON line; token counting follows the policy's tokenizer."""
 
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,30 @@ def test_retrieval_bench_prints_its_json_line():
     assert 0 < result["p50_ms"] <= result["p95_ms"]
     assert result["embed_p50_ms"] < result["p50_ms"]
     assert 0 < result["tokens_retrieve"] <= 400 < result["tokens_all"]
+    # progress, one line per phase start and end, went to stderr (not a terminal here), and nothing
+    # but the JSON object to stdout
+    assert proc.stdout.strip().count("\n") == 0
+    lines = proc.stderr.splitlines()
+    for phase in ("index 600 lessons (lexical embedding)", "30 queries (10 warm-up)"):
+        assert f"[retrieval] {phase} ..." in lines
+        assert any(re.fullmatch(rf"\[retrieval\] {re.escape(phase)}: done in \d+\.\d s", line) for line in lines), lines
+
+
+def test_bench_progress_counts_and_times_each_phase():
+    sys.path.insert(0, str(ROOT))
+    from bench._progress import Progress
+
+    out = io.StringIO()
+    progress = Progress("b", stream=out, every_s=0)  # every_s=0: a count line at every advance
+    with progress.phase("load"):
+        pass
+    with progress.phase("items", total=3) as advance:
+        advance()
+        advance(2)
+    progress.note("result 1.5")
+    lines = [re.sub(r"\d+\.\d s|\(\d+ s\)", "T", line) for line in out.getvalue().splitlines()]
+    assert lines == ["[b] load ...", "[b] load: done in T", "[b] items ...", "[b] items: 1/3 T", "[b] items: 3/3 T",
+                     "[b] items: done in T", "[b] result 1.5"]
 
 
 def test_token_counter_uses_the_policy_tokenizer_where_known():

@@ -168,9 +168,12 @@ def _library(run: RunData) -> dict[str, Any] | None:
         return None
     exps = run.library.get("experiences") or []
     rows, classes = [], []
+    # a lesson's epoch as steps.jsonl has it (from 1; a library written before epochs counted from 1 has 0-based ones)
+    epoch_of = {r.get("step"): r.get("epoch") for r in run.steps}
     for e in sorted(exps, key=lambda e: (e.get("status") != "active", e.get("created_step", 0))):
         prov, st = e.get("provenance") or {}, e.get("stats") or {}
-        origin = f"epoch {(prov.get('epoch') or 0) + 1}, step {prov.get('step')}" if prov.get("step") is not None else ""
+        epoch = epoch_of.get(prov.get("step"), prov.get("epoch"))
+        origin = "" if prov.get("step") is None else f"step {prov['step']}" if epoch is None else f"epoch {epoch}, step {prov['step']}"
         rows.append([e.get("id"), e.get("text"), e.get("status"), e.get("created_step"), e.get("updated_step"), origin,
                      _clip(", ".join(prov.get("query_ids") or []), 120), ", ".join(prov.get("merged_from") or []),
                      st.get("retrieved", 0), st.get("cited", 0), st.get("helpful", 0), st.get("harmful", 0)])

@@ -18,6 +18,7 @@ Layout (see docs/architecture.md)::
         eval/NAME/        summary.json and results.jsonl of each evaluation
         checkpoints/      parameter mode: step-N/ checkpoints
         final/            parameter mode: the trained model
+        tensorboard/, wandb/, mlflow.db   --report-to: the trackers' own files (tfgrpo.tracking)
 
 JSONL lines end in "\n" only: U+2028, U+2029 and NEL inside a value are written escaped, and
 readers split on "\n" alone, so no text can break a record in two. Appends are flushed line by
@@ -42,7 +43,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from tfgrpo.errors import UserError
-from tfgrpo.records import StepRecord
+from tfgrpo.records import StepRecord, one_based_epoch
 
 Mode = Literal["training_free", "params"]
 
@@ -218,8 +219,8 @@ class RunDir:
 
     def step_rows(self) -> list[dict[str, Any]]:
         """Step lines of either mode, with ``mean_reward`` filled in for parameter mode (which
-        writes ``reward_mean``)."""
-        rows = self.read(STEPS)
+        writes ``reward_mean``) and epochs counted from 1 (as in records.py)."""
+        rows = [one_based_epoch(r) for r in self.read(STEPS)]
         for r in rows:
             if "mean_reward" not in r and "reward_mean" in r:
                 r["mean_reward"] = r["reward_mean"]

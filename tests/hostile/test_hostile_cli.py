@@ -142,8 +142,10 @@ CASES = [
     # datasets (task_registry.read_rows and the tasks reading rows)
     case(T, "dataset jsonl not UTF-8", data_file("d.jsonl", b'{"problem": "\xff\xfe", "answer": "2"}\n')),
     case(T, "dataset json not UTF-8", data_file("d.json", b'[{"problem": "\xff", "answer": "2"}]')),
-    case(T, "dataset jsonl 5000-digit int", data_file("d.jsonl", '{"problem": "x", "answer": ' + HUGE + "}\n")),
-    case(T, "dataset json 5000-digit int", data_file("d.json", '[{"problem": "x", "answer": ' + HUGE + "}]")),
+    case(T, "dataset jsonl 5000-digit int", data_file("d.jsonl", '{"problem": "x", "answer": ' + HUGE + "}\n"),
+         "a number of 5000 digits (at most 4300 allowed)"),
+    case(T, "dataset json 5000-digit int", data_file("d.json", '[{"problem": "x", "answer": ' + HUGE + "}]"),
+         "a number of 5000 digits (at most 4300 allowed)"),
     case(T, "dataset json deeply nested", data_file("d.json", deep())),
     case(T, "dataset jsonl deeply nested", data_file("d.jsonl", '{"problem": ' + deep() + "}\n")),
     case(T, "dataset parquet garbage", data_file("d.parquet", b"PAR1 this is not parquet PAR1")),

@@ -174,6 +174,26 @@ def two_train_runs_share(ctx) -> None:
     assert commit_steps(shared, "team-lib") == sorted(commit_steps(shared, "team-lib"))
 
 
+def copied_library_writer(ctx) -> None:
+    """A copy of a library folder is a second writer: it gets its own writer id; a moved one keeps its id."""
+    import shutil
+
+    from experience_store.versions import VersionStore
+
+    first = VersionStore(ctx.tmp / "a" / "library").writer_id()
+    assert VersionStore(ctx.tmp / "a" / "library").writer_id() == first  # kept
+    shutil.copytree(ctx.tmp / "a", ctx.tmp / "b")  # a copy, its original still there
+    copy = VersionStore(ctx.tmp / "b" / "library").writer_id()
+    assert copy != first and VersionStore(ctx.tmp / "b" / "library").writer_id() == copy
+    assert VersionStore(ctx.tmp / "a" / "library").writer_id() == first
+    (ctx.tmp / "a").rename(ctx.tmp / "c")  # moved: the same writer
+    assert VersionStore(ctx.tmp / "c" / "library").writer_id() == first
+    legacy = ctx.tmp / "d" / "library"
+    legacy.mkdir(parents=True)
+    (legacy / "writer").write_text("0123abcd")  # written before the path was kept
+    assert VersionStore(legacy).writer_id() == "0123abcd"
+
+
 def _three_steps(path: Path, store: str, collection: str, kill_after_commit_of: int | None = None) -> Library:
     """Three steps (ADD + usage credit each); optionally a kill right after one step's shared
     commit, before the run marked that step done, then the resume: reopen, discard, redo."""
@@ -430,6 +450,7 @@ CASES = [
          (False, "after the library version"), slow=True),
     Case(W, "two writers on one library folder", "the loser gets a clear error, nothing lost", two_writers_on_a_directory),
     Case(W, "two processes racing on one library folder", "exactly one wins", two_processes_race),
+    Case(W, "a copied library folder", "its own writer id; a moved folder keeps its id", copied_library_writer),
     Case(W, "two runs on one Chroma collection", "a linear commit log, nothing lost", two_runs_on_one_collection),
     Case(W, "two train --store runs on one collection", "the second builds on the first", two_train_runs_share, slow=True),
     Case(L, "a second process on a run directory", "refused in one line, nothing written", second_process_refused, slow=True),

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import unicodedata
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
@@ -50,8 +51,19 @@ def plain(*parts: Any) -> Text:
     return Text(escape_controls("".join(str(p) for p in parts)))
 
 
+# Python's own words for an integer past its digit limit end in advice a user cannot take
+# (sys.set_int_max_str_digits); a parser's message may also be cut short after "value has".
+_INT_LIMIT = re.compile(r"Exceeds the limit \((\d+) digits\) for integer string conversion"
+                        r"(?:: value has (\d+)(?: digits)?)?[\w ]*(?:; use sys\.set_int_max_str_digits\(\) to increase the limit)?")
+
+
+def _int_limit(m: re.Match[str]) -> str:
+    return f"a number of {m.group(2) + ' ' if m.group(2) else 'more than ' + m.group(1) + ' '}digits (at most {m.group(1)} allowed)"
+
+
 def fail(message: str) -> typer.Exit:
     """``error: MESSAGE`` on stderr, the message printed as plain text (a ``[vllm]`` in it stays)."""
+    message = _INT_LIMIT.sub(_int_limit, message)
     err_console.print(Text.assemble(("error:", "red"), " ", plain(message)), highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
@@ -124,7 +136,7 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         current.clear()
         reward = "n/a" if record.mean_reward is None else f"{record.mean_reward:.3f}"
         progress.console.print(
-            f"step {record.step} (epoch {record.epoch + 1}): reward {reward}, judged {record.judged}/{record.groups}, "
+            f"step {record.step} (epoch {record.epoch}): reward {reward}, judged {record.judged}/{record.groups}, "
             f"ops {record.ops_applied} applied/{record.ops_rejected} rejected, library {record.library_size}"
             + (f", rollouts failed {record.rollout_failures}" if record.rollout_failures else "")
             + (f", judge failures {record.judge_failures}" if record.judge_failures else "")
@@ -160,7 +172,7 @@ def train_tables(summary: dict[str, Any], steps: list[Any]) -> list[Table]:
     for col in ("step", "epoch", "mean reward", "judged", "ops applied", "rejected", "library"):
         t.add_column(col, justify="right")
     for s in steps:
-        t.add_row(str(s.step), str(s.epoch + 1), fmt(s.mean_reward), f"{s.judged}/{s.groups}",
+        t.add_row(str(s.step), str(s.epoch), fmt(s.mean_reward), f"{s.judged}/{s.groups}",
                   str(s.ops_applied), str(s.ops_rejected), str(s.library_size))
     tail = Table(show_header=False, box=None)
     tail.add_row("steps", str(summary["steps"]))

@@ -1,5 +1,5 @@
 """One async client for every model: OpenAI-compatible endpoints (vLLM, ``transformers serve``,
-the simulated model, any ``openai/`` or ``hosted_vllm/`` model with an ``api_base``) straight
+the simulated model: ``hosted_vllm/`` models, ``openai/`` ones on a local ``api_base``) straight
 over HTTP (:mod:`tfgrpo.llm.direct`, about a fifth of litellm's CPU per request), every other
 provider through litellm.
 
@@ -87,8 +87,8 @@ class LLMClient:
     price_per_mtok: tuple[float, float] | None = None  # USD per 1M prompt/completion tokens, for unpriced models
     retry_timeouts: bool | None = None  # None: retry timed-out requests at remote endpoints only
     first_timeout_factor: float = 4.0  # local endpoints: timeout multiplier until they have answered once
-    # "auto": OpenAI-compatible endpoints (openai/ or hosted_vllm/ with an api_base) straight over
-    # HTTP (tfgrpo.llm.direct), every other provider through litellm; "litellm": always litellm
+    # "auto": OpenAI-compatible endpoints (hosted_vllm/, or openai/ on a local api_base) straight
+    # over HTTP (tfgrpo.llm.direct), every other model through litellm; "litellm": always litellm
     transport: str = "auto"
     _limit: AdaptiveLimit | None = field(default=None, init=False, repr=False)
     _replicas: ReplicaSet = field(init=False, repr=False)
@@ -103,7 +103,7 @@ class LLMClient:
             self.retry_timeouts = not self._local
         if self.transport not in ("auto", "litellm"):
             raise ValueError(f"transport {self.transport!r}: choose auto or litellm")
-        self._direct = direct.direct_model(self.model, self.api_base) if self.transport == "auto" else None
+        self._direct = direct.direct_model(self.model, self.api_base, local=self._local) if self.transport == "auto" else None
         self._prices: Prices | None = prices_of(self.model) if self._direct is not None else None
 
     @property

@@ -1,7 +1,7 @@
 """Straight to an OpenAI-compatible chat endpoint over HTTP, without litellm in the request path.
 
-vLLM, ``transformers serve``, the simulator and any ``openai/`` or ``hosted_vllm/`` model with
-an ``api_base`` speak the OpenAI chat API as it is: there is nothing to translate. litellm's
+vLLM, ``transformers serve`` and the simulator (``hosted_vllm/`` models, and ``openai/`` ones on
+a local endpoint) speak the OpenAI chat API as it is: there is nothing to translate. litellm's
 request path costs about 5 ms of CPU per request (logging objects, provider routing, response
 conversion), which on a fast local server caps how many rollouts a client can take in a second
 (``bench/rollouts.py`` measures both paths side by side). Here one pooled aiohttp session per
@@ -30,13 +30,16 @@ _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, aioht
 _HOLDERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()
 
 
-def direct_model(model: str, api_base: str | None) -> str | None:
-    """The model name to send when ``model`` can go straight to ``api_base``, else None
-    (no endpoint given, or a provider litellm has to translate for)."""
+def direct_model(model: str, api_base: str | None, *, local: bool) -> str | None:
+    """The model name to send when ``model`` can go straight to ``api_base``, else None.
+    Straight: ``hosted_vllm/`` models, and ``openai/`` ones on a ``local`` endpoint (this
+    machine or network: vLLM, ``transformers serve``, the simulator). An ``openai/`` model at a
+    remote URL may be OpenAI itself, whose models need litellm's parameter translation (o-series:
+    ``max_completion_tokens``, no temperature)."""
     provider, sep, name = model.partition("/")
     if not api_base or not sep or provider not in DIRECT_PROVIDERS or not name:
         return None
-    return name
+    return name if provider == "hosted_vllm" or local else None
 
 
 class HTTPStatusError(Exception):

@@ -13,6 +13,7 @@ call per micro-batch, so the wrapper sees one forward per backward.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,8 +39,12 @@ def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: boo
     except ImportError:
         raise UserError("parameter mode needs torch: pip install 'tfgrpo[train]'") from None
     device = resolve_device(cfg.device)
+    rd = RunDir(cfg.run_dir)
     try:
-        with RunDir(cfg.run_dir).interrupts_marked("params"):  # SIGTERM / Ctrl-C: status.json says interrupted
+        # One trainer per run directory (the main process of a multi-process launch holds the lock);
+        # SIGTERM / Ctrl-C leave status.json saying interrupted.
+        with rd.create().locked() if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext(), \
+                rd.interrupts_marked("params"):  # fmt: skip
             return _Run(cfg, task, device, progress).loop(resume)
     except torch.cuda.OutOfMemoryError:
         raise UserError(

@@ -197,7 +197,7 @@ async def select_best_epoch(
     prompts: Prompts, sampling: SamplingConfig, injection: LibraryConfig, *, model: str | None,
     on_advance: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Score the library after each epoch (``epoch_steps``: epoch -> its last step) on the
+    """Score the library after each epoch (``epoch_steps``: epoch, from 1 -> its last step) on the
     validation split by Mean@n (n = ``sampling.group_size``) and choose the best; ties go to the
     earlier epoch (fewer lessons to carry). The baseline (no library) is scored alongside."""
     ids = [s.id for s in validation]
@@ -208,9 +208,9 @@ async def select_best_epoch(
     for epoch, step in sorted(epoch_steps.items()):
         lib = Library(library_dir, at_step=step)
         arm = await run_arm(client, task, validation, injector(lib, injection, model), prompts, sampling,
-                            name=f"epoch {epoch + 1}", **kwargs)
+                            name=f"epoch {epoch}", **kwargs)
         summary = arm_summary(arm, ids, [seed], n)
-        candidates.append({"epoch": epoch + 1, "step": step, "library_size": len(lib),
+        candidates.append({"epoch": epoch, "step": step, "library_size": len(lib),
                            "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})
     best = max(candidates, key=lambda c: (c["mean_at_k"], -c["step"]))
     return {"version": 1, "criterion": "best-val", "metric": f"Mean@{n} on the validation split",

@@ -74,7 +74,9 @@ class TrainResult:
 
 
 def plan_batches(n_samples: int, batch_size: int, epochs: int, seed: int) -> list[tuple[int, list[int]]]:
-    """(epoch, sample indices) for every step of the run, reshuffled each epoch by the seed."""
+    """(epoch index, sample indices) for every step of the run, reshuffled each epoch by the seed.
+    The index counts from 0 and only seeds (shuffles, rollouts: the response cache's keys);
+    what a run writes and shows counts epochs from 1 (``epoch index + 1``)."""
     plan = []
     for epoch in range(epochs):
         order = list(range(n_samples))
@@ -139,7 +141,8 @@ async def train_loop(
         log.warning("group size 1: no group has a contrast, so the judge reviews every group on its own")
     use_cache = cfg.cache
     assert models.judge is not None
-    for step, (epoch, indices) in enumerate(plan, start=1):
+    for step, (epoch_index, indices) in enumerate(plan, start=1):
+        epoch = epoch_index + 1  # records, provenance and the screen count epochs from 1
         if step <= last:
             continue
         stopped = budget.stop_reason([s.usage for s in steps])
@@ -152,7 +155,7 @@ async def train_loop(
 
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
 
-        async def one(sample, _epoch=epoch):
+        async def one(sample, _epoch=epoch_index):
             injected = inject(sample)
             shown[sample.id] = injected
             g = await sample_group(models.policy, task, sample, injected.text, prompts, sampling,
