@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -80,22 +81,28 @@ def _read_paths() -> list[str]:
 @lru_cache(maxsize=1)
 def isolation() -> dict[str, Any]:
     """What confinement this machine gives, found by running a probe in the sandbox once."""
-    probe = (
-        "import os, socket\n"
-        "out = {}\n"
-        "try:\n"
-        "    socket.create_connection(('1.1.1.1', 53), timeout=1); out['network'] = 'reachable'\n"
-        "except OSError as e:\n"
-        "    out['network'] = 'blocked: ' + (e.strerror or str(e))\n"
-        "try:\n"
-        "    open('/etc/hostname').read(); out['read_outside'] = 'allowed'\n"
-        "except OSError as e:\n"
-        "    out['read_outside'] = 'blocked: ' + (e.strerror or str(e))\n"
-        "out['pid'] = os.getpid()\n"
-        "print(__import__('json').dumps(out))\n"
-    )
-    plan = _plan()
-    res = run_python_sync(probe, Limits(wall_s=10))
+    # Network: can the sandbox reach a TCP port this process listens on (loopback only; the probe
+    # never sends traffic off the machine)? A network namespace or Landlock makes it fail.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        probe = (
+            "import os, socket\n"
+            "out = {}\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=1); out['network'] = 'reachable'\n"
+            "except OSError as e:\n"
+            "    out['network'] = 'blocked: ' + (e.strerror or str(e))\n"
+            "try:\n"
+            "    open('/etc/hostname').read(); out['read_outside'] = 'allowed'\n"
+            "except OSError as e:\n"
+            "    out['read_outside'] = 'blocked: ' + (e.strerror or str(e))\n"
+            "out['pid'] = os.getpid()\n"
+            "print(__import__('json').dumps(out))\n"
+        )
+        plan = _plan()
+        res = run_python_sync(probe, Limits(wall_s=10))
     seen: dict[str, Any] = {}
     try:
         seen = json.loads(res.stdout.strip().splitlines()[-1])
