@@ -88,6 +88,14 @@ def test_transformers_engine_command_line(fake_vllm, monkeypatch):
     assert TransformersServer("m").command()[0] == str(fake_vllm)
     assert TransformersServer("m").environment() is None  # torch picks its threads
     assert local_server("transformers", "m", threads=1).environment()["OMP_NUM_THREADS"] == "1"
+    # the KV cache is sized, not left to take most of the machine's memory
+    assert cmd[cmd.index("--cb-num-blocks") + 1] == "64" and cmd[cmd.index("--cb-max-batch-tokens") + 1] == "1024"
+    small = TransformersServer("m", kv_cache_tokens=300).command()
+    assert small[small.index("--cb-num-blocks") + 1] == "2" and small[small.index("--cb-max-batch-tokens") + 1] == "300"
+    own = TransformersServer("m", extra_args=["--cb-num-blocks", "8"]).command()
+    assert own.count("--cb-num-blocks") == 1 and "--cb-max-batch-tokens" not in own  # the user's own sizing wins
+    with pytest.raises(UserError, match="--kv-cache-tokens 100: at least 256"):
+        TransformersServer("m", kv_cache_tokens=100)
 
 
 def test_engine_choice_is_checked():

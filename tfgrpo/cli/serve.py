@@ -40,6 +40,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     device: str = typer.Option("cpu", help="transformers engine: device to run on."),
     threads: Optional[int] = typer.Option(None, min=1, help="transformers engine: torch CPU threads (default: torch's; 1 is fastest on busy cores)."),
+    kv_cache_tokens: int = typer.Option(16384, min=256, help="transformers engine: tokens the KV cache holds (requests beyond it wait)."),
     tensor_parallel_size: int = typer.Option(1, help="vllm engine: GPUs to shard the model over."),
     gpu_memory_utilization: float = typer.Option(0.9, help="vllm engine: fraction of GPU memory vLLM may use."),
     max_model_len: Optional[int] = typer.Option(None, help="vllm engine: context length cap (default: the model's)."),
@@ -55,7 +56,7 @@ def serve(
     from tfgrpo.llm.launcher import local_server
 
     log = log or Path(f"{engine}.log")
-    options: dict = {"device": device, "threads": threads} if engine == "transformers" else {
+    options: dict = {"device": device, "threads": threads, "kv_cache_tokens": kv_cache_tokens} if engine == "transformers" else {
         "tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
         "max_model_len": max_model_len,
     }  # fmt: skip

@@ -218,15 +218,23 @@ class TransformersServer(LocalServer):
     for example the one ``tfgrpo models fetch`` makes). Without continuous batching concurrent
     requests hang it. ``threads`` caps torch's CPU threads: on a machine whose cores other work
     keeps busy, one thread decodes several times faster than threads that spin waiting for each
-    other."""
+    other. ``kv_cache_tokens`` sizes the paged KV cache: left to itself, transformers sizes it
+    from the machine's memory (14 GB resident for the 135M SmolLM2 on a 24 GiB machine, against
+    1.9 GB with the default 16384 tokens, which hold 16 requests of 1000 tokens at once)."""
 
     engine = "transformers"
     client_prefix = "openai/"
+    PAGE_TOKENS = 256  # transformers' continuous-batching page size
+    BATCH_TOKENS = 1024  # tokens per forward step (longer prefills are split), bounds the logits' memory
 
-    def __init__(self, model: str, device: str = "cpu", threads: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str, device: str = "cpu", threads: int | None = None, kv_cache_tokens: int = 16384,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(model, **kwargs)
         self.device = device
         self.threads = threads
+        if kv_cache_tokens < self.PAGE_TOKENS:
+            raise UserError(f"--kv-cache-tokens {kv_cache_tokens}: at least {self.PAGE_TOKENS}")
+        self.kv_cache_tokens = kv_cache_tokens
 
     def environment(self) -> dict[str, str] | None:
         if not self.threads:
@@ -236,7 +244,10 @@ class TransformersServer(LocalServer):
     def command(self) -> list[str]:
         exe = _resolve_executable(self.executable, TRANSFORMERS_EXECUTABLE_ENV, "transformers",
                                   "pip install 'tfgrpo[train]' (transformers[serving]) or pass --executable")  # fmt: skip
-        return [exe, "serve", self.model, "--device", self.device, "--continuous-batching",
+        cache = [] if any(a.startswith(("--cb-num-blocks", "--cb-max-memory")) for a in self.extra_args) else [
+            "--cb-num-blocks", str(-(-self.kv_cache_tokens // self.PAGE_TOKENS)),
+            "--cb-max-batch-tokens", str(min(self.BATCH_TOKENS, self.kv_cache_tokens))]  # fmt: skip
+        return [exe, "serve", self.model, "--device", self.device, "--continuous-batching", *cache,
                 "--host", self.host, "--port", str(self.port), *self.extra_args]  # fmt: skip
 
 
