@@ -148,3 +148,14 @@ def test_the_pooled_session_is_closed_with_its_event_loop():
     gc.collect()
     assert len(seen) == 2 and seen[0] is not seen[1] and all(s.closed for s in seen)
     assert len(direct._SESSIONS) == 0
+
+
+async def test_a_refused_connection_is_named_in_plain_words():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = client(f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(max_retries=1, base_delay=0.0))
+    with pytest.raises(EndpointError, match=rf"cannot connect to 127\.0\.0\.1:{port} \(Connection refused\)"):
+        await c.sample(MSGS)

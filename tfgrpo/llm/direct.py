@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import weakref
 from typing import Any, AsyncIterator
 
@@ -75,7 +76,12 @@ async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, time
                 raise HTTPStatusError(resp.status, _error_message(raw), resp.headers)
     except asyncio.TimeoutError:
         raise asyncio.TimeoutError(f"no reply within {timeout:g}s") from None
-    except aiohttp.ClientError as e:  # refused, reset, cut off mid-reply
+    except aiohttp.ClientConnectorError as e:  # refused, no route, unknown host
+        code = getattr(e.os_error, "errno", None)
+        raise TransportError(f"cannot connect to {e.host}:{e.port} ({os.strerror(code) if code else e.os_error})") from None
+    except aiohttp.ServerDisconnectedError:
+        raise TransportError("the server closed the connection without a reply") from None
+    except aiohttp.ClientError as e:  # reset, cut off mid-reply
         raise TransportError(f"{type(e).__name__}: {e}") from None
     try:
         reply = json.loads(raw)
