@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,9 @@ def committed(run: Path) -> int:
     """How many steps a run directory has marked done (lines of its steps.jsonl)."""
     p = run / "steps.jsonl"
     return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def ctrl_c_default() -> None:
+    """``preexec_fn`` for a child a test sends SIGINT: a shell starts background jobs with SIGINT
+    ignored, a child inherits that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli_helpers import ctrl_c_default
 from tfgrpo.cli.serve import register
 from tfgrpo.errors import UserError
 from tfgrpo.llm.launcher import TransformersServer, VLLMServer, local_server
@@ -190,7 +191,8 @@ def test_sim_server_bad_faults_exit_2():
 def run_until_ctrl_c(args: list[str], ready: str, timeout: float = 20.0) -> tuple[list[str], str, int]:
     """Start the CLI, read stdout up to the line containing ``ready``, then send SIGINT."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            preexec_fn=ctrl_c_default)  # fmt: skip
     lines: list[str] = []
     try:
         deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cli_helpers import CMD, ENV, committed, last_json, tfgrpo
+from cli_helpers import CMD, ENV, committed, ctrl_c_default, last_json, tfgrpo
 
 
 @pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
@@ -20,7 +20,7 @@ def test_sigterm_and_ctrl_c_mark_the_run_interrupted(tmp_path, sim_server, sig, 
     run = tmp_path / "run"
     proc = subprocess.Popen([*CMD, "train", "--task", "demo", "--epochs", "1", "--model", "openai/sim-policy-s0",
                              "--api-base", url, "--out", str(run), "--quiet"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=ctrl_c_default)  # fmt: skip
     deadline = time.monotonic() + 120
     while committed(run) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
