@@ -159,3 +159,13 @@ async def test_a_refused_connection_is_named_in_plain_words():
     c = client(f"http://127.0.0.1:{port}/v1", retry=RetryPolicy(max_retries=1, base_delay=0.0))
     with pytest.raises(EndpointError, match=rf"cannot connect to 127\.0\.0\.1:{port} \(Connection refused\)"):
         await c.sample(MSGS)
+
+
+async def test_an_oversized_reply_is_cut_off_and_retried(monkeypatch):
+    monkeypatch.setattr(direct, "MAX_REPLY_BYTES", 4096)
+    big = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 10_000}}]}
+    with StubServer(answer=lambda m, i: "small") as server:
+        server.fail(200, body=big)
+        c = client(server.base_url)
+        (out,) = await c.sample(MSGS)
+    assert out.ok and out.text == "small" and c.usage.roles["policy"].retries == 1 and server.requests == 2

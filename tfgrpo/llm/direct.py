@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 DIRECT_PROVIDERS = ("openai", "hosted_vllm")
+MAX_REPLY_BYTES = 64 << 20  # far above any chat reply (64 choices of 32k tokens are ~10 MB)
 # per event loop (weakly: a loop that is gone takes its session with it)
 _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, aiohttp.ClientSession]] = weakref.WeakKeyDictionary()
 _HOLDERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()
@@ -71,7 +72,9 @@ async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, time
     try:
         async with session.post(f"{base_url}/chat/completions", json=body, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:  # fmt: skip
-            raw = await resp.read()
+            raw = await resp.content.read(MAX_REPLY_BYTES + 1)  # decompressed bytes, bounded
+            if len(raw) > MAX_REPLY_BYTES:
+                raise BadReply(f"reply over {MAX_REPLY_BYTES >> 20} MB")
             if resp.status >= 400:
                 raise HTTPStatusError(resp.status, _error_message(raw), resp.headers)
     except asyncio.TimeoutError:
