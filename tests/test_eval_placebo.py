@@ -5,9 +5,11 @@ format. On the honest simulator the lessons, not the preamble, carry the gain.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from cli_helpers import tfgrpo
 from experience_store import estimate_tokens
 from tfgrpo import api
 from tfgrpo.cli.console import eval_table
@@ -54,3 +56,17 @@ def test_eval_placebo_arm_json_and_table(run):
     assert labels[-2:] == ["placebo", "library - placebo"]
     without = api.evaluate({"task": "demo", "k": 4, "n": 8}, run, name="plain").summary
     assert "placebo" not in without
+
+
+def test_report_shows_the_placebo_arm(run, tmp_path):
+    api.evaluate({"task": "demo", "k": 2, "n": 4, "placebo": True}, run, name="with-placebo")
+    api.evaluate({"task": "demo", "k": 2, "n": 4}, run, name="without")
+    saved = {name: json.loads((run / "eval" / name / "summary.json").read_text()) for name in ("with-placebo", "without")}
+    page = tfgrpo("report", str(run), "--out", str(tmp_path / "rep")).stdout.strip().splitlines()[-1]
+    text = Path(page).read_text()
+    assert "placebo Mean@k" in text and "library - placebo" in text
+    pla = saved["with-placebo"]["placebo"]
+    row = text.split("<td>with-placebo</td>", 1)[1].split("</tr>", 1)[0]
+    assert f"{pla['mean_at_k']:.3f}" in row and f"{pla['diff']['mean']:.3f}" in row
+    plain = text.split("<td>without</td>", 1)[1].split("</tr>", 1)[0]
+    assert plain.count("<td></td>") == 4  # no placebo arm in that eval: its four columns are empty, not zero

@@ -197,14 +197,23 @@ def _library(run: RunData) -> dict[str, Any] | None:
 
 
 def _evals(run: RunData) -> dict[str, Any]:
+    """One row per saved eval; the placebo arm's columns (``tfgrpo eval --placebo``) when any eval has one."""
+    placebo = any(isinstance(e.get("placebo"), dict) for e in run.evals.values())
     rows = []
     for name, e in run.evals.items():
         b, lib, d = e.get("baseline") or {}, e.get("library") or {}, e.get("diff") or {}
-        rows.append([name, e.get("n_problems"), e.get("k"), e.get("n"), e.get("seeds"), b.get("mean_at_k"), b.get("ci95"),
-                     lib.get("mean_at_k"), lib.get("ci95"), d.get("mean"), d.get("ci95"), d.get("p_value"),
-                     e.get("verdict", "")])
-    return _table(["name", "problems", "k", "n", "seeds", "baseline Mean@k", "95% CI", "library Mean@k", "95% CI",
-                   "difference", "95% CI", "p-value", "verdict"], rows)
+        row = [name, e.get("n_problems"), e.get("k"), e.get("n"), e.get("seeds"), b.get("mean_at_k"), b.get("ci95"),
+               lib.get("mean_at_k"), lib.get("ci95"), d.get("mean"), d.get("ci95"), d.get("p_value")]
+        if placebo:
+            pl = e.get("placebo") or {}
+            pd = pl.get("diff") or {}
+            row += [pl.get("mean_at_k"), pd.get("mean"), pd.get("ci95"), pd.get("p_value")]
+        rows.append(row + [e.get("verdict", "")])
+    headers = ["name", "problems", "k", "n", "seeds", "baseline Mean@k", "95% CI", "library Mean@k", "95% CI",
+               "difference", "95% CI", "p-value"]
+    if placebo:
+        headers += ["placebo Mean@k", "library - placebo", "95% CI", "p-value"]
+    return _table(headers + ["verdict"], rows)
 
 
 def _selection(run: RunData) -> dict[str, Any] | None:
