@@ -94,6 +94,56 @@ async def test_concurrency_halves_on_timeouts_and_grows_back():
     assert limit.limit == 4
 
 
+async def test_a_cancelled_waiter_never_loses_a_slot():
+    """A waiter cancelled just after its wake-up (agent.py's wait_for around a request) passes
+    the slot on; one cancelled while queued leaves the queue; every slot comes back."""
+    for ticks in range(6):
+        limit = AdaptiveLimit(1)
+        release = asyncio.Event()
+
+        async def hold():
+            async with limit:
+                await release.wait()
+
+        async def wait(name):
+            async with limit:
+                return name
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        b, c, d = (asyncio.create_task(wait(x)) for x in "BCD")
+        await asyncio.sleep(0.01)
+        d.cancel()  # still queued
+        release.set()
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        b.cancel()  # before, during or after its wake-up
+        assert await asyncio.wait_for(c, 1.0) == "C"
+        await asyncio.gather(holder, b, d, return_exceptions=True)
+        assert limit.in_flight == 0 and not limit._waiters
+
+
+async def test_a_raised_limit_lets_waiters_in_at_once():
+    limit = AdaptiveLimit(2, cooldown=0.0)
+    limit.timed_out()
+    assert limit.limit == 1
+    gate = asyncio.Event()
+
+    async def hold():
+        async with limit:
+            await gate.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert limit.in_flight == 1
+    limit.answered()  # one answer in a row at limit 1: back to 2, the waiter gets in now
+    await asyncio.sleep(0)
+    assert limit.limit == 2 and limit.in_flight == 2
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert limit.in_flight == 0
+
+
 async def test_a_slow_server_sees_fewer_requests_at_once_after_timeouts():
     with StubServer(latency=0.8) as server:
         c = client(server.base_url, timeout=0.2, first_timeout_factor=1.0, concurrency=8)

@@ -6,6 +6,8 @@ server is not stormed and grows back as answers come)."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ipaddress
 import logging
 import random
@@ -49,29 +51,48 @@ class AdaptiveLimit:
         self.in_flight = 0
         self._streak = 0
         self._last_cut = -float("inf")
-        self._cond: asyncio.Condition | None = None
-
-    @property
-    def cond(self) -> asyncio.Condition:
-        if self._cond is None:
-            self._cond = asyncio.Condition()
-        return self._cond
+        # First come, first served. A slot is handed to a waiter by the one who frees it
+        # (in_flight counted for the waiter before it wakes), so a waiter cancelled after its
+        # wake-up gives its slot back and none is lost; releasing never awaits, so a
+        # cancellation during release cannot leak a slot either.
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def __aenter__(self) -> None:
-        async with self.cond:
-            await self.cond.wait_for(lambda: self.in_flight < self.limit)
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiters.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # the slot came, then the cancellation: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(granted)
+            raise
 
     async def __aexit__(self, *exc: Any) -> None:
-        async with self.cond:
-            self.in_flight -= 1
-            self.cond.notify(max(1, self.limit - self.in_flight))
+        self._release()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            granted = self._waiters.popleft()
+            if not granted.done():
+                self.in_flight += 1
+                granted.set_result(None)
 
     def answered(self) -> None:
         self._streak += 1
         if self.limit < self.ceiling and self._streak >= self.limit:
             self._streak = 0
             self.limit += 1
+            self._wake()
 
     def timed_out(self) -> None:
         self._streak = 0
