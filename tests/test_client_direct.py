@@ -169,3 +169,98 @@ async def test_an_oversized_reply_is_cut_off_and_retried(monkeypatch):
         c = client(server.base_url)
         (out,) = await c.sample(MSGS)
     assert out.ok and out.text == "small" and c.usage.roles["policy"].retries == 1 and server.requests == 2
+
+
+async def test_a_large_reply_in_many_pieces_is_read_whole():
+    text = "y" * 3_000_000  # arrives over many socket reads
+    with StubServer(answer=lambda m, i: text) as server:
+        c = client(server.base_url)
+        (out,) = await c.sample(MSGS)
+    assert out.ok and out.text == text and c.usage.roles["policy"].retries == 0
+
+
+async def test_a_redirect_is_not_followed_and_stops_the_run():
+    with StubServer() as elsewhere, StubServer() as server:
+        server.fail(307, headers={"Location": f"{elsewhere.base_url}/chat/completions"}, times=5)
+        with pytest.raises(EndpointError, match=r"HTTP 307: the server redirects to http://127\.0\.0\.1:\d+/v1/chat/completions"):
+            await client(server.base_url).sample(MSGS)
+        assert server.requests == 1 and elsewhere.requests == 0  # the prompt went nowhere else
+
+
+async def test_a_netrc_entry_does_not_clash_with_the_key(tmp_path, monkeypatch):
+    """A remote endpoint's proxy comes from the environment, but not its login: aiohttp's own
+    environment lookup also reads ~/.netrc and refuses a netrc login beside an Authorization header."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    direct._env_proxy.cache_clear()
+    with StubServer() as server:
+        reply = await direct.chat(server.base_url, {"model": "stub", "messages": MSGS}, api_key="k", timeout=10, local=False)
+    assert reply["choices"] and server.auth == ["Bearer k"]
+
+
+async def test_a_remote_endpoint_goes_through_the_environments_proxy(monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # the "remote" endpoint: nobody listens there, only the proxy answers
+        s.bind(("127.0.0.1", 0))
+        target = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with StubServer(answer=lambda m, i: "via proxy") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.removesuffix("/v1"))
+        direct._env_proxy.cache_clear()
+        try:
+            reply = await direct.chat(target, {"model": "stub", "messages": MSGS}, api_key="k", timeout=10, local=False)
+            with pytest.raises(direct.TransportError, match="cannot connect"):  # local: never through the proxy
+                await direct.chat(target, {"model": "stub", "messages": MSGS}, api_key="k", timeout=10, local=True)
+        finally:
+            direct._env_proxy.cache_clear()
+    assert reply["choices"][0]["message"]["content"] == "via proxy" and proxy.requests == 1
+
+
+async def test_an_untrusted_certificate_stops_the_run_with_what_to_do(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)  # fmt: skip
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    hits = []
+
+    async def handler(reader, writer):
+        hits.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ctx)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    try:
+        c = client(url, model="hosted_vllm/stub")
+        with pytest.raises(EndpointError, match="TLS with https://127.0.0.1.* failed: .*certificate.*SSL_CERT_FILE"):
+            await c.sample(MSGS)
+        assert c.usage.roles["policy"].retries == 0
+    finally:
+        server.close()
+
+
+async def test_odd_but_legal_replies_are_read_as_the_api_means_them():
+    parts = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": [{"type": "text", "text": "Answer: "}, {"type": "text", "text": "4"}],
+        "reasoning": "vLLM's newer field",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]}}]}  # fmt: skip
+    with StubServer() as server:
+        server.fail(200, body=parts)
+        (out,) = await client(server.base_url).sample(MSGS)
+        assert out.text == "Answer: 4" and out.reasoning == "vLLM's newer field"
+        assert out.tool_calls[0]["function"]["arguments"] == '{"a": 1}'
+        server.fail(200, body={"error": {"message": "This model's maximum context length is 2048 tokens"}})
+        (over,) = await client(server.base_url).sample(MSGS)
+    assert not over.ok and over.error.startswith(CONTEXT_OVERFLOW)  # an error in a 200 reply: that request failed

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -313,17 +314,17 @@ class LLMClient:
         out: list[Completion] = []
         for i, ch in zip(indices, choices):
             message = field_of(ch, "message")
-            text = field_of(message, "content")
+            text = _text_of(field_of(message, "content"))
             # Completion tokens of one choice: the backend reports the request's total; split evenly.
             out.append(
                 Completion(
-                    text=str(text) if text is not None else "",
+                    text=text,
                     index=i,
                     finish_reason=field_of(ch, "finish_reason"),
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
                     tool_calls=_tool_calls(message),
-                    reasoning=field_of(message, "reasoning_content") or None,
+                    reasoning=_text_of(field_of(message, "reasoning_content") or field_of(message, "reasoning")) or None,
                 )
             )
         return out
@@ -345,6 +346,25 @@ def _skips_mcp_gateway() -> bool:
         return False
 
 
+def _text_of(content: Any) -> str:
+    """A message's text: a string as is, a list of content parts as their text parts joined
+    (``[{"type": "text", "text": ...}]``), nothing as ""."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        parts = [field_of(p, "text") for p in content]
+        return "".join(p for p in parts if isinstance(p, str))
+    return str(content)
+
+
+def _arguments(args: Any) -> str:
+    """Tool-call arguments as the JSON string the OpenAI API sends; a server that sends them as
+    an object gets them encoded, not written as a Python repr."""
+    if isinstance(args, (dict, list)):
+        return json.dumps(args, ensure_ascii=False)
+    return "" if args is None else str(args)
+
+
 def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     """The message's tool calls as plain dicts; arguments stay the raw string the model wrote."""
     calls = field_of(message, "tool_calls")
@@ -354,7 +374,7 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
         out.append({
             "id": str(field_of(c, "id") or f"call_{len(out)}"),
             "type": "function",
-            "function": {"name": str(field_of(fn, "name") or ""), "arguments": str(field_of(fn, "arguments") or "")},
+            "function": {"name": str(field_of(fn, "name") or ""), "arguments": _arguments(field_of(fn, "arguments"))},
         })
     return out or None
 

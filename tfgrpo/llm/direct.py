@@ -12,23 +12,28 @@ Errors come back as exceptions :func:`tfgrpo.llm.retry.classify` understands: an
 status as :class:`HTTPStatusError` (status, server message and headers, so ``Retry-After`` is
 honoured), a refused or dropped connection as :class:`TransportError`, a 200 reply that is not
 a chat completion as :class:`BadReply` (retried like a 502), a timeout as
-:class:`asyncio.TimeoutError`.
+:class:`asyncio.TimeoutError`, a failed TLS handshake as :class:`TLSFailure` (fatal). A redirect
+is an error that names where it points (the prompts are not sent on), an error object in a 200
+reply an error of its code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import weakref
 from typing import Any, AsyncIterator
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 DIRECT_PROVIDERS = ("openai", "hosted_vllm")
 MAX_REPLY_BYTES = 64 << 20  # far above any chat reply (64 choices of 32k tokens are ~10 MB)
 # per event loop (weakly: a loop that is gone takes its session with it)
-_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, aiohttp.ClientSession]] = weakref.WeakKeyDictionary()
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = weakref.WeakKeyDictionary()
 _HOLDERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()
 
 
@@ -57,6 +62,12 @@ class TransportError(ConnectionError):
     """The connection was refused, reset or dropped before a reply came."""
 
 
+class TLSFailure(Exception):
+    """The TLS handshake failed (an untrusted certificate, no common protocol): no retry helps."""
+
+    fatal = True
+
+
 class BadReply(Exception):
     """A 200 reply that is not a chat completion (not JSON, nested beyond reason, no choices)."""
 
@@ -66,19 +77,26 @@ class BadReply(Exception):
 async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, timeout: float,
                local: bool = False) -> dict[str, Any]:  # fmt: skip
     """POST ``body`` to ``base_url/chat/completions``; the reply as a dict with ``choices``.
-    ``local``: a server on this machine or network, reached without the environment's proxy."""
+    ``local``: a server on this machine or network, reached without the environment's proxy.
+    Redirects are not followed (the prompts go to ``base_url`` and nowhere else)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    session = await _session(trust_env=not local)
+    proxy, proxy_auth = (None, None) if local else _env_proxy(base_url)
+    session = await _session()
     try:
-        async with session.post(f"{base_url}/chat/completions", json=body, headers=headers,
+        async with session.post(f"{base_url}/chat/completions", json=body, headers=headers, allow_redirects=False,
+                                proxy=proxy, proxy_auth=proxy_auth,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:  # fmt: skip
-            raw = await resp.content.read(MAX_REPLY_BYTES + 1)  # decompressed bytes, bounded
-            if len(raw) > MAX_REPLY_BYTES:
-                raise BadReply(f"reply over {MAX_REPLY_BYTES >> 20} MB")
+            raw = await _read_bounded(resp.content)
+            if 300 <= resp.status < 400:
+                where = resp.headers.get("Location", "elsewhere")
+                raise HTTPStatusError(resp.status, f"the server redirects to {where}; redirects are not followed: give --api-base that address (without /chat/completions)", resp.headers)
             if resp.status >= 400:
                 raise HTTPStatusError(resp.status, _error_message(raw), resp.headers)
     except asyncio.TimeoutError:
         raise asyncio.TimeoutError(f"no reply within {timeout:g}s") from None
+    except aiohttp.ClientSSLError as e:  # an untrusted certificate, a TLS handshake that cannot work
+        raise TLSFailure(f"TLS with {base_url} failed: {getattr(e, 'certificate_error', None) or e}"
+                         " (a private CA: point SSL_CERT_FILE at its certificate)") from None
     except aiohttp.ClientConnectorError as e:  # refused, no route, unknown host
         code = getattr(e.os_error, "errno", None)
         raise TransportError(f"cannot connect to {e.host}:{e.port} ({os.strerror(code) if code else e.os_error})") from None
@@ -90,9 +108,39 @@ async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, time
         reply = json.loads(raw)
     except (ValueError, RecursionError):
         raise BadReply(f"reply is not JSON: {raw[:120]!r}") from None
+    if isinstance(reply, dict) and not isinstance(reply.get("choices"), list) and reply.get("error"):
+        # an error sent with status 200: its code when that is an HTTP status, else taken as a
+        # refusal of this request (400; a context overflow is still told by its words)
+        err = reply["error"]
+        code = err.get("code") if isinstance(err, dict) else None
+        status = code if isinstance(code, int) and 400 <= code < 600 else 400
+        raise HTTPStatusError(status, _error_message(raw))
     if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
         raise BadReply(f"reply has no choices: {raw[:120]!r}")
     return reply
+
+
+async def _read_bounded(stream: aiohttp.StreamReader) -> bytes:
+    """The whole body (decompressed), or BadReply past MAX_REPLY_BYTES without reading further."""
+    chunks, size = [], 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise BadReply(f"reply over {MAX_REPLY_BYTES >> 20} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@functools.lru_cache(maxsize=64)
+def _env_proxy(base_url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The environment's proxy for ``base_url`` (HTTP(S)_PROXY, NO_PROXY), looked up once per URL.
+    Only the proxy: the session does not read the environment itself (``trust_env``), since that
+    also reads ``.netrc`` and aiohttp refuses a netrc login beside our Authorization header."""
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(base_url))
+    except LookupError:
+        return None, None
+    return str(proxy), auth
 
 
 def _error_message(raw: bytes) -> str:
@@ -111,12 +159,10 @@ def _error_message(raw: bytes) -> str:
     return str(data)[:300]
 
 
-async def _session(trust_env: bool) -> aiohttp.ClientSession:
-    """The pooled session of the running event loop (one that reads proxy settings and .netrc
-    from the environment, for remote endpoints, and one that does not, for local ones: that
-    lookup costs two thread hops per request). Sessions are closed when the loop shuts down:
-    a suspended async generator holds them, and ``asyncio.run`` closes every async generator
-    still alive at its end (``loop.shutdown_asyncgens``)."""
+async def _session() -> aiohttp.ClientSession:
+    """The pooled session of the running event loop. Sessions are closed when the loop shuts
+    down: a suspended async generator holds them, and ``asyncio.run`` closes every async
+    generator still alive at its end (``loop.shutdown_asyncgens``)."""
     loop = asyncio.get_running_loop()
     sessions = _SESSIONS.get(loop)
     if sessions is None:
@@ -124,13 +170,13 @@ async def _session(trust_env: bool) -> aiohttp.ClientSession:
         holder = _hold(sessions)
         await holder.__anext__()
         _HOLDERS[loop] = holder
-    session = sessions.get(trust_env)
+    session = sessions.get("pool")
     if session is None or session.closed:
-        session = sessions[trust_env] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=trust_env)
+        session = sessions["pool"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False)
     return session
 
 
-async def _hold(sessions: dict[bool, aiohttp.ClientSession]) -> AsyncIterator[None]:
+async def _hold(sessions: dict[str, aiohttp.ClientSession]) -> AsyncIterator[None]:
     try:
         yield
     finally:

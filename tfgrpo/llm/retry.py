@@ -147,6 +147,8 @@ def classify(e: Exception) -> str:
     """'retry' (transient), 'request' (this request is bad), or 'fatal' (no request can succeed)."""
     import litellm
 
+    if getattr(e, "fatal", False):
+        return "fatal"  # e.g. an untrusted TLS certificate
     if _CREDENTIALS.search(str(e)):
         return "fatal"  # litellm reports a missing key as a server error; retrying cannot help
 
@@ -157,8 +159,8 @@ def classify(e: Exception) -> str:
     if isinstance(e, (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError)):
         return "fatal"
     status = status_of(e)
-    if status in (401, 403, 404):
-        return "fatal"  # bad key, no access, no such model or path: every request would fail the same way
+    if status in (401, 403, 404) or (status is not None and 300 <= status < 400):
+        return "fatal"  # bad key, no access, no such model or path, a redirect: every request would fail the same way
     if status is not None and (status in RETRYABLE_STATUS or status >= 500):
         return "retry"
     if status is None and isinstance(e, (OSError, ConnectionError)):
