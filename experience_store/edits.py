@@ -62,7 +62,7 @@ def apply_ops(
         e = new.get(exp_id) if exp_id else None
         return e if e is not None and e.status == "active" else None
 
-    def add(op: ExperienceOp, text: str, provenance: Provenance) -> None:
+    def add(op: ExperienceOp, text: str, provenance: Provenance) -> Experience:
         exp = Experience(
             id=f"E{new.next_id}", text=text, title=op.title, tags=list(op.tags),
             created_step=step, updated_step=step, provenance=provenance,
@@ -70,6 +70,7 @@ def apply_ops(
         new.next_id += 1
         new.experiences.append(exp)
         results.append(OpResult(step=step, op=op, status="applied", result_id=exp.id))
+        return exp
 
     def done(op: ExperienceOp, target: Experience) -> None:
         target.updated_step = step
@@ -148,11 +149,18 @@ def apply_ops(
             merged_prov = prov.model_copy(deep=True)
             merged_prov.merged_from = ids
             merged_prov.query_ids = sorted({q for s in sources for q in s.provenance.query_ids} | set(prov.query_ids))  # type: ignore[union-attr]
+            # The sources' evidence goes with their text: a merge must not reset a lesson's
+            # comparisons (and so its way to --prune-harmful), as UPDATE does not either.
+            evidence = Stats()
+            for s in sources:
+                evidence.add(s.stats)  # type: ignore[union-attr]
             dup = duplicate_of(text)
             if dup is not None:
+                dup.stats.add(evidence)
+                dup.updated_step = step
                 results.append(OpResult(step=step, op=op, status="applied", result_id=dup.id))
                 continue
-            add(op, text, merged_prov)
+            add(op, text, merged_prov).stats = evidence
     return new, results
 
 

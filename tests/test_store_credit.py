@@ -179,3 +179,41 @@ def test_import_as_version_zero_survives_a_fresh_runs_discard(tmp_path):
     lib.discard_after(0)  # what training in this directory does before its first step
     assert [e.text for e in Library(tmp_path / "lib").experiences] == [SAME]
     assert Pack.merge.__kwdefaults__["threshold"] == MERGE_THRESHOLD
+
+
+def test_an_unscored_answer_is_no_evidence_for_the_lessons_it_cites():
+    """A reward that failed leaves the answer's combined reward None and its advantage a 0.0
+    placeholder: it must not win or lose comparisons for what it cites."""
+    from tfgrpo.llm.client import Completion
+    from tfgrpo.rewards import group_advantages
+    from tfgrpo.task_registry import Sample
+    from tfgrpo.training_free.loop import credit_evidence
+    from tfgrpo.training_free.rollout import Group
+
+    texts = ["plain", "plain", "plain", "Using [E1]: 42", None]  # the last request failed
+    rewards = [[0.0], [0.0], [1.0], [None], [None]]
+    group = Group(sample=Sample(id="q", prompt="?"), completions=[Completion(text=t, index=j) for j, t in enumerate(texts)],
+                  rewards=rewards, combined=[r[0] for r in rewards])
+    adv = group_advantages([rewards], [1.0], "grpo", std="unbiased")
+    answered = [[j for j, c in enumerate(group.completions) if c.ok]]
+    evidence = credit_evidence([group], answered, [["E1"]], adv)
+    assert [text for _, text, _ in evidence[0]] == ["plain", "plain", "plain"]
+    e1 = usage_credit(evidence, step=1)["E1"]
+    assert (e1.cited, e1.helpful, e1.harmful) == (0, 0, 0) and e1.retrieved == 3
+
+
+def test_merge_keeps_the_evidence_of_its_sources(tmp_path):
+    lib = Library(tmp_path / "lib")
+    add(lib, "Check units.", "Convert units first.", "Draw a diagram.", "Units before arithmetic.")
+    credit = {f"E{i}": Stats(retrieved=12, cited=11, helpful=1, harmful=10, last_cited_step=i) for i in range(1, 5)}
+    lib.apply([], step=2, credit=credit)
+    lib.apply([ExperienceOp(op="MERGE", ids=["E1", "E2"], text="Convert units before any arithmetic.")], step=3)
+    merged = next(e for e in lib.state.active() if e.id == "E5")
+    assert merged.stats == Stats(retrieved=24, cited=22, helpful=2, harmful=20, last_cited_step=2)
+    # a merge into a text that already stands: the standing lesson gains the sources' evidence
+    lib.apply([ExperienceOp(op="MERGE", ids=["E3", "E5"], text="Units before arithmetic.")], step=4)
+    e4 = next(e for e in lib.state.active() if e.id == "E4")
+    assert e4.stats == Stats(retrieved=48, cited=44, helpful=4, harmful=40, last_cited_step=4)
+    assert [e.id for e in lib.state.active()] == ["E4"]
+    # and the evidence is enough to retire it under --prune-harmful
+    assert [op.id for op in prune_ops(lib.state, 5, unused_steps=0, min_votes=12, harmful_share=0.5)] == ["E4"]

@@ -95,6 +95,15 @@ def _usage_delta(before: dict[str, Any], after: Usage) -> dict[str, Any]:
     return out
 
 
+def credit_evidence(groups: list[Group], answered: list[list[int]], shown: list[list[str]],
+                    advantages: list[list[float]]) -> list[list[tuple[list[str], str, float]]]:  # fmt: skip
+    """What usage credit compares, per group: (ids shown, cited text, advantage) of each answer
+    that came back AND was scored. An unscored answer (a reward that failed) has advantage 0.0
+    only as a placeholder: it is no evidence for or against the lessons it cites."""
+    return [[(shown[i], cited_text(g.completions[j]), advantages[i][j]) for j in answered[i] if g.combined[j] is not None]
+            for i, g in enumerate(groups)]
+
+
 def _skip_reason(cfg: RunConfig, task: Task, group: Group, answered: int) -> str | None:
     """Why a group is not judged (None: it is): fewer than two answers (the other requests
     failed), or no contrast among its answers' rewards."""
@@ -223,8 +232,7 @@ async def train_loop(
         )
         run_dir.append(ROLLOUTS, rollouts)
         run_dir.append(GROUPS, group_records)
-        credit = usage_credit(([(shown[g.sample.id].ids, cited_text(g.completions[j]), advantages[i][j]) for j in answered[i]]
-                               for i, g in enumerate(groups)), step)
+        credit = usage_credit(credit_evidence(groups, answered, [shown[g.sample.id].ids for g in groups], advantages), step)
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
         dropped = [OpResult(step=step, op=op, status="rejected", error=why) for op, why in distilled.dropped]
