@@ -6,6 +6,7 @@ bounded by the batch's proposals; transient failures of a server are retried."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -131,6 +132,48 @@ def judged(reply: str):
                                    "[E1] When counting posts, add one.", pass_threshold=1.0))
 
 
+def judge_reads(ctx, replies: list, proposals: list[tuple] | None, error: str | None = None, **kw) -> None:
+    """judge_group whose judge answers ``replies`` in turn (a reply is a text or (text,
+    finish_reason)); shown only E1 and E2. The proposals read as (op, id, text) or the error."""
+
+    class Judge:
+        model = "sim"
+        answers = iter(replies)
+
+        async def sample(self, messages, **_):
+            got = next(self.answers)
+            text, finish = got if isinstance(got, tuple) else (got, "stop")
+            return [Completion(text=text, index=0, finish_reason=finish)]
+
+    sample = Sample(id="q1", prompt="How many posts does a 10 m fence with a post every 2 m need?", answer="6")
+    out = asyncio.run(judge_group(Judge(), Prompts(), JudgeConfig(**kw), sample, [Attempt(1, "Answer: 6", 1.0), Attempt(2, "Answer: 5", 0.0)],
+                                  "[E1] When counting posts, add one.\n[E2] Draw it.", pass_threshold=1.0, shown_ids=["E1", "E2"]))
+    if error is not None:
+        assert out.comparison is None and error in (out.error or ""), out
+        return
+    assert [(p.op, p.id, p.text) for p in out.proposals] == proposals, out
+    return out
+
+
+def judge_drops_unshown(ctx) -> None:
+    reply = {"reasoning": "r", "ops": [{"op": "DELETE", "id": "E7"}, {"op": "UPDATE", "id": "E9", "text": "When a, b."},
+                                        {"op": "UPDATE", "id": "E2", "text": "When drawing, label it."}]}  # fmt: skip
+    out = judge_reads(ctx, [json.dumps(reply)], [("UPDATE", "E2", "When drawing, label it.")])
+    assert [(op.id, why) for op, why in out.dropped] == [
+        ("E7", "judge: DELETE E7 names a lesson this group was not shown"),
+        ("E9", "judge: UPDATE E9 names a lesson this group was not shown")]
+
+
+def judge_records_failed_summaries(ctx) -> None:
+    out = judge_reads(ctx, ["no json"] * 4 + [json.dumps(LESSON)], ADDED, summaries=True)
+    assert sorted(i for i, _, _ in out.summary_failures) == [1, 2]
+    assert all("after one repair" in error and raw == ["no json", "no json"] for _, error, raw in out.summary_failures)
+
+
+LESSON = {"reasoning": "The better attempt counted both ends.", "ops": [{"op": "ADD", "text": "When a fence has posts at both ends, add one."}]}
+ADDED = [("ADD", None, "When a fence has posts at both ends, add one.")]
+
+
 def judge_reply_is_a_failed_call(ctx, reply: str) -> None:
     out = judged(reply)
     assert out.comparison is None and not out.proposals and out.error and ctx.expected in out.error, out
@@ -144,7 +187,8 @@ MERGE = ExperienceOp(op="MERGE", ids=["E3", "E4"], text="When e, f.")
 
 
 def consolidation_bounded(ctx, ops: list, candidates: int, kept_ops: list[str], dropped: int, reason: str | None = None) -> None:
-    kept, dropped_ops = bound_ops(ops, PROPOSALS, candidates=candidates)
+    near = [{"proposal": "When a, b.", "op": "ADD", "id": None, "similar_to": [{"id": "E3", "similarity": 0.95}, {"id": "E4", "similarity": 0.93}]}]
+    kept, dropped_ops = bound_ops(ops, PROPOSALS, candidates=near * candidates)
     assert [o.op for o in kept] == kept_ops and len(dropped_ops) == dropped
     assert reason is None or reason in dropped_ops[0][1]
 
@@ -182,6 +226,7 @@ async def dropped_connections_retried(ctx) -> None:
 
 
 S, J, H, C, R = "03 server numbers", "04 judge replies", "held judge output", "11 consolidation", "held retries"
+V = "review judge reading"
 RETRY_AFTER = [("nan", None), ("NaN", None), ("inf", None), ("-inf", None), ("1e309", None), ("-5", None), ("-1", None),
                ("abc", None), ("", None), (None, None), ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("9" * 5000, None),
                ("1e308", 60.0), ("2.5", 2.5), ("0", 0.0)]
@@ -215,12 +260,37 @@ CASES = [
     Case(H, "judge reply null", "expected a JSON object", judge_reply_is_a_failed_call, ("null",)),
     Case(H, "judge reply with a NaN lesson text", "ops.0.text", judge_reply_is_a_failed_call, ('{"reasoning": "r", "ops": [{"op": "ADD", "text": NaN}]}',)),
     Case(H, "judge reply with null ops", "ops", judge_reply_is_a_failed_call, ('{"reasoning": "r", "ops": [null]}',)),
+    Case(V, "reasoning closed by </think> only, a draft JSON in it", "the answer after it is read", judge_reads,
+         ([f"Let me draft: ```json\n{json.dumps({'reasoning': 'draft', 'ops': []})}\n``` then check.\n</think>\n{json.dumps(LESSON)}"], ADDED)),
+    Case(V, "reasoning closed by </think> only, braces in it", "the answer after it is read", judge_reads,
+         ([f"The set {{1, 2}} of posts...</think>\n\n{json.dumps(LESSON)}"], ADDED)),
+    Case(V, "JSON then a note with braces", "the JSON is read", judge_reads, ([json.dumps(LESSON) + "\nNote: see {E1}."], ADDED)),
+    Case(V, "a code fence inside a lesson", "read whole, fence and all", judge_reads,
+         ([json.dumps({"reasoning": "r", "ops": [{"op": "ADD", "text": "When code is asked for, put it in ```python ...``` blocks."}]})],
+          [("ADD", None, "When code is asked for, put it in ```python ...``` blocks.")])),
+    Case(V, "null text and reason on a DELETE", "the DELETE is read", judge_reads,
+         ([json.dumps({"reasoning": "r", "ops": [{"op": "DELETE", "id": "E1", "text": None, "reason": None}]})], [("DELETE", "E1", "")])),
+    Case(V, "the same DELETE three times, then an ADD (ops per group 3)", "one DELETE and the ADD", judge_reads,
+         ([json.dumps({"reasoning": "r", "ops": [{"op": "DELETE", "id": "E1"}] * 3 + LESSON["ops"]})], [("DELETE", "E1", ""), *ADDED])),
+    Case(V, "ops on lessons the group was not shown", "dropped and recorded, the shown one kept", judge_drops_unshown),
+    Case(V, "a repair reply cut off at the token limit", "a failed call, not half a lesson", judge_reads,
+         (["not JSON", ('{"reasoning": "r", "ops": [{"op": "ADD", "text": "When the fence has posts at both ends, count the', "length")],
+          None, "cut off at the token limit")),
+    Case(V, "summaries that fail to parse", "recorded with their replies; the comparison reads the attempts", judge_records_failed_summaries),
+    Case(V, "a 121-digit number in the reasoning", "the answer after it is read", judge_reads,
+         (["<think>" + "9" * 121 + "</think>" + json.dumps(LESSON)], ADDED)),
     Case(C, "1000 invented ADDs and an unproposed DELETE", "only the proposed ops kept", consolidation_bounded,
          ([ExperienceOp(op="DELETE", id="E2"), ExperienceOp(op="DELETE", id="E7"), *INVENTED], 0, ["DELETE", "ADD"], 1000, "DELETE E7 was not proposed")),
     Case(C, "MERGE and an invented ADD, one candidate", "MERGE kept, one ADD within the candidates", consolidation_bounded,
          ([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), MERGE, INVENTED[0]], 1, ["UPDATE", "MERGE", "ADD"], 0)),
-    Case(C, "MERGE and an invented ADD, no candidates", "the invented ADD dropped", consolidation_bounded,
-         ([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), MERGE, INVENTED[0]], 0, ["UPDATE", "MERGE"], 1)),
+    Case(C, "MERGE and an invented ADD, no candidates", "the MERGE of unnamed lessons dropped, the ADD within the proposals",
+         consolidation_bounded, ([ExperienceOp(op="UPDATE", id="E1", text="When c, d."), MERGE, INVENTED[0]], 0, ["UPDATE", "ADD"], 1,
+                                 "MERGE retires E3, E4, which no proposal or candidate named")),
+    Case(C, "MERGE of ten lessons no group named", "dropped: a MERGE retires its sources", consolidation_bounded,
+         ([ExperienceOp(op="MERGE", ids=[f"E{i}" for i in range(1, 11)], text="When anything, do everything.")], 1, [], 1,
+          "MERGE retires E5, E6, E7, E8, E9, E10")),
+    Case(C, "MERGE of a proposal's id and a candidate", "kept", consolidation_bounded,
+         ([ExperienceOp(op="MERGE", ids=["E1", "E3"], text="When c or e, d.")], 1, ["MERGE"], 0)),
     *(Case(R, f"{fault} twice", "retried, every sample answered", sim_fault_retried, (fault,)) for fault in ("429", "500", "503", "timeout")),
     *(Case(R, f"{name} with status 200, twice", "retried, answered", garbage_retried, (body,)) for name, body in [
         ("plain-text garbage", "garbage"), ("an HTML page", "<html>gateway</html>"), ("JSON nested 100000 deep", deep()),

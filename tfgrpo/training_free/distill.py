@@ -7,7 +7,8 @@ proposals stay recorded in ``groups.jsonl`` and the failure in ``ops.jsonl``.
 The answer is bounded by the batch's proposals (``bound_ops``): consolidation merges, rewords
 and resolves, it does not invent. It may return at most as many ADDs as were proposed, at most
 as many edits carrying a text (ADD, UPDATE, MERGE) as proposals carrying one plus the MERGE
-candidates it was shown, and DELETEs only of ids a proposal deleted. Ops beyond that are not
+candidates it was shown, DELETEs only of ids a proposal deleted and MERGEs only of ids a
+proposal named or a candidate pointed at (a MERGE retires its sources). Ops beyond that are not
 applied and are recorded as rejected, so a judge that answers with a thousand invented ADDs
 cannot grow the library (and every later prompt) by a thousand lessons in one step.
 """
@@ -22,7 +23,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops, prune_ops, render_experiences
 from tfgrpo.training_free.config import JudgeConfig, LibraryConfig
-from tfgrpo.training_free.judge import ProposedOp, check_op_fields, judge_messages, lesson_id, schema_text, upper_op
+from tfgrpo.training_free.judge import (ProposedOp, check_op_fields, judge_messages, lesson_id, schema_text, text_or_empty,
+                                        upper_op)
 from tfgrpo.llm.client import LLMClient
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import ask_structured
@@ -37,6 +39,7 @@ class ConsolidatedOp(BaseModel):
 
     _op = field_validator("op", mode="before")(upper_op)
     _id = field_validator("id", mode="before")(lesson_id)
+    _text = field_validator("text", "reason", mode="before")(text_or_empty)
     _fields = model_validator(mode="after")(check_op_fields)
 
     @field_validator("ids", mode="before")
@@ -98,25 +101,32 @@ async def consolidate(
         for o in out.value.ops
         if o.op != "NONE"
     ]
-    kept, dropped = bound_ops(ops, live, len(candidates or []))
+    kept, dropped = bound_ops(ops, live, candidates or [])
     return Distilled(ops=kept, called=True, raw=out.raw, dropped=dropped)
 
 
 TEXT_OPS = ("ADD", "UPDATE", "MERGE")
 
 
-def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: int) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:
-    """The consolidated ops the batch's (non-NONE) ``proposals`` allow, in the judge's order,
-    and the rest with the reason each was dropped (see the module docstring)."""
+def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: list[dict]) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:
+    """The consolidated ops the batch's (non-NONE) ``proposals`` and MERGE ``candidates``
+    (:func:`merge_candidates`) allow, in the judge's order, and the rest with the reason each was
+    dropped (see the module docstring)."""
     max_adds = sum(p.op == "ADD" for p in proposals)
-    max_text = sum(p.op in ("ADD", "UPDATE") for p in proposals) + candidates
+    max_text = sum(p.op in ("ADD", "UPDATE") for p in proposals) + len(candidates)
     deletable = {p.id for p in proposals if p.op == "DELETE" and p.id}
+    mergeable = {p.id for p in proposals if p.id} | {s["id"] for c in candidates for s in c.get("similar_to", [])}
     kept: list[ExperienceOp] = []
     dropped: list[tuple[ExperienceOp, str]] = []
     adds = texts = 0
     for op in ops:
         if op.op == "DELETE" and op.id not in deletable:
             dropped.append((op, f"consolidation: DELETE {op.id} was not proposed by any group"))
+            continue
+        if op.op == "MERGE" and not set(op.ids) <= mergeable:
+            # a MERGE retires its sources: only lessons a proposal named or a candidate pointed at
+            stray = sorted(set(op.ids) - mergeable, key=_id_key)
+            dropped.append((op, f"consolidation: MERGE retires {', '.join(stray)}, which no proposal or candidate named"))
             continue
         if op.op == "ADD" and adds >= max_adds:
             dropped.append((op, f"consolidation: more ADDs than the {max_adds} proposed"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Collection, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 
@@ -24,7 +24,7 @@ from tfgrpo.llm.client import CONTEXT_OVERFLOW, LLMClient
 from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.config import JudgeConfig
 from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.structured import ask_structured, schema_for
+from tfgrpo.training_free.structured import StructuredResult, ask_structured, schema_for
 
 DEFAULT_CONTEXT_TOKENS = 32768  # judge context assumed when neither the flag nor litellm knows it
 CHARS_PER_TOKEN = 4  # rough size of a token of English text, to size prompts before sending
@@ -46,6 +46,11 @@ def check_op_fields(op: Any) -> Any:
     return op
 
 
+def text_or_empty(v: Any) -> Any:
+    """``null`` for a field the op does not use (a DELETE's text) is how models write "nothing"."""
+    return "" if v is None else v
+
+
 def lesson_id(v: Any) -> Any:
     """A lesson id as the library writes it, however the judge wrote it ([E1], e1, 'E1 ', 1)."""
     return canonical_id(v) if v is not None else None
@@ -59,6 +64,7 @@ class ProposedOp(BaseModel):
 
     _op = field_validator("op", mode="before")(upper_op)
     _id = field_validator("id", mode="before")(lesson_id)
+    _text = field_validator("text", "reason", mode="before")(text_or_empty)
     _fields = model_validator(mode="after")(check_op_fields)
 
 
@@ -108,6 +114,8 @@ class GroupJudgement:
     summaries: list[str] = field(default_factory=list)
     error: str | None = None
     raw: list[str | None] = field(default_factory=list)
+    dropped: list[tuple[ProposedOp, str]] = field(default_factory=list)  # ops not applicable, with why
+    summary_failures: list[tuple[int, str, list[str | None]]] = field(default_factory=list)  # (attempt, error, raw)
 
     @property
     def proposals(self) -> list[ProposedOp]:
@@ -115,10 +123,29 @@ class GroupJudgement:
 
 
 def keep_ops(ops: list[ProposedOp], limit: int) -> list[ProposedOp]:
-    """At most ``limit`` ops, the judge's first non-NONE ones ([NONE, ADD, ADD, ADD] keeps
-    three ADDs); a lone NONE stays so the record shows the judge found nothing."""
-    live = [op for op in ops if op.op != "NONE"]
+    """At most ``limit`` ops, the judge's first distinct non-NONE ones ([NONE, ADD, ADD, ADD]
+    keeps three ADDs; a repeated op does not use up the limit); a lone NONE stays so the record
+    shows the judge found nothing."""
+    live, seen = [], set()
+    for op in ops:
+        key = (op.op, op.id, " ".join(op.text.lower().split()))
+        if op.op != "NONE" and key not in seen:
+            seen.add(key)
+            live.append(op)
     return live[:limit] if live else ops[:1]
+
+
+def unshown(ops: list[ProposedOp], shown_ids: Collection[str]) -> tuple[list[ProposedOp], list[tuple[ProposedOp, str]]]:
+    """The ops whose id (UPDATE, DELETE) is one of the lessons this group was shown, and the
+    others with why: a judge only knows what it saw, and an id it invents may name a lesson that
+    exists elsewhere in the library."""
+    kept, dropped = [], []
+    for op in ops:
+        if op.id is not None and op.op in ("UPDATE", "DELETE") and op.id not in shown_ids:
+            dropped.append((op, f"judge: {op.op} {op.id} names a lesson this group was not shown"))
+        else:
+            kept.append(op)
+    return kept, dropped
 
 
 def judge_messages(prompts: Prompts, user: str) -> list[dict[str, str]]:
@@ -175,7 +202,7 @@ def summary_words(text: str) -> int:
 
 
 async def summarise(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
-                    library: str, ctx: JudgeContext, use_cache: bool) -> list[str | None]:
+                    library: str, ctx: JudgeContext, use_cache: bool) -> list[StructuredResult[SampleSummary]]:
     schema = schema_text(client, cfg, SampleSummary)
     calls = [
         ask_structured(
@@ -188,7 +215,7 @@ async def summarise(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sampl
         )
         for a in attempts
     ]
-    return [o.value.summary if o.ok else None for o in await asyncio.gather(*calls)]
+    return list(await asyncio.gather(*calls))
 
 
 async def judge_group(
@@ -202,18 +229,21 @@ async def judge_group(
     pass_threshold: float,
     use_cache: bool = True,
     context: JudgeContext | None = None,
+    shown_ids: Collection[str] | None = None,
 ) -> GroupJudgement:
+    """``shown_ids``: the lessons in this group's prompt; an UPDATE or DELETE of another id is
+    dropped (recorded in ``dropped``). None: not checked."""
     ctx = context or JudgeContext(pass_threshold=pass_threshold)
     ctx.pass_threshold = pass_threshold
     result = GroupJudgement(sample_id=sample.id)
     summarised = False
     if needs_summaries(client, cfg, attempts):
-        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache, result)
         summarised = True
     out = await _compare(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
     if not out.ok and not summarised and CONTEXT_OVERFLOW in (out.error or ""):
         # The attempts did not fit the judge's context: summarise them and try once more.
-        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache, result)
         out = await _compare(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
     result.raw = out.raw
     if not out.ok:
@@ -221,14 +251,19 @@ async def judge_group(
         return result
     comparison = out.value
     assert comparison is not None
-    comparison.ops = keep_ops(comparison.ops, cfg.max_ops_per_group)
+    ops = comparison.ops
+    if shown_ids is not None:
+        ops, result.dropped = unshown(ops, shown_ids)
+    comparison.ops = keep_ops(ops, cfg.max_ops_per_group)
     result.comparison = comparison
     return result
 
 
 async def _summarised(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
-                      library: str, ctx: JudgeContext, use_cache: bool) -> tuple[list[Attempt], list[str]]:
-    outs = await summarise(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+                      library: str, ctx: JudgeContext, use_cache: bool, result: GroupJudgement) -> tuple[list[Attempt], list[str]]:
+    replies = await summarise(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
+    result.summary_failures += [(a.index, r.error or "", r.raw) for a, r in zip(attempts, replies) if not r.ok]
+    outs = [r.value.summary if r.value is not None else None for r in replies]
     # A failed summary falls back to the attempt itself: the comparison still sees everything.
     shown = [Attempt(a.index, o if o is not None else a.text, a.reward, a.rewards, a.truncated) for a, o in zip(attempts, outs)]
     return shown, [o or "" for o in outs]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experience_store import Injection, Library, OpResult, Provenance, usage_credit
+from experience_store import ExperienceOp, Injection, Library, OpResult, Provenance, usage_credit
 from tfgrpo.training_free.budget import Budget
 from tfgrpo.training_free.config import RunConfig
 from tfgrpo.training_free.distill import consolidate, consolidation_view, merge_candidates, prune_for
@@ -185,7 +185,8 @@ async def train_loop(
             g = groups[i]
             attempts = group_attempts(g, [r.name for r in task.rewards], answered[i])
             out = await judge_group(models.judge, prompts, cfg.judge, g.sample, attempts, shown[g.sample.id].text,
-                                    pass_threshold=task.pass_threshold, use_cache=use_cache, context=judge_context)
+                                    pass_threshold=task.pass_threshold, use_cache=use_cache, context=judge_context,
+                                    shown_ids=shown[g.sample.id].ids)
             hooks.on_advance("judging")
             return out
 
@@ -203,7 +204,7 @@ async def train_loop(
             distilled.ops, leaks = guard.screen(distilled.ops, step, cfg.judge.leak_guard)
 
         # ---- write the step: records first, then the library version, then the commit line
-        rollouts, group_records, failures = [], [], []
+        rollouts, group_records, failures, judge_dropped = [], [], [], []
         for i, g in enumerate(groups):
             for j, c in enumerate(g.completions):
                 rollouts.append(RolloutRecord(
@@ -222,6 +223,12 @@ async def train_loop(
             ))
             if jd is not None and jd.error:
                 failures.append(JudgeFailure(step=step, stage="group_comparison", sample_id=g.sample.id, error=jd.error, raw=jd.raw))
+            for index, error, raw in jd.summary_failures if jd is not None else []:
+                failures.append(JudgeFailure(step=step, stage="sample_summary", sample_id=g.sample.id,
+                                             error=f"attempt {index}: {error}", raw=raw))
+            for op, why in jd.dropped if jd is not None else []:
+                judge_dropped.append(OpResult(step=step, op=ExperienceOp(op=op.op, id=op.id, text=op.text, reason=op.reason),
+                                              status="rejected", error=why))
         if distilled.error:
             failures.append(JudgeFailure(step=step, stage="consolidation", error=distilled.error, raw=distilled.raw))
         source_ids = sorted({groups[i].sample.id for i, j in judgements.items() if j.proposals})
@@ -236,7 +243,7 @@ async def train_loop(
         pruned = prune_for(library, cfg.library, credit, step, distilled.ops)
         results = library.apply([*distilled.ops, *pruned], step, provenance, credit=credit)
         dropped = [OpResult(step=step, op=op, status="rejected", error=why) for op, why in distilled.dropped]
-        run_dir.append(OPS, [*results, *dropped, *leaks, *failures])
+        run_dir.append(OPS, [*results, *judge_dropped, *dropped, *leaks, *failures])
 
         kinds = Counter(r.op.op for r in results if r.status == "applied")
         record = StepRecord(

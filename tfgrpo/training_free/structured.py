@@ -63,35 +63,73 @@ def unsafe_reason(text: str) -> str | None:
     return f"JSON nested {deepest} deep (at most {MAX_DEPTH})" if deepest > MAX_DEPTH else None
 
 
+MAX_STARTS = 64  # '{' positions tried when looking for the JSON object in prose
+
+
+def answer_part(text: str) -> str:
+    """``text`` without a reasoning model's thinking: closed ``<think>...</think>`` blocks, and
+    everything up to a lone ``</think>`` (chat templates such as Qwen3's and DeepSeek-R1's open
+    the block in the prompt, so the reply only closes it)."""
+    body = _THINK.sub("", text)
+    close = body.lower().rfind("</think>")
+    return (body[close + len("</think>"):] if close != -1 else body).strip()
+
+
+def unsafe_reply(text: str) -> str | None:
+    """Why a reply must not be parsed (:func:`unsafe_reason` of its answer part; the reasoning
+    before it is never parsed, so only its length counts), or None."""
+    if len(text) > MAX_REPLY_CHARS:
+        return f"reply of {len(text)} characters (at most {MAX_REPLY_CHARS})"
+    return unsafe_reason(answer_part(text))
+
+
 def parse_output(text: str | None, model: type[M], *, lenient: bool = True) -> M:
-    """Read ``model`` from free text: strips reasoning blocks and code fences, finds the JSON
-    object and validates it. ``lenient`` also repairs syntax damage (trailing commas, output cut
+    """Read ``model`` from free text: drops reasoning, then takes the first JSON object in the
+    text that is one (in a code fence or in prose, whatever follows it, fences inside its strings
+    included) and validates. ``lenient`` also repairs syntax damage (trailing commas, output cut
     off mid-object); a repaired object may have lost its tail, so the first reading of a judge
     answer is strict and only the answer to the repair request is read leniently."""
     if text is None or not text.strip():
         raise ParseError("empty output")
-    unsafe = unsafe_reason(text)
+    unsafe = unsafe_reply(text)
     if unsafe is not None:
         raise ParseError(unsafe)
-    body = _THINK.sub("", text).strip()
-    fenced = _FENCE.search(body)
-    if fenced:
-        body = fenced.group(1).strip()
-    start, end = body.find("{"), body.rfind("}")
-    candidate = body[start : end + 1] if start != -1 and end > start else body[start:] if start != -1 else body
-    try:
-        data = json.loads(candidate)
-    except json.JSONDecodeError as e:
-        if not lenient:
-            raise ParseError(f"invalid JSON ({e.msg} at character {e.pos})") from None
+    body = answer_part(text)
+    first_error: ParseError | None = None  # what went wrong with the first object: the outermost one
+    decoder = json.JSONDecoder()
+    start = body.find("{")
+    for _ in range(MAX_STARTS):
+        if start == -1:
+            break
         try:
-            data = json_repair.loads(candidate)
-        except (ValueError, RecursionError) as e2:  # bounded above; a last guard, never a crash
-            raise ParseError(f"unreadable JSON: {type(e2).__name__}") from None
-    except (ValueError, RecursionError) as e:
+            data, _end = decoder.raw_decode(body, start)
+            if not isinstance(data, dict):
+                raise ParseError(f"expected a JSON object, got {type(data).__name__}")
+            return _validate(data, model)
+        except json.JSONDecodeError as e:
+            first_error = first_error or ParseError(f"invalid JSON ({e.msg} at character {e.pos})")
+        except (ValueError, RecursionError) as e:  # ParseError is a ValueError
+            first_error = first_error or (e if isinstance(e, ParseError) else ParseError(f"unreadable JSON: {type(e).__name__}"))
+        start = body.find("{", start + 1)
+    if not lenient:
+        raise first_error or ParseError(f"expected a JSON object: {body[:80]!r}")
+    first = body.find("{")
+    fenced = _FENCE.search(body)
+    if fenced and (first == -1 or fenced.start() < first):  # a fence around the object, not one inside it
+        candidate = fenced.group(1).strip()
+    else:
+        last = body.rfind("}")
+        candidate = body[first : last + 1] if first != -1 and last > first else body[first:] if first != -1 else body
+    try:
+        data = json_repair.loads(candidate)
+    except (ValueError, RecursionError) as e:  # bounded above; a last guard, never a crash
         raise ParseError(f"unreadable JSON: {type(e).__name__}") from None
     if not isinstance(data, dict):
         raise ParseError(f"expected a JSON object, got {type(data).__name__}: {body[:80]!r}")
+    return _validate(data, model)
+
+
+def _validate(data: dict[str, Any], model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -125,7 +163,7 @@ async def ask_structured(
     output (the failure is returned); an unreachable endpoint still raises EndpointError."""
     fmt = response_format(model, name)
     first = (await client.sample(messages, n=1, temperature=temperature, max_tokens=max_tokens,
-                                 response_format=fmt, use_cache=use_cache, validate=unsafe_reason))[0]
+                                 response_format=fmt, use_cache=use_cache, validate=unsafe_reply))[0]
     if not first.ok:
         return StructuredResult(None, [None], error=f"request failed: {first.error}")
     try:
@@ -137,9 +175,12 @@ async def ask_structured(
         {"role": "user", "content": f"Your reply could not be read: {error}. Reply again with only the corrected JSON object that matches the schema."},
     ]
     second = (await client.sample(repair, n=1, temperature=temperature, max_tokens=max_tokens,
-                                  response_format=fmt, use_cache=use_cache, validate=unsafe_reason))[0]
+                                  response_format=fmt, use_cache=use_cache, validate=unsafe_reply))[0]
     if not second.ok:
         return StructuredResult(None, [first.text, None], error=f"unparseable output ({error}); repair request failed: {second.error}")
+    if second.finish_reason == "length":  # the lenient reading would close a cut-off lesson and keep half a sentence
+        return StructuredResult(None, [first.text, second.text],
+                                error=f"unparseable output ({error}); the repair reply was cut off at the token limit")
     try:
         return StructuredResult(parse_output(second.text, model), [first.text, second.text])
     except ParseError as e2:
