@@ -194,3 +194,61 @@ def test_prefix_sharing_takes_auto_packed_or_naive():
     assert make_config(prefix_sharing="naive").prefix_sharing == "naive"
     with pytest.raises(UserError, match="prefix.sharing"):
         make_config(prefix_sharing="sometimes")
+
+
+def test_resume_runs_in_its_own_directory_from_anywhere(tmp_path, monkeypatch):
+    first = run(quick(tmp_path, steps=2, save_every=1), progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = quick(tmp_path, steps=3)
+    cfg.out = None  # as the CLI leaves it: the run directory comes from --resume
+    resumed = run(cfg, resume=str(tmp_path / "run"), progress=False)
+    assert resumed["run_dir"] == str(tmp_path / "run") and list(elsewhere.iterdir()) == []
+    assert resumed["reward_by_step"][:2] == first["reward_by_step"]
+    with pytest.raises(UserError, match="continues .* in place; --out .* would write elsewhere"):
+        run(quick(tmp_path / "other", steps=4), resume=str(tmp_path / "run"), progress=False)
+
+
+def test_resume_refuses_settings_that_would_make_another_run(tmp_path):
+    run(quick(tmp_path, steps=2), progress=False)
+    for change, flag in [({"lr": 0.5}, "--lr"), ({"weight_decay": 0.1}, "--weight-decay"), ({"seed": 7}, "--seed"),
+                         ({"beta": 0.1}, "--beta"), ({"task": "toy", "group_size": 2}, "--group-size")]:
+        with pytest.raises(UserError, match=f"cannot change {flag} "):
+            run(quick(tmp_path, steps=3, **change), resume=str(tmp_path / "run"), progress=False)
+    assert len((tmp_path / "run" / "steps.jsonl").read_text().splitlines()) == 2  # nothing touched
+    allowed = run(quick(tmp_path, steps=3, save_every=1, micro_batch_groups=1), resume=str(tmp_path / "run"), progress=False)
+    assert len(allowed["reward_by_step"]) == 3
+
+
+def test_a_run_stopped_before_its_first_checkpoint_runs_again_from_step_one(tmp_path, monkeypatch):
+    import shutil
+
+    from tfgrpo.params.generate import HFGenerator
+
+    full = run(quick(tmp_path / "full", steps=2), progress=False)
+    run(quick(tmp_path, steps=2), progress=False)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as a kill before the end leaves it with --save-every 0
+    resumed = run(quick(tmp_path, steps=2), resume=str(tmp_path / "run"), progress=False)
+    assert resumed["reward_by_step"] == full["reward_by_step"]
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()] == [1, 2]
+    # a resume from a checkpoint hands the loaded weights to the sampler before the first step
+    synced = []
+    monkeypatch.setattr(HFGenerator, "sync_weights", lambda self, model: synced.append(model))
+    run(quick(tmp_path, steps=3), resume=str(tmp_path / "run"), progress=False)
+    assert len(synced) >= 2  # once on resume, once after the step's update
+
+
+def test_checkpoints_of_an_abandoned_branch_are_set_aside_and_a_damaged_one_skipped(tmp_path):
+    run(quick(tmp_path, steps=3, save_every=1), progress=False)
+    ckpts = tmp_path / "run" / "checkpoints"
+    run(quick(tmp_path, steps=2, save_every=1), resume=str(ckpts / "step-000001"), progress=False)
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000001", "step-000002"]
+    assert sorted(p.name[:len("abandoned-step-000002")] for p in ckpts.glob("abandoned-*")) == [
+        "abandoned-step-000002", "abandoned-step-000003"]
+    (ckpts / "step-000002" / "state.json").write_text("")  # a torn write
+    assert latest_checkpoint(tmp_path / "run").name == "step-000001"
+    resumed = run(quick(tmp_path, steps=3, save_every=1), resume=str(tmp_path / "run"), progress=False)
+    assert len(resumed["reward_by_step"]) == 3
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert not list(ckpts.glob("*.partial")) and not list(ckpts.glob("*.old"))

@@ -13,6 +13,7 @@ import typer
 from tfgrpo.cli.console import configure_logging, emit, err_console, exit_interrupted, user_errors
 from tfgrpo.cli.options import apply_flags, collect, describe_tasks, with_generated_options
 from tfgrpo.config import build, load_yaml
+from tfgrpo.params.checkpoint import run_of
 from tfgrpo.params.config import ParamsConfig
 from tfgrpo.rundir import CONFIG
 
@@ -35,10 +36,10 @@ def register(app: typer.Typer) -> None:
         from tfgrpo.params import train_params
 
         base = load_yaml(config) if config else {}
-        if resume is not None and config is None:  # a run directory continues with its own config.yaml
-            run = resume if (resume / CONFIG).is_file() else resume.parent.parent
+        if resume is not None and config is None:  # a run directory continues with its own config.yaml, in place
+            run = run_of(resume)
             base = load_yaml(run / CONFIG) if (run / CONFIG).is_file() else {}
-            base.setdefault("out", str(run))
+            base["out"] = str(run)
         cfg = build(ParamsConfig, apply_flags(base, flags, SPECS))
         try:
             summary = train_params(cfg, resume=resume, progress=not quiet)

@@ -1,21 +1,59 @@
-"""Checkpoints: trainable weights and optimiser state in safetensors, the rest in JSON.
+"""Checkpoints (trainable weights and optimiser state in safetensors, the rest in JSON) and
+what a resume may change (:func:`check_resume`).
 
 ``<run>/checkpoints/step-000012/``: ``model.safetensors`` (trainable parameters by name; LoRA
 adapters only with peft), ``optimizer.safetensors`` + ``optimizer.json`` (tensors of the
 optimiser state, and its scalars and param groups), ``state.json`` (step, data cursor,
-reward history). Nothing is pickled.
+reward history). Nothing is pickled. A checkpoint is written under ``step-N.partial`` and
+renamed into place, so a directory named ``step-N`` is always whole.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfgrpo.errors import UserError
-from tfgrpo.rundir import CHECKPOINTS
+from tfgrpo.rundir import CHECKPOINTS, CONFIG
+
+if TYPE_CHECKING:
+    from tfgrpo.params.config import ParamsConfig
 
 STATE_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+# Settings a resumed run may change: how long it trains, how often it saves, where metrics go,
+# and how the same computation is laid out on the hardware. Everything else would make the
+# continuation another run (the optimiser's learning rate and weight decay come from the checkpoint).
+RESUMABLE = frozenset({"steps", "save_every", "report_to", "device", "micro_batch_groups", "gradient_checkpointing",
+                       "prefix_sharing", "generator", "out"})
+
+
+def check_resume(cfg: ParamsConfig, resume: str) -> None:
+    """A resume continues its run in place (``cfg.out`` is set to it, or must name it) with the
+    run's own settings but the :data:`RESUMABLE` ones."""
+    from tfgrpo.config import load_yaml, setting_name
+    from tfgrpo.params.config import ParamsConfig  # noqa: F811 (the class itself, at run time)
+
+    run = run_of(resume)
+    if not (run / CONFIG).is_file():
+        raise UserError(f"--resume: {resume} is not a parameter-mode run directory or checkpoint (no {CONFIG})")
+    if cfg.out is None:
+        cfg.out = str(run)
+    elif Path(cfg.out).expanduser().resolve() != run.resolve():
+        raise UserError(f"--resume continues {run} in place; --out {cfg.out} would write elsewhere (leave --out out)")
+    saved = ParamsConfig.model_validate(load_yaml(run / CONFIG))
+    old = saved.model_dump(mode="json") | {"lr": saved.learning_rate}
+    new = cfg.model_dump(mode="json") | {"lr": cfg.learning_rate}
+    changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
+    if changed:
+        flags = ", ".join(f"{setting_name(ParamsConfig, k)} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in changed)
+        raise UserError(f"a resumed run keeps its settings; cannot change {flags}: start a new run with another --out")
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -23,28 +61,85 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
 
 
 def save_checkpoint(path: Path, model, optimizer, state: dict[str, Any]) -> Path:
+    """Write the checkpoint beside ``path`` and move it into place whole: a kill while writing
+    leaves the previous checkpoint (and any older one) as it was."""
     from safetensors.torch import save_file
 
     from tfgrpo.params.model import trainable_state
 
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(path / "model.safetensors"))
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "model.safetensors"))
     tensors, meta = _split_optimizer_state(optimizer.state_dict())
-    save_file(tensors, str(path / "optimizer.safetensors"))
-    (path / "optimizer.json").write_text(json.dumps(meta))
-    (path / "state.json").write_text(json.dumps({"version": STATE_VERSION, **state}))
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "state.json").write_text(json.dumps({"version": STATE_VERSION, **state}))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if path.exists():  # the same step again (a resumed run redoing it): the old copy goes last
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
     return path
 
 
-def latest_checkpoint(path: str | Path) -> Path:
-    """``path`` itself when it is a checkpoint, else the newest one under ``path/checkpoints``."""
+def run_of(path: str | Path) -> Path:
+    """The run directory of ``path``: itself, or the run a checkpoint directory belongs to."""
+    p = Path(path).expanduser()
+    return p.parent.parent if (p / "state.json").is_file() and p.parent.name == CHECKPOINTS else p
+
+
+def latest_checkpoint(path: str | Path) -> Path | None:
+    """``path`` itself when it is a checkpoint, else the newest readable one under
+    ``path/checkpoints`` (one whose state.json does not read, a kill's leftover, is passed
+    over with a warning), else None: the run stopped before its first checkpoint."""
     p = Path(path).expanduser()
     if (p / "state.json").is_file():
+        _state(p)
         return p
-    found = sorted((p / CHECKPOINTS).glob("step-*/state.json"))
-    if not found:
-        raise UserError(f"--resume: no checkpoint in {p}")
-    return found[-1].parent
+    for found in sorted((p / CHECKPOINTS).glob("step-*/state.json"), reverse=True):
+        try:
+            _state(found.parent)
+        except UserError as e:
+            log.warning("%s; trying the one before", e)
+            continue
+        return found.parent
+    return None
+
+
+def set_aside_after(run_dir: str | Path, step: int) -> list[Path]:
+    """Move the checkpoints of steps after ``step`` (the branch a resume from an earlier
+    checkpoint leaves) to ``checkpoints/abandoned-step-N-<date-time>``: kept, but never picked up
+    again as the newest."""
+    import time
+
+    moved = []
+    for d in sorted((Path(run_dir) / CHECKPOINTS).glob("step-*")):
+        number = d.name.removeprefix("step-").split(".")[0]
+        if number.isdigit() and int(number) > step:
+            target = d.with_name(f"abandoned-{d.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while target.exists():  # set aside twice in one second
+                n += 1
+                target = d.with_name(f"abandoned-{d.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            d.rename(target)
+            moved.append(target)
+    return moved
+
+
+def _state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"]), int(state["cursor"]), list(state["reward_by_step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--resume: checkpoint {path} is damaged (state.json: {type(e).__name__})") from None
+    return state
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
@@ -62,7 +157,7 @@ def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
             params[name].copy_(value)
     meta = json.loads((path / "optimizer.json").read_text())
     optimizer.load_state_dict(_join_optimizer_state(load_file(str(path / "optimizer.safetensors")), meta))
-    return json.loads((path / "state.json").read_text())
+    return _state(path)
 
 
 def _split_optimizer_state(sd: dict[str, Any]) -> tuple[dict, dict]:

@@ -31,7 +31,11 @@ MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size
 
 
 def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
-    if not resume and RunDir(cfg.run_dir).exists():
+    if resume:
+        from tfgrpo.params.checkpoint import check_resume
+
+        check_resume(cfg, resume)
+    elif RunDir(cfg.run_dir).exists():
         raise UserError(f"{cfg.run_dir} already holds a run: continue it with --resume {cfg.run_dir}, or choose another --out")
     task = load_task(cfg.task, **({"data": cfg.data} if cfg.data else {}))
     try:
@@ -131,7 +135,7 @@ class _Run:
     # -- the loop ---------------------------------------------------------------------------
 
     def loop(self, resume: str | None) -> dict[str, Any]:
-        from tfgrpo.params.checkpoint import latest_checkpoint, load_checkpoint
+        from tfgrpo.params.checkpoint import latest_checkpoint, load_checkpoint, set_aside_after
         from tfgrpo.params.rollout import SampleOrder
 
         t0 = time.perf_counter()
@@ -139,12 +143,18 @@ class _Run:
         state: dict[str, Any] = {"step": 0, "cursor": 0, "reward_by_step": []}
         if resume:
             ckpt = latest_checkpoint(resume)
-            state = load_checkpoint(ckpt, self.policy, self.optimizer)
-            self._log(f"resumed from {ckpt} at step {state['step']}")
+            if ckpt is None:
+                self._log(f"no checkpoint in {resume} yet (--save-every {self.cfg.save_every}): running it again from step 1")
+            else:
+                state = load_checkpoint(ckpt, self.policy, self.optimizer)
+                self.generator.sync_weights(self.policy)  # a sampler with its own copy (vLLM) samples from these
+                self._log(f"resumed from {ckpt} at step {state['step']}")
         if self.acc.is_main_process:
             # The effective values (tiny's learning rate included), so config.yaml re-runs as is.
             self.rd.write_config(self.cfg.model_copy(update={"lr": self.cfg.learning_rate}))
             self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
+            for moved in set_aside_after(self.run_dir, state["step"]):
+                self._log(f"checkpoint after step {state['step']} set aside as {moved.name} (not on this run's path)")
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
