@@ -97,3 +97,23 @@ def test_bca_interval_is_scipys():
     values = [0.0, 0.25, 0.5, 1.0, 1.0, 0.75, 0.0, 0.5, 0.25, 1.0]
     ref = stats.bootstrap((np.asarray(values),), np.mean, n_resamples=2000, method="BCa", rng=np.random.default_rng(7))
     assert bootstrap_ci(values, seed=7) == pytest.approx(tuple(ref.confidence_interval))
+
+
+def test_the_same_counts_in_another_seed_order_are_no_difference():
+    """Counts (1, 3, 3) and (3, 3, 1) over three seeds are 7 of 9 right in both arms: float
+    noise in the per-problem means must not become a 'significant' difference."""
+    ids, seeds = [f"p{i}" for i in range(8)], [0, 1, 2]
+    base = ArmRun(name="baseline", n=3, correct={(s, i): c for i in ids for s, c in zip(seeds, (1, 3, 3))}, failures=0, answers=[])
+    lib = ArmRun(name="library", n=3, correct={(s, i): c for i in ids for s, c in zip(seeds, (3, 3, 1))}, failures=0, answers=[])
+    d = paired_diff(base.per_problem(ids, seeds, 1)[0], lib.per_problem(ids, seeds, 1)[0])
+    assert d == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    assert verdict(d, 1, 8).startswith("no significant difference")
+
+
+def test_one_problem_and_a_negative_seed_give_numbers_not_a_crash():
+    assert paired_permutation_p([0.5]) == 1.0
+    d = paired_diff([0.25], [0.75], seed=-1)
+    assert d["p_value"] == 1.0 and not d["significant"]
+    many = paired_diff([0.0] * 30, [0.5] * 15 + [0.0] * 15, seed=-7)
+    assert many == paired_diff([0.0] * 30, [0.5] * 15 + [0.0] * 15, seed=-7)  # seeded, reproducible
+    assert bootstrap_ci([0.1, 0.4, 0.9], seed=-3) == bootstrap_ci([0.1, 0.4, 0.9], seed=-3)

@@ -52,7 +52,7 @@ class ArmRun:
         means, passes = [], []
         for sid in ids:
             cs = [self.correct[(s, sid)] for s in seeds]
-            means.append(sum(c / self.n for c in cs) / len(cs))
+            means.append(sum(cs) / (self.n * len(cs)))  # one division: equal counts give equal values in any order
             passes.append(sum(pass_at_k(self.n, c, k) for c in cs) / len(cs))
         return means, passes
 
@@ -105,7 +105,7 @@ def paired_diff(base: Sequence[float], lib: Sequence[float], seed: int = 0) -> d
     """Per-problem differences lib - base: mean, BCa interval, permutation p-value. Significant
     only when both agree (the interval excludes 0 and p < ALPHA): where they disagree, the
     weaker claim wins."""
-    d = [b2 - b1 for b1, b2 in zip(base, lib)]
+    d = [round(b2 - b1, 12) for b1, b2 in zip(base, lib)]  # float noise (1e-16) is no difference
     low, high = bootstrap_ci(d, seed=seed + 2)
     mean = sum(d) / len(d)
     p = paired_permutation_p(d, seed=seed + 3)
@@ -125,6 +125,14 @@ def verdict(diff: dict[str, Any], k: int, problems: int | None = None) -> str:
                 + (f" ({why})" if why else "") + small)
     better = "better" if diff["mean"] > 0 else "worse"
     return f"library {better} than baseline: Mean@{k} {diff['mean']:+.3f}, {numbers}{small}"
+
+
+def _failed(base: ArmRun, lib: ArmRun) -> str:
+    """The verdict's note on failed requests: they count as wrong answers, so a failure tied to
+    one arm (a library prompt over the context window) shows up as a difference."""
+    if not (base.failures or lib.failures):
+        return ""
+    return f"; failed requests, counted as wrong: {lib.failures} library, {base.failures} baseline"
 
 
 @dataclass
@@ -162,7 +170,7 @@ async def compare(
     ]
     summary = {
         "baseline": arm_summary(base, ids, seeds, k), "library": arm_summary(lib, ids, seeds, k), "diff": diff,
-        "verdict": verdict(diff, k, len(samples)), "small_sample": len(samples) < SMALL_SAMPLE,
+        "verdict": verdict(diff, k, len(samples)) + _failed(base, lib), "small_sample": len(samples) < SMALL_SAMPLE,
         "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
         "task": task.name, "by_seed": by_seed,
     }
@@ -183,6 +191,7 @@ async def baseline(
     ids = [s.id for s in samples]
     summary = {
         "baseline": arm_summary(base, ids, seeds, k), "verdict": "baseline only (no library)", "n_problems": len(samples),
+        "small_sample": len(samples) < SMALL_SAMPLE,
         "k": k, "n": sampling.group_size, "seeds": seeds, "seed": seeds[0], "task": task.name,
         "by_seed": [{"seed": s, "baseline": {key: arm_summary(base, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}}
                     for s in seeds],

@@ -43,7 +43,7 @@ def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=resamples, method=method,
-                                  rng=np.random.default_rng(seed))
+                                  rng=_rng(seed))
         low, high = res.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
             return (float(low), float(high))
@@ -58,9 +58,14 @@ def paired_permutation_p(diffs: Sequence[float], *, resamples: int = 20000, seed
     beyond that ``resamples`` random patterns are drawn.
     """
     d = np.asarray(diffs, dtype=float)
-    if d.size == 0 or not d.any():
-        return 1.0
+    if d.size < 2 or not d.any():
+        return 1.0  # one problem (or none, or no difference) can show nothing
     res = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
-                                 vectorized=True, alternative="two-sided", rng=np.random.default_rng(seed),
+                                 vectorized=True, alternative="two-sided", rng=_rng(seed),
                                  n_resamples=np.inf if d.size <= EXACT_UP_TO else resamples)
     return float(min(1.0, res.pvalue))
+
+
+def _rng(seed: int) -> np.random.Generator:
+    """A generator for any integer seed (a run's --seed may be negative; numpy takes none)."""
+    return np.random.default_rng(seed % 2**64)
