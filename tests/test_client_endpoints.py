@@ -194,3 +194,39 @@ async def test_two_replicas_one_killed_mid_run_loses_no_rollout():
         assert role.failures == 0 and a.completed + b.completed == 60
         assert b.completed < 30 < a.completed  # the dead one got nothing after it died
         assert json.loads(json.dumps(c.usage.to_dict()))["policy"]["replicas"] == role.replicas
+
+
+async def test_a_group_partly_cached_gets_distinct_answers_as_a_fresh_one_would(tmp_path):
+    """Samples 0-1 cached, 2-3 asked for: not with the group's seed again (a seeded server would
+    give back samples 0-1), but as a fresh request of four would give them; scattered gaps
+    (0 and 2 cached) are asked for one by one with their own seeds."""
+    from tfgrpo.llm import LLMClient, ResponseCache
+    from tfgrpo.llm.cache import request_key
+    from tfgrpo.sim import start_sim_server
+
+    msgs = [{"role": "user", "content": "What is 17*23?"}]
+    with start_sim_server(seed=1) as sim:
+        def make(cache):
+            return LLMClient(model="openai/sim-policy", api_base=sim.base_url, api_key="sim", cache=cache, supports_n=True)
+
+        cache = ResponseCache(tmp_path / "cache.sqlite")
+        await make(cache).sample(msgs, n=2, seed=5, temperature=1.0)
+        grown = await make(cache).sample(msgs, n=4, seed=5, temperature=1.0)
+        first = await make(None).sample(msgs, n=4, seed=9, temperature=1.0)
+        partial = ResponseCache(tmp_path / "partial.sqlite")
+        key = request_key({"model": "openai/sim-policy", "messages": msgs, "temperature": 1.0, "max_tokens": None,
+                           "seed": 9, "response_format": None})  # fmt: skip
+        for c in (first[0], first[2]):
+            partial.put(key, c.index, {"text": c.text, "finish_reason": c.finish_reason})
+        refilled = await make(partial).sample(msgs, n=4, seed=9, temperature=1.0)
+    assert [o.cached for o in grown] == [True, True, False, False] and len({o.text for o in grown}) == 4
+    assert [o.cached for o in refilled] == [True, False, True, False] and len({o.text for o in refilled}) == 4
+
+
+async def test_queued_requests_pick_their_replica_when_they_get_a_slot():
+    """Least busy is judged when a request may go, not when it queued: a slow replica is not
+    handed half the queue."""
+    with StubServer(latency=0.5) as slow, StubServer(latency=0.02) as fast:
+        c = stub_client(f"{slow.base_url},{fast.base_url}", concurrency=4)
+        await bounded(asyncio.gather(*(c.sample([{"role": "user", "content": f"q{i}"}], n=1) for i in range(40))))
+    assert slow.completed + fast.completed == 40 and slow.completed <= 6

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from tfgrpo.errors import EndpointError
 from tfgrpo.llm import direct
 from tfgrpo.llm.cache import ResponseCache, request_key
 from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
-from tfgrpo.llm.reply import Prices, Reply, field_of, prices_of, reply_cost
+from tfgrpo.llm.reply import Prices, Reply, field_of, prices_of, reply_cost, text_of, tool_calls_of
 from tfgrpo.llm.retry import (CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, refused,
                               retry_after, short)  # fmt: skip
 from tfgrpo.llm.usage import Usage, token_count
@@ -181,8 +180,13 @@ class LLMClient:
         """The ``missing`` samples: one request with ``n`` where it is honoured, and separate
         requests (at once) for any sample the server left out."""
         got: list[Completion] = []
-        if self.n_honoured and len(missing) > 1:
-            got = await self._request(request, missing, n=len(missing), seed=seed)
+        # One request with n for a contiguous run of samples from m, seeded seed + m: choice j is
+        # then sample m + j as a fresh request would give it (vLLM seeds choice j with seed + j).
+        # Scattered ones (cached neighbours) go one by one, each with seed + i: the same seed
+        # for another index would bring back answers already cached, copies in one group.
+        contiguous = missing == list(range(missing[0], missing[0] + len(missing)))
+        if self.n_honoured and len(missing) > 1 and contiguous:
+            got = await self._request(request, missing, n=len(missing), seed=None if seed is None else seed + missing[0])
             if len(got) < len(missing):
                 if self._endpoint not in _N_IGNORED:
                     _N_IGNORED.add(self._endpoint)
@@ -214,11 +218,13 @@ class LLMClient:
         several = len(self._replicas) > 1
         attempt = 0
         replica: Replica | None = None
+        timeout = self.timeout
         while True:
-            replica = self._replicas.pick(avoid=replica.url if replica is not None else None)
-            timeout = self._timeout_for(replica)
             try:
                 async with self.limit:
+                    # picked once a slot is ours, so the queue does not choose on stale counts
+                    replica = self._replicas.pick(avoid=replica.url if replica is not None else None)
+                    timeout = self._timeout_for(replica)
                     stats.calls += 1
                     if several:
                         stats.replicas[replica.url] = stats.replicas.get(replica.url, 0) + 1
@@ -310,11 +316,11 @@ class LLMClient:
             cost = (prompt_tokens * self.price_per_mtok[0] + completion_tokens * self.price_per_mtok[1]) / 1e6
         stats.add_cost(cost)
         choices = reply.choices[: len(indices)]
-        per_choice_prompt = prompt_tokens // max(1, len(indices))
+        per_choice_prompt = prompt_tokens // max(1, len(choices))
         out: list[Completion] = []
         for i, ch in zip(indices, choices):
             message = field_of(ch, "message")
-            text = _text_of(field_of(message, "content"))
+            text = text_of(field_of(message, "content"))
             # Completion tokens of one choice: the backend reports the request's total; split evenly.
             out.append(
                 Completion(
@@ -323,8 +329,8 @@ class LLMClient:
                     finish_reason=field_of(ch, "finish_reason"),
                     prompt_tokens=per_choice_prompt,
                     completion_tokens=completion_tokens // max(1, len(choices)),
-                    tool_calls=_tool_calls(message),
-                    reasoning=_text_of(field_of(message, "reasoning_content") or field_of(message, "reasoning")) or None,
+                    tool_calls=tool_calls_of(message),
+                    reasoning=text_of(field_of(message, "reasoning_content") or field_of(message, "reasoning")) or None,
                 )
             )
         return out
@@ -344,39 +350,6 @@ def _skips_mcp_gateway() -> bool:
         return "_skip_mcp_handler" in inspect.getsource(litellm.main)
     except (OSError, TypeError):
         return False
-
-
-def _text_of(content: Any) -> str:
-    """A message's text: a string as is, a list of content parts as their text parts joined
-    (``[{"type": "text", "text": ...}]``), nothing as ""."""
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        parts = [field_of(p, "text") for p in content]
-        return "".join(p for p in parts if isinstance(p, str))
-    return str(content)
-
-
-def _arguments(args: Any) -> str:
-    """Tool-call arguments as the JSON string the OpenAI API sends; a server that sends them as
-    an object gets them encoded, not written as a Python repr."""
-    if isinstance(args, (dict, list)):
-        return json.dumps(args, ensure_ascii=False)
-    return "" if args is None else str(args)
-
-
-def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
-    """The message's tool calls as plain dicts; arguments stay the raw string the model wrote."""
-    calls = field_of(message, "tool_calls")
-    out = []
-    for c in calls if isinstance(calls, list) else []:
-        fn = field_of(c, "function")
-        out.append({
-            "id": str(field_of(c, "id") or f"call_{len(out)}"),
-            "type": "function",
-            "function": {"name": str(field_of(fn, "name") or ""), "arguments": _arguments(field_of(fn, "arguments"))},
-        })
-    return out or None
 
 
 @functools.lru_cache(maxsize=1)

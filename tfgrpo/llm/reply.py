@@ -4,6 +4,7 @@ JSON dict of an OpenAI-compatible server (:mod:`tfgrpo.llm.direct`), and what it
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +65,36 @@ def prices_of(model: str) -> Prices | None:
     if not (prompt or completion):
         return None
     return Prices(float(prompt) / 1e6, float(completion) / 1e6)
+
+
+def text_of(content: Any) -> str:
+    """A message's text: a string as is, a list of content parts as their text parts joined
+    (``[{"type": "text", "text": ...}]``), nothing as ""."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        parts = [field_of(p, "text") for p in content]
+        return "".join(p for p in parts if isinstance(p, str))
+    return str(content)
+
+
+def arguments_of(args: Any) -> str:
+    """Tool-call arguments as the JSON string the OpenAI API sends; a server that sends them as
+    an object gets them encoded, not written as a Python repr."""
+    if isinstance(args, (dict, list)):
+        return json.dumps(args, ensure_ascii=False)
+    return "" if args is None else str(args)
+
+
+def tool_calls_of(message: Any) -> list[dict[str, Any]] | None:
+    """The message's tool calls as plain dicts; arguments stay the raw string the model wrote."""
+    calls = field_of(message, "tool_calls")
+    out = []
+    for c in calls if isinstance(calls, list) else []:
+        fn = field_of(c, "function")
+        out.append({
+            "id": str(field_of(c, "id") or f"call_{len(out)}"),
+            "type": "function",
+            "function": {"name": str(field_of(fn, "name") or ""), "arguments": arguments_of(field_of(fn, "arguments"))},
+        })
+    return out or None
