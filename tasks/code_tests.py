@@ -4,6 +4,7 @@ The agent may run code (and the tests) with the ``python`` tool first."""
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 from tfgrpo.rewards import reward
@@ -21,12 +22,16 @@ TEST_LIMITS = Limits(wall_s=10, cpu_s=5, memory_mb=512)
 
 @reward
 async def tests_pass(sample: Sample, completion: str) -> float:
-    """1.0 when the last ```python block passes the problem's tests in the sandbox."""
+    """1.0 when the last ```python block passes the problem's tests in the sandbox (all of
+    them, to the end)."""
     blocks = _PY_BLOCK.findall(completion or "")
     if not blocks:
         return 0.0
-    result = await run_python(f"{blocks[-1]}\n\n{sample.metadata['tests']}\n", TEST_LIMITS)
-    return 1.0 if result.ok else 0.0
+    # The tests must run to their end: a line the answer cannot know is printed after them, so
+    # code that exits early (sys.exit(0), os._exit(0)) before the tests does not pass.
+    done = f"tests done {secrets.token_hex(16)}"
+    result = await run_python(f"{blocks[-1]}\n\n{sample.metadata['tests']}\nprint({done!r})\n", TEST_LIMITS)
+    return 1.0 if result.ok and done in result.stdout.splitlines() else 0.0
 
 
 def samples(split: str) -> list[Sample]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import random
 import re
 
+from tfgrpo.errors import UserError
 from tfgrpo.rewards import reward
 from tfgrpo.task_registry import Sample, Task, task
 
 PHRASINGS = ("What is {a} + {b}?", "Compute {a} plus {b}.", "Add {a} and {b}.", "What do you get when you add {a} to {b}?")
-ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+# N whole: not the start of 13.9, 13/2, 13e5 or 13,000 (a full stop after it is fine)
+ANSWER = re.compile(r"Answer:\s*(-?\d+)(?!\d|[.,/]\d|[eE][-+]?\d)")
 EXAMPLE = [{"role": "user", "content": "What is 3 + 5?"}, {"role": "assistant", "content": "Answer: 8"}]
 
 
@@ -33,6 +35,8 @@ def answer_line(sample: Sample, completion: str) -> float:
 def digit_sums(heldout: int = 200, seed: int = 0) -> Task:
     """All 100 digit pairs in every phrasing, shuffled; the last ``heldout`` items are held out."""
     items = [(a, b, k) for a in range(10) for b in range(10) for k in range(len(PHRASINGS))]
+    if not 0 < heldout < len(items):
+        raise UserError(f"digit_sums: heldout must be between 1 and {len(items) - 1}, got {heldout}")
     random.Random(seed).shuffle(items)
     samples = [Sample(id=f"sum-{a}-{b}-{k}", answer=a + b,
                       messages=EXAMPLE + [{"role": "user", "content": PHRASINGS[k].format(a=a, b=b)}])

@@ -4,6 +4,8 @@ The final answer holds a SQL query in a ```sql block; it is run read-only and it
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import re
 import sqlite3
@@ -45,13 +47,18 @@ def result_set(query: str) -> Counter | None:
 
 
 @reward
-def same_result(sample: Sample, completion: str) -> float:
-    """1.0 when the last ```sql block returns the same rows as the reference query."""
+async def same_result(sample: Sample, completion: str) -> float:
+    """1.0 when the last ```sql block returns the same rows as the reference query (both run in
+    a worker thread: a slow query must not stall the other rollouts)."""
     blocks = _SQL_BLOCK.findall(completion or "")
     if not blocks:
         return 0.0
-    got = result_set(blocks[-1].strip())
-    return 1.0 if got is not None and got == result_set(str(sample.answer)) else 0.0
+
+    def compare() -> float:
+        got = result_set(blocks[-1].strip())
+        return 1.0 if got is not None and got == result_set(str(sample.answer)) else 0.0
+
+    return await asyncio.to_thread(compare)
 
 
 def samples(split: str) -> list[Sample]:

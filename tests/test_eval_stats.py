@@ -117,3 +117,13 @@ def test_one_problem_and_a_negative_seed_give_numbers_not_a_crash():
     many = paired_diff([0.0] * 30, [0.5] * 15 + [0.0] * 15, seed=-7)
     assert many == paired_diff([0.0] * 30, [0.5] * 15 + [0.0] * 15, seed=-7)  # seeded, reproducible
     assert bootstrap_ci([0.1, 0.4, 0.9], seed=-3) == bootstrap_ci([0.1, 0.4, 0.9], seed=-3)
+
+
+def test_the_verdict_counts_failed_requests_and_failed_rewards_per_arm():
+    from tfgrpo.training_free.evaluate import _failed
+
+    base = ArmRun(name="baseline", n=4, failures=0, unscored=2)
+    lib = ArmRun(name="library", n=4, failures=3, unscored=0)
+    assert _failed(base, lib) == ("; failed requests, counted as wrong: 3 library, 0 baseline"
+                                  "; answers whose reward failed, counted as wrong: 0 library, 2 baseline")
+    assert _failed(ArmRun(name="b", n=1), ArmRun(name="l", n=1)) == ""

@@ -251,11 +251,11 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if p.suffix == ".csv":
         import csv
 
-        with p.open(newline="", encoding="utf-8") as fh:
+        with p.open(newline="", encoding="utf-8-sig") as fh:  # -sig: the byte-order mark spreadsheets write
             return [dict(row) for row in csv.DictReader(fh)]
     if p.suffix == ".json":
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise UserError(f"{p}: invalid JSON: {e}") from None
         if not isinstance(data, list):

@@ -17,7 +17,12 @@ def connect_readonly(path: str | Path) -> sqlite3.Connection:
         raise UserError(f"SQLite database not found: {p}")
     db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, check_same_thread=False)
     db.execute("PRAGMA query_only = ON")
+    db.set_authorizer(_no_attach)  # ATTACH would create a file wherever the query names
     return db
+
+
+def _no_attach(action: int, *_: object) -> int:
+    return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
 
 
 def run_query(path: str | Path, query: str, *, max_rows: int | None = None, timeout_s: float = 5.0) -> tuple[list[str], list[tuple]]:

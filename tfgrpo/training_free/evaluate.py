@@ -45,7 +45,8 @@ class ArmRun:
     n: int
     correct: dict[tuple[int, str], int] = field(default_factory=dict)
     answers: list[dict[str, Any]] = field(default_factory=list)
-    failures: int = 0
+    failures: int = 0  # requests that failed
+    unscored: int = 0  # answers that came back but whose reward failed (None)
 
     def per_problem(self, ids: Sequence[str], seeds: Sequence[int], k: int) -> tuple[list[float], list[float]]:
         """Mean@k and Pass@k of each problem (in ``ids`` order), averaged over seeds."""
@@ -73,6 +74,7 @@ async def run_arm(
         right = [r is not None and r >= task.pass_threshold for r in g.combined]
         arm.correct[(seed, s.id)] = sum(right)
         arm.failures += sum(1 for c in g.completions if not c.ok)
+        arm.unscored += sum(1 for c, r in zip(g.completions, g.combined) if c.ok and r is None)
         arm.answers.extend(
             {"version": 1, "arm": name, "seed": seed, "sample_id": s.id, "index": c.index, "reward": g.combined[j],
              "correct": right[j], "text": c.text, "error": c.error, "cached": c.cached}
@@ -98,6 +100,7 @@ def arm_summary(arm: ArmRun, ids: Sequence[str], seeds: Sequence[int], k: int) -
         "ci95": [_r(v) for v in bootstrap_ci(means, seed=boot)],
         "pass_ci95": [_r(v) for v in bootstrap_ci(passes, seed=boot + 1)],
         "problems": len(ids), "samples": arm.n * len(ids) * len(seeds), "failures": arm.failures,
+        "unscored": arm.unscored,
     }
 
 
@@ -128,11 +131,12 @@ def verdict(diff: dict[str, Any], k: int, problems: int | None = None) -> str:
 
 
 def _failed(base: ArmRun, lib: ArmRun) -> str:
-    """The verdict's note on failed requests: they count as wrong answers, so a failure tied to
-    one arm (a library prompt over the context window) shows up as a difference."""
-    if not (base.failures or lib.failures):
-        return ""
-    return f"; failed requests, counted as wrong: {lib.failures} library, {base.failures} baseline"
+    """The verdict's note on failed requests and failed rewards: they count as wrong answers, so
+    a failure tied to one arm (a library prompt over the context window) shows up as a difference."""
+    notes = [f"{what}, counted as wrong: {getattr(lib, key)} library, {getattr(base, key)} baseline"
+             for what, key in (("failed requests", "failures"), ("answers whose reward failed", "unscored"))
+             if getattr(lib, key) or getattr(base, key)]
+    return "".join(f"; {n}" for n in notes)
 
 
 @dataclass
