@@ -183,9 +183,12 @@ def prune_ops(state: LibraryState, step: int, *, unused_steps: int, min_votes: i
 
 
 def diff_states(a: LibraryState, b: LibraryState) -> dict[str, list[Experience]]:
-    """What changed from version ``a`` to ``b`` by id: added, retired, changed (new text), restored."""
+    """What changed from version ``a`` to ``b`` by id: added, retired, changed (new text),
+    restored, and removed (active in ``a``, absent from ``b``: ``b`` is an earlier version)."""
     before = {e.id: e for e in a.experiences}
-    out: dict[str, list[Experience]] = {"added": [], "retired": [], "changed": [], "restored": []}
+    after = {e.id for e in b.experiences}
+    out: dict[str, list[Experience]] = {"added": [], "retired": [], "changed": [], "restored": [], "removed": []}
+    out["removed"] = [e for e in a.experiences if e.status == "active" and e.id not in after]
     for e in b.experiences:
         old = before.get(e.id)
         was_active = old is not None and old.status == "active"

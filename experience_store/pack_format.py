@@ -93,6 +93,12 @@ def counts(experiences: Sequence[Experience], history: Sequence[OpResult]) -> di
     return {"experiences": active, "retired": len(experiences) - active, "history": len(history)}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_members(out: Path, files: dict[str, bytes]) -> None:
     """Write a pack as a zip (``out`` ending in .zip) or a directory, atomically: built beside
     ``out`` and renamed into place, so a reader never sees half a pack. An existing pack there is
@@ -104,6 +110,7 @@ def write_members(out: Path, files: dict[str, bytes]) -> None:
             raise PackError(f"{out} exists and is not {kind}; refusing to overwrite it (choose another --out)")
         if out.suffix == ".zip":
             fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+            os.fchmod(fd, 0o666 & ~_umask())  # a pack is for sharing: the mode a plain file gets, not mkstemp's 0600
             try:
                 with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
                     for name, data in files.items():
@@ -114,6 +121,7 @@ def write_members(out: Path, files: dict[str, bytes]) -> None:
                 raise
             return
         tmp_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part"))
+        os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp makes it 0700
         try:
             for name, data in files.items():
                 (tmp_dir / name).write_bytes(data)

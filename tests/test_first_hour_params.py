@@ -21,7 +21,7 @@ def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
                       report_to="tensorboard")
     train_params(cfg, progress=False)
     steps_before = (out / "steps.jsonl").read_text()
-    with pytest.raises(UserError, match=f"{out} already holds a run: continue it with --resume"):
+    with pytest.raises(UserError, match=f"{out} already holds a run: continue it with tfgrpo grpo --resume"):
         train_params(cfg, progress=False)
     assert (out / "steps.jsonl").read_text() == steps_before  # nothing appended, nothing overwritten
     saved = build(ParamsConfig, load_yaml(out / "config.yaml"))  # re-runs as is

@@ -27,6 +27,10 @@ def test_library_log_show_diff(run):
     assert {"retrieved", "cited", "helpful", "harmful"} <= set(shown["experiences"][0])
     diff = last_json(tfgrpo("library", "diff", f"{run}@1", f"{run}@4", "--json"))
     assert len(diff["added"]) - len(diff["retired"]) == rows[-1]["size"] - rows[0]["size"]
+    back = last_json(tfgrpo("library", "diff", f"{run}@4", f"{run}@1", "--json"))  # newer to older
+    assert {e["id"] for e in back["removed"]} == {e["id"] for e in diff["added"]} and not back["added"]
+    same = tfgrpo("library", "diff", f"{run}@2", f"{run}@2")
+    assert same.stderr.strip().endswith("no differences")
     bad = tfgrpo("library", "show", f"{run}@99", check=False)
     assert bad.returncode == 2 and "no library version for step 99" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -50,6 +54,7 @@ def test_export_verify_show_import(run, tmp_path):
     human = tfgrpo("pack", "show", str(pack), "--query", "anything", env={**ENV, "COLUMNS": "250"}).stdout
     assert "library 0.700 vs baseline 0.400" in human and "all, 2000 tokens, top 8" in human
     assert "injected for the query" in human and lib.experiences[0].text[:40] in " ".join(human.split())
+    assert "\\n" not in human  # the block's line breaks are printed as breaks, not as escapes
     # import into a new library: the same lessons, ids kept
     res = last_json(tfgrpo("pack", "import", str(pack), "--into", str(tmp_path / "new"), "--json"))
     assert res["added"] == len(lib)
@@ -154,3 +159,16 @@ def test_imported_pack_is_the_starting_library_of_a_run_trained_there(run, tmp_p
     tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "16", "--out", str(fresh), "-q")
     baseline = [json.loads(line)["mean_reward"] for line in (fresh / "steps.jsonl").read_text().splitlines()]
     assert rewards[0] >= baseline[0] + 0.3, (rewards, baseline)  # the sim was given the pack's skills at step 1
+
+
+def test_exported_packs_are_readable_by_others_as_the_umask_allows(run, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        for out in (tmp_path / "p.zip", tmp_path / "pdir"):
+            tfgrpo("pack", "export", str(run), "-o", str(out))
+            assert stat.S_IMODE(out.stat().st_mode) == (0o644 if out.suffix == ".zip" else 0o755), out
+    finally:
+        os.umask(old)

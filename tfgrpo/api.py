@@ -66,7 +66,7 @@ def new_run_dir(out: str | Path | None, task: str) -> RunDir:
     path = Path(out) if out is not None else Path("runs") / f"{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     rd = RunDir(path)
     if rd.exists() and rd.has_steps():
-        raise UserError(f"{path} already holds a run: continue it with --resume {path}, or choose another --out")
+        raise UserError(f"{path} already holds a run: continue it with tfgrpo train --resume {path}, or choose another --out")
     return rd
 
 
@@ -198,13 +198,17 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     task = build_task(got.task, got.task_args, got.data)
     _check_task(src.lessons(), task.name, src.where)
     learned = src.library is not None and not baseline_only
+    if not got.split.fractions and cfg.eval_on != "test":
+        raise UserError(f"--eval-on {cfg.eval_on} needs a --split (this run was trained without one, so there is no "
+                        f"{cfg.eval_on} part: only the task's test problems)")
     part = cfg.eval_on if got.split.fractions else "test"
     trained_on = learned and (part == "train" or (not got.split.fractions and task.eval_dataset is None
                                                   and src.kind == "run" and got.data == src.data))
     if trained_on and not on_training_problems:
-        raise UserError(f"these are the problems the library was trained on (task {task.name!r} has no test set and no "
-                        "--split holds any out): pass held-out problems with --data, or score them anyway, labelled "
-                        "as training problems, with --on-training-problems")
+        why = ("--eval-on train" if part == "train" else
+               f"task {task.name!r} has no test set and no --split holds any out")
+        raise UserError(f"these are the problems the library was trained on ({why}): pass held-out problems with "
+                        "--data, or score them anyway, labelled as training problems, with --on-training-problems")
     samples = split_task(task, got.split.fractions, got.split.seed).part(part)
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:

@@ -137,7 +137,18 @@ def case(area: str, input: str, build: Build, says: str | None = None, env: dict
     return Case(area, input, ONE_LINE + (f" ({says})" if says else ""), one_line, (build, says, env))
 
 
-T, L = "13 one line", "12 lower items"
+def sim_run(*eval_args: str, split: str | None = None) -> Build:
+    """``eval --library RUN`` with ``eval_args`` on a one-epoch simulated demo run made first."""
+    def make(tmp: Path) -> list[str]:
+        from tfgrpo import api
+
+        api.train({"task": "demo", "epochs": 1, "policy": {"model": "sim"}, **({"split": {"fractions": split}} if split else {})}, out=tmp / "run")
+        return ["eval", "--library", str(tmp / "run"), *eval_args]
+
+    return make
+
+
+T, L, N = "13 one line", "12 lower items", "review newcomer"
 CASES = [
     # datasets (task_registry.read_rows and the tasks reading rows)
     case(T, "dataset jsonl not UTF-8", data_file("d.jsonl", b'{"problem": "\xff\xfe", "answer": "2"}\n')),
@@ -257,6 +268,13 @@ CASES = [
     case(T, "sandbox --timeout inf", sandbox_run("{tmp}/ok.py", "--timeout", "inf"), "--timeout must be"),
     case(T, "sandbox --max-output -5", sandbox_run("{tmp}/ok.py", "--max-output", "-5"), "--max-output must be"),
     case(T, "sandbox --disk-mb 0", sandbox_run("{tmp}/ok.py", "--disk-mb", "0"), "--disk-mb must be"),
+    # a newcomer's walk through the CLI (review)
+    case(N, "demo -k 0", lambda tmp: ["demo", "-k", "0", "-o", str(tmp / "d")], "-k"),
+    case(N, "demo --epochs 0", lambda tmp: ["demo", "--epochs", "0", "-o", str(tmp / "d")], "--epochs"),
+    case(N, "eval --eval-on validation of a run without --split", sim_run("--eval-on", "validation"),
+         "--eval-on validation needs a --split"),
+    case(N, "eval --eval-on train of a run with --split", sim_run("--eval-on", "train", split="70/15/15"),
+         "(--eval-on train)"),
 ]
 
 

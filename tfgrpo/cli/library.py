@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from experience_store import Library, LibraryState, diff_states
-from tfgrpo.cli.console import emit, experience_row, plain, user_errors
+from tfgrpo.cli.console import emit, err_console, experience_row, plain, user_errors
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import library_dir
 
@@ -81,11 +81,14 @@ def register(app: typer.Typer) -> None:
         t.add_column("", justify="left")
         t.add_column("id")
         t.add_column("lesson")
-        marks = {"added": "+", "changed": "~", "retired": "-", "restored": "+"}
+        marks = {"added": "+", "changed": "~", "retired": "-", "restored": "+", "removed": "-"}
         for kind, items in d.items():
             for e in items:
                 t.add_row(marks[kind], plain(e.id), plain(e.text))
         emit([t], {"a": la, "b": lb, **{k: [experience_row(e) for e in v] for k, v in d.items()}}, as_json)
+        if not as_json:
+            counts = ", ".join(f"{len(v)} {k}" for k, v in d.items() if v)
+            err_console.print(plain(f"{la} -> {lb}: {counts or 'no differences'}"), highlight=False, markup=False)
 
 
 __all__ = ["experience_row", "open_version", "register"]

@@ -74,6 +74,8 @@ def _help(info: FieldInfo) -> str:
     if choices:
         text += f" [{'|'.join(choices)}]"
     default = info.get_default(call_default_factory=True)
+    if isinstance(default, dict) and isinstance(default.get("name"), str):
+        default = default["name"]  # a spec given by its name on the command line (--embedding lexical)
     if default not in (None, {}, []):
         text += f" (default: {default})"
     return text

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from experience_store import Library, Pack, spec_label
@@ -106,7 +107,8 @@ def register(app: typer.Typer) -> None:
             payload["injected"] = {"ids": injected.ids, "tokens": injected.tokens, "mode": injected.mode, "text": injected.text}
         shown: list[Any] = [manifest_table(p, str(pack)), lessons]
         if injected is not None:  # the block exactly as the prompt gets it
-            shown.append(plain(f"injected for the query ({injected.mode}, {injected.tokens} tokens):\n{injected.text}"))
+            lines = [f"injected for the query ({injected.mode}, {injected.tokens} tokens):", *injected.text.split("\n")]
+            shown.append(Text("\n").join(plain(line) for line in lines))  # each line escaped, the breaks kept
         emit(shown, payload, as_json)
 
     @group.command("diff")

@@ -80,8 +80,8 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def demo_cmd(
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/demo-<time>)"),
-        epochs: int = typer.Option(2, "--epochs", help="Passes over the demo training set"),
-        k: int = typer.Option(4, "-k", help="Answers per problem in the evaluation"),
+        epochs: int = typer.Option(2, "--epochs", min=1, help="Passes over the demo training set"),
+        k: int = typer.Option(4, "-k", min=1, max=4, help="Pass@k and Mean@k over the 4 answers per problem of the evaluation"),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
     ) -> None:

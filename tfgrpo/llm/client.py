@@ -91,6 +91,7 @@ class LLMClient:
     # over HTTP (tfgrpo.llm.direct), every other model through litellm; "litellm": always litellm
     transport: str = "auto"
     _limit: AdaptiveLimit | None = field(default=None, init=False, repr=False)
+    _told_refused: bool = field(default=False, init=False, repr=False)
     _replicas: ReplicaSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -256,14 +257,14 @@ class LLMClient:
                     return [Completion(text=None, index=i, error=why) for i in indices]
                 if kind == "request" or attempt >= self.retry.max_retries:
                     if kind == "retry":
-                        raise EndpointError(
-                            f"{self.role} model {self.model} unreachable after {attempt + 1} attempts: {short(e)}"
-                            " (fix the endpoint, then resume the run)"
-                        ) from None
+                        raise EndpointError(f"{self.role} model {self.model} unreachable after {attempt + 1} attempts: {short(e)}") from None
                     stats.failures += len(indices)
                     log.warning("%s request failed: %s", self.role, short(e))
                     return [Completion(text=None, index=i, error=failure_text(e)) for i in indices]
                 delay = self.retry.delay(attempt, retry_after(e, upper=self.retry.max_delay))
+                if refused(e) and not self._told_refused:  # say so now, not after minutes of silent retries
+                    self._told_refused = True
+                    log.warning("%s model %s: %s; retrying, up to %d times", self.role, self.model, short(e), self.retry.max_retries)
                 stats.retries += 1
                 log.info("%s: %s; retry %d in %.2fs", self.role, short(e), attempt + 1, delay)
                 attempt += 1

@@ -47,7 +47,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _resolve_executable(executable: str | os.PathLike[str] | None, env: str = EXECUTABLE_ENV, default: str = "vllm",
-                        hint: str = "pip install 'tfgrpo[vllm]' (needs a GPU) or pass --vllm-executable") -> str:
+                        hint: str = f"pip install 'tfgrpo[vllm]' (needs a GPU), or set {EXECUTABLE_ENV} to a vllm executable "
+                                    "(tfgrpo serve: --vllm-executable)") -> str:
     name = str(executable or os.environ.get(env) or default)
     # Installed next to this interpreter (a virtual environment not on PATH) counts as found.
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))

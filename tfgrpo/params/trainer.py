@@ -36,7 +36,7 @@ def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: boo
 
         check_resume(cfg, resume)
     elif RunDir(cfg.run_dir).exists():
-        raise UserError(f"{cfg.run_dir} already holds a run: continue it with --resume {cfg.run_dir}, or choose another --out")
+        raise UserError(f"{cfg.run_dir} already holds a run: continue it with tfgrpo grpo --resume {cfg.run_dir}, or choose another --out")
     task = load_task(cfg.task, **({"data": cfg.data} if cfg.data else {}))
     try:
         import torch

@@ -7,6 +7,8 @@ API plugs into the same tool (see docs/agents.md).
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
@@ -30,6 +32,9 @@ class BM25Corpus:
 
     def __init__(self, docs: Iterable[dict[str, Any]]):
         import bm25s
+
+        # bm25s sets its own logger to DEBUG on import; follow the application's level instead
+        logging.getLogger("bm25s").setLevel(logging.getLogger().getEffectiveLevel())
 
         self.docs = [dict(d) for d in docs]
         if not self.docs:

@@ -72,7 +72,7 @@ class SamplingConfig(_Model):
 class PolicyConfig(_Model):
     """How the policy model is reached (what it samples is ``SamplingConfig``)."""
 
-    model: str | None = Field(None, description="Policy model (required): a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model, which knows only the built-in demo problems", json_schema_extra=flag("model"))
+    model: str | None = Field(None, description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model, which knows only the built-in demo problems; train needs one, eval takes its --library run's unless given", json_schema_extra=flag("model"))
     api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
     api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
