@@ -88,6 +88,7 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
     """Run training-free GRPO. ``out`` is the run directory (default ``runs/<task>-<time>``).
     With ``resume=True``, ``out`` holds a stopped or killed run to continue: ``config`` may only
     differ from its ``config.yaml`` in the :data:`RESUMABLE` settings."""
+    started = time.monotonic()  # wall time includes the set-up (library, endpoints, servers), not just the loop
     cfg = build(RunConfig, config)
     if resume:
         if out is None:
@@ -123,7 +124,9 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
             new_run_dir(rd.path, cfg.task)  # again, under the lock: another start may have won meanwhile
         created_cache = not rd.cache_path.exists()
         try:
-            return _train(cfg, task, splits, prompts, rd, hooks)
+            result = _train(cfg, task, splits, prompts, rd, hooks)
+            result.wall_s = time.monotonic() - started
+            return result
         except Exception:
             if not resume and not rd.has_steps():  # a retry with the same --out starts afresh
                 rd.forget_failed_start(created_dir=created_dir, created_cache=created_cache)

@@ -8,6 +8,7 @@ command runs in-process through typer's runner."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -275,7 +276,21 @@ CASES = [
          "--eval-on validation needs a --split"),
     case(N, "eval --eval-on train of a run with --split", sim_run("--eval-on", "train", split="70/15/15"),
          "(--eval-on train)"),
+    case(N, "config with a YAML syntax error", lambda tmp: ["train", "--config", str(write(tmp / "c.yaml", "task: demo\nepochs: [1, 2\nx: 3\n"))],
+         "invalid YAML at line 3, column 2"),
+    case(N, "sim-server on a port in use", lambda tmp: ["sim-server", "--port", str(held_port())], "--port 0 for a free one"),
 ]
+
+HELD: list = []
+
+
+def held_port() -> int:
+    """A port another socket listens on for the rest of the session."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    HELD.append(s)
+    return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("case", rows(CASES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -101,6 +102,12 @@ def exit_interrupted(e: KeyboardInterrupt, command: str, run_dir: Any) -> NoRetu
     where = f" --resume {run_dir}" if run_dir else ""
     err_console.print(f"interrupted; continue with: tfgrpo {command}{where}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+
+
+def in_use_hint(e: BaseException) -> str:
+    """What to do about a port another program holds."""
+    return " (another program holds that port: choose another --port, or --port 0 for a free one)" \
+        if getattr(e, "errno", None) == errno.EADDRINUSE else ""
 
 
 def notice(line: str) -> None:

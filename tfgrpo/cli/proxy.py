@@ -10,7 +10,7 @@ import typer
 
 from experience_store import InjectionSettings, Pack
 from experience_store.settings import MODES
-from tfgrpo.cli.console import err_console, plain, user_errors
+from tfgrpo.cli.console import err_console, in_use_hint, plain, user_errors
 from tfgrpo.errors import UserError
 
 
@@ -65,4 +65,4 @@ def register(app: typer.Typer) -> None:
             serve(loaded, upstream, host=host, port=port, settings=settings, token=token, upstream_key=upstream_key,
                   read_timeout=upstream_timeout, on_ready=lambda url: err_console.print(plain(f"proxy: listening; base URL {url}")))
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}{in_use_hint(e)}") from None

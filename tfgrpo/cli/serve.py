@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import typer
 
+from tfgrpo.cli.console import in_use_hint
 from tfgrpo.errors import UserError
 
 
@@ -92,7 +93,7 @@ def sim_server(
     try:
         server = start_sim_server(seed=seed, host=host, port=port, faults=faults or None)
     except (UserError, OSError) as e:
-        raise _fail(e if isinstance(e, UserError) else UserError(f"cannot bind {host}:{port}: {e}")) from None
+        raise _fail(e if isinstance(e, UserError) else UserError(f"cannot bind {host}:{port}: {e}{in_use_hint(e)}")) from None
     started = time.monotonic()
     typer.echo("models: sim-policy, sim-judge (any OpenAI-compatible client, any API key; Ctrl-C to stop)")
     typer.echo(f"try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s{seed} --api-base "
