@@ -165,10 +165,12 @@ def test_exported_packs_are_readable_by_others_as_the_umask_allows(run, tmp_path
     import os
     import stat
 
+    from tfgrpo import api
+
     old = os.umask(0o022)
     try:
         for out in (tmp_path / "p.zip", tmp_path / "pdir"):
-            tfgrpo("pack", "export", str(run), "-o", str(out))
+            api.export_pack(run, out)
             assert stat.S_IMODE(out.stat().st_mode) == (0o644 if out.suffix == ".zip" else 0o755), out
     finally:
         os.umask(old)

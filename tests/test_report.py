@@ -30,6 +30,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # its fixture trains three runs (~18 s); CI runs it
 def test_report_writes_plots_and_a_self_contained_page(runs):
     proc = tfgrpo("report", str(runs / "done"), "--out", str(runs / "rep"))
     page = Path(proc.stdout.strip().splitlines()[-1])
@@ -48,6 +49,7 @@ def test_report_writes_plots_and_a_self_contained_page(runs):
         assert needle in text
 
 
+@pytest.mark.slow  # its fixture trains three runs (~18 s); CI runs it
 def test_report_on_a_damaged_run_renders_what_exists_and_lists_the_rest(runs, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(runs / "done", damaged)
@@ -61,6 +63,7 @@ def test_report_on_a_damaged_run_renders_what_exists_and_lists_the_rest(runs, tm
     assert tfgrpo("report", str(tmp_path / "nothing"), check=False).returncode == 2
 
 
+@pytest.mark.slow  # its fixture trains three runs (~18 s); CI runs it
 def test_runs_lists_status_cost_and_best_eval(runs):
     out = tfgrpo("runs", str(runs)).stdout
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│")}
