@@ -13,6 +13,7 @@ import socket
 import subprocess
 import textwrap
 import threading
+import time
 import uuid
 
 import pytest
@@ -407,7 +408,59 @@ def disk_by_polling(ctx) -> None:
     assert r.limit == "disk" and r.isolation.get("mount") is None, r
 
 
+def _left_on_host(marker: str) -> list[str]:
+    left = []
+    for p in os.listdir("/proc"):
+        try:
+            alive = open(f"/proc/{p}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is dead
+            if alive and marker.encode() in open(f"/proc/{p}/comm", "rb").read():
+                left.append(p)
+        except OSError:
+            pass
+    return left
+
+
+def init_leaves_its_group(ctx) -> None:
+    """The code is its PID namespace's init: setsid took it out of the group the wall-clock kill
+    reached, and with its output closed nothing waited for it; the cgroup kill now gets it."""
+    needs("processes")  # the pids cgroup is what finds it
+    marker = f"sv{uuid.uuid4().int % 10**6}"
+    r = run(f"""
+        import ctypes, os, time
+        os.setsid()
+        ctypes.CDLL(None).prctl(15, b"{marker}", 0, 0, 0)  # PR_SET_NAME: found by its name below
+        os.close(0); os.close(1); os.close(2)
+        time.sleep(45)
+    """, wall_s=2)
+    assert r.limit == "wall", r
+    time.sleep(0.5)
+    assert not _left_on_host(marker), "a process outlived the run"
+
+
+def kernel_objects(ctx) -> None:
+    """SysV IPC (host-wide without an IPC namespace, its memory outliving the run), memory files
+    (uncounted by the address-space limit), vsock (no namespace separates it), kernel settings."""
+    needs("seccomp")
+    needs("mount")
+    r = run("""
+        import ctypes, os, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("shmget", libc.shmget(0x7f6e5d01, 4096, 0o1000 | 0o600))
+        print("msgget", libc.msgget(0x7f6e5d02, 0o1000 | 0o600))
+        for what, call in (("memfd", lambda: os.memfd_create("x")), ("vsock", lambda: socket.socket(40, socket.SOCK_STREAM)),
+                           ("core_pattern", lambda: open("/proc/sys/kernel/core_pattern", "w"))):
+            try:
+                call()
+                print(what, "allowed")
+            except OSError as e:
+                print(what, "refused", e.errno)
+    """)
+    assert "shmget -1" in r.stdout and "msgget -1" in r.stdout, r
+    assert "allowed" not in r.stdout and r.stdout.count("refused") == 3, r
+
+
 SB, H, L = "02 sandbox", "held sandbox", "12 lower items"
+R = "review sandbox"
 CASES = [
     Case(SB, "connect to a host Unix socket file", "not visible, refused, no connection", host_unix_socket),
     Case(SB, "connect to a host Unix socket file, no mount namespace", "refused by seccomp, no connection", host_unix_socket_by_seccomp),
@@ -428,6 +481,8 @@ CASES = [
     Case(H, "chown and setuid as root", "no capabilities", no_capabilities),
     Case(L, "many files each under the per-file cap (tmpfs)", "stopped at the run's total disk cap", disk_by_tmpfs),
     Case(L, "many files each under the per-file cap (no mount namespace)", "stopped at the run's total disk cap by polling", disk_by_polling),
+    Case(R, "the init leaves its process group (setsid), closes its output and sleeps", "killed with the cgroup", init_leaves_its_group),
+    Case(R, "SysV shared memory and queues, memfd, vsock, /proc/sys", "refused", kernel_objects),
 ]
 
 

@@ -36,6 +36,8 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
 PR_SET_NO_NEW_PRIVS = 38
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
@@ -59,9 +61,13 @@ DENIED_SYSCALLS = (
     "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
     "open_by_handle_at", "name_to_handle_at", "ptrace", "process_vm_readv", "process_vm_writev",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    # System V IPC (shared with the host where there is no IPC namespace; its memory outlives
+    # the run) and memory files, whose pages no address-space limit counts
+    "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
+    "semtimedop", "memfd_create", "memfd_secret",
 )
 CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
-AF_UNIX, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 2, 0xF
+AF_UNIX, AF_VSOCK, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 40, 2, 0xF
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -135,6 +141,11 @@ def build_root(spec, applied):
     try:
         _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         applied["proc"] = "private"
+        for ro in ("/proc/sys", "/proc/sysrq-trigger"):  # the host's kernel settings (core_pattern, ...): read-only
+            try:
+                _bind_read_only(new + ro, new + ro)
+            except OSError:
+                pass
     except OSError as e:  # e.g. a container that masks parts of the host's /proc
         applied["proc"] = f"none ({e})"
 
@@ -168,20 +179,20 @@ def enter_namespaces(applied):
     """Network + PID namespaces: directly as root, else through a user namespace."""
     uid, gid = os.getuid(), os.getgid()
     try:
-        _unshare(CLONE_NEWNET | CLONE_NEWPID)
-        applied["namespaces"] = "net+pid"
+        _unshare(CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
+        applied["namespaces"] = "net+pid+ipc+uts"
         return
     except OSError as e:
         applied["namespaces_error"] = str(e)
     try:
-        _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID)
+        _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
         with open("/proc/self/setgroups", "w") as f:
             f.write("deny")
         with open("/proc/self/uid_map", "w") as f:
             f.write(f"{uid} {uid} 1")
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"{gid} {gid} 1")
-        applied["namespaces"] = "user+net+pid"
+        applied["namespaces"] = "user+net+pid+ipc+uts"
     except OSError as e:
         applied["namespaces"] = None
         applied["namespaces_error"] = str(e)
@@ -255,6 +266,7 @@ def seccomp(sc, applied):
     if platform.machine() in ("x86_64", "aarch64"):  # clone's flags are its first argument there
         for flag in CLONE_NS_FLAGS:
             f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    f.add_rule(sc.ERRNO(97), "socket", sc.Arg(0, sc.EQ, AF_VSOCK))  # EAFNOSUPPORT: no namespace separates vsock
     if applied.get("mount") is None:
         f.add_rule(sc.ERRNO(13), "socket", sc.Arg(0, sc.EQ, AF_UNIX))
         f.add_rule(sc.ERRNO(13), "socketpair", sc.Arg(0, sc.EQ, AF_UNIX), sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))

@@ -84,4 +84,5 @@ def remove_cgroup(path: str) -> None:
         except FileNotFoundError:
             return
         except OSError:
+            kill_cgroup(path)  # one may have been forked since the last kill
             time.sleep(0.02)  # processes still exiting

@@ -258,6 +258,8 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
         if limit is not None or proc.returncode is None:
             _kill_group(proc.pid)
         stuck = not await _settle(proc, readers, cgroup)
+        if cgroup:  # a process that left the process group (setsid) and closed its output dies here too
+            kill_cgroup(cgroup)
     out, out_cut, err, err_cut = bytes(out_c.buf), out_c.cut, bytes(err_c.buf), err_c.cut
     wall = time.monotonic() - started
     status: dict[str, Any] = {}
@@ -267,7 +269,7 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
         pass  # the launcher was killed (wall clock or output limit)
     shutil.rmtree(base, ignore_errors=True)
     if cgroup:
-        remove_cgroup(cgroup)
+        await asyncio.to_thread(remove_cgroup, cgroup)
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     if stuck:
         stderr += "\nsandbox: a process outlived the kill and held the output open; its output was abandoned\n"
