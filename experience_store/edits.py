@@ -48,8 +48,9 @@ def apply_ops(
     (usage counted during the step, by id) is added to the stats before the ops apply."""
     new = state.model_copy(deep=True)
     new.step = step
+    by_id = {e.id: e for e in new.experiences}  # one lookup per credited id (a library may hold thousands)
     for exp_id, delta in (credit or {}).items():
-        target = new.get(exp_id)
+        target = by_id.get(exp_id)
         if target is not None:
             target.stats.add(delta)
     results: list[OpResult] = []

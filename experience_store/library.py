@@ -114,6 +114,8 @@ class Library:
 
             def lazy_index() -> Index:
                 nonlocal index
+                if index is None and not historical:
+                    self.sync()  # a writer killed between its version and its index update left it behind
                 index = index or (Index.in_memory(self.state.active(), self.state.embedding) if historical else self.index)
                 return index
 
@@ -167,7 +169,7 @@ class Library:
         there already)."""
         with self._versions.locked():
             on_disk = self.versions()
-            if self.store is None and on_disk and on_disk[-1] != self.state.step and on_disk[-1] >= step:
+            if self.store is None and on_disk and on_disk[-1] != self.state.step:
                 raise ConflictError(
                     f"library {self.path} was changed by another writer (it is at step {on_disk[-1]}, this writer "
                     f"read step {self.state.step}); step {step}'s ops were not applied: reopen the library and retry"

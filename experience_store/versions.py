@@ -61,7 +61,8 @@ class VersionStore:
             return LibraryState.model_validate_json(path.read_bytes())
         except (ValidationError, OSError) as e:
             reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror or str(e)
-            raise StoreError(f"{path}: unreadable library version ({reason})") from None
+            raise StoreError(f"{path}: unreadable library version ({reason}); move it aside to continue from the "
+                             "version before it") from None
 
     def discard_after(self, step: int) -> None:
         for s in self.steps():
@@ -77,15 +78,22 @@ class VersionStore:
         """Write version ``step``; when the body (e.g. the index update) raises, take it back."""
         path = self.path(step)
         tmp = path.with_suffix(".tmp")
-        existed = path.exists()
+        before = path.read_bytes() if path.exists() else None  # a version written again (a second import into 0)
         try:
-            tmp.write_text(state.model_dump_json(indent=1))
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(state.model_dump_json(indent=1))
+                fh.flush()
+                os.fsync(fh.fileno())  # never a torn version after a crash
             os.replace(tmp, path)
             yield
         except BaseException:
             tmp.unlink(missing_ok=True)
-            if not existed:
+            if before is None:
                 path.unlink(missing_ok=True)
+            else:  # the version as it was, so disk and index agree again
+                restore = path.with_suffix(".restore")
+                restore.write_bytes(before)
+                os.replace(restore, path)
             raise
 
 

@@ -66,3 +66,45 @@ def test_apply_ops_is_pure_and_records_provenance():
     new, res = apply_ops(state, [op("ADD", text="When A, do a.")], step=4, provenance=Provenance(run="r", step=4, query_ids=["q1"]))
     assert state.experiences == [] and new.experiences[0].provenance.query_ids == ["q1"]
     assert new.experiences[0].created_step == 4
+
+
+def test_a_stale_writer_is_refused_whatever_step_it_commits(tmp_path):
+    """Writer A read step 1; B committed step 2; A's step 3 would overwrite B's lesson (and reuse
+    its id): refused, nothing applied."""
+    from experience_store import ConflictError
+
+    a = Library(tmp_path / "lib")
+    a.apply([op("ADD", text="When A, do a.")], step=1)
+    b = Library(tmp_path / "lib")
+    b.apply([op("ADD", text="When B, do b.")], step=2)
+    with pytest.raises(ConflictError, match="changed by another writer"):
+        a.apply([op("ADD", text="When C, do c.")], step=3)
+    assert [e.text for e in Library(tmp_path / "lib").experiences] == ["When A, do a.", "When B, do b."]
+
+
+def test_a_failed_rewrite_of_a_version_restores_it(tmp_path, monkeypatch):
+    lib = Library(tmp_path / "lib")
+    lib.apply([op("ADD", text="When A, do a.")], step=0)
+    before = lib.versions_dir.joinpath("000000.json").read_bytes()
+
+    def broken(state):
+        raise OSError("embedding failed")
+
+    monkeypatch.setattr(lib, "_sync_index", broken)
+    new, _ = apply_ops(lib.state, [op("ADD", text="When B, do b.")], step=0)
+    with pytest.raises(OSError):
+        lib._commit(new, 0)
+    assert lib.versions_dir.joinpath("000000.json").read_bytes() == before
+
+
+def test_a_library_opened_after_a_crash_retrieves_from_its_current_version(tmp_path):
+    """Killed between writing a version and updating the index: the next reader brings the
+    index in line before it retrieves (it searched the old lessons, and came back short)."""
+    from experience_store import InjectionSettings
+
+    lib = Library(tmp_path / "lib")
+    lib.apply([op("ADD", text="When adding fractions, find a common denominator.")], step=1)
+    new, _ = apply_ops(lib.state, [op("ADD", text="When multiplying decimals, count the decimal places.")], step=2)
+    lib.versions_dir.joinpath("000002.json").write_text(new.model_dump_json())  # the version, no index update
+    got = Library(tmp_path / "lib").inject("multiplying decimals", InjectionSettings(mode="retrieve", top_k=2))
+    assert sorted(got.ids) == ["E1", "E2"]
