@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from experience_store.pack import Pack
 from experience_store.pack_format import json_depth
@@ -122,6 +123,9 @@ class InjectingProxy:
     async def _start(self, app: web.Application) -> None:
         self.pack.index()  # build the index before the first request
         self._session = aiohttp.ClientSession(
+            # no cap on connections to upstream (aiohttp's default 100 queued request 101 behind minutes-long
+            # streams, with no timeout on the wait); each client request holds one
+            connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.read_timeout), auto_decompress=False)
 
     async def _stop(self, app: web.Application) -> None:
@@ -145,7 +149,8 @@ class InjectingProxy:
         return f"{self.upstream}{rest}" + (f"?{query}" if query else "")
 
     def forward_headers(self, request: web.Request) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP}
+        # the body was read decoded (aiohttp undoes Content-Encoding), so it goes on without one
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP and k.lower() != "content-encoding"}
         if self.token is not None:  # the client's credential is for the proxy, not for upstream
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             if self.upstream_key:
@@ -161,7 +166,9 @@ class InjectingProxy:
                 return _error(400, str(e))
         assert self._session is not None
         try:
-            upstream = await self._session.request(request.method, self.target(request.path, request.query_string),
+            # the path as the client encoded it: decoded, %2F, %3F and %2E%2E would change or leave the upstream path
+            path, _, query = request.raw_path.partition("?")
+            upstream = await self._session.request(request.method, URL(self.target(path, query), encoded=True),
                                                    data=body if body else None, headers=self.forward_headers(request),
                                                    allow_redirects=False)
         except asyncio.TimeoutError:
@@ -172,7 +179,7 @@ class InjectingProxy:
             reply = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():
                 if k.lower() not in _SKIP:
-                    reply.headers[k] = v
+                    reply.headers.add(k, v)  # repeated headers (Set-Cookie) all go through
             await reply.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():

@@ -26,7 +26,7 @@ AREAS = [  # the order of the closing table
     "06 line separators", "07 proxy", "08 pack bounds", "09 lesson escape", "10 terminal markup",
     "11 consolidation", "12 lower items", "13 one line",
     "held jinja", "held kill-resume", "held judge output", "held retries", "held proxy", "held store writers",
-    "held sandbox", "review judge reading", "review newcomer", "review sandbox",
+    "held sandbox", "review judge reading", "review newcomer", "review sandbox", "review packs and proxy",
 ]
 
 

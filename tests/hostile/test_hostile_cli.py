@@ -134,8 +134,18 @@ def tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1) for p in root.rglob("*")}
 
 
-def case(area: str, input: str, build: Build, says: str | None = None, env: dict[str, str] | None = None) -> Case:
+def case(area: str, input: str, build: Build, says: str | None = None, env: dict[str, str] | None = None,
+         expect_ok: bool = False) -> Case:
+    if expect_ok:
+        return Case(area, input, "shown, exit 0, no traceback", runs_cleanly, (build,))
     return Case(area, input, ONE_LINE + (f" ({says})" if says else ""), one_line, (build, says, env))
+
+
+def runs_cleanly(ctx, build: Build) -> None:
+    """Run ``build``'s command line: exit 0 and no traceback."""
+    ctx.monkeypatch.chdir(ctx.tmp)
+    result = CliRunner().invoke(build_app(), build(ctx.tmp), catch_exceptions=True)
+    assert result.exit_code == 0 and "Traceback" not in result.output + result.stderr, (result.exit_code, result.exception, result.stderr[-800:])
 
 
 def sim_run(*eval_args: str, split: str | None = None) -> Build:
@@ -149,7 +159,7 @@ def sim_run(*eval_args: str, split: str | None = None) -> Build:
     return make
 
 
-T, L, N = "13 one line", "12 lower items", "review newcomer"
+T, L, N, PP = "13 one line", "12 lower items", "review newcomer", "review packs and proxy"
 CASES = [
     # datasets (task_registry.read_rows and the tasks reading rows)
     case(T, "dataset jsonl not UTF-8", data_file("d.jsonl", b'{"problem": "\xff\xfe", "answer": "2"}\n')),
@@ -278,6 +288,13 @@ CASES = [
          "(--eval-on train)"),
     case(N, "config with a YAML syntax error", lambda tmp: ["train", "--config", str(write(tmp / "c.yaml", "task: demo\nepochs: [1, 2\nx: 3\n"))],
          "invalid YAML at line 3, column 2"),
+    *(case(PP, f"pack show of a pack whose eval holds {name}", lambda tmp, ev=ev: ["pack", "show", str(pack_dir(tmp / "p", manifest={"eval": ev})), "--json"],
+           expect_ok=True) for name, ev in [("a text Mean@k", {"library": {"mean_at_k": "x"}, "baseline": {}}),
+                                            ("a null Mean@k", {"library": {"mean_at_k": None}, "baseline": {"mean_at_k": 0.5}}),
+                                            ("a list for diff", {"library": {"mean_at_k": 0.5}, "baseline": {"mean_at_k": 0.4}, "diff": [1]})]),
+    case(PP, "pack import into a run that has started (config.yaml, no step yet)",
+         lambda tmp: ["pack", "import", str(pack_dir(tmp / "p")), "--into", str(write(tmp / "run" / "config.yaml", "task: demo\n").parent)],
+         "holds a run"),
     case(N, "sim-server on a port in use", lambda tmp: ["sim-server", "--port", str(held_port())], "--port 0 for a free one"),
 ]
 

@@ -17,6 +17,7 @@ import urllib.request
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 from hostile_rows import Case, rows
 
@@ -40,7 +41,7 @@ async def echo_upstream():
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        seen.append({"headers": dict(request.headers), "body": json.loads(body) if body else None})
+        seen.append({"headers": dict(request.headers), "body": json.loads(body) if body else None, "path": request.raw_path})
         return web.json_response(seen[-1])
 
     app = web.Application()
@@ -92,6 +93,48 @@ async def post(url, body, headers=None, session=None):
             with contextlib.suppress(ValueError):
                 return r.status, json.loads(text)
             return r.status, text
+
+
+async def gzip_body(ctx) -> None:
+    import gzip
+
+    async with echo_upstream() as (up, seen), proxy_for(up) as url:
+        code, reply = await post(url, gzip.compress(json.dumps(CHAT).encode()), {"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert code == 200 and "content-encoding" not in {k.lower() for k in seen[0]["headers"]}, reply
+    assert "[E1]" in json.dumps(seen[0]["body"])  # read, injected, forwarded as plain JSON
+
+
+async def encoded_paths(ctx) -> None:
+    async with echo_upstream() as (up, seen), proxy_for(up) as url, aiohttp.ClientSession() as s:
+        for path in ("/models/meta-llama%2FLlama-3-8B", "/x%2F..%2F..%2Fadmin", "/%2E%2E/admin", "/models%3Fapi-version=x"):
+            async with s.get(yarl.URL(url + path, encoded=True)) as r:
+                assert r.status == 200, path
+    assert [x["path"] for x in seen] == ["/v1/models/meta-llama%2FLlama-3-8B", "/v1/x%2F..%2F..%2Fadmin", "/v1/%2E%2E/admin",
+                                         "/v1/models%3Fapi-version=x"]
+
+
+async def many_long_streams(ctx) -> None:
+    """110 requests at once to an upstream that holds each for a second: all in about a second
+    (aiohttp's default of 100 connections queued the rest behind the first hundred)."""
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(1.0)
+        return web.json_response({"choices": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with proxy_for(f"http://127.0.0.1:{runner.addresses[0][1]}/v1") as url, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            t0 = asyncio.get_running_loop().time()
+            codes = await asyncio.gather(*(post(url, CHAT, session=s) for _ in range(110)))
+            took = asyncio.get_running_loop().time() - t0
+    finally:
+        await runner.cleanup()
+    assert all(c == 200 for c, _ in codes) and took < 1.9, took
 
 
 async def host_header(ctx, host: str, status: int) -> None:
@@ -226,7 +269,7 @@ async def many_concurrent(ctx) -> None:
         assert rss[-1] - rss[0] < 100, rss  # rounds 2-5 leave no more than 100 MiB more resident than round 1 did
 
 
-P, H = "07 proxy", "held proxy"
+P, H, R = "07 proxy", "held proxy", "review packs and proxy"
 DEEP_BODY = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 CASES = [
     *(Case(P, f"Host: {host or '(empty)'}", f"{status}", host_header, (host, status)) for host, status in [
@@ -252,6 +295,9 @@ CASES = [
     Case(H, "a 65 MB body", "413, nothing sent upstream", refused_body,
          (b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * (65 << 20) + b'"}]}', 413, "Maximum request body size")),
     Case(H, "200 concurrent requests x 5 rounds", "all answered, memory flat", many_concurrent, slow=True),
+    Case(R, "a gzip-compressed request body", "read, injected, forwarded without Content-Encoding", gzip_body),
+    Case(R, "percent-encoded paths (%2F, %2E%2E, %3F)", "forwarded as encoded, never outside /v1", encoded_paths),
+    Case(R, "110 one-second requests at once", "all in about a second (no cap of 100 upstream connections)", many_long_streams),
 ]
 
 

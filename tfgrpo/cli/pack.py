@@ -14,7 +14,7 @@ from experience_store import Library, Pack, spec_label
 from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.cli.console import emit, err_console, experience_row, plain, user_errors
 from tfgrpo.errors import UserError
-from tfgrpo.rundir import LIBRARY, STEPS, library_dir
+from tfgrpo.rundir import CONFIG, LIBRARY, STEPS, library_dir
 
 
 def _read_eval(source: Path) -> dict[str, Any]:
@@ -51,11 +51,14 @@ def _eval_label(ev: dict[str, Any] | None) -> str | None:
     """The recorded evaluation in one line: library vs baseline Mean@k, the difference and its verdict."""
     if not ev or not isinstance(ev.get("library"), dict) or not isinstance(ev.get("baseline"), dict):
         return None
-    k, d = ev.get("k", "?"), ev.get("diff") or {}
-    line = (f"library {ev['library'].get('mean_at_k', float('nan')):.3f} vs baseline "
-            f"{ev['baseline'].get('mean_at_k', float('nan')):.3f} (Mean@{k}, {ev.get('n_problems', '?')} problems)")
+    def num(v: Any, fmt: str) -> str:  # a pack's numbers are the sender's: anything else shows as "?"
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+    k, d = ev.get("k", "?"), ev.get("diff") if isinstance(ev.get("diff"), dict) else {}
+    line = (f"library {num(ev['library'].get('mean_at_k'), '.3f')} vs baseline "
+            f"{num(ev['baseline'].get('mean_at_k'), '.3f')} (Mean@{k}, {ev.get('n_problems', '?')} problems)")
     if isinstance(d.get("mean"), (int, float)):
-        line += f", difference {d['mean']:+.3f}" + (f", p {d['p_value']:.3g}" if isinstance(d.get("p_value"), (int, float)) else "")
+        line += f", difference {num(d['mean'], '+.3f')}" + (f", p {num(d['p_value'], '.3g')}" if "p_value" in d else "")
     return line + (f"; {ev['verdict']}" if ev.get("verdict") else "")
 
 
@@ -154,9 +157,9 @@ def register(app: typer.Typer) -> None:
             target = library_dir(into)
         except UserError:
             target = into / LIBRARY
-        if (target.parent / STEPS).is_file():
-            raise UserError(f"{target.parent} holds a run, whose resume would drop the import: import into a new "
-                            "directory and train there (tfgrpo train --out DIR)")
+        if (target.parent / STEPS).is_file() or (target.parent / CONFIG).is_file():
+            raise UserError(f"{target.parent} holds a run (finished, running or starting), whose resume would drop the "
+                            "import: import into a new directory and train there (tfgrpo train --out DIR)")
         lib = Library(target)
         results = lib.import_pack(p, reembed=reembed, step=0 if max(lib.versions(), default=0) == 0 else None)
         added = sum(1 for r in results if r.status == "applied")
