@@ -44,13 +44,20 @@ async def echo_upstream():
         seen.append({"headers": dict(request.headers), "body": json.loads(body) if body else None, "path": request.raw_path})
         return web.json_response(seen[-1])
 
+    async with upstream_of(echo) as url:
+        yield url, seen
+
+
+@contextlib.asynccontextmanager
+async def upstream_of(handler):
+    """A loopback HTTP server answering every path with ``handler``; yields its /v1 URL."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
+    app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1", seen
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     finally:
         await runner.cleanup()
 
@@ -121,19 +128,10 @@ async def many_long_streams(ctx) -> None:
         await asyncio.sleep(1.0)
         return web.json_response({"choices": []})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with proxy_for(f"http://127.0.0.1:{runner.addresses[0][1]}/v1") as url, \
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-            t0 = asyncio.get_running_loop().time()
-            codes = await asyncio.gather(*(post(url, CHAT, session=s) for _ in range(110)))
-            took = asyncio.get_running_loop().time() - t0
-    finally:
-        await runner.cleanup()
+    async with upstream_of(slow) as up, proxy_for(up) as url, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        t0 = asyncio.get_running_loop().time()
+        codes = await asyncio.gather(*(post(url, CHAT, session=s) for _ in range(110)))
+        took = asyncio.get_running_loop().time() - t0
     assert all(c == 200 for c, _ in codes) and took < 1.9, took
 
 
