@@ -28,6 +28,9 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
+EXACT_UP_TO = 20_000  # lessons searched exactly (a 20000 x 512 float32 matrix is 40 MB); HNSW beyond
+
+
 def _rank(hit: tuple[str, float]) -> tuple[float, int, str]:
     """Sort key of a search hit: most similar first, then ids in natural order (E2 before E10)."""
     return (-round(hit[1], 6), len(hit[0]), hit[0])
@@ -40,6 +43,7 @@ class Index:
         self.collection = collection
         self.spec = embedding
         self._embed = embedding_from_spec(embedding)
+        self._exact: tuple[list[str], Any] | None = None  # (ids, unit rows) for exact search; dropped on upsert
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         try:
@@ -62,6 +66,7 @@ class Index:
         return index
 
     def upsert(self, experiences: Sequence[Experience], batch: int = 2000) -> None:
+        self._exact = None
         items = list(experiences)
         for start in range(0, len(items), batch):
             part = items[start : start + batch]
@@ -77,6 +82,8 @@ class Index:
         n = self.collection.count()
         if n == 0 or not vectors or k <= 0:
             return [[] for _ in vectors]
+        if n <= EXACT_UP_TO:
+            return self._search_exact(vectors, k)
         fetch = min(n, 2 * k)
         while True:
             res = self.collection.query(query_embeddings=vectors, n_results=fetch, include=["distances"])
@@ -86,6 +93,30 @@ class Index:
             if fetch >= n or not any(len(r) > k and _rank(r[k - 1])[0] == _rank(r[-1])[0] for r in rows):
                 return [r[:k] for r in rows]
             fetch = min(n, 2 * fetch)
+
+    def _search_exact(self, vectors: list[list[float]], k: int) -> list[list[tuple[str, float]]]:
+        """Cosine similarity against every indexed vector. HNSW is approximate: it missed true
+        top hits, and indexes built in another order (a resume, a pack) ranked the same version
+        differently; up to EXACT_UP_TO lessons the exact answer costs a matrix product."""
+        import numpy as np
+
+        if self._exact is None:
+            got = self.collection.get(include=["embeddings"])
+            rows = np.asarray(got["embeddings"], dtype=np.float32)
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            self._exact = (list(got["ids"]), rows / np.where(norms == 0, 1, norms))
+        ids, rows = self._exact
+        q = np.asarray(vectors, dtype=np.float32)
+        q = q / np.where((qn := np.linalg.norm(q, axis=1, keepdims=True)) == 0, 1, qn)
+        out = []
+        for row in q @ rows.T:
+            if len(ids) > 4 * k + 16:  # the k best and everything tied with the k-th (to 6 decimals), then ranked
+                kth = float(np.min(row[np.argpartition(-row, k - 1)[:k]]))
+                cand = np.nonzero(np.round(row, 6) >= round(kth, 6))[0]
+            else:
+                cand = np.arange(len(ids))
+            out.append(sorted(((ids[i], float(row[i])) for i in cand), key=_rank)[:k])
+        return out
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         return self.search_vectors(self.embed([query]), k)[0]

@@ -108,3 +108,28 @@ def test_a_library_opened_after_a_crash_retrieves_from_its_current_version(tmp_p
     lib.versions_dir.joinpath("000002.json").write_text(new.model_dump_json())  # the version, no index update
     got = Library(tmp_path / "lib").inject("multiplying decimals", InjectionSettings(mode="retrieve", top_k=2))
     assert sorted(got.ids) == ["E1", "E2"]
+
+
+def test_retrieval_is_exact_and_the_same_however_the_index_was_built():
+    """HNSW is approximate: it missed true top hits, and an index built in another order (a
+    resume, a pack) ranked the same lessons differently. Up to EXACT_UP_TO lessons the search is exact."""
+    import random
+
+    import numpy as np
+
+    from experience_store import Experience, Index
+    from experience_store.embedding import DEFAULT_SPEC, embedding_from_spec
+
+    rng = random.Random(1)
+    exps = [Experience(id=f"E{i}", text=f"When alpha{i} happens, beta{i} works.") for i in range(1, 1501)]  # near-ties
+    queries = [" ".join(rng.choice([f"alpha{rng.randint(1, 1500)}", f"beta{rng.randint(1, 1500)}", "happens", "works",
+                                    "when", f"zq{t}"]) for _ in range(3)) for t in range(60)]
+    embed = embedding_from_spec(DEFAULT_SPEC)
+    rows = np.asarray(embed([e.text for e in exps]), dtype=np.float64)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    forward, backward = Index.in_memory(exps, DEFAULT_SPEC), Index.in_memory(exps[::-1], DEFAULT_SPEC)
+    for q in queries:
+        v = np.asarray(embed([q])[0], dtype=np.float64)
+        sims = rows @ (v / np.linalg.norm(v))
+        truth = sorted(((e.id, float(s)) for e, s in zip(exps, sims)), key=lambda h: (-round(h[1], 6), len(h[0]), h[0]))[:4]
+        assert [i for i, _ in forward.search(q, 4)] == [i for i, _ in truth] == [i for i, _ in backward.search(q, 4)], q
