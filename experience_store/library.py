@@ -150,7 +150,8 @@ class Library:
             step = latest + 1
         elif step < latest:
             raise StoreError(f"cannot import as version {step}: library {self.path} is already at step {latest}")
-        if not self.state.experiences:
+        if not self.state.experiences:  # the new library takes the pack's embedder (with lessons, its own embeds)
+            pack.check_embedding()
             exps = [e.model_copy(deep=True) for e in pack.experiences]
             top = max((int(e.id[1:]) for e in exps if e.id[1:].isdigit()), default=0)
             new = LibraryState(step=step, next_id=top + 1, embedding=dict(pack.manifest.embedding), experiences=exps)

@@ -50,6 +50,7 @@ class Pack:
         self.experiences = experiences
         self.history = history
         self._index: Index | None = None
+        self._untrusted: str | None = None  # the label of an embedder the user has not accepted (see load)
         self._selector: Selector | None = None
 
     # --------------------------------------------------------------- building
@@ -100,9 +101,13 @@ class Pack:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, *, embedding: dict[str, Any] | str | None = None) -> "Pack":
+    def load(cls, path: str | Path, *, embedding: dict[str, Any] | str | None = None,
+             trust_embedding: bool = False) -> "Pack":
         """Read and verify a pack. ``embedding`` re-embeds it with another spec (e.g. when its
-        own model is not installed here, or to name the user's own endpoint)."""
+        own model is not installed here, or to name the user's own endpoint). A pack's own
+        embedder other than the offline ``lexical`` one is used only with ``trust_embedding``:
+        a model name chooses where texts go (``litellm:ollama/...`` is a server on port 11434,
+        ``st:``/``chroma-default`` download a model), and the pack's author chose it."""
         p = Path(path)
         pack = cls(*parse(p, read_members(p)))
         if embedding is not None:
@@ -110,10 +115,20 @@ class Pack:
                 pack.manifest.embedding = parse_spec(embedding)
             except StoreError as e:
                 raise PackError(str(e)) from None
+        elif pack.manifest.embedding.get("name") != "lexical" and not trust_embedding:
+            pack._untrusted = spec_label(pack.manifest.embedding)
         return pack
+
+    def check_embedding(self) -> None:
+        """PackError unless this pack's texts may be embedded (see ``load``)."""
+        if self._untrusted:
+            raise PackError(f"this pack names the embedding {self._untrusted}, which would send its lessons (and your "
+                            "queries) to a model the pack chose: re-embed it here (--embedding lexical; Pack.load(..., "
+                            "embedding='lexical')) or accept it with --trust-embedding (trust_embedding=True)")
 
     # -------------------------------------------------------------- retrieval
     def index(self) -> Index:
+        self.check_embedding()
         if self._index is None:
             self._index = Index.in_memory(self.active, self.manifest.embedding)
         return self._index
@@ -146,6 +161,8 @@ class Pack:
     def merge(self, other: "Pack", *, threshold: float = MERGE_THRESHOLD, name: str | None = None) -> tuple["Pack", list[dict[str, Any]]]:
         """This pack's lessons plus the other's that are not (near-)duplicates of one already
         kept; ids renumbered E1.. in order. Returns the pack and the skipped duplicates."""
+        self.check_embedding()
+        other.check_embedding()
         if not same_spec(self.manifest.embedding, other.manifest.embedding):
             raise PackError(f"cannot merge packs embedded differently ({spec_label(self.manifest.embedding)} vs "
                             f"{spec_label(other.manifest.embedding)}); load one with embedding=... to re-embed it")

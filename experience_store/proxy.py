@@ -121,7 +121,8 @@ class InjectingProxy:
         return app
 
     async def _start(self, app: web.Application) -> None:
-        self.pack.index()  # build the index before the first request
+        if self.settings.mode != "all":
+            self.pack.index()  # build the index before the first request
         self._session = aiohttp.ClientSession(
             # no cap on connections to upstream (aiohttp's default 100 queued request 101 behind minutes-long
             # streams, with no timeout on the wait); each client request holds one

@@ -292,6 +292,14 @@ CASES = [
            expect_ok=True) for name, ev in [("a text Mean@k", {"library": {"mean_at_k": "x"}, "baseline": {}}),
                                             ("a null Mean@k", {"library": {"mean_at_k": None}, "baseline": {"mean_at_k": 0.5}}),
                                             ("a list for diff", {"library": {"mean_at_k": 0.5}, "baseline": {"mean_at_k": 0.4}, "diff": [1]})]),
+    case(PP, "a pack embedded with litellm:ollama/...: pack show --query", lambda tmp: [
+        "pack", "show", str(pack_dir(tmp / "p", manifest={"embedding": OLLAMA, "injection": {"mode": "retrieve"}})), "--query",
+        "fractions"], "--trust-embedding"),
+    case(PP, "a pack embedded with litellm:ollama/...: pack import into a new directory", lambda tmp: [
+        "pack", "import", str(pack_dir(tmp / "p", manifest={"embedding": OLLAMA})), "--into", str(tmp / "new")], "--trust-embedding"),
+    case(PP, "a pack embedded with litellm:ollama/...: pack merge", lambda tmp: [
+        "pack", "merge", str(pack_dir(tmp / "p", manifest={"embedding": OLLAMA})),
+        str(pack_dir(tmp / "q", manifest={"embedding": OLLAMA})), "-o", str(tmp / "m.zip")], "--trust-embedding"),
     case(PP, "pack import into a run that has started (config.yaml, no step yet)",
          lambda tmp: ["pack", "import", str(pack_dir(tmp / "p")), "--into", str(write(tmp / "run" / "config.yaml", "task: demo\n").parent)],
          "holds a run"),
@@ -299,6 +307,7 @@ CASES = [
 ]
 
 HELD: list = []
+OLLAMA = {"name": "litellm", "model": "ollama/nomic-embed-text"}  # a provider whose default server is this machine's port 11434
 
 
 def held_port() -> int:

@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Portable experience packs: export, import, verify, show, diff, merge.", no_args_is_help=True)
     app.add_typer(group, name="pack")
     json_opt = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")
+    trust_opt = typer.Option(False, "--trust-embedding", help="Use the pack's own embedder when it is not the offline "
+                             "lexical one (its model name chooses where lessons and queries are sent)")
 
     @group.command("export")
     @user_errors
@@ -95,9 +97,10 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def show_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
                  query: Optional[str] = typer.Option(None, "--query", help="Show what would be injected for this query"),
+                 trust_embedding: bool = trust_opt,
                  as_json: bool = json_opt) -> None:
         """The manifest and the lessons (or, with --query, the block injected for it)."""
-        p = Pack.load(pack)
+        p = Pack.load(pack, trust_embedding=trust_embedding)
         lessons = Table(title="lessons", title_justify="left")
         lessons.add_column("id")
         lessons.add_column("lesson")
@@ -134,9 +137,11 @@ def register(app: typer.Typer) -> None:
     def merge_cmd(a: Path = typer.Argument(..., help="Pack A"), b: Path = typer.Argument(..., help="Pack B"),
                   out: Path = typer.Option(..., "--out", "-o", help="Merged pack to write"),
                   threshold: float = typer.Option(MERGE_THRESHOLD, "--threshold", help="Cosine similarity at which a lesson of B counts as a duplicate"),
+                  trust_embedding: bool = trust_opt,
                   as_json: bool = json_opt) -> None:
         """A's lessons plus B's that are not (near-)duplicates of one already kept."""
-        merged, skipped = Pack.load(a).merge(Pack.load(b), threshold=threshold, name=out.stem)
+        merged, skipped = Pack.load(a, trust_embedding=trust_embedding).merge(Pack.load(b, trust_embedding=trust_embedding),
+                                                                             threshold=threshold, name=out.stem)
         try:
             merged.write(out)
         except OSError as e:
@@ -149,10 +154,11 @@ def register(app: typer.Typer) -> None:
     def import_cmd(pack: Path = typer.Argument(..., help="Pack (zip or directory)"),
                    into: Path = typer.Option(..., "--into", help="New directory to train in (tfgrpo train --out DIR starts from the pack), or a library directory; created if missing"),
                    reembed: bool = typer.Option(False, "--reembed", help="Re-embed the pack with the library's embedding when the specs differ"),
+                   trust_embedding: bool = trust_opt,
                    as_json: bool = json_opt) -> None:
         """Verify a pack, then add its lessons to a library (nothing is written if verification fails).
         Into a directory without a run they become version 0, the library a run trained there starts from."""
-        p = Pack.load(pack)
+        p = Pack.load(pack, trust_embedding=trust_embedding)
         try:
             target = library_dir(into)
         except UserError:
@@ -160,6 +166,8 @@ def register(app: typer.Typer) -> None:
         if (target.parent / STEPS).is_file() or (target.parent / CONFIG).is_file():
             raise UserError(f"{target.parent} holds a run (finished, running or starting), whose resume would drop the "
                             "import: import into a new directory and train there (tfgrpo train --out DIR)")
+        if not list((target / "versions").glob("*.json")):
+            p.check_embedding()  # a new library takes the pack's embedder: refused before anything is created
         lib = Library(target)
         results = lib.import_pack(p, reembed=reembed, step=0 if max(lib.versions(), default=0) == 0 else None)
         added = sum(1 for r in results if r.status == "applied")

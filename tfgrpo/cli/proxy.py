@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         injection: Optional[str] = typer.Option(None, "--injection", help=f"{' | '.join(MODES)}; default: the pack's run's, else {_default('mode')}"),
         budget: Optional[int] = typer.Option(None, "--inject-budget", min=1, help=f"Token budget of the injected experiences (default: the pack's run's, else {_default('budget_tokens')})"),
         top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help=f"Experiences retrieved per request (default: the pack's run's, else {_default('top_k')})"),
+        trust_embedding: bool = typer.Option(False, "--trust-embedding", help="Use the pack's own embedder when it is not "
+                                             "the offline lexical one (its model name chooses where queries are sent)"),
     ) -> None:
         """Serve an OpenAI-compatible endpoint that adds the pack's experiences (retrieved for the
         last user message) to the system message and forwards everything else unchanged. Point any
@@ -45,9 +47,11 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--upstream must be an http(s) URL, got {upstream!r}")
         from experience_store.proxy import serve  # aiohttp only for this command
 
-        loaded = Pack.load(pack)
+        loaded = Pack.load(pack, trust_embedding=trust_embedding)
         given = {"mode": injection, "budget_tokens": budget, "top_k": top_k}  # checked above and by typer
         settings = loaded.injection_settings().model_copy(update={k: v for k, v in given.items() if v is not None})
+        if settings.mode != "all":
+            loaded.check_embedding()  # before listening: retrieval embeds every user message with the pack's embedder
         token = token or None  # an empty TFGRPO_PROXY_TOKEN is no token
         upstream_key = None
         if upstream_key_env:
