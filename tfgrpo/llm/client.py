@@ -262,7 +262,7 @@ class LLMClient:
                     log.warning("%s request failed: %s", self.role, short(e))
                     return [Completion(text=None, index=i, error=failure_text(e)) for i in indices]
                 delay = self.retry.delay(attempt, retry_after(e, upper=self.retry.max_delay))
-                if refused(e) and not self._told_refused:  # say so now, not after minutes of silent retries
+                if refused(e) and not self._told_refused and self.retry.max_retries >= 3:  # a long wait ahead: say why now
                     self._told_refused = True
                     log.warning("%s model %s: %s; retrying, up to %d times", self.role, self.model, short(e), self.retry.max_retries)
                 stats.retries += 1
