@@ -290,6 +290,21 @@ def kill_everything(ctx) -> None:
         host.wait()
 
 
+def left_on_host(marker: str, field: str, *, zombies: bool = True) -> list[str]:
+    """PIDs of host processes whose /proc ``field`` (cmdline, comm) holds ``marker``; a zombie
+    (killed, not yet reaped) counts unless ``zombies`` is False."""
+    left = []
+    for p in os.listdir("/proc"):
+        try:
+            if not zombies and open(f"/proc/{p}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                continue
+            if marker.encode() in open(f"/proc/{p}/{field}", "rb").read():
+                left.append(p)
+        except OSError:
+            pass
+    return left
+
+
 def orphans(ctx) -> None:
     marker = f"{uuid.uuid4().int % 10**6}.{os.getpid()}"
     r = run(f"""
@@ -301,13 +316,7 @@ def orphans(ctx) -> None:
         print("parent done")
     """)
     assert "parent done" in r.stdout, r
-    left = []
-    for p in os.listdir("/proc"):
-        try:
-            if marker.encode() in open(f"/proc/{p}/cmdline", "rb").read():
-                left.append(p)
-        except OSError:
-            pass
+    left = left_on_host(marker, "cmdline")
     assert not left, f"orphans left on the host: {left}"
 
 
@@ -408,18 +417,6 @@ def disk_by_polling(ctx) -> None:
     assert r.limit == "disk" and r.isolation.get("mount") is None, r
 
 
-def _left_on_host(marker: str) -> list[str]:
-    left = []
-    for p in os.listdir("/proc"):
-        try:
-            alive = open(f"/proc/{p}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] != b"Z"  # a zombie is dead
-            if alive and marker.encode() in open(f"/proc/{p}/comm", "rb").read():
-                left.append(p)
-        except OSError:
-            pass
-    return left
-
-
 def init_leaves_its_group(ctx) -> None:
     """The code is its PID namespace's init: setsid took it out of the group the wall-clock kill
     reached, and with its output closed nothing waited for it; the cgroup kill now gets it."""
@@ -434,7 +431,7 @@ def init_leaves_its_group(ctx) -> None:
     """, wall_s=2)
     assert r.limit == "wall", r
     time.sleep(0.5)
-    assert not _left_on_host(marker), "a process outlived the run"
+    assert not left_on_host(marker, "comm", zombies=False), "a process outlived the run"  # killed, reaped or not
 
 
 def kernel_objects(ctx) -> None:
