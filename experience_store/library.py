@@ -55,6 +55,7 @@ class Library:
         self._new_embedding = dict(embedding) if embedding is not None else None  # for a library with no version yet
         self._at_step = at_step
         self._pending: tuple[int, int, LibraryState] | None = None  # (step, commit, state): see discard_after
+        self._synced: LibraryState | None = None  # the state this object last brought the index in line with
         self.state = self._load(at_step)
         if self._log is not None and at_step is None:
             self.state = self._log.latest() or self.state
@@ -114,7 +115,7 @@ class Library:
 
             def lazy_index() -> Index:
                 nonlocal index
-                if index is None and not historical:
+                if index is None and not historical and self._synced is not self.state:
                     self.sync()  # a writer killed between its version and its index update left it behind
                 index = index or (Index.in_memory(self.state.active(), self.state.embedding) if historical else self.index)
                 return index
@@ -182,6 +183,7 @@ class Library:
             try:
                 with self._versions.writing(new, step):
                     self._sync_index(new)
+                self._synced = new  # committed with its index: no second pass before the next retrieval
             except BaseException:
                 self._chroma.sync_quietly(self.state)
                 raise
@@ -194,6 +196,7 @@ class Library:
     def sync(self) -> None:
         """Bring the Chroma index in line with the current version (cheap when it already is)."""
         self._sync_index(self.state)
+        self._synced = self.state
 
     def _sync_index(self, state: LibraryState) -> None:
         self._chroma.sync(state)
