@@ -119,9 +119,10 @@ class Pack:
             pack._untrusted = spec_label(pack.manifest.embedding)
         return pack
 
-    def check_embedding(self) -> None:
-        """PackError unless this pack's texts may be embedded (see ``load``)."""
-        if self._untrusted:
+    def check_embedding(self, settings: InjectionSettings | None = None) -> None:
+        """PackError unless this pack's texts may be embedded (see ``load``); with ``settings``,
+        only where they need embedding (mode ``all`` injects everything and embeds nothing)."""
+        if self._untrusted and not (settings is not None and settings.mode == "all"):
             raise PackError(f"this pack names the embedding {self._untrusted}, which would send its lessons (and your "
                             "queries) to a model the pack chose: re-embed it here (--embedding lexical; Pack.load(..., "
                             "embedding='lexical')) or accept it with --trust-embedding (trust_embedding=True)")

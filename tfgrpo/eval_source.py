@@ -65,12 +65,11 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
         if step is not None:
             raise UserError("--step picks a version of a run's library; a pack holds one version")
         pack = Pack.load(where)
-        if pack.injection_settings().mode != "all":  # retrieval embeds the query with the pack's embedder
-            try:
-                pack.check_embedding()
-            except PackError as e:
-                raise UserError(f"{e}; to evaluate it, import it first: tfgrpo pack import {where} --into DIR "
-                                "--trust-embedding (or use a re-embedded copy)") from None
+        try:  # retrieval embeds each query with the pack's embedder
+            pack.check_embedding(pack.injection_settings())
+        except PackError as e:
+            raise UserError(f"{e}; to evaluate it, import it first: tfgrpo pack import {where} --into DIR "
+                            "--trust-embedding (or use a re-embedded copy)") from None
         m = pack.manifest
         return Source(kind="pack", where=where, library=pack, task=m.task,
                       policy=PolicyConfig(model=m.policy_model) if m.policy_model else PolicyConfig(),

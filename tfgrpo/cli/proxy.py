@@ -50,8 +50,7 @@ def register(app: typer.Typer) -> None:
         loaded = Pack.load(pack, trust_embedding=trust_embedding)
         given = {"mode": injection, "budget_tokens": budget, "top_k": top_k}  # checked above and by typer
         settings = loaded.injection_settings().model_copy(update={k: v for k, v in given.items() if v is not None})
-        if settings.mode != "all":
-            loaded.check_embedding()  # before listening: retrieval embeds every user message with the pack's embedder
+        loaded.check_embedding(settings)  # before listening: retrieval embeds every user message with the pack's embedder
         token = token or None  # an empty TFGRPO_PROXY_TOKEN is no token
         upstream_key = None
         if upstream_key_env:
