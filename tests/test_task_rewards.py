@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 
 import pytest
+from loop_watch import longest_stall
 
 from tfgrpo.errors import UserError
 from tfgrpo.task_registry import load_task, read_rows
@@ -33,23 +33,8 @@ def test_sql_reward_cannot_attach_files_and_does_not_stall_the_loop(tmp_path):
 
     slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 8000000) SELECT count(*) FROM c"
 
-    async def main():
-        gaps, stop = [], asyncio.Event()
-
-        async def beat():
-            last = time.monotonic()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-                gaps.append(time.monotonic() - last)
-                last = time.monotonic()
-
-        b = asyncio.create_task(beat())
-        await reward(sample, f"```sql\n{slow}\n```")
-        stop.set()
-        await b
-        return max(gaps)
-
-    assert asyncio.run(main()) < 0.5  # the query takes over a second; the loop's heartbeat never waits that long
+    _, stall = asyncio.run(longest_stall(reward(sample, f"```sql\n{slow}\n```")))
+    assert stall < 0.5  # the query takes over a second; the loop's heartbeat never waits that long
 
 
 def test_sql_tool_connection_refuses_attach(tmp_path):
