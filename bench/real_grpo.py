@@ -1,7 +1,7 @@
 """Benchmark: GRPO teaches a real model on a CPU.
 
 SmolLM2-135M-Instruct (fetched and converted offline by :mod:`tfgrpo.model_files`) is trained
-by parameter-mode GRPO (:func:`tfgrpo.params.trainer.train_weights`, the same code as
+by parameter-mode GRPO (:func:`tfgrpo.params.train_params`, the same code as
 ``tfgrpo grpo``) on ``tasks/digit_sums.py``: the sum of two single digits answered on a line
 ``Answer: N`` after one worked example. The model starts in the middle of the reward range: it
 often gets the sum or the format wrong.
@@ -36,14 +36,15 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402  (the benchmark is a torch program)
 
 from bench._progress import Progress  # noqa: E402
+from tfgrpo.hooks import Hooks  # noqa: E402
 from tfgrpo.model_files import smollm2_dir  # noqa: E402
+from tfgrpo.params import train_params  # noqa: E402
 from tfgrpo.params.config import make_config  # noqa: E402
 from tfgrpo.params.generate import HFGenerator  # noqa: E402
+from tfgrpo.params.metrics import format_step  # noqa: E402
 from tfgrpo.params.model import load_policy  # noqa: E402
 from tfgrpo.params.rollout import encode_prompt  # noqa: E402
-from tfgrpo.params.trainer import train_weights  # noqa: E402
 from tfgrpo.rewards import combine, score_group  # noqa: E402
-from tfgrpo.rundir import STEPS, RunDir  # noqa: E402
 from tfgrpo.task_registry import load_task  # noqa: E402
 from tfgrpo.training_free.stats import bootstrap_ci  # noqa: E402
 
@@ -105,14 +106,15 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = make_config(task=TASK, model=model_dir, steps=args.steps, batch_size=args.batch_size,
                           group_size=args.group_size, lr=args.lr, lora_r=args.lora_r, loss=args.loss,
                           max_tokens=args.max_new_tokens, micro_batch_groups=args.batch_size, device="cpu",
-                          dtype="float32", generator="hf", seed=args.seed, out=out)
+                          dtype="float32", generator="hf", seed=args.seed)
         t_train = time.perf_counter()
         with progress.phase(f"GRPO training: {args.steps} steps (one line per step)"):
-            summary = train_weights(cfg, progress=True)
+            trained = train_params(cfg, out=out, hooks=Hooks(on_step=lambda m: progress.note(format_step(m)),
+                                                             on_notice=progress.note))
         train_s = time.perf_counter() - t_train
-        steps = RunDir(out).read(STEPS)
+        steps = trained.steps
         with progress.phase(f"held-out after: {n_heldout} items x {args.eval_samples} samples", total=n_heldout) as advance:
-            after = heldout_scores(summary["final_model"], task, args.heldout, samples=args.eval_samples,
+            after = heldout_scores(str(trained.final_model), task, args.heldout, samples=args.eval_samples,
                                    max_new_tokens=args.max_new_tokens, advance=advance)
     progress.note(f"held-out after: {sum(after) / len(after):.3f}")
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lora_r": args.lora_r,
         "loss": args.loss,
         "threads": torch.get_num_threads(),
-        "reward_by_step": [round(r, 4) if r is not None else None for r in summary["reward_by_step"]],
+        "reward_by_step": [round(r, 4) if r is not None else None for r in trained.reward_by_step],
         "heldout_n": len(before),
         "eval_samples": args.eval_samples,
         "heldout_before": round(sum(before) / len(before), 4),
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ci95_diff": [round(lo, 4), round(hi, 4)],
         "tokens_per_s": round(tokens / busy, 1) if busy else None,
         "gen_tokens_per_s": round(sum(s["gen_tokens"] for s in steps) / max(1e-9, sum(s["gen_s"] for s in steps)), 1),
-        "params_changed": summary["params_changed"],
+        "params_changed": trained.params_changed,
         "train_s": round(train_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
     }

@@ -5,7 +5,7 @@ request after a fixed ``--latency`` (200 ms) and computes at most ``--concurrenc
 once; the client runs with the same concurrency. The server alone then bounds throughput at
 ``concurrency * group_size / latency`` rollouts per second (one request carries a group's G
 choices). We run ``--groups`` groups of the ``demo`` task the way a training step does: the
-policy's G answers (``sample_group``: request, reward), then each rollout recorded as a
+policy's G answers (``PromptPolicy.sample_group``, then ``Scorer.score``), then each rollout recorded as a
 ``RolloutRecord`` line in ``rollouts.jsonl``, and report what fraction of the bound we reach.
 
 ``overhead_ms`` is the client's own CPU time per rollout (request building, litellm, response
@@ -53,7 +53,8 @@ from tfgrpo.rundir import ROLLOUTS, RunDir  # noqa: E402
 from tfgrpo.task_registry import load_task  # noqa: E402
 from tfgrpo.training_free.config import SamplingConfig  # noqa: E402
 from tfgrpo.training_free.prompting import Prompts  # noqa: E402
-from tfgrpo.training_free.rollout import sample_group, stable_seed  # noqa: E402
+from tfgrpo.training_free.policy import PromptPolicy  # noqa: E402
+from tfgrpo.training_free.rollout import Scorer, stable_seed  # noqa: E402
 
 
 def start_server(latency: float, slots: int, ignore_n: bool) -> tuple[subprocess.Popen[str], str]:
@@ -74,10 +75,11 @@ async def run(args: argparse.Namespace, url: str, out_dir: Path, transport: str 
     run_dir = RunDir(out_dir)
     sampling = SamplingConfig(group_size=args.group_size, temperature=0.7, max_tokens=64)
     samples = [task.dataset[i % len(task.dataset)] for i in range(args.groups + 1)]
+    policy, scorer = PromptPolicy(client, task, prompts, sampling), Scorer(task)
 
     async def one(k: int) -> int:
         sample = samples[k]
-        g = await sample_group(client, task, sample, "", prompts, sampling, seed=stable_seed("bench", k), use_cache=False)
+        g = await scorer.score(await policy.sample_group(sample, "", stable_seed("bench", k)))
         if advance is not None and k:
             advance()
         run_dir.append(ROLLOUTS, [

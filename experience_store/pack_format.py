@@ -21,6 +21,7 @@ import stat
 import tempfile
 import zipfile
 from datetime import datetime, timezone
+from itertools import accumulate
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Callable, Sequence, TypeVar
 
@@ -233,11 +234,9 @@ def parse(path: Path, raw: dict[str, bytes]) -> tuple[PackManifest, list[Experie
     if len(raw["manifest.json"]) > MAX_MANIFEST_BYTES:
         raise PackError(f"{path}: manifest.json is over the {MAX_MANIFEST_BYTES}-byte limit")
     try:
-        meta = json.loads(raw["manifest.json"])
-    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, integers of thousands of digits, deep nesting
+        meta = load_json(raw["manifest.json"], MAX_JSON_DEPTH)
+    except ValueError as e:  # bad JSON or UTF-8, integers of thousands of digits, nested past MAX_JSON_DEPTH
         raise PackError(f"{path}: manifest.json is not valid JSON ({str(e)[:120] or type(e).__name__})") from None
-    if json_depth(meta) > MAX_JSON_DEPTH:
-        raise PackError(f"{path}: manifest.json is nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PackError(f"{path}: manifest.json does not describe a {FORMAT}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -304,17 +303,27 @@ def _records(path: Path, name: str, data: bytes, model: type[R], limit: int,
     return out
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
-    return deepest
+def load_json(text: bytes | str, max_depth: int) -> Any:
+    """``json.loads`` of text from outside (a pack's manifest, a proxied request body), its nesting
+    measured first: deeper than ``max_depth`` is a ValueError before the parser, which recurses
+    once per level, could run out of stack. (``tfgrpo.nesting`` is the toolkit's twin of this
+    guard: the store never imports the toolkit.)"""
+    if json_depth(text) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    return json.loads(text)
+
+
+_NOT_A_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_depth(text: bytes | str) -> int:
+    """How deep the arrays and objects of JSON text nest, measured without parsing it: escaped
+    backslashes and quotes go, then strings, and the brackets left are counted."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = re.sub(rb'"[^"]*"', b"", raw).translate(None, _NOT_A_BRACKET)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def first_error(e: ValidationError) -> str:

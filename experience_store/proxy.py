@@ -33,7 +33,7 @@ from aiohttp import web
 from yarl import URL
 
 from experience_store.pack import Pack
-from experience_store.pack_format import json_depth
+from experience_store.pack_format import load_json
 from experience_store.settings import InjectionSettings
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,9 @@ class InjectingProxy:
     def rewrite(self, body: bytes) -> bytes:
         """The chat request with experiences injected (runs in a worker thread)."""
         try:
-            req = json.loads(body)
-        except (ValueError, RecursionError):
-            raise BadRequest("the request body is not valid JSON (or nested too deeply)") from None
-        if json_depth(req) > MAX_JSON_DEPTH:
-            raise BadRequest(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+            req = load_json(body, MAX_JSON_DEPTH)
+        except ValueError as e:  # not JSON or UTF-8, or nested deeper than MAX_JSON_DEPTH
+            raise BadRequest(f"the request body is not valid JSON ({str(e)[:120]})") from None
         messages = req.get("messages") if isinstance(req, dict) else None
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise BadRequest("'messages' must be a list of message objects")

@@ -1,6 +1,6 @@
 """``docqa``: questions over a small bundled corpus of invented facts, answered with the
 ``search`` tool (BM25). Reward: normalised exact match with the reference (default), an LLM
-grader (``reward=grader``), or, with no reference at all, self-consistency
+grader (``reward=grader``: the run's judge, or the model ``grader=`` names), or, with no reference at all, self-consistency
 (``reward=consistency``; run it with ``--no-ground-truth``)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def samples(split: str, with_answers: bool) -> list[Sample]:
 
 
 @task
-def docqa(reward: str = "exact", grader: str = "sim") -> Task:
+def docqa(reward: str = "exact", grader: str | None = None) -> Task:
     """Questions over the bundled corpus with the search tool: 6 train, 6 test."""
     if reward not in ("exact", "grader", "consistency"):
         raise UserError(f"task docqa: reward must be exact, grader or consistency, not {reward!r}")

@@ -8,7 +8,8 @@ from tfgrpo.llm.client import LLMClient, RetryPolicy
 from tfgrpo.sim import start_sim_server
 from tfgrpo.sim.skills import TOOL_SKILLS_BY_TASK
 from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.rollout import agent_messages, sample_group
+from tfgrpo.training_free.policy import PromptPolicy, agent_messages
+from tfgrpo.training_free.rollout import Scorer
 from tfgrpo.task_registry import load_task
 from tfgrpo.tools import tool, toolset
 
@@ -49,8 +50,9 @@ async def test_trajectory_records_calls_results_timing_and_tokens(sim):
 async def test_turn_limit_scores_the_rollout_as_it_stands(sim):
     task, messages = skilled_messages("sql")  # the good plan makes two sql calls
     sampling = SamplingConfig(group_size=4, temperature=0.7, agent=AgentConfig(max_turns=1))
-    group = await sample_group(client_for(sim), task, task.dataset[0], f"[E1] {TOOL_SKILLS_BY_TASK['sql'].lesson}", Prompts(),
-                               sampling, seed=3)
+    policy = PromptPolicy(client_for(sim), task, Prompts(), sampling)
+    rollouts = await policy.sample_group(task.dataset[0], f"[E1] {TOOL_SKILLS_BY_TASK['sql'].lesson}", 3)
+    group = await Scorer(task).score(rollouts)
     assert len(group.completions) == 4  # none dropped
     assert all(t.stopped_by == "turns" for t in group.trajectories)
     assert all(c.finish_reason == "limit:turns" for c in group.completions)

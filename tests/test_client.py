@@ -86,3 +86,27 @@ async def test_bad_request_fails_that_request_only(monkeypatch):
     assert "context window exceeded" in out[0].error
     role = c.usage.roles["policy"]
     assert role.calls == 1 and role.retries == 0 and role.failures == 2
+
+
+@pytest.mark.parametrize("fails_without_flag,knows_flag,skips", [
+    (True, True, True),     # a litellm importing its MCP gateway (and packages not installed) for any tools
+    (False, True, False),   # a litellm routing only MCP tools to the gateway
+    (False, False, False),  # a litellm without the flag: it is never sent upstream
+])
+def test_mcp_gateway_skip_is_asked_of_litellm(monkeypatch, fails_without_flag, knows_flag, skips):
+    import litellm
+
+    from tfgrpo.llm import model_info
+
+    def completion(**kwargs):
+        assert kwargs["mock_response"] and kwargs["tools"][0]["type"] == "function"  # offline, a plain function tool
+        if fails_without_flag and not kwargs.get("_skip_mcp_handler"):
+            raise ModuleNotFoundError("No module named 'mcp'")
+        return object()
+
+    monkeypatch.setattr(litellm, "completion", completion)
+    model_info.skips_mcp_gateway.cache_clear()
+    try:
+        assert model_info.skips_mcp_gateway() is skips
+    finally:
+        model_info.skips_mcp_gateway.cache_clear()

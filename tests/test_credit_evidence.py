@@ -34,7 +34,7 @@ def seeded_run(tmp_path, prune_harmful: bool) -> dict[str, str]:
     rd = RunDir(tmp_path / "run")
     lessons = [s.harmful if s.name == HARMED else s.lesson for s in SKILLS]
     Library(rd.library_path).apply([ExperienceOp(op="ADD", text=t) for t in lessons], step=0)
-    with open_models(cfg.policy, cfg.judge, sim_seed=cfg.sim_seed) as models:
+    with open_models(cfg.policy, cfg.judge) as models:
         asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts(silent)))
     return {e.text: e.status for e in Library(rd.library_path).state.experiences}
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 from cli_helpers import last_json, tfgrpo
 
+from tfgrpo.errors import UserError
 from tfgrpo.report import write_report
 from tfgrpo.rundir import RunDir
 
@@ -70,24 +71,26 @@ def test_a_two_epoch_run_counts_epochs_from_one_in_every_file_and_on_screen(tmp_
 
 
 def _to_zero_based(run: Path) -> None:
-    """Rewrite a run's records as tfgrpo wrote them before epochs counted from 1 (version 1, from 0)."""
+    """Rewrite a run's records as an older tfgrpo wrote them (record version 1, epochs from 0)."""
     for name in ("steps.jsonl", "rollouts.jsonl", "groups.jsonl"):
         rows = [json.loads(line) for line in (run / name).read_text().splitlines()]
         (run / name).write_text("".join(json.dumps({**r, "version": 1, "epoch": r["epoch"] - 1}) + "\n" for r in rows))
 
 
-@pytest.mark.slow  # three short runs
-def test_a_run_written_with_epochs_from_zero_resumes_and_reports_from_one(tmp_path):
-    run, clean = tmp_path / "old", tmp_path / "clean"
+OLDER = "run written by an older tfgrpo (record version 1); this version reads version 2 only"
+
+
+@pytest.mark.slow  # one short run
+def test_a_run_written_by_an_older_version_is_refused_not_converted(tmp_path):
+    run = tmp_path / "old"
     tfgrpo(*SMALL, "--epochs", "1", "--out", str(run), "-q")
     _to_zero_based(run)
-    resumed = last_json(tfgrpo("train", "--resume", str(run), "--epochs", "2", "--json", "-q"))
-    assert resumed["resumed_from_step"] == 1 and resumed["steps"] == 2
-    assert [(s.step, s.epoch) for s in RunDir(run).steps()] == [(1, 1), (2, 2)]
-    assert [r["epoch"] for r in RunDir(run).step_rows()] == [1, 2]
-    # the resumed step saw the same problems and seeds as an uninterrupted run's second epoch
-    full = last_json(tfgrpo(*SMALL, "--epochs", "2", "--out", str(clean), "--json", "-q"))
-    assert resumed["reward_by_step"] == full["reward_by_step"]
-    assert [s.sample_ids for s in RunDir(run).steps()] == [s.sample_ids for s in RunDir(clean).steps()]
-    html = write_report(run).html.read_text()
-    assert "epoch 0" not in html
+    before = {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
+    for args in (["train", "--resume", str(run), "--epochs", "2"], ["report", str(run)]):
+        proc = tfgrpo(*args, check=False)
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert f"{run / 'steps.jsonl'}:1: {OLDER}" in lines[0], proc.stderr
+    assert {p.name: p.read_bytes() for p in run.glob("*.jsonl")} == before  # nothing rewritten or dropped
+    with pytest.raises(UserError, match=re.escape(OLDER)):
+        RunDir(run).read("rollouts.jsonl")

@@ -17,12 +17,12 @@ from tfgrpo.report import load_run  # noqa: E402
 
 def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
     out = tmp_path / "run"
-    cfg = make_config(task="toy", model="tiny", out=str(out), steps=2, batch_size=2, group_size=2, device="cpu",
+    cfg = make_config(task="toy", model="tiny", steps=2, batch_size=2, group_size=2, device="cpu",
                       report_to="tensorboard")
-    train_params(cfg, progress=False)
+    train_params(cfg, out=out)
     steps_before = (out / "steps.jsonl").read_text()
     with pytest.raises(UserError, match=f"{out} already holds a run: continue it with tfgrpo grpo --resume"):
-        train_params(cfg, progress=False)
+        train_params(cfg, out=out)
     assert (out / "steps.jsonl").read_text() == steps_before  # nothing appended, nothing overwritten
     saved = build(ParamsConfig, load_yaml(out / "config.yaml"))  # re-runs as is
     assert saved.learning_rate == cfg.learning_rate == 3e-3 and saved.lr == 3e-3  # the lr actually used
@@ -39,8 +39,10 @@ def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
 
 
 def test_default_run_directory_is_new_per_run():
-    cfg = make_config(task="toy", model="tiny", steps=1, device="cpu")
-    assert cfg.run_dir.startswith("runs/grpo-toy-")
+    from tfgrpo.params.config import default_run_dir
+
+    assert default_run_dir("toy").as_posix().startswith("runs/grpo-toy-")
+    assert default_run_dir("tasks/x.py:adder").name.startswith("grpo-tasks-x.py-adder-")
 
 
 @pytest.mark.slow  # a subprocess that loads torch and trains; CI runs it
@@ -79,9 +81,9 @@ def test_a_second_trainer_on_the_same_run_directory_is_refused(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    cfg = make_config(task="toy", model="tiny", out=str(out), steps=1, batch_size=2, group_size=2, device="cpu")
+    cfg = make_config(task="toy", model="tiny", steps=1, batch_size=2, group_size=2, device="cpu")
     with FileLock(str(out / "run.lock"), timeout=0):  # another process trains here
         with pytest.raises(UserError, match=f"{out} is in use by another tfgrpo process"):
-            train_params(cfg, progress=False)
+            train_params(cfg, out=out)
     assert not (out / "steps.jsonl").exists() and not (out / "config.yaml").exists()
-    assert train_params(cfg, progress=False)["steps"] == 1  # the same start once the other has ended
+    assert len(train_params(cfg, out=out).steps) == 1  # the same start once the other has ended

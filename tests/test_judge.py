@@ -11,14 +11,15 @@ import logging
 import litellm
 import pytest
 
-from experience_store import ExperienceOp, Library, cited_ids, usage_credit
+from experience_store import ExperienceOp, Injection, Library, cited_ids, usage_credit
 from tfgrpo.llm.client import CONTEXT_OVERFLOW, Completion
 from tfgrpo.llm.retry import failure_text
 from tfgrpo.task_registry import Sample, load_task
 from tfgrpo.training_free.config import JudgeConfig
-from tfgrpo.training_free.distill import ConsolidatedOp
-from tfgrpo.training_free.judge import (Attempt, GroupComparison, JudgeContext, ProposedOp, judge_group, keep_ops,
-                                        needs_summaries, schema_text, summary_words)
+from tfgrpo.llm.client import LLMClient
+from tfgrpo.llm.providers import Capabilities
+from tfgrpo.training_free.judge import Attempt, GroupComparison, Judge, JudgeContext, keep_ops, summary_words
+from tfgrpo.training_free.ops import ConsolidatedOp, ProposedOp
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.rollout import Group, cited_text, group_attempts, task_context
 
@@ -30,21 +31,28 @@ REPLY = json.dumps({"reasoning": "Attempt 1 counted the end post.", "ops": [{"op
 class FakeJudge:
     """An LLMClient stand-in: records the messages; answers every call with ``reply(messages)``."""
 
-    def __init__(self, model="sim", reply=lambda messages: Completion(text=REPLY, index=0)):
-        self.model, self.reply, self.seen = model, reply, []
+    def __init__(self, model="openai/local", reply=lambda messages: Completion(text=REPLY, index=0), schema=True):
+        self.model, self.reply, self.seen, self.schema = model, reply, [], schema
+
+    def takes_response_schema(self):
+        return self.schema
 
     async def sample(self, messages, **kw):
         self.seen.append(messages)
         return [self.reply(messages)]
 
 
+def shown(library: str) -> Injection:
+    return Injection(text=library, ids=cited_ids(library), tokens=0, mode="all")
+
+
 def judge(client, attempts, cfg=JudgeConfig(), context=None, library="[E1] When counting posts, add one."):
-    return asyncio.run(judge_group(client, PROMPTS, cfg, SAMPLE, attempts, library, pass_threshold=1.0, context=context))
+    stage = Judge(client, PROMPTS, cfg, context or JudgeContext(pass_threshold=1.0))
+    return asyncio.run(stage.judge_group(SAMPLE, attempts, shown(library)))
 
 
 def test_reasoning_comes_before_the_ops_in_schema_and_prompt():  # defect 2
     assert list(GroupComparison.model_json_schema()["properties"]) == ["reasoning", "ops"]
-    assert GroupComparison.model_validate_json('{"analysis": "old name", "ops": []}').reasoning == "old name"
     client = FakeJudge()
     judge(client, [Attempt(1, "Answer: 6", 1.0), Attempt(2, "Answer: 5", 0.0)])
     system, user = client.seen[0][0]["content"], client.seen[0][1]["content"]
@@ -100,10 +108,14 @@ def test_citations_any_case_and_spacing_and_from_reasoning():  # defects 6 and 8
 def test_summaries_follow_the_share_of_the_judge_context():  # defect 3
     short, long = [Attempt(1, "x " * 100, 1.0)], [Attempt(i, "word " * 4000, 0.0) for i in range(5)]
     client = FakeJudge(model="openai/unknown-model")
-    assert not needs_summaries(client, JudgeConfig(context_tokens=8000), short)
-    assert needs_summaries(client, JudgeConfig(context_tokens=8000), long)  # ~25k tokens > half of 8k
-    assert not needs_summaries(client, JudgeConfig(context_tokens=8000, summaries=False), long)
-    assert needs_summaries(client, JudgeConfig(summaries=True), short)
+
+    def needs(cfg, attempts):
+        return Judge(client, PROMPTS, cfg, JudgeContext()).needs_summaries(attempts)
+
+    assert not needs(JudgeConfig(context_tokens=8000), short)
+    assert needs(JudgeConfig(context_tokens=8000), long)  # ~25k tokens > half of 8k
+    assert not needs(JudgeConfig(context_tokens=8000, summaries=False), long)
+    assert needs(JudgeConfig(summaries=True), short)
     assert summary_words("w " * 100) == 60 and summary_words("w " * 5000) == 400 and summary_words("w " * 1000) == 200
 
 
@@ -142,13 +154,16 @@ def test_context_overflow_is_classed_and_retried_on_summaries():  # defect 3
 
 
 def test_schema_pasted_only_without_response_format():  # defect 8
-    from tfgrpo.training_free.judge import takes_response_schema
+    def schema_text(client, cfg):
+        return Judge(client, PROMPTS, cfg, JudgeContext()).schema_text(GroupComparison)
 
-    assert schema_text(FakeJudge(model="sim"), JudgeConfig(), GroupComparison) == ""
-    assert not takes_response_schema("openai/some-local-model")
-    pasted = schema_text(FakeJudge(model="openai/some-local-model"), JudgeConfig(), GroupComparison)
+    assert schema_text(FakeJudge(schema=True), JudgeConfig()) == ""
+    unknown = LLMClient(model="openai/some-local-model", api_base="http://127.0.0.1:9/v1")
+    assert not unknown.takes_response_schema()  # litellm does not know it
+    assert LLMClient(model="openai/some-local-model", capabilities=Capabilities(response_schema=True)).takes_response_schema()
+    pasted = schema_text(FakeJudge(schema=False), JudgeConfig())
     assert json.loads(pasted)["properties"]["reasoning"]
-    assert schema_text(FakeJudge(model="sim"), JudgeConfig(schema_in_prompt=True), GroupComparison)
+    assert schema_text(FakeJudge(schema=True), JudgeConfig(schema_in_prompt=True))
     client = FakeJudge()
     judge(client, [Attempt(1, "a", 1.0), Attempt(2, "b", 0.0)])
     assert "$defs" not in client.seen[0][1]["content"] and "matching this schema" not in client.seen[0][1]["content"]
@@ -168,7 +183,7 @@ def test_truncation_is_shown_to_the_judge():  # defect 8
 
 def test_lesson_rule_allows_general_formulas():  # defect 8
     system = PROMPTS.render("judge_system.j2")
-    consolidate = PROMPTS.render("consolidate.j2", library="", proposals="[]", candidates="", schema="")
+    consolidate = PROMPTS.render("consolidate.j2", library_block="", proposals_block="", candidates="", schema="")
     assert "names no numbers" not in system and "n + 1" in system
     assert "(numbers, names, expressions)" not in consolidate and "Drop NONE" not in consolidate
 
@@ -180,7 +195,7 @@ def test_group_size_one_judges_every_group_with_a_note(tmp_path, caplog):  # def
     from tfgrpo.training_free.loop import train_loop
 
     cfg = RunConfig(task="demo", epochs=1, limit=16, sampling=SamplingConfig(group_size=1), cache=False, policy={"model": "sim"})
-    with caplog.at_level(logging.WARNING), open_models(cfg.policy, cfg.judge, sim_seed=0) as models:
+    with caplog.at_level(logging.WARNING), open_models(cfg.policy, cfg.judge) as models:
         result = asyncio.run(train_loop(cfg, load_task("demo"), models, RunDir(tmp_path / "run"), prompts=PROMPTS))
     assert all(s.judged == s.groups for s in result.steps) and sum(s.judged for s in result.steps) == 16
     assert any("group size 1" in r.getMessage() for r in caplog.records)

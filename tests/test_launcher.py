@@ -22,7 +22,8 @@ from tfgrpo.llm.launcher import TransformersServer, VLLMServer, local_server
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
-CLI = "import typer; from tfgrpo.cli.serve import register; app = typer.Typer(); register(app); app()"
+CLI = ("import typer; from tfgrpo.cli.serve import register; from tfgrpo.sim.cli import register as sim; "
+       "app = typer.Typer(); register(app); sim(app); app()")
 
 
 @pytest.fixture
@@ -167,8 +168,11 @@ def test_child_dies_when_the_parent_is_killed(fake_vllm, tmp_path):
 
 
 def cli_app() -> typer.Typer:
+    from tfgrpo.sim.cli import register as register_sim
+
     app = typer.Typer()
     register(app)
+    register_sim(app)
     return app
 
 
@@ -183,9 +187,9 @@ def test_sim_server_help_says_simulated():
     assert result.exit_code == 0 and "SIMULATED" in result.output and "not a real LLM" in result.output
 
 
-def test_sim_server_bad_faults_exit_2():
-    result = CliRunner().invoke(cli_app(), ["sim-server", "--faults", "429,explode"])
-    assert result.exit_code == 2 and "error: unknown fault" in result.stderr
+def test_sim_server_offers_no_fault_injection():  # faults are a test fixture (start_sim_server(faults=...))
+    result = CliRunner().invoke(cli_app(), ["sim-server", "--faults", "429"])
+    assert result.exit_code == 2 and "No such option" in result.stderr
 
 
 def run_until_ctrl_c(args: list[str], ready: str, timeout: float = 20.0) -> tuple[list[str], str, int]:

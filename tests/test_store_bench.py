@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from experience_store import estimate_tokens
-from tfgrpo.training_free.rollout import token_counter
+from tfgrpo.llm.client import LLMClient
+from tfgrpo.llm.providers import Capabilities
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,8 +51,9 @@ def test_bench_progress_counts_and_times_each_phase():
 
 def test_token_counter_uses_the_policy_tokenizer_where_known():
     text = "When adding fractions, rewrite both over a common denominator first."
-    assert token_counter("sim")(text) == estimate_tokens(text)
+    assert LLMClient(model="openai/x", capabilities=Capabilities(tokenizer=False)).count_tokens(text) == estimate_tokens(text)
     import litellm
 
-    assert token_counter("openai/gpt-4o-mini")(text) == litellm.token_counter(model="openai/gpt-4o-mini", text=text)
-    assert token_counter("no-such-provider/model-x")(text) > 0  # unknown: litellm's default or the estimate
+    counted = LLMClient(model="openai/gpt-4o-mini").count_tokens(text)
+    assert counted == litellm.token_counter(model="openai/gpt-4o-mini", text=text)
+    assert LLMClient(model="no-such-provider/model-x").count_tokens(text) > 0  # unknown: litellm's default or the estimate

@@ -11,9 +11,11 @@ from cli_helpers import last_json, tfgrpo
 from experience_store import (Experience, ExperienceOp, Index, InjectionSettings, Library, LibraryState, Pack, Stats, cited_ids,
                               prune_ops, usage_credit)
 from experience_store.pack import MERGE_THRESHOLD
-from tfgrpo.training_free.config import LibraryConfig
+from tfgrpo.config import build
+from tfgrpo.errors import UserError
+from tfgrpo.training_free.config import LibraryConfig, RunConfig
 from tfgrpo.training_free.distill import merge_candidates, prune_for
-from tfgrpo.training_free.judge import ProposedOp
+from tfgrpo.training_free.ops import ProposedOp
 from tfgrpo.training_free.prompting import Prompts
 
 TOP1 = InjectionSettings(mode="retrieve", top_k=1)
@@ -83,7 +85,8 @@ def test_near_duplicate_proposals_reach_consolidation_as_merge_candidates(tmp_pa
              ProposedOp(op="ADD", text="When a percentage changes twice, multiply the factors.")]
     cands = merge_candidates(lib, props, threshold=0.9)
     assert len(cands) == 1 and cands[0]["similar_to"][0]["id"] == "E1"
-    prompt = Prompts().render("consolidate.j2", library=lib.render(), proposals="[]", schema="{}", candidates=json.dumps(cands))
+    prompt = Prompts().render("consolidate.j2", library_block=lib.render(), proposals_block="", schema="{}",
+                              candidates=json.dumps(cands))
     assert "<merge_candidates>" in prompt and '"E1"' in prompt
 
 
@@ -117,12 +120,20 @@ def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
     assert consolidation_view(lib, LibraryConfig(), shown, cands, props) == lib.render()
 
 
-def test_run_configs_of_earlier_runs_keep_their_injection_settings():
-    flat = LibraryConfig.model_validate({"injection": "retrieve", "budget_tokens": 40, "top_k": 1})
-    assert flat.injection == InjectionSettings(mode="retrieve", budget_tokens=40, top_k=1)
-    assert LibraryConfig.model_validate({"top_k": 3}).injection == InjectionSettings(top_k=3)
+@pytest.mark.parametrize("old,message", [
+    ({"library": {"injection": "retrieve", "budget_tokens": 40, "top_k": 1}}, "invalid config value for library.injection"),
+    ({"library": {"top_k": 3}}, "unknown config key library.top_k"),
+    ({"budget": {"max_cost": 1.0}}, "unknown config key budget.max_cost; accepted there: cost, tokens, calls"),
+    ({"budget": {"max_tokens": 5}}, "unknown config key budget.max_tokens"),
+    ({"budget": {"max_calls": 5}}, "unknown config key budget.max_calls"),
+])
+def test_config_keys_of_an_older_layout_are_refused_in_one_line(old, message):
+    with pytest.raises(UserError) as e:
+        build(RunConfig, old)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert LibraryConfig.model_validate({"injection": {"mode": "retrieve", "top_k": 3}}).injection == InjectionSettings(mode="retrieve", top_k=3)
     with pytest.raises(ValueError, match="mode"):
-        LibraryConfig.model_validate({"injection": "everything"})
+        LibraryConfig.model_validate({"injection": {"mode": "everything"}})
 
 
 @pytest.mark.slow
@@ -187,7 +198,7 @@ def test_an_unscored_answer_is_no_evidence_for_the_lessons_it_cites():
     from tfgrpo.llm.client import Completion
     from tfgrpo.rewards import group_advantages
     from tfgrpo.task_registry import Sample
-    from tfgrpo.training_free.loop import credit_evidence
+    from tfgrpo.training_free.step_writer import credit_evidence
     from tfgrpo.training_free.rollout import Group
 
     texts = ["plain", "plain", "plain", "Using [E1]: 42", None]  # the last request failed

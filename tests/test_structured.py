@@ -2,20 +2,21 @@ import pytest
 
 from tfgrpo.training_free.distill import Consolidation
 from tfgrpo.training_free.judge import GroupComparison
+from tfgrpo.training_free.judge_data import library_block, proposals_block
 from tfgrpo.llm import LLMClient, RetryPolicy
 from tfgrpo.sim import start_sim_server
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import ParseError, ask_structured, parse_output
 
-GOOD = '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}]}'
+GOOD = '{"reasoning": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}]}'
 
 
 @pytest.mark.parametrize("text", [
     GOOD,
     f"Sure! Here it is:\n```json\n{GOOD}\n```\nHope that helps.",
     f"<think>the {{ braces }} here are not JSON</think>{GOOD}",
-    '{"analysis": "a", "ops": [{"op": "add", "text": "When x, y.", "reason": "r",},],}',  # trailing commas, lower case
-    '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}',  # cut off
+    '{"reasoning": "a", "ops": [{"op": "add", "text": "When x, y.", "reason": "r",},],}',  # trailing commas, lower case
+    '{"reasoning": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}',  # cut off
 ])
 def test_tolerant_parser_reads_damaged_output(text):
     out = parse_output(text, GroupComparison)
@@ -23,7 +24,7 @@ def test_tolerant_parser_reads_damaged_output(text):
 
 
 def test_strict_reading_refuses_repairs():
-    cut = '{"analysis": "a", "ops": [{"op": "ADD", "text": "When x'
+    cut = '{"reasoning": "a", "ops": [{"op": "ADD", "text": "When x'
     with pytest.raises(ParseError, match="invalid JSON"):
         parse_output(cut, GroupComparison, lenient=False)
     assert parse_output(f"```json\n{GOOD}\n```", GroupComparison, lenient=False).ops[0].text == "When x, y."
@@ -33,8 +34,8 @@ def test_strict_reading_refuses_repairs():
     ("", "empty"),
     ("I cannot help with that.", "expected a JSON object"),
     ('{"ops": [{"op": "RENAME"}]}', "reasoning"),
-    ('{"analysis": "cut before the ops"}', "ops"),
-    ('{"analysis": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
+    ('{"reasoning": "cut before the ops"}', "ops"),
+    ('{"reasoning": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
 ])
 def test_parser_errors_name_the_problem(text, msg):
     with pytest.raises(ParseError, match=msg):
@@ -43,7 +44,8 @@ def test_parser_errors_name_the_problem(text, msg):
 
 def _messages():
     prompts = Prompts()
-    user = prompts.render("consolidate.j2", library="[E1] When A, do a.", proposals='[{"op": "ADD", "id": null, "text": "When B, do b.", "reason": "r"}]', schema="{}")
+    user = prompts.render("consolidate.j2", library_block=library_block("[E1] When A, do a."), schema="{}",
+                          proposals_block=proposals_block('[{"op": "ADD", "id": null, "text": "When B, do b.", "reason": "r"}]'))
     return [{"role": "system", "content": prompts.render("judge_system.j2")}, {"role": "user", "content": user}]
 
 

@@ -49,11 +49,17 @@ def test_docqa_without_ground_truth_uses_self_consistency_and_a_blind_judge(tmp_
     assert set(rewards) <= {0.0, 0.5, 1.0} and 1.0 in rewards
 
 
-async def test_llm_grader_reward_on_the_simulated_grader():
+async def test_llm_grader_reward_asks_the_runs_judge_through_its_client_stack():
+    from tfgrpo.llm.endpoints import open_models
+    from tfgrpo.training_free.config import JudgeConfig, PolicyConfig
+
     task = load_task("docqa", reward="grader")
     sample = task.dataset[0]
     grade = task.rewards[0]
-    assert await grade.score(sample, [f"Answer: {sample.answer}", "Answer: nobody knows"]) == [1.0, 0.0]
+    assert await grade.score(sample, ["Answer: x"]) == [None]  # outside a run there is no model to ask: no score
+    with open_models(PolicyConfig(model="sim"), JudgeConfig()) as models:
+        assert await grade.score(sample, [f"Answer: {sample.answer}", "Answer: nobody knows"]) == [1.0, 0.0]
+        assert models.usage.to_dict()["judge"]["calls"] == 2  # counted with the run's judge calls
 
 
 def test_bad_task_argument_is_one_line(tmp_path):

@@ -86,7 +86,6 @@ def test_repeated_run_is_served_from_cache(tmp_path):
     (["train", "--config", "/no/such.yaml"], "config file not found"),
     (["train", "--task", "missing.py:thing"], "task file not found"),
     (["eval", "--library", "/no/such/run"], "no experience library"),
-    (["train", "--mode", "params"], "tfgrpo grpo"),
     (["train", "--resume", "/no/such/run"], "nothing to resume"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -24,24 +24,25 @@ from pydantic import ValidationError
 from tfgrpo.config import build, setting_name
 from tfgrpo.errors import EndpointError, UserError
 from tfgrpo.eval_source import library_at, open_source, resolve
-from tfgrpo.llm.endpoints import Models, is_sim, open_models
+from tfgrpo.llm.endpoints import Models, open_models
+from tfgrpo.llm.providers import provider_for
 from tfgrpo.rundir import EVALS, OPS, STEPS, RunDir, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Sample, Task, load_task
 from tfgrpo.tracking import parse_report_to, step_metrics, trackers
 from tfgrpo.training_free.budget import parse_price
 from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
-from tfgrpo.training_free.evaluate import baseline, compare, select_best_epoch
+from tfgrpo.training_free.evaluate import Evaluator
 from tfgrpo.hooks import Hooks
 from tfgrpo.params import train_params
 from tfgrpo.training_free.loop import TrainResult, train_loop
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.placebo import placebo_injector
-from tfgrpo.training_free.rollout import injector, token_counter
+from tfgrpo.training_free.policy import PromptPolicy
+from tfgrpo.training_free.rollout import Scorer, injector
 from tfgrpo.training_free.split import Splits, split_task
 from tfgrpo.version import __version__
 
-__all__ = ["EvalResult", "Hooks", "RESUMABLE", "TrainResult", "build_task", "evaluate", "export_pack", "new_run_dir",
-           "train", "train_params"]
+__all__ = ["EvalResult", "Hooks", "TrainResult", "evaluate", "export_pack", "train", "train_params"]
 
 # Settings a resumed run may change (dotted config paths): how models are reached, how long it
 # trains, what it may spend, and what it keeps.
@@ -115,9 +116,9 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
     prompts = Prompts(cfg.prompts_dir)
     if cfg.policy.model is None and not cfg.serve:
-        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, or sim for the "
-                        "built-in SIMULATED model), or name it as policy.model in --config")
-    check_sim(cfg.policy.model, task, task.dataset, hooks)
+        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini), or name it as "
+                        "policy.model in --config")
+    check_provider(cfg.policy.model, task, task.dataset, hooks)
     created_dir = not rd.path.exists()
     with rd.create().locked():
         if not resume:
@@ -137,7 +138,7 @@ def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: Run
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
     try:
         with rd.interrupts_marked("training_free"), open_models(
-            cfg.policy, cfg.judge, sim_seed=cfg.sim_seed, serve=cfg.serve, serve_args=cfg.serve_args,
+            cfg.policy, cfg.judge, serve=cfg.serve, serve_args=cfg.serve_args,
             log_dir=rd.path, cache_path=cache_path, price_per_mtok=parse_price(cfg.budget.price_per_mtok),
         ) as models, trackers(parse_report_to(cfg.report_to), rd.path, cfg.model_dump(mode="json")) as log:
             shown = hooks.on_step
@@ -163,10 +164,11 @@ async def _select(cfg: RunConfig, task: Task, splits: Splits, models: Models, rd
     epoch_steps = {s.epoch: s.step for s in rd.steps()}
     hooks.on_phase("validation: each epoch's library", len(splits.validation) * (len(epoch_steps) + 1))
     sampling = cfg.sampling.model_copy(update={"group_size": cfg.val_n})
-    selection = await select_best_epoch(
-        models.policy, task, splits.validation, rd.library_path, epoch_steps, prompts, sampling, cfg.library,
-        model=models.policy_name, on_advance=lambda: hooks.on_advance("library"),
-    )
+    evaluator = Evaluator(PromptPolicy(models.policy, task, prompts, sampling), Scorer(task), cfg.val_n,
+                          [sampling.seed], on_advance=lambda: hooks.on_advance("library"))
+    versions = {epoch: (step, Library(rd.library_path, at_step=step)) for epoch, step in epoch_steps.items()}
+    selection = await evaluator.select_best_epoch(
+        splits.validation, versions, lambda lib: injector(lib, cfg.library, models.policy.count_tokens))
     rd.write_selection(selection)
     return selection
 
@@ -216,27 +218,24 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:
         raise UserError("no problems to evaluate")
-    check_sim(got.policy.model, task, samples, hooks)
+    check_provider(got.policy.model, task, samples, hooks)
     if learned and src.size == 0:
         hooks.on_notice(f"warning: the library in {src.where} holds no lessons; both arms will see the same prompt")
     sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent})
     seeds = [sampling.seed + i for i in range(cfg.seeds)]
-    with open_models(got.policy, sim_seed=cfg.sim_seed, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
-        prompts = Prompts(cfg.prompts_dir)
+    with open_models(got.policy, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
+        evaluator = Evaluator(PromptPolicy(models.policy, task, Prompts(cfg.prompts_dir), sampling), Scorer(task), n, seeds,
+                              on_advance=lambda: hooks.on_advance("library" if learned else "baseline"))
         if learned:
-            inject = injector(src.library, src.injection, models.policy_name)
-            placebo = placebo_injector(inject, token_counter(models.policy_name)) if cfg.placebo else None
+            inject = injector(src.library, src.injection, models.policy.count_tokens)
+            placebo = placebo_injector(inject, models.policy.count_tokens) if cfg.placebo else None
             arms = 3 if cfg.placebo else 2
             hooks.on_phase("evaluating baseline + library" + (" + placebo" if cfg.placebo else ""),
                            arms * len(samples) * len(seeds))
-            report = asyncio.run(compare(
-                models.policy, task, samples, inject, prompts, sampling, k=cfg.k, seeds=seeds,
-                on_advance=lambda: hooks.on_advance("library"), placebo=placebo,
-            ))
+            report = asyncio.run(evaluator.compare(samples, inject, cfg.k, placebo=placebo))
         else:
             hooks.on_phase("evaluating baseline", len(samples) * len(seeds))
-            report = asyncio.run(baseline(models.policy, task, samples, prompts, sampling, k=cfg.k, seeds=seeds,
-                                          on_advance=lambda: hooks.on_advance("baseline")))
+            report = asyncio.run(evaluator.baseline(samples, cfg.k))
     summary = report.summary
     label = "train" if trained_on else part
     summary.update(split=label, on_training_problems=trained_on, model=got.policy.model, usage=models.usage.to_dict())
@@ -253,17 +252,12 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     return EvalResult(summary=summary, saved=dest)
 
 
-def check_sim(model: str | None, task: Task, samples: list[Sample], hooks: Hooks) -> None:
-    """``--model sim``: a one-line SIMULATION notice, and a stop on problems the simulator does not know."""
-    if not is_sim(model):
-        return
-    from tfgrpo.sim import KNOWN_TASKS, recognises
-
-    if not any(recognises(s.user_text()) for s in samples[:200]):
-        raise UserError(f"--model sim is the built-in SIMULATED model: it knows only the problems of the built-in "
-                        f"tasks {', '.join(KNOWN_TASKS)}, and none of task {task.name!r}; pass a real --model")
-    hooks.on_notice("SIMULATION: --model sim is a built-in simulator, not a language model; "
-                    "its numbers say nothing about a real model")
+def check_provider(model: str | None, task: Task, samples: list[Sample], hooks: Hooks) -> None:
+    """A model served by a provider of its own (tfgrpo.llm.providers) may refuse problems it cannot
+    answer, or name a line the user must see, before anything is sent."""
+    provider = provider_for(model)
+    if provider is not None and (line := provider.check(task.name, [s.user_text() for s in samples[:200]])):
+        hooks.on_notice(line)
 
 
 def _check_task(lessons: list[Any], task_name: str, where: Path | None) -> None:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from tfgrpo.errors import UserError
+from tfgrpo.nesting import yaml_load
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,16 +58,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+        data = yaml_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:  # nesting past nesting.MAX_DEPTH included
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{p}: invalid YAML{where}: {what}") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except RecursionError:
-        raise UserError(f"{p}: invalid YAML: nested too deeply") from None
     except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise UserError(f"{p}: invalid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -127,6 +127,5 @@ def resolve(cfg: EvalConfig, src: Source) -> Resolved:
     given = {k: getattr(cfg.policy, k) for k in cfg.policy.model_fields_set}
     policy = src.policy.model_copy(update=given) if src.policy.model else cfg.policy
     if policy.model is None:
-        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini, "
-                        "or sim for the built-in SIMULATED model)")
+        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini)")
     return Resolved(task=task, data=data, task_args=task_args, split=split, policy=policy)

@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
+from tfgrpo.errors import UserError
 from tfgrpo.rewards import Reward, group_reward, reward
 
 Extract = Callable[[str], "str | None"]
@@ -73,24 +73,19 @@ Is the attempt's final answer correct? Reply with a JSON object matching this sc
 {schema}"""
 
 
-def llm_grader(model: str, *, api_base: str | None = None, api_key_env: str | None = None,
+def llm_grader(model: str | None = None, *, api_base: str | None = None, api_key_env: str | None = None,
                name: str = "llm_grader", weight: float = 1.0) -> Reward:
-    """A reward asking ``model`` (a litellm name, or ``sim`` for the SIMULATED grader)."""
-    from tfgrpo.llm.client import LLMClient
+    """A reward asking a model whether an answer is right: the run's judge, or ``model`` (a
+    litellm name) reached through the run's client stack (its cache, retries, usage and budget)."""
+    from tfgrpo.llm.endpoints import active_models
     from tfgrpo.training_free.structured import ask_structured, schema_for
 
-    state: dict[str, Any] = {}
-
-    def client() -> LLMClient:
-        if "client" not in state:
-            base, key, name_ = api_base, os.environ.get(api_key_env) if api_key_env else None, model
-            if model == "sim":
-                from tfgrpo.sim import start_sim_server
-
-                state["server"] = start_sim_server()  # stopped with the process (daemon threads)
-                base, key, name_ = state["server"].base_url, "sim", "openai/sim-judge"
-            state["client"] = LLMClient(model=name_, role="grader", api_base=base, api_key=key)
-        return state["client"]
+    def client() -> Any:
+        models = active_models()
+        if models is None:
+            raise UserError(f"reward {name}: an LLM grader runs inside tfgrpo train or eval (it asks the run's models)")
+        return (models.judge or models.policy) if model is None else models.client_for(model, "grader", api_base=api_base,
+                                                                      api_key_env=api_key_env)
 
     async def grade(sample: Any, completion: str) -> float | None:
         reference = f"\n<reference_answer>{sample.answer}</reference_answer>\n" if sample.answer is not None else ""

@@ -14,4 +14,4 @@ class Hooks:
     on_phase: Callable[[str, int], None] = lambda phase, total: None
     on_advance: Callable[[str], None] = lambda phase: None
     on_step: Callable[[Any], None] = lambda record: None  # a step record of the mode that runs
-    on_notice: Callable[[str], None] = lambda line: None  # one line the user must see (SIMULATION, warnings)
+    on_notice: Callable[[str], None] = lambda line: None  # one line the user must see (a provider's notice, warnings)

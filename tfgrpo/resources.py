@@ -1,7 +1,7 @@
 """Where the bundled resources are: the built-in ``tasks/`` folder with its ``tasks/data/``,
 and the ``prompts/`` templates. In an installed wheel they live under ``tfgrpo/_builtin``;
-in a checkout, beside the package. Also a small JSONL reader for bundled data files, so the
-simulator (tfgrpo.sim) reads the built-in datasets without importing any task module.
+in a checkout, beside the package. Also a small JSONL reader for bundled data files, for
+readers of the built-in datasets that import no task module.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+
+from tfgrpo.nesting import json_loads
 
 Kind = Literal["tasks", "prompts"]
 
@@ -41,11 +43,11 @@ def jsonl_rows(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json_loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}:{lineno}: invalid JSON: {e.msg}") from None
-        except (ValueError, RecursionError) as e:  # integers of thousands of digits, deep nesting
-            raise ValueError(f"{p}:{lineno}: invalid JSON: {str(e)[:80] or 'nested too deeply'}") from None
+        except ValueError as e:  # nested too deeply, integers of thousands of digits
+            raise ValueError(f"{p}:{lineno}: invalid JSON: {str(e)[:80]}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{p}:{lineno}: each line must be a JSON object")
         rows.append(row)

@@ -24,7 +24,9 @@ JSONL lines end in "\n" only: U+2028, U+2029 and NEL inside a value are written 
 readers split on "\n" alone, so no text can break a record in two. Appends are flushed line by
 line; a last line cut short by a kill (no "\n" yet) is skipped on reading (it belongs to a step
 that never committed). Any other line that cannot be read stops the reader with a one-line
-error naming the file and line: a resume never deletes what it cannot read.
+error naming the file and line: a resume never deletes what it cannot read. So does a step,
+rollout or group record of another version than ``records.RECORD_VERSION`` (a run written by
+an older tfgrpo is refused, not converted).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from tfgrpo.errors import UserError
-from tfgrpo.records import StepRecord, one_based_epoch
+from tfgrpo.nesting import json_loads
+from tfgrpo.records import StepRecord, version_problem
 
 Mode = Literal["training_free", "params"]
 
@@ -62,6 +65,7 @@ CHECKPOINTS = "checkpoints"
 FINAL_MODEL = "final"
 LOCK = "run.lock"
 RECORD_FILES = (ROLLOUTS, GROUPS, OPS)
+VERSIONED = (STEPS, ROLLOUTS, GROUPS)  # records.RECORD_VERSION; any other version is refused
 
 
 class Terminated(KeyboardInterrupt):
@@ -196,12 +200,14 @@ class RunDir:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except (ValueError, RecursionError) as e:
+                row = json_loads(line)
+            except ValueError as e:
                 raise UserError(f"{p}:{n}: unreadable record ({str(e)[:80] or type(e).__name__}); "
                                 "fix or remove that line, then retry") from None
             if not isinstance(row, dict):
                 raise UserError(f"{p}:{n}: unreadable record (not a JSON object); fix or remove that line, then retry")
+            if name in VERSIONED and (problem := version_problem(row)):
+                raise UserError(f"{p}:{n}: {problem}")
             out.append((n, line, row))
         return out
 
@@ -219,8 +225,8 @@ class RunDir:
 
     def step_rows(self) -> list[dict[str, Any]]:
         """Step lines of either mode, with ``mean_reward`` filled in for parameter mode (which
-        writes ``reward_mean``) and epochs counted from 1 (as in records.py)."""
-        rows = [one_based_epoch(r) for r in self.read(STEPS)]
+        writes ``reward_mean``)."""
+        rows = self.read(STEPS)
         for r in rows:
             if "mean_reward" not in r and "reward_mean" in r:
                 r["mean_reward"] = r["reward_mean"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tfgrpo.errors import UserError
+from tfgrpo.nesting import json_loads
 from tfgrpo.resources import builtin_dir, jsonl_rows
 from tfgrpo.rewards import Reward
 
@@ -222,8 +222,6 @@ def _file_errors(read: Callable[[str | Path], list[Any]]) -> Callable[[str | Pat
             raise
         except UnicodeDecodeError as e:
             raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-        except RecursionError:
-            raise UserError(f"{p}: invalid JSON: nested too deeply") from None
         except Exception as e:  # noqa: BLE001 - a parser's error on the user's file (json, pyarrow, csv)
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise UserError(f"{p}: cannot read: {first}") from None
@@ -254,9 +252,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
         with p.open(newline="", encoding="utf-8-sig") as fh:  # -sig: the byte-order mark spreadsheets write
             return [dict(row) for row in csv.DictReader(fh)]
     if p.suffix == ".json":
+        text = p.read_text(encoding="utf-8-sig")
         try:
-            data = json.loads(p.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as e:
+            data = json_loads(text)
+        except ValueError as e:  # not JSON, nested too deeply, an integer past Python's digit limit
             raise UserError(f"{p}: invalid JSON: {e}") from None
         if not isinstance(data, list):
             raise UserError(f"{p}: expected a JSON list of rows")

@@ -93,13 +93,14 @@ def training_prompt(ctx, text: str) -> str:
     from tfgrpo.task_registry import load_task
     from tfgrpo.training_free.config import LibraryConfig
     from tfgrpo.training_free.prompting import Prompts
-    from tfgrpo.training_free.rollout import agent_messages, injector
+    from tfgrpo.training_free.policy import agent_messages
+    from tfgrpo.training_free.rollout import injector
 
     lib = Library(ctx.tmp / "lib")
     lib.apply([ExperienceOp(op="ADD", text=text), ExperienceOp(op="ADD", text=GOOD_LESSON["text"])], step=1)
     task = load_task("demo")
     sample = task.dataset[0]
-    shown = injector(lib, LibraryConfig(injection={"mode": "all"}), None)(sample)
+    shown = injector(lib, LibraryConfig(injection={"mode": "all"}), len)(sample)
     system = agent_messages(task, sample, shown.text, Prompts())[0]["content"]
     inside = system.split("<experiences>\n", 1)[1]
     assert inside.count("</experiences>") == 1 and inside.rstrip().endswith("</experiences>")
@@ -128,7 +129,7 @@ def jinja_in_a_question(ctx) -> None:
     """A dataset question holding template syntax reaches the model as written."""
     from tfgrpo.task_registry import Sample, load_task
     from tfgrpo.training_free.prompting import Prompts
-    from tfgrpo.training_free.rollout import agent_messages
+    from tfgrpo.training_free.policy import agent_messages
 
     task = load_task("demo")
     question = "What is {{ 7*7 }}? {% for x in range(3) %}x{% endfor %} {{ ''.__class__.__mro__ }}"

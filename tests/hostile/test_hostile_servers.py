@@ -15,7 +15,7 @@ from hostile_rows import HUGE, Case, Relay, deep, rows
 from openai_stub import StubServer, stub_client
 from pydantic import BaseModel
 
-from experience_store import ExperienceOp, Library
+from experience_store import ExperienceOp, Injection, Library
 from tfgrpo.llm import LLMClient, ResponseCache, RetryPolicy
 from tfgrpo.llm.cache import request_key
 from tfgrpo.llm.client import Completion
@@ -24,7 +24,8 @@ from tfgrpo.llm.usage import MAX_TOKENS_PER_REPLY, Usage
 from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.config import JudgeConfig
 from tfgrpo.training_free.distill import bound_ops
-from tfgrpo.training_free.judge import Attempt, ProposedOp, judge_group
+from tfgrpo.training_free.ops import ProposedOp
+from tfgrpo.training_free.judge import Attempt, Judge, JudgeContext
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import ParseError, ask_structured, parse_output
 
@@ -117,27 +118,37 @@ def op_rejected(ctx, op: ExperienceOp) -> None:
 
 # ------------------------------------------------------------------- held: judge output
 
+class StubJudgeClient:
+    """An LLMClient stand-in for the judge stage: takes a response schema, answers in sample()."""
+
+    model = "openai/stub-judge"
+
+    def takes_response_schema(self) -> bool:
+        return True
+
+
+def judge_once(client, cfg: JudgeConfig, library: str, ids: list[str]):
+    """The judge stage on one two-attempt group, shown ``library`` (lessons ``ids``)."""
+    sample = Sample(id="q1", prompt="How many posts does a 10 m fence with a post every 2 m need?", answer="6")
+    stage = Judge(client, Prompts(), cfg, JudgeContext(pass_threshold=1.0))
+    return asyncio.run(stage.judge_group(sample, [Attempt(1, "Answer: 6", 1.0), Attempt(2, "Answer: 5", 0.0)],
+                                         Injection(text=library, ids=ids, tokens=0, mode="all")))
+
+
 def judged(reply: str):
-    """judge_group on one two-attempt group whose judge always answers ``reply``."""
-    import asyncio
-
-    class Judge:
-        model = "sim"
-
+    """The judge stage on one two-attempt group whose judge always answers ``reply``."""
+    class Client(StubJudgeClient):
         async def sample(self, messages, **kw):
             return [Completion(text=reply, index=0)]
 
-    sample = Sample(id="q1", prompt="How many posts does a 10 m fence with a post every 2 m need?", answer="6")
-    return asyncio.run(judge_group(Judge(), Prompts(), JudgeConfig(), sample, [Attempt(1, "Answer: 6", 1.0), Attempt(2, "Answer: 5", 0.0)],
-                                   "[E1] When counting posts, add one.", pass_threshold=1.0))
+    return judge_once(Client(), JudgeConfig(), "[E1] When counting posts, add one.", ["E1"])
 
 
 def judge_reads(ctx, replies: list, proposals: list[tuple] | None, error: str | None = None, **kw) -> None:
     """judge_group whose judge answers ``replies`` in turn (a reply is a text or (text,
     finish_reason)); shown only E1 and E2. The proposals read as (op, id, text) or the error."""
 
-    class Judge:
-        model = "sim"
+    class Client(StubJudgeClient):
         answers = iter(replies)
 
         async def sample(self, messages, **_):
@@ -145,9 +156,7 @@ def judge_reads(ctx, replies: list, proposals: list[tuple] | None, error: str | 
             text, finish = got if isinstance(got, tuple) else (got, "stop")
             return [Completion(text=text, index=0, finish_reason=finish)]
 
-    sample = Sample(id="q1", prompt="How many posts does a 10 m fence with a post every 2 m need?", answer="6")
-    out = asyncio.run(judge_group(Judge(), Prompts(), JudgeConfig(**kw), sample, [Attempt(1, "Answer: 6", 1.0), Attempt(2, "Answer: 5", 0.0)],
-                                  "[E1] When counting posts, add one.\n[E2] Draw it.", pass_threshold=1.0, shown_ids=["E1", "E2"]))
+    out = judge_once(Client(), JudgeConfig(**kw), "[E1] When counting posts, add one.\n[E2] Draw it.", ["E1", "E2"])
     if error is not None:
         assert out.comparison is None and error in (out.error or ""), out
         return

@@ -56,6 +56,8 @@ class Commands(TyperGroup):
 
 
 def build_app() -> typer.Typer:
+    from importlib.metadata import entry_points
+
     from tfgrpo.cli import eval as eval_cli
     from tfgrpo.cli import grpo as grpo_cli
     from tfgrpo.cli import library as library_cli
@@ -88,6 +90,8 @@ def build_app() -> typer.Typer:
     for module in (train_cli, eval_cli, grpo_cli, library_cli, pack_cli, proxy_cli, report_cli, runs_cli,
                    sandbox_cli, serve_cli):
         module.register(app)
+    for plugin in entry_points(group="tfgrpo.commands"):  # command groups of plugins (pyproject.toml)
+        plugin.load()(app)
     app.info.cls = Commands
     return app
 

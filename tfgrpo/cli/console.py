@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import time
 import unicodedata
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
@@ -111,7 +112,7 @@ def in_use_hint(e: BaseException) -> str:
 
 
 def notice(line: str) -> None:
-    """One line the user must see (SIMULATION, warnings), on stderr, printed as plain text."""
+    """One line the user must see (a provider's notice, warnings), on stderr, printed as plain text."""
     err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
@@ -238,3 +239,19 @@ def experience_row(e: "Experience") -> dict[str, Any]:
     """One lesson as ``library show`` and ``pack show`` print it in JSON."""
     return {"id": e.id, "text": e.text, "status": e.status, "revision": e.revision, "created_step": e.created_step,
             "updated_step": e.updated_step, **e.stats.model_dump()}
+
+
+def block_until_interrupted(alive: Callable[[], bool]) -> bool:
+    """Sleep until Ctrl-C (True) or until ``alive()`` turns false (False)."""
+    try:
+        while alive():
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,16 +13,15 @@ from experience_store import Library, Pack, spec_label
 from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.cli.console import emit, err_console, experience_row, plain, user_errors
 from tfgrpo.errors import UserError
+from tfgrpo.nesting import json_loads
 from tfgrpo.rundir import CONFIG, LIBRARY, STEPS, library_dir
 
 
 def _read_eval(source: Path) -> dict[str, Any]:
     try:
-        evals = json.loads(Path(source).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # also not UTF-8, or an int past Python's digit limit
+        evals = json_loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # also not UTF-8, nested too deeply, or an int past Python's digit limit
         raise UserError(f"cannot read eval results {source}: {e}") from None
-    except RecursionError:
-        raise UserError(f"cannot read eval results {source}: JSON nested too deeply") from None
     if not isinstance(evals, dict):
         raise UserError(f"eval results {source} must be a JSON object (tfgrpo eval --json output)")
     return evals

@@ -1,37 +1,21 @@
-"""``tfgrpo serve`` (a local vLLM or transformers server), ``tfgrpo sim-server`` (the simulated
-model) and ``tfgrpo models fetch`` (a small real model, offline)."""
+"""``tfgrpo serve`` (a local vLLM or transformers server) and ``tfgrpo models fetch`` (a small
+real model, offline)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
-from tfgrpo.cli.console import in_use_hint
+from tfgrpo.cli.console import block_until_interrupted, duration
 from tfgrpo.errors import UserError
 
 
 def _fail(e: UserError) -> typer.Exit:
     typer.echo(f"error: {e}", err=True)
     return typer.Exit(2)
-
-
-def _block(alive: Callable[[], bool]) -> bool:
-    """Sleep until Ctrl-C (True) or until ``alive()`` turns false (False)."""
-    try:
-        while alive():
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        return True
-    return False
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 def serve(
@@ -71,41 +55,11 @@ def serve(
     started = time.monotonic()
     typer.echo(f"serving {model} at {server.base_url}")
     typer.echo(f"try: tfgrpo train --model {server.client_model} --api-base {server.base_url}")
-    interrupted = _block(server.running)
+    interrupted = block_until_interrupted(server.running)
     server.stop()
     if not interrupted:
-        raise _fail(UserError(f"{engine} stopped unexpectedly after {_duration(time.monotonic() - started)}; see {log}"))
-    typer.echo(f"stopped {engine} ({model}) after {_duration(time.monotonic() - started)}; log: {log}")
-
-
-def sim_server(
-    port: int = typer.Option(0, min=0, max=65535, help="Port (0: a free one)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    seed: int = typer.Option(0, help="Seed: same seed, same answers."),
-    faults: str = typer.Option("", help="Faults to inject, one per request, e.g. '429,500,timeout,malformed'."),
-) -> None:
-    """Run the SIMULATED model (not a real LLM) for demos and tests, until Ctrl-C.
-
-    An OpenAI-compatible server whose policy answers the `demo` task's problems (better when its context names the problem's skill) and whose judge fills the requested JSON schema.
-    """
-    from tfgrpo.sim import start_sim_server
-
-    try:
-        server = start_sim_server(seed=seed, host=host, port=port, faults=faults or None)
-    except (UserError, OSError) as e:
-        raise _fail(e if isinstance(e, UserError) else UserError(f"cannot bind {host}:{port}: {e}{in_use_hint(e)}")) from None
-    started = time.monotonic()
-    typer.echo("models: sim-policy, sim-judge (any OpenAI-compatible client, any API key; Ctrl-C to stop)")
-    typer.echo(f"try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s{seed} --api-base "
-               f"{server.base_url} --judge openai/sim-judge-s{seed} --judge-api-base {server.base_url}")
-    typer.echo(f"SIMULATED model (not a real LLM) at {server.base_url}")
-    _block(lambda: True)
-    server.stop()
-    r = server.stats.requests
-    typer.echo(
-        f"stopped sim server after {_duration(time.monotonic() - started)}: {r['policy']} policy and {r['judge']} judge requests, "
-        f"{server.stats.completions} completions, {server.stats.faults_injected} faults"
-    )
+        raise _fail(UserError(f"{engine} stopped unexpectedly after {duration(time.monotonic() - started)}; see {log}"))
+    typer.echo(f"stopped {engine} ({model}) after {duration(time.monotonic() - started)}; log: {log}")
 
 
 models_app = typer.Typer(help="Small real models, fetched and converted offline.", no_args_is_help=True)
@@ -129,7 +83,6 @@ def models_fetch(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``sim-server`` and ``models`` to the CLI app."""
+    """Add ``serve`` and ``models`` to the CLI app."""
     app.command("serve")(serve)
-    app.command("sim-server")(sim_server)
     app.add_typer(models_app, name="models")

@@ -1,4 +1,4 @@
-"""``tfgrpo train`` (training-free GRPO) and ``tfgrpo demo``: parse, call ``tfgrpo.api``, render."""
+"""``tfgrpo train`` (training-free GRPO): parse, call ``tfgrpo.api``, render."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any, Optional
 
 import typer
 
-from tfgrpo.cli.console import emit, err_console, eval_table, exit_interrupted, progress_hooks, train_tables, user_errors
+from tfgrpo.cli.console import emit, err_console, exit_interrupted, progress_hooks, train_tables, user_errors
 from tfgrpo.cli.options import TASK_ARG_HELP, apply_flags, describe_tasks, collect, with_generated_options, with_task_args
 from tfgrpo.config import build, load_yaml
 from tfgrpo.errors import UserError
-from tfgrpo.training_free.config import EvalConfig, RunConfig
+from tfgrpo.training_free.config import RunConfig
 
 SPECS = describe_tasks(collect(RunConfig))
 
@@ -29,7 +29,7 @@ def _config(flags: dict[str, Any], config: Path | None, out: Path | None, resume
     return build(RunConfig, with_task_args(apply_flags(load_yaml(config) if config else {}, flags, SPECS), task_args))
 
 
-def _run(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
+def run_training(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
     from tfgrpo import api
 
     target = out
@@ -63,38 +63,12 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<task>-<time>)"),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run in this directory"),
         task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T", help=TASK_ARG_HELP),
-        mode: Optional[str] = typer.Option(None, "--mode", hidden=True),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
     ) -> None:
         """Learn an experience library from groups of the model's own answers (training-free GRPO).
         Weight updates by GRPO are `tfgrpo grpo`."""
-        if mode is not None:
-            raise UserError("parameter mode is its own command now: tfgrpo grpo --help")
         cfg = _config(flags, config, out, resume, task_arg)
-        result = _run(cfg, resume if resume is not None else out, resume is not None, quiet)
+        result = run_training(cfg, resume if resume is not None else out, resume is not None, quiet)
         summary = result.summary()
         emit(train_tables(summary, result.steps), summary, as_json)
-
-    @app.command("demo")
-    @user_errors
-    def demo_cmd(
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/demo-<time>)"),
-        epochs: int = typer.Option(2, "--epochs", min=1, help="Passes over the demo training set"),
-        k: int = typer.Option(4, "-k", min=1, max=4, help="Pass@k and Mean@k over the 4 answers per problem of the evaluation"),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
-    ) -> None:
-        """Offline demo: train on the built-in demo task with the SIMULATED model, then evaluate
-        baseline vs learned library (and a placebo arm: the same prompt with neutral lessons). No
-        network, no API key, a couple of minutes on a laptop."""
-        from tfgrpo import api
-
-        cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4}, policy={"model": "sim"})
-        result = _run(cfg, out, False, quiet)
-        with progress_hooks(not quiet) as hooks:
-            report = api.evaluate(EvalConfig(task="demo", k=k, placebo=True, sampling={"seed": cfg.sampling.seed}), result.run_dir,
-                                  name="demo", hooks=hooks).summary
-        summary = result.summary()
-        summary["eval"] = report
-        emit([*train_tables(summary, result.steps), eval_table(report)], summary, as_json)

@@ -1,5 +1,5 @@
-"""Model access: one async client over litellm, the response cache, usage accounting, the
-vLLM launcher and the built-in simulated model."""
+"""Model access: one async client (direct HTTP or litellm), the response cache, usage
+accounting, the vLLM / transformers launcher and the provider plugins."""
 
 from tfgrpo.llm.cache import ResponseCache
 from tfgrpo.llm.client import Completion, LLMClient, RetryPolicy

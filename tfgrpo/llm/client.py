@@ -1,5 +1,5 @@
 """One async client for every model: OpenAI-compatible endpoints (vLLM, ``transformers serve``,
-the simulated model: ``hosted_vllm/`` models, ``openai/`` ones on a local ``api_base``) straight
+a provider's own server: ``hosted_vllm/`` models, ``openai/`` ones on a local ``api_base``) straight
 over HTTP (:mod:`tfgrpo.llm.direct`, about a fifth of litellm's CPU per request), every other
 provider through litellm.
 
@@ -25,16 +25,15 @@ failure that stops the run at a point where it can be resumed.
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tfgrpo.errors import EndpointError
-from tfgrpo.llm import direct
+from tfgrpo.llm import direct, model_info
 from tfgrpo.llm.cache import ResponseCache, request_key
+from tfgrpo.llm.providers import Capabilities
 from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
 from tfgrpo.llm.reply import Prices, Reply, field_of, prices_of, reply_cost, text_of, tool_calls_of
 from tfgrpo.llm.retry import (CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, refused,
@@ -90,14 +89,15 @@ class LLMClient:
     # "auto": OpenAI-compatible endpoints (hosted_vllm/, or openai/ on a local api_base) straight
     # over HTTP (tfgrpo.llm.direct), every other model through litellm; "litellm": always litellm
     transport: str = "auto"
+    capabilities: Capabilities = field(default_factory=Capabilities)  # what the endpoint can do, where it is known
     _limit: AdaptiveLimit | None = field(default=None, init=False, repr=False)
     _told_refused: bool = field(default=False, init=False, repr=False)
     _replicas: ReplicaSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _quiet_litellm()
+        model_info.quiet_litellm()
         if self.supports_n is None:
-            self.supports_n = _backend_supports_n(self.model)
+            self.supports_n = model_info.supports_n(self.model)
         self._replicas = ReplicaSet(split_bases(self.api_base) or [""])
         self._local = all(is_local(r.url) for r in self._replicas.replicas)
         if self.retry_timeouts is None:
@@ -112,6 +112,17 @@ class LLMClient:
         if self._limit is None:
             self._limit = AdaptiveLimit(self.concurrency, cooldown=min(self.timeout, 30.0), name=f"{self.role} model {self.model}")
         return self._limit
+
+    def takes_response_schema(self) -> bool:
+        """Whether the backend honours a ``response_format`` JSON schema: its capabilities, else
+        litellm's model info; unknown models are assumed not to."""
+        known = self.capabilities.response_schema
+        return known if known is not None else model_info.supports_response_schema(self.model)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for this model: litellm's tokenizer where it knows the model, else
+        experience_store's estimate."""
+        return model_info.count_tokens(self.model if self.capabilities.tokenizer else None, text)
 
     @property
     def n_honoured(self) -> bool:
@@ -292,7 +303,7 @@ class LLMClient:
 
         kwargs: dict[str, Any] = {"model": self.model, "messages": request["messages"], "temperature": request["temperature"],
                                   "n": n, "drop_params": True, "max_retries": 0, **options}  # fmt: skip
-        if request.get("tools") and _skips_mcp_gateway():
+        if request.get("tools") and model_info.skips_mcp_gateway():
             kwargs["_skip_mcp_handler"] = True
         if self.api_key:
             kwargs["api_key"] = self.api_key
@@ -335,38 +346,3 @@ class LLMClient:
                 )
             )
         return out
-
-
-@functools.lru_cache(maxsize=1)
-def _skips_mcp_gateway() -> bool:
-    """Recent litellm imports its MCP gateway (the optional ``mcp`` package) for every request
-    with ``tools`` unless told to skip it; we send plain function tools, never MCP ones."""
-    import importlib.util
-
-    import litellm.main
-
-    if importlib.util.find_spec("mcp") is not None:
-        return False
-    try:
-        return "_skip_mcp_handler" in inspect.getsource(litellm.main)
-    except (OSError, TypeError):
-        return False
-
-
-@functools.lru_cache(maxsize=1)
-def _quiet_litellm() -> None:
-    """No "Provider List" / "use litellm.turn_on_debug()" hints printed on every unpriced reply or error."""
-    import litellm
-
-    litellm.suppress_debug_info = True
-
-
-def _backend_supports_n(model: str) -> bool:
-    import litellm
-
-    try:
-        provider = litellm.get_llm_provider(model)[1]
-        params = litellm.get_supported_openai_params(model=model.split("/", 1)[-1], custom_llm_provider=provider) or []
-        return "n" in params
-    except Exception:
-        return False

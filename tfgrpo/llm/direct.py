@@ -1,6 +1,6 @@
 """Straight to an OpenAI-compatible chat endpoint over HTTP, without litellm in the request path.
 
-vLLM, ``transformers serve`` and the simulator (``hosted_vllm/`` models, and ``openai/`` ones on
+vLLM, ``transformers serve`` and providers' own servers (``hosted_vllm/`` models, and ``openai/`` ones on
 a local endpoint) speak the OpenAI chat API as it is: there is nothing to translate. litellm's
 request path costs about 5 ms of CPU per request (logging objects, provider routing, response
 conversion), which on a fast local server caps how many rollouts a client can take in a second
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import weakref
 from typing import Any, AsyncIterator
@@ -29,6 +28,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
+
+from tfgrpo.nesting import json_loads
 
 DIRECT_PROVIDERS = ("openai", "hosted_vllm")
 MAX_REPLY_BYTES = 64 << 20  # far above any chat reply (64 choices of 32k tokens are ~10 MB)
@@ -40,7 +41,7 @@ _HOLDERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[Non
 def direct_model(model: str, api_base: str | None, *, local: bool) -> str | None:
     """The model name to send when ``model`` can go straight to ``api_base``, else None.
     Straight: ``hosted_vllm/`` models, and ``openai/`` ones on a ``local`` endpoint (this
-    machine or network: vLLM, ``transformers serve``, the simulator). An ``openai/`` model at a
+    machine or network: vLLM, ``transformers serve``, a provider's server). An ``openai/`` model at a
     remote URL may be OpenAI itself, whose models need litellm's parameter translation (o-series:
     ``max_completion_tokens``, no temperature)."""
     provider, sep, name = model.partition("/")
@@ -105,8 +106,8 @@ async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, time
     except aiohttp.ClientError as e:  # reset, cut off mid-reply
         raise TransportError(f"{type(e).__name__}: {e}") from None
     try:
-        reply = json.loads(raw)
-    except (ValueError, RecursionError):
+        reply = json_loads(raw)
+    except ValueError:
         raise BadReply(f"reply is not JSON: {raw[:120]!r}") from None
     if isinstance(reply, dict) and not isinstance(reply.get("choices"), list) and reply.get("error"):
         # an error sent with status 200: its code when that is an HTTP status, else taken as a
@@ -146,8 +147,8 @@ def _env_proxy(base_url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
 def _error_message(raw: bytes) -> str:
     """The server's own words: OpenAI's ``{"error": {"message"}}``, FastAPI's ``detail``, or the text."""
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
+        data = json_loads(raw)
+    except ValueError:
         return raw[:300].decode("utf-8", "replace").strip() or "(empty body)"
     if isinstance(data, dict):
         err = data.get("error")

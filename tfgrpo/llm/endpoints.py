@@ -1,27 +1,24 @@
-"""Turn model settings into clients: start the simulated model or a local server (vLLM,
-transformers) when asked, and stop them when the run ends."""
+"""Turn model settings into clients: start a provider's own server (tfgrpo.llm.providers) or a
+local server (vLLM, transformers) when asked, and stop them when the run ends."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from tfgrpo.errors import UserError
 from tfgrpo.llm.cache import ResponseCache
 from tfgrpo.llm.client import LLMClient, RetryPolicy
+from tfgrpo.llm.providers import Capabilities, Provider, provider_for
 from tfgrpo.llm.replicas import split_bases
 from tfgrpo.llm.retry import is_local
 from tfgrpo.llm.usage import Usage
 
-SIM = "sim"
 LOCAL_KEY = "no-key"  # what a local OpenAI-compatible server is sent when no --api-key-env is given
-
-
-def is_sim(model: str | None) -> bool:
-    return model is not None and (model == SIM or model.startswith("sim/"))
 
 
 class Endpoint(Protocol):
@@ -43,10 +40,31 @@ class Models:
     usage: Usage
     policy_name: str
     judge_name: str | None
+    make: Callable[[str, str, Endpoint, str | None, str | None], LLMClient] | None = None
+    access: Endpoint | None = None  # how other models of this run are reached: the judge's settings, else the policy's
+    _extra: dict[tuple[str, str], LLMClient] = field(default_factory=dict)
+
+    def client_for(self, model: str, role: str, *, api_base: str | None = None, api_key_env: str | None = None) -> LLMClient:
+        """A client for another model (an LLM grader's) on the same stack: the run's cache, usage
+        accounting (under ``role``), providers and retry policy (the judge's settings)."""
+        key = (model, role)
+        if key not in self._extra:
+            assert self.make is not None and self.access is not None
+            self._extra[key] = self.make(model, role, self.access, api_base, api_key_env)
+        return self._extra[key]
+
+
+_ACTIVE: contextvars.ContextVar[Models | None] = contextvars.ContextVar("tfgrpo_models", default=None)
+
+
+def active_models() -> Models | None:
+    """The models of the run in progress (inside :func:`open_models`), for rewards that ask a model."""
+    return _ACTIVE.get()
 
 
 def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_key: str | None,
-            cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None) -> LLMClient:
+            cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None,
+            capabilities: Capabilities | None = None) -> LLMClient:
     if api_key is None and api_base and all(is_local(u) for u in split_bases(api_base)):
         # A server on this machine or network needs no key (and gets none of the provider's from the
         # environment); litellm refuses an openai/ model without one. --api-key-env names one if it does.
@@ -54,7 +72,7 @@ def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_k
     return LLMClient(
         model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
         timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
-        price_per_mtok=price, retry_timeouts=access.retry_timeouts,
+        price_per_mtok=price, retry_timeouts=access.retry_timeouts, capabilities=capabilities or Capabilities(),
     )
 
 
@@ -72,7 +90,6 @@ def open_models(
     policy: Endpoint,
     judge: Endpoint | None = None,
     *,
-    sim_seed: int = 0,
     serve: str | None = None,
     serve_args: dict[str, Any] | None = None,
     log_dir: Path | None = None,
@@ -82,7 +99,7 @@ def open_models(
     """Clients for the policy (and judge), with any local server they need running.
     ``price_per_mtok`` prices the calls of models litellm has no price for."""
     if policy.model is None and not serve:
-        raise UserError("which model? pass --model NAME (a litellm name, or sim for the built-in SIMULATED model)")
+        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini)")
     usage = Usage()
     cache = ResponseCache(cache_path) if cache_path is not None else None
     with contextlib.ExitStack() as stack:
@@ -97,27 +114,32 @@ def open_models(
             log_path = (log_dir or Path(".")) / f"{engine}.log"
             launched = stack.enter_context(local_server(engine, serve, log_path=log_path, **options))
             p_base = launched.base_url
-            if p_model is None or is_sim(p_model):
+            if p_model is None:
                 p_model = launched.client_model
         # The judge defaults to the policy's model, reached the same way.
         judge_model = None if judge is None else (judge.model or p_model)
-        sim_url: str | None = None
-        if is_sim(p_model) or is_sim(judge_model):
-            from tfgrpo.sim import start_sim_server
+        served: dict[str, str] = {}  # a provider's model -> its server's base URL (one per model for both roles)
 
-            sim_url = stack.enter_context(start_sim_server(seed=sim_seed)).base_url
-        if is_sim(p_model):
-            # The simulator's seed is part of the model name, so cached answers never cross seeds.
-            p_client = _client(f"openai/sim-policy-s{sim_seed}", "policy", policy, sim_url, "sim", cache, usage, price_per_mtok)
-        else:
-            p_client = _client(p_model, "policy", policy, p_base, _key(policy.api_key_env), cache, usage, price_per_mtok)
+        def client(model: str, role: str, access: Endpoint, api_base: str | None, key_env: str | None) -> LLMClient:
+            provider: Provider | None = provider_for(model)
+            if provider is None:
+                return _client(model, role, access, api_base, _key(key_env), cache, usage, price_per_mtok)
+            if model not in served:
+                served[model] = stack.enter_context(provider.serve(model))
+            return _client(provider.client_model(model, role), role, access, served[model], provider.api_key, cache,
+                           usage, price_per_mtok, provider.capabilities)
+
+        p_client = client(p_model, "policy", policy, p_base, policy.api_key_env)
         j_client = None
         if judge is not None:
-            if is_sim(judge_model):
-                j_client = _client(f"openai/sim-judge-s{sim_seed}", "judge", judge, sim_url, "sim", cache, usage, price_per_mtok)
-            else:
-                same = judge.model is None
-                j_base = judge.api_base or (p_base if same else None)
-                j_key = _key(judge.api_key_env or (policy.api_key_env if same else None))
-                j_client = _client(judge_model, "judge", judge, j_base, j_key, cache, usage, price_per_mtok)
-        yield Models(policy=p_client, judge=j_client, usage=usage, policy_name=p_model, judge_name=judge_model)
+            assert judge_model is not None
+            same = judge.model is None
+            j_client = client(judge_model, "judge", judge, judge.api_base or (p_base if same else None),
+                              judge.api_key_env or (policy.api_key_env if same else None))
+        models = Models(policy=p_client, judge=j_client, usage=usage, policy_name=p_model, judge_name=judge_model,
+                        make=client, access=judge or policy)
+        token = _ACTIVE.set(models)
+        try:
+            yield models
+        finally:
+            _ACTIVE.reset(token)

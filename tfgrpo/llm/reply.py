@@ -36,7 +36,7 @@ def reply_cost(resp: Any) -> float | None:
         cost = litellm.completion_cost(completion_response=resp)
         return server_number(cost, upper=MAX_COST_PER_REPLY, default=None) or None
     except Exception:
-        return None  # no price known for this model (local vLLM, the simulator)
+        return None  # no price known for this model (local vLLM, a provider's own server)
 
 
 @dataclass(frozen=True)

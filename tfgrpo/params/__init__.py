@@ -2,7 +2,7 @@
 ``group_advantages`` as the training-free loop.
 
 The only part of tfgrpo that uses torch (extra ``[train]``). Importing this package does not
-import torch; :func:`run` does, when training starts.
+import torch; :func:`train_params` does, when training starts.
 """
 
 from __future__ import annotations
@@ -10,15 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tfgrpo.hooks import Hooks
 from tfgrpo.params.config import ParamsConfig, make_config
+from tfgrpo.params.result import ParamsResult
 
-__all__ = ["ParamsConfig", "make_config", "train_params"]
+__all__ = ["ParamsConfig", "ParamsResult", "make_config", "train_params"]
 
 
-def train_params(cfg: ParamsConfig, *, resume: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.task`` by GRPO; returns a summary (``steps``, ``reward_by_step``,
-    ``run_dir``, ``final_checkpoint``, ``wall_s``, ...). Metrics go to the run directory's
-    ``steps.jsonl`` and, when ``progress``, to stderr; nothing is printed otherwise."""
+def train_params(config: ParamsConfig | dict[str, Any], *, out: str | Path | None = None,
+                 resume: bool | str | Path = False, hooks: Hooks | None = None) -> ParamsResult:
+    """Train ``config.model`` on ``config.task`` by GRPO, as :func:`tfgrpo.train` runs the
+    training-free mode: ``out`` is the run directory (default ``runs/grpo-<task>-<time>``; one
+    that holds a run is refused). ``resume=True`` continues the run in ``out`` from its newest
+    checkpoint; ``resume=PATH`` continues the run of PATH (its directory or one of its
+    checkpoints) in place. A resumed run keeps its settings but steps, checkpoints, trackers and
+    the hardware layout (``checkpoint.RESUMABLE``).
+
+    Returns a :class:`ParamsResult` (``summary()`` is ``tfgrpo grpo --json``'s object). Never
+    prints: each step's metrics go to ``steps.jsonl`` and ``hooks.on_step`` (a dict), notices
+    (resumed from, checkpoints set aside, forward layout) to ``hooks.on_notice``; under a
+    multi-process launch only the main process calls the hooks."""
+    from tfgrpo.config import build
     from tfgrpo.params.trainer import train_weights
 
-    return train_weights(cfg, resume=str(resume) if resume is not None else None, progress=progress)
+    return train_weights(build(ParamsConfig, config), out=out, resume=resume, hooks=hooks)

@@ -15,10 +15,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tfgrpo.errors import UserError
-from tfgrpo.rundir import CHECKPOINTS, CONFIG
+from tfgrpo.rundir import CHECKPOINTS, CONFIG, RunDir
 
 if TYPE_CHECKING:
     from tfgrpo.params.config import ParamsConfig
@@ -31,29 +31,47 @@ log = logging.getLogger(__name__)
 # and how the same computation is laid out on the hardware. Everything else would make the
 # continuation another run (the optimiser's learning rate and weight decay come from the checkpoint).
 RESUMABLE = frozenset({"steps", "save_every", "report_to", "device", "micro_batch_groups", "gradient_checkpointing",
-                       "prefix_sharing", "generator", "out"})
+                       "prefix_sharing", "generator"})
 
 
-def check_resume(cfg: ParamsConfig, resume: str) -> None:
-    """A resume continues its run in place (``cfg.out`` is set to it, or must name it) with the
-    run's own settings but the :data:`RESUMABLE` ones."""
+def run_directory(cfg: ParamsConfig, out: str | Path | None, resume: bool | str | Path | None) -> tuple[Path, Path | None]:
+    """Where a run goes and what it resumes from (None: a fresh start). Fresh: ``out``, else
+    ``runs/grpo-<task>-<time>``, refused when it holds a run. ``resume=True`` continues ``out``;
+    ``resume=PATH`` continues the run of PATH (a run directory or one of its checkpoints), in
+    place: ``out``, if given, must name that run."""
+    from tfgrpo.params.config import default_run_dir
+
+    if resume is None or resume is False:
+        path = Path(out).expanduser() if out is not None else default_run_dir(cfg.task)
+        if RunDir(path).exists():
+            raise UserError(f"{path} already holds a run: continue it with tfgrpo grpo --resume {path}, or choose another --out")
+        return path, None
+    source = out if resume is True else resume
+    if source is None:
+        raise UserError("resume needs the run directory (out=...)")
+    return check_resume(cfg, source, out), Path(source).expanduser()
+
+
+def check_resume(cfg: ParamsConfig, resume: str | Path, out: str | Path | None = None) -> Path:
+    """The run directory of ``resume`` (a run or one of its checkpoints), which a resume continues
+    in place (``out``, if given, must name it), with the run's own settings but the
+    :data:`RESUMABLE` ones."""
     from tfgrpo.config import load_yaml, setting_name
-    from tfgrpo.params.config import ParamsConfig  # noqa: F811 (the class itself, at run time)
+    from tfgrpo.params.config import ParamsConfig, without_out  # noqa: F811 (the class itself, at run time)
 
     run = run_of(resume)
     if not (run / CONFIG).is_file():
         raise UserError(f"--resume: {resume} is not a parameter-mode run directory or checkpoint (no {CONFIG})")
-    if cfg.out is None:
-        cfg.out = str(run)
-    elif Path(cfg.out).expanduser().resolve() != run.resolve():
-        raise UserError(f"--resume continues {run} in place; --out {cfg.out} would write elsewhere (leave --out out)")
-    saved = ParamsConfig.model_validate(load_yaml(run / CONFIG))
+    if out is not None and Path(out).expanduser().resolve() != run.resolve():
+        raise UserError(f"--resume continues {run} in place; --out {out} would write elsewhere (leave --out out)")
+    saved = ParamsConfig.model_validate(without_out(load_yaml(run / CONFIG))[0])
     old = saved.model_dump(mode="json") | {"lr": saved.learning_rate}
     new = cfg.model_dump(mode="json") | {"lr": cfg.learning_rate}
     changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
     if changed:
         flags = ", ".join(f"{setting_name(ParamsConfig, k)} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in changed)
         raise UserError(f"a resumed run keeps its settings; cannot change {flags}: start a new run with another --out")
+    return run
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -95,10 +113,10 @@ def run_of(path: str | Path) -> Path:
     return p.parent.parent if (p / "state.json").is_file() and p.parent.name == CHECKPOINTS else p
 
 
-def latest_checkpoint(path: str | Path) -> Path | None:
+def latest_checkpoint(path: str | Path, warn: Callable[[str], None] = log.warning) -> Path | None:
     """``path`` itself when it is a checkpoint, else the newest readable one under
     ``path/checkpoints`` (one whose state.json does not read, a kill's leftover, is passed
-    over with a warning), else None: the run stopped before its first checkpoint."""
+    over with a warning to ``warn``), else None: the run stopped before its first checkpoint."""
     p = Path(path).expanduser()
     if (p / "state.json").is_file():
         _state(p)
@@ -107,7 +125,7 @@ def latest_checkpoint(path: str | Path) -> Path | None:
         try:
             _state(found.parent)
         except UserError as e:
-            log.warning("%s; trying the one before", e)
+            warn(f"{e}; trying the one before")
             continue
         return found.parent
     return None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -29,8 +31,6 @@ class ParamsConfig(ConfigModel):
     model: str = Field("tiny", description="Policy: a Hugging Face id, a local directory, or 'tiny' (random CPU model).",
                        json_schema_extra=flag("model"))
     group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).", json_schema_extra=flag("group-size"))
-    out: str | None = Field(None, description="Run directory (default: runs/grpo-<task>-<time>); an existing run is "
-                            "continued only with --resume.", json_schema_extra=flag("out"))
     seed: int = Field(0, description="Random seed.", json_schema_extra=flag("seed"))
     steps: int = Field(80, ge=1, description="Optimiser steps to run.", json_schema_extra=flag("steps"))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.",
@@ -96,10 +96,12 @@ class ParamsConfig(ConfigModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _old_names(cls, data: Any) -> Any:
-        """config.yaml of earlier runs: max_response_len is now max_tokens (--max-tokens)."""
-        if isinstance(data, dict) and "max_response_len" in data:
-            data = {("max_tokens" if k == "max_response_len" else k): v for k, v in data.items()}
+    def _no_out(cls, data: Any) -> Any:
+        """The run directory is where a run goes, not one of its settings (as in the training-free
+        mode): ``train_params(cfg, out=...)`` or ``--out``."""
+        if isinstance(data, dict) and "out" in data:
+            raise ValueError("out is the run directory, not a setting: pass it as train_params(cfg, out=...) "
+                             "(on the command line, --out)")
         return data
 
     @model_validator(mode="after")
@@ -131,15 +133,6 @@ class ParamsConfig(ConfigModel):
         return self
 
     # -- resolved values (defaults that depend on the loss)
-
-    @property
-    def run_dir(self) -> str:
-        """``out``, else ``runs/grpo-<task>-<time>`` (fixed on first use, so every reader agrees)."""
-        if self.out is None:
-            import time
-
-            self.out = f"runs/grpo-{self.task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return self.out
 
     @property
     def clip_range(self) -> tuple[float, float]:
@@ -180,3 +173,16 @@ class ParamsConfig(ConfigModel):
 def make_config(**values) -> ParamsConfig:
     """Build and check a config from keyword values; a bad one is a one-line UserError."""
     return build(ParamsConfig, values)
+
+
+def default_run_dir(task: str) -> Path:
+    """Where a run goes when no ``out`` is given: ``runs/grpo-<task>-<time>``, new per run."""
+    return Path("runs") / f"grpo-{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def without_out(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A config mapping read from a file, and the run directory it names as ``out`` (config.yaml
+    of runs before ``out`` became an argument records it; it is not a setting)."""
+    data = dict(data)
+    out = data.pop("out", None)
+    return data, str(out) if out is not None else None

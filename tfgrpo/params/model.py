@@ -3,9 +3,10 @@ character tokenizer made on the spot (no download), for CPU runs, tests and demo
 
 from __future__ import annotations
 
+import contextlib
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tfgrpo.errors import UserError
 
@@ -122,3 +123,18 @@ def fingerprint(model) -> dict[str, tuple[float, float]]:
 def trainable_state(model) -> dict[str, "torch.Tensor"]:
     """The trainable parameters by name (LoRA adapters only when peft is in use)."""
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Hugging Face's own progress bars (loading, saving) off while a run trains, restored after:
+    the trainer reports through its hooks and never prints."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

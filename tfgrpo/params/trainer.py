@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tfgrpo.errors import UserError
+from tfgrpo.hooks import Hooks
+from tfgrpo.params.checkpoint import latest_checkpoint, load_checkpoint, run_directory, set_aside_after
 from tfgrpo.params.config import ParamsConfig
-from tfgrpo.params.metrics import StepStats, format_step, mean, std
+from tfgrpo.params.metrics import StepStats, mean, std
+from tfgrpo.params.model import no_progress_bars
+from tfgrpo.params.result import ParamsResult
 from tfgrpo.rewards import group_advantages
 from tfgrpo.rundir import STEPS, RunDir
 from tfgrpo.task_registry import Task, load_task
@@ -30,26 +33,27 @@ from tfgrpo.tracking import parse_report_to, trackers
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
 
-def train_weights(cfg: ParamsConfig, *, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
-    if resume:
-        from tfgrpo.params.checkpoint import check_resume
-
-        check_resume(cfg, resume)
-    elif RunDir(cfg.run_dir).exists():
-        raise UserError(f"{cfg.run_dir} already holds a run: continue it with tfgrpo grpo --resume {cfg.run_dir}, or choose another --out")
+def train_weights(cfg: ParamsConfig, *, out: str | Path | None = None, resume: bool | str | Path = False,
+                  hooks: Hooks | None = None) -> ParamsResult:
+    """The run behind :func:`tfgrpo.params.train_params` (which documents ``out`` and ``resume``)."""
+    started = time.monotonic()  # wall time includes loading the model, as the training-free mode's includes its set-up
+    hooks = hooks or Hooks()
+    path, source = run_directory(cfg, out, resume)
     task = load_task(cfg.task, **({"data": cfg.data} if cfg.data else {}))
     try:
         import torch
     except ImportError:
         raise UserError("parameter mode needs torch: pip install 'tfgrpo[train]'") from None
     device = resolve_device(cfg.device)
-    rd = RunDir(cfg.run_dir)
+    rd = RunDir(path)
     try:
         # One trainer per run directory (the main process of a multi-process launch holds the lock);
         # SIGTERM / Ctrl-C leave status.json saying interrupted.
         with rd.create().locked() if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext(), \
-                rd.interrupts_marked("params"):  # fmt: skip
-            return _Run(cfg, task, device, progress).loop(resume)
+                rd.interrupts_marked("params"), no_progress_bars():  # fmt: skip
+            result = _Run(cfg, task, device, rd, hooks).loop(str(source) if source is not None else None)
+            result.wall_s = time.monotonic() - started
+            return result
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             "CUDA out of memory: lower --micro-batch-groups "
@@ -88,21 +92,21 @@ def _scorer_class():
 
 
 class _Run:
-    def __init__(self, cfg: ParamsConfig, task: Task, device: str, progress: bool):
+    def __init__(self, cfg: ParamsConfig, task: Task, device: str, rd: RunDir, hooks: Hooks):
         import torch
         from accelerate import Accelerator
 
         from tfgrpo.params.generate import make_generator
         from tfgrpo.params.model import fingerprint, load_policy
 
-        self.cfg, self.task, self.progress = cfg, task, progress
+        self.cfg, self.task, self.hooks = cfg, task, hooks
         self.prefix_sharing = cfg.prefix_sharing  # auto | packed | naive
         self.forward_modes: list[str] = []
         self.max_len = min(cfg.max_tokens, task.max_tokens) if task.max_tokens else cfg.max_tokens
         self.overlong = cfg.overlong if cfg.overlong < self.max_len else 0
         self.acc = Accelerator(cpu=device == "cpu")
-        self.rd = RunDir(cfg.run_dir)
-        self.run_dir = self.rd.path
+        self.rd = rd
+        self.run_dir = rd.path
         torch.manual_seed(cfg.seed)
         model, self.tokenizer = load_policy(cfg.model, seed=cfg.seed, dtype=cfg.dtype, lora_r=cfg.lora_r,
                                             lora_alpha=cfg.lora_alpha,
@@ -134,60 +138,59 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def loop(self, resume: str | None) -> dict[str, Any]:
-        from tfgrpo.params.checkpoint import latest_checkpoint, load_checkpoint, set_aside_after
+    def loop(self, resume: str | None) -> ParamsResult:
+        """Steps from the start (or after ``resume``'s newest checkpoint) to ``cfg.steps``;
+        progress and notices go to the hooks, on the main process only."""
         from tfgrpo.params.rollout import SampleOrder
 
-        t0 = time.perf_counter()
         self.rd.create()
         state: dict[str, Any] = {"step": 0, "cursor": 0, "reward_by_step": []}
         if resume:
-            ckpt = latest_checkpoint(resume)
+            ckpt = latest_checkpoint(resume, warn=self._notice)
             if ckpt is None:
-                self._log(f"no checkpoint in {resume} yet (--save-every {self.cfg.save_every}): running it again from step 1")
+                self._notice(f"no checkpoint in {resume} yet (--save-every {self.cfg.save_every}): running it again from step 1")
             else:
                 state = load_checkpoint(ckpt, self.policy, self.optimizer)
                 self.generator.sync_weights(self.policy)  # a sampler with its own copy (vLLM) samples from these
-                self._log(f"resumed from {ckpt} at step {state['step']}")
-        if self.acc.is_main_process:
+                self._notice(f"resumed from {ckpt} at step {state['step']}")
+        done, main = state["step"], self.acc.is_main_process
+        # the result holds a resumed run's earlier steps too, as steps.jsonl does
+        earlier = [r for r in self.rd.read(STEPS) if isinstance(r.get("step"), int) and r["step"] <= done] if done else []
+        if main:
             # The effective values (tiny's learning rate included), so config.yaml re-runs as is.
             self.rd.write_config(self.cfg.model_copy(update={"lr": self.cfg.learning_rate}))
             self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
             for moved in set_aside_after(self.run_dir, state["step"]):
-                self._log(f"checkpoint after step {state['step']} set aside as {moved.name} (not on this run's path)")
+                self._notice(f"checkpoint after step {state['step']} set aside as {moved.name} (not on this run's path)")
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
+        rows: list[dict[str, Any]] = list(earlier)
         last_ckpt = None
-        kinds = parse_report_to(self.cfg.report_to) if self.acc.is_main_process else []
+        kinds = parse_report_to(self.cfg.report_to) if main else []
+        if main:
+            self.hooks.on_phase("GRPO steps", max(0, self.cfg.steps - state["step"]))
         with trackers(kinds, self.run_dir, self.cfg.model_dump(mode="json")) as track:
             for step in range(state["step"] + 1, self.cfg.steps + 1):
                 metrics = self.step(step, order)
                 rewards.append(metrics["reward_mean"])
-                if self.acc.is_main_process:
+                rows.append(metrics)
+                if main:
                     self.rd.append(STEPS, [metrics])
                 track(step, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"})
-                self._log(format_step(metrics))
                 if step == self.cfg.steps or (self.cfg.save_every and step % self.cfg.save_every == 0):
                     last_ckpt = self.save(step, order.cursor, rewards)
+                if main:  # the step is on disk (and checkpointed when due) before it is reported
+                    self.hooks.on_step(metrics)
+                    self.hooks.on_advance("steps")
         final = self.export()
         self._status("finished", self.cfg.steps)
-        changed = self._params_changed()
-        summary = {
-            "steps": self.cfg.steps,
-            "reward_by_step": rewards,
-            "run_dir": str(self.run_dir),
-            "final_checkpoint": str(last_ckpt) if last_ckpt else None,
-            "final_model": str(final),
-            "params_changed": changed,
-            "loss": self.cfg.loss,
-            "model": self.cfg.model,
-            "device": self.acc.device.type,
-            "processes": self.acc.num_processes,
-            "wall_s": round(time.perf_counter() - t0, 2),
-            "metrics": str(self.run_dir / STEPS),
-        }
-        return summary
+        return ParamsResult(
+            run_dir=self.run_dir, steps=rows, status="finished", wall_s=0.0, steps_planned=self.cfg.steps,
+            model=self.cfg.model, loss=self.cfg.loss, device=self.acc.device.type, processes=self.acc.num_processes,
+            params_changed=self._params_changed(), final_model=final, final_checkpoint=last_ckpt,
+            resumed_from=state["step"],
+        )
 
     def step(self, step: int, order) -> dict[str, Any]:
         import torch
@@ -336,8 +339,8 @@ class _Run:
         modes = [choose_mode(self.prefix_sharing, mb) for mb in micro]
         if sorted(set(modes)) != self.forward_modes:
             naive, packed = map(sum, zip(*(token_counts(mb) for mb in micro)))
-            self._log(f"training forward: {' + '.join(sorted(set(modes)))} (prefix sharing {self.prefix_sharing}; "
-                      f"{naive} tokens naive, {packed} packed)")
+            self._notice(f"training forward: {' + '.join(sorted(set(modes)))} (prefix sharing {self.prefix_sharing}; "
+                         f"{naive} tokens naive, {packed} packed)")
             self.forward_modes = sorted(set(modes))
         return modes
 
@@ -375,10 +378,6 @@ class _Run:
         from tfgrpo.params.model import save_pretrained
 
         path = self.rd.final_model_path
-        if not self.progress:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
         with self._full_params():
             if self.acc.is_main_process:
                 save_pretrained(self.policy, self.tokenizer, path)
@@ -389,7 +388,7 @@ class _Run:
         if self.acc.is_main_process:
             self.rd.write_status("params", status, steps_done=steps_done, steps_planned=self.cfg.steps)
 
-    def _log(self, line: str) -> None:
-        if self.progress and self.acc.is_main_process:
-            print(line, file=sys.stderr, flush=True)
+    def _notice(self, line: str) -> None:
+        if self.acc.is_main_process:
+            self.hooks.on_notice(line)
 

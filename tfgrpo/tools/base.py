@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from tfgrpo.nesting import json_loads
+
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESULT_CHARS = 8000
 
@@ -141,7 +143,7 @@ async def call_tool(tools: dict[str, Tool], name: str, raw_arguments: str | None
     if t is None:
         return done(f"Error: there is no tool named '{name}'. Available tools: {', '.join(sorted(tools)) or 'none'}.", "unknown_tool")
     try:
-        args = json.loads(raw_arguments or "{}")
+        args = json_loads(raw_arguments or "{}")  # nested too deeply: a ValueError too
         if not isinstance(args, dict):
             raise ValueError(f"expected a JSON object, got {type(args).__name__}")
     except ValueError as e:

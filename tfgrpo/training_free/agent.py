@@ -89,7 +89,6 @@ async def run_agent(
     temperature: float,
     seed: int | None,
     max_tokens: int | None = None,
-    use_cache: bool = True,
 ) -> tuple[Completion, Trajectory]:
     """One rollout. Returns the final answer as a :class:`Completion` (text None only when the
     very first request failed) and the full trajectory. Never raises for what the model or a
@@ -114,7 +113,7 @@ async def run_agent(
         try:
             [c] = await asyncio.wait_for(
                 client.sample(traj.messages, n=1, temperature=temperature, max_tokens=per_turn, seed=seed,
-                              tools=schemas, use_cache=use_cache),
+                              tools=schemas),
                 remaining_s,
             )
         except asyncio.TimeoutError:

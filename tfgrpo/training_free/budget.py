@@ -7,7 +7,7 @@ higher limit: the totals count every step of the run, across resumes. Cache hits
 call, no token and no money. A step that has started always finishes, so a wrong guess
 overshoots by at most one step.
 
-Cost is litellm's price for the model; for a model without one (local vLLM, the simulator)
+Cost is litellm's price for the model; for a model without one (local vLLM, a provider's own server)
 ``--price-per-mtok IN,OUT`` sets USD per million prompt and completion tokens.
 """
 

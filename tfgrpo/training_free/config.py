@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from experience_store import InjectionSettings
 from tfgrpo.config import ConfigModel as _Model
@@ -72,7 +72,7 @@ class SamplingConfig(_Model):
 class PolicyConfig(_Model):
     """How the policy model is reached (what it samples is ``SamplingConfig``)."""
 
-    model: str | None = Field(None, description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or 'sim' for the built-in SIMULATED model, which knows only the built-in demo problems; train needs one, eval takes its --library run's unless given", json_schema_extra=flag("model"))
+    model: str | None = Field(None, description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or a provider plugin's name; train needs one, eval takes its --library run's unless given", json_schema_extra=flag("model"))
     api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
     api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
@@ -112,18 +112,6 @@ class LibraryConfig(_Model):
     collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
     prune_harmful: bool = Field(False, description="Retire lessons that lose the within-group comparisons (answers citing the lesson against answers shown it that did not cite it): at least prune_min_votes comparisons, more than prune_harmful_share lost", json_schema_extra=flag("prune-harmful"))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_injection(cls, data: Any) -> Any:
-        """config.yaml of earlier runs: ``injection: MODE`` with budget_tokens and top_k beside it."""
-        if isinstance(data, dict) and (isinstance(data.get("injection"), str) or {"budget_tokens", "top_k"} & data.keys()):
-            data = dict(data)
-            mode = data.pop("injection", None)
-            injection = {"mode": mode} if isinstance(mode, str) else dict(mode or {})
-            injection.update({k: data.pop(k) for k in ("budget_tokens", "top_k") if k in data})
-            data["injection"] = injection
-        return data
-
     @field_validator("embedding", mode="before")
     @classmethod
     def _spec(cls, value: Any) -> Any:
@@ -155,14 +143,6 @@ class BudgetConfig(_Model):
     calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("budget-calls"))
     price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _old_names(cls, data: Any) -> Any:
-        """config.yaml of earlier runs: max_cost, max_tokens, max_calls."""
-        if isinstance(data, dict) and {"max_cost", "max_tokens", "max_calls"} & data.keys():
-            data = {(k.removeprefix("max_") if k in ("max_cost", "max_tokens", "max_calls") else k): v for k, v in data.items()}
-        return data
-
 
 class RunConfig(_Paths):
     """Everything a training-free run needs. Field order is the config.yaml layout."""
@@ -183,7 +163,6 @@ class RunConfig(_Paths):
     cache: bool = Field(True, description="Serve repeated requests from the response cache", json_schema_extra=flag("cache"))
     cache_path: str | None = Field(None, description="Response cache file (default: cache.sqlite in the run directory); share one between runs to pay no call twice", json_schema_extra=flag("cache-path"))
     prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
-    sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
     serve: str | None = Field(None, description="Start 'vllm serve MODEL' for the length of the run and use it as the policy", json_schema_extra=flag("serve"))
     serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
     select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
@@ -210,7 +189,6 @@ class EvalConfig(_Paths):
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N problems", json_schema_extra=flag("limit"))
     cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
     prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
-    sim_seed: int = Field(0, description="Seed of the SIMULATED model (--model sim)", json_schema_extra=flag("sim-seed"))
     placebo: bool = Field(False, description="Also run a placebo arm: the library's prompt with each lesson replaced by neutral text of equal token length, to tell the lessons' content from the prompt format", json_schema_extra=flag("placebo"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

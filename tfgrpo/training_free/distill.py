@@ -17,35 +17,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Iterable
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field
 
 from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops, prune_ops, render_experiences
-from tfgrpo.training_free.config import JudgeConfig, LibraryConfig
-from tfgrpo.training_free.judge import (ProposedOp, check_op_fields, judge_messages, lesson_id, schema_text, text_or_empty,
-                                        upper_op)
-from tfgrpo.llm.client import LLMClient
-from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.structured import ask_structured
-
-
-class ConsolidatedOp(BaseModel):
-    op: Literal["ADD", "UPDATE", "DELETE", "MERGE", "NONE"]
-    id: str | None = Field(None, description="Library id for UPDATE and DELETE")
-    ids: list[str] = Field(default_factory=list, description="Library ids replaced by a MERGE")
-    text: str = Field("", description="Lesson text for ADD, UPDATE and MERGE")
-    reason: str = Field("", description="One sentence: why this edit")
-
-    _op = field_validator("op", mode="before")(upper_op)
-    _id = field_validator("id", mode="before")(lesson_id)
-    _text = field_validator("text", "reason", mode="before")(text_or_empty)
-    _fields = model_validator(mode="after")(check_op_fields)
-
-    @field_validator("ids", mode="before")
-    @classmethod
-    def _ids(cls, v: object) -> object:
-        return [lesson_id(i) for i in v] if isinstance(v, list) else v
+from tfgrpo.training_free.config import LibraryConfig
+from tfgrpo.training_free.judge import Judge
+from tfgrpo.training_free.judge_data import library_block, proposals_block
+from tfgrpo.training_free.ops import TEXT_OPS, ConsolidatedOp, ProposedOp
 
 
 class Consolidation(BaseModel):
@@ -73,39 +53,36 @@ def _id_key(exp_id: str | None) -> tuple[int, str]:
     return (int(digits) if digits else 0, exp_id or "")
 
 
-async def consolidate(
-    client: LLMClient,
-    prompts: Prompts,
-    cfg: JudgeConfig,
-    proposals: list[ProposedOp],
-    library: str,
-    *,
-    use_cache: bool = True,
-    candidates: list[dict] | None = None,
-) -> Distilled:
-    live = [p for p in proposals if p.op != "NONE"]
-    if not live:
-        return Distilled()
-    user = prompts.render(
-        "consolidate.j2", library=library, proposals=json.dumps(order_proposals(live), indent=1, ensure_ascii=False),
-        schema=schema_text(client, cfg, Consolidation),
-        candidates=json.dumps(candidates, indent=1, ensure_ascii=False) if candidates else "",
-    )
-    out = await ask_structured(client, judge_messages(prompts, user), Consolidation, "consolidation",
-                               temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache)
-    if not out.ok:
-        return Distilled(error=out.error, called=True, raw=out.raw)
-    assert out.value is not None
-    ops = [
-        ExperienceOp(op=o.op, id=o.id, ids=list(o.ids), text=o.text, reason=o.reason)
-        for o in out.value.ops
-        if o.op != "NONE"
-    ]
-    kept, dropped = bound_ops(ops, live, candidates or [])
-    return Distilled(ops=kept, called=True, raw=out.raw, dropped=dropped)
+class Curator:
+    """The consolidation stage, built once per run: it turns a step's proposals into the ops to
+    apply (one judge call, bounded by the proposals), and picks the lessons to prune."""
 
+    def __init__(self, judge: Judge, settings: LibraryConfig, library: Library) -> None:
+        self.judge, self.settings, self.library = judge, settings, library
 
-TEXT_OPS = ("ADD", "UPDATE", "MERGE")
+    async def curate(self, proposals: list[ProposedOp], shown: Iterable[Injection]) -> Distilled:
+        """The step's proposals (and the lessons its prompts showed) -> the ops to apply."""
+        live = [p for p in proposals if p.op != "NONE"]
+        if not live:
+            return Distilled()
+        candidates = merge_candidates(self.library, live, self.settings.dedup_threshold)
+        view = consolidation_view(self.library, self.settings, shown, candidates, live)
+        proposals_json = json.dumps(order_proposals(live), indent=1, ensure_ascii=False)
+        user = self.judge.prompts.render(
+            "consolidate.j2", library=view, library_block=library_block(view), proposals=proposals_json,
+            proposals_block=proposals_block(proposals_json), schema=self.judge.schema_text(Consolidation),
+            candidates=json.dumps(candidates, indent=1, ensure_ascii=False) if candidates else "",
+        )
+        out = await self.judge.ask(user, Consolidation, "consolidation")
+        if not out.ok:
+            return Distilled(error=out.error, called=True, raw=out.raw)
+        assert out.value is not None
+        ops = [o.to_experience() for o in out.value.ops if o.op != "NONE"]
+        kept, dropped = bound_ops(ops, live, candidates)
+        return Distilled(ops=kept, called=True, raw=out.raw, dropped=dropped)
+
+    def prune(self, credit: dict[str, Stats], step: int, ops: list[ExperienceOp]) -> list[ExperienceOp]:
+        return prune_for(self.library, self.settings, credit, step, ops)
 
 
 def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: list[dict]) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:

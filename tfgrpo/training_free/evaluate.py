@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from experience_store import Library
-from tfgrpo.llm.client import LLMClient
-from tfgrpo.training_free.config import LibraryConfig, SamplingConfig
-from tfgrpo.training_free.prompting import Prompts
-from tfgrpo.training_free.rollout import injector, sample_group, stable_seed
+from tfgrpo.training_free.policy import Policy
+from tfgrpo.training_free.rollout import Scorer, stable_seed
 from tfgrpo.training_free.stats import ALPHA, SMALL_SAMPLE, bootstrap_ci, paired_permutation_p, pass_at_k
-from tfgrpo.task_registry import Sample, Task
+from tfgrpo.task_registry import Sample
 
-__all__ = ["ArmRun", "EvalReport", "arm_summary", "baseline", "compare", "pass_at_k", "run_arm", "select_best_epoch"]
+__all__ = ["ArmRun", "EvalReport", "Evaluator", "arm_summary", "pass_at_k"]
 
 
 @dataclass
@@ -59,32 +56,6 @@ class ArmRun:
 
 
 Experiences = Union[str, Callable[[Sample], Any]]  # one block for all, or an injector (rollout.injector)
-
-
-async def run_arm(
-    client: LLMClient, task: Task, samples: list[Sample], experiences: Experiences, prompts: Prompts,
-    sampling: SamplingConfig, *, name: str, seeds: Sequence[int], on_advance: Callable[[], None] = lambda: None,
-) -> ArmRun:
-    """``sampling.group_size`` answers per problem and seed."""
-    arm = ArmRun(name=name, n=sampling.group_size)
-
-    async def one(seed: int, s: Sample) -> None:
-        block = experiences(s).text if callable(experiences) else experiences
-        g = await sample_group(client, task, s, block, prompts, sampling, seed=stable_seed(seed, "eval", s.id))
-        right = [r is not None and r >= task.pass_threshold for r in g.combined]
-        arm.correct[(seed, s.id)] = sum(right)
-        arm.failures += sum(1 for c in g.completions if not c.ok)
-        arm.unscored += sum(1 for c, r in zip(g.completions, g.combined) if c.ok and r is None)
-        arm.answers.extend(
-            {"version": 1, "arm": name, "seed": seed, "sample_id": s.id, "index": c.index, "reward": g.combined[j],
-             "correct": right[j], "text": c.text, "error": c.error, "cached": c.cached}
-            for j, c in enumerate(g.completions)
-        )
-        on_advance()
-
-    await asyncio.gather(*(one(seed, s) for seed in seeds for s in samples))
-    arm.answers.sort(key=lambda a: (a["seed"], a["sample_id"], a["index"]))
-    return arm
 
 
 def _r(x: float) -> float:
@@ -145,88 +116,94 @@ class EvalReport:
     answers: list[dict[str, Any]]
 
 
-async def compare(
-    client: LLMClient, task: Task, samples: list[Sample], library_block: Experiences, prompts: Prompts,
-    sampling: SamplingConfig, *, k: int, seeds: Sequence[int] = (0,), on_advance: Callable[[], None] = lambda: None,
-    placebo: Experiences | None = None,
-) -> EvalReport:
-    """Baseline and library (and the ``placebo`` arm when given) on the same problems and
-    seeds, ``n = sampling.group_size`` answers each. Raises ValueError on k > n or no problems
-    (the API checks these first)."""
-    n = sampling.group_size
-    if k > n:
-        raise ValueError(f"k={k} is larger than n={n}")
-    if not samples:
-        raise ValueError("no problems to evaluate")
-    seeds = list(seeds)
-    kwargs = dict(seeds=seeds, on_advance=on_advance)
-    base = await run_arm(client, task, samples, "", prompts, sampling, name="baseline", **kwargs)
-    lib = await run_arm(client, task, samples, library_block, prompts, sampling, name="library", **kwargs)
-    arms = [base, lib]
-    if placebo is not None:
-        arms.append(await run_arm(client, task, samples, placebo, prompts, sampling, name="placebo", **kwargs))
-    ids = [s.id for s in samples]
-    diff = paired_diff(base.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])
-    by_seed = [
-        {"seed": s, **{arm.name: {key: arm_summary(arm, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}
-                       for arm in arms}}
-        for s in seeds
-    ]
-    summary = {
-        "baseline": arm_summary(base, ids, seeds, k), "library": arm_summary(lib, ids, seeds, k), "diff": diff,
-        "verdict": verdict(diff, k, len(samples)) + _failed(base, lib), "small_sample": len(samples) < SMALL_SAMPLE,
-        "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
-        "task": task.name, "by_seed": by_seed,
-    }
-    if placebo is not None:
-        pla = arms[2]
-        summary["placebo"] = {**arm_summary(pla, ids, seeds, k),
-                              "diff": paired_diff(pla.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])}
-    return EvalReport(summary=summary, answers=[a for arm in arms for a in arm.answers])
+class Evaluator:
+    """Arms of ``n`` answers per problem and seed from ``policy`` (whose group size is ``n``),
+    scored by ``scorer``, on the same problems and seeds."""
+
+    def __init__(self, policy: Policy, scorer: Scorer, n: int, seeds: Sequence[int] = (0,),
+                 on_advance: Callable[[], None] = lambda: None) -> None:
+        self.policy, self.scorer, self.n, self.seeds, self.on_advance = policy, scorer, n, list(seeds), on_advance
+
+    async def run_arm(self, samples: list[Sample], experiences: Experiences, name: str) -> ArmRun:
+        arm, task = ArmRun(name=name, n=self.n), self.scorer.task
+
+        async def one(seed: int, s: Sample) -> None:
+            block = experiences(s).text if callable(experiences) else experiences
+            g = await self.scorer.score(await self.policy.sample_group(s, block, stable_seed(seed, "eval", s.id)))
+            right = [r is not None and r >= task.pass_threshold for r in g.combined]
+            arm.correct[(seed, s.id)] = sum(right)
+            arm.failures += sum(1 for c in g.completions if not c.ok)
+            arm.unscored += sum(1 for c, r in zip(g.completions, g.combined) if c.ok and r is None)
+            arm.answers.extend(
+                {"version": 1, "arm": name, "seed": seed, "sample_id": s.id, "index": c.index, "reward": g.combined[j],
+                 "correct": right[j], "text": c.text, "error": c.error, "cached": c.cached}
+                for j, c in enumerate(g.completions)
+            )
+            self.on_advance()
+
+        await asyncio.gather(*(one(seed, s) for seed in self.seeds for s in samples))
+        arm.answers.sort(key=lambda a: (a["seed"], a["sample_id"], a["index"]))
+        return arm
+
+    async def compare(self, samples: list[Sample], library: Experiences, k: int,
+                      placebo: Experiences | None = None) -> EvalReport:
+        """Baseline and library (and the ``placebo`` arm when given), Mean@k and Pass@k with
+        intervals and the paired difference. Raises ValueError on k > n or no problems (the API
+        checks these first)."""
+        n, seeds = self.n, self.seeds
+        if k > n:
+            raise ValueError(f"k={k} is larger than n={n}")
+        if not samples:
+            raise ValueError("no problems to evaluate")
+        base = await self.run_arm(samples, "", "baseline")
+        lib = await self.run_arm(samples, library, "library")
+        arms = [base, lib] + ([await self.run_arm(samples, placebo, "placebo")] if placebo is not None else [])
+        ids = [s.id for s in samples]
+        diff = paired_diff(base.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])
+        summary = {
+            "baseline": arm_summary(base, ids, seeds, k), "library": arm_summary(lib, ids, seeds, k), "diff": diff,
+            "verdict": verdict(diff, k, len(samples)) + _failed(base, lib), "small_sample": len(samples) < SMALL_SAMPLE,
+            "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
+            "task": self.scorer.task.name, "by_seed": _by_seed(arms, ids, seeds, k),
+        }
+        if placebo is not None:
+            pla = arms[2]
+            summary["placebo"] = {**arm_summary(pla, ids, seeds, k), "diff": paired_diff(
+                pla.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])}
+        return EvalReport(summary=summary, answers=[a for arm in arms for a in arm.answers])
+
+    async def baseline(self, samples: list[Sample], k: int) -> EvalReport:
+        """The policy alone (no library): Mean@k and Pass@k with their intervals, no comparison."""
+        seeds = self.seeds
+        base = await self.run_arm(samples, "", "baseline")
+        ids = [s.id for s in samples]
+        summary = {
+            "baseline": arm_summary(base, ids, seeds, k), "verdict": "baseline only (no library)",
+            "n_problems": len(samples), "small_sample": len(samples) < SMALL_SAMPLE, "k": k, "n": self.n,
+            "seeds": seeds, "seed": seeds[0], "task": self.scorer.task.name, "by_seed": _by_seed([base], ids, seeds, k),
+        }
+        return EvalReport(summary=summary, answers=base.answers)
+
+    async def select_best_epoch(self, validation: list[Sample], versions: dict[int, tuple[int, Library]],
+                                inject: Callable[[Library], Experiences]) -> dict[str, Any]:
+        """Score the library after each epoch (``versions``: epoch, from 1 -> (its last step, the
+        library at that step), injected by ``inject``) on the validation split by Mean@n and
+        choose the best; ties go to the earlier epoch (fewer lessons to carry). The baseline (no
+        library) is scored alongside."""
+        ids, n, seed = [s.id for s in validation], self.n, self.seeds[0]
+        base = await self.run_arm(validation, "", "baseline")
+        candidates = []
+        for epoch, (step, lib) in sorted(versions.items()):
+            summary = arm_summary(await self.run_arm(validation, inject(lib), f"epoch {epoch}"), ids, [seed], n)
+            candidates.append({"epoch": epoch, "step": step, "library_size": len(lib),
+                               "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})
+        best = max(candidates, key=lambda c: (c["mean_at_k"], -c["step"]))
+        return {"version": 1, "criterion": "best-val", "metric": f"Mean@{n} on the validation split",
+                "validation_problems": len(validation), "n": n, "seed": seed,
+                "baseline": {k: v for k, v in arm_summary(base, ids, [seed], n).items() if k in ("mean_at_k", "ci95")},
+                "candidates": candidates, "chosen": {"epoch": best["epoch"], "step": best["step"]}}
 
 
-async def baseline(
-    client: LLMClient, task: Task, samples: list[Sample], prompts: Prompts, sampling: SamplingConfig, *, k: int,
-    seeds: Sequence[int] = (0,), on_advance: Callable[[], None] = lambda: None,
-) -> EvalReport:
-    """The policy alone (no library): Mean@k and Pass@k with their intervals, no comparison."""
-    seeds = list(seeds)
-    base = await run_arm(client, task, samples, "", prompts, sampling, name="baseline", seeds=seeds, on_advance=on_advance)
-    ids = [s.id for s in samples]
-    summary = {
-        "baseline": arm_summary(base, ids, seeds, k), "verdict": "baseline only (no library)", "n_problems": len(samples),
-        "small_sample": len(samples) < SMALL_SAMPLE,
-        "k": k, "n": sampling.group_size, "seeds": seeds, "seed": seeds[0], "task": task.name,
-        "by_seed": [{"seed": s, "baseline": {key: arm_summary(base, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}}
-                    for s in seeds],
-    }
-    return EvalReport(summary=summary, answers=base.answers)
-
-
-# ---------------------------------------------------------------------------- best-val selection
-
-async def select_best_epoch(
-    client: LLMClient, task: Task, validation: list[Sample], library_dir: Path, epoch_steps: dict[int, int],
-    prompts: Prompts, sampling: SamplingConfig, injection: LibraryConfig, *, model: str | None,
-    on_advance: Callable[[], None] = lambda: None,
-) -> dict[str, Any]:
-    """Score the library after each epoch (``epoch_steps``: epoch, from 1 -> its last step) on the
-    validation split by Mean@n (n = ``sampling.group_size``) and choose the best; ties go to the
-    earlier epoch (fewer lessons to carry). The baseline (no library) is scored alongside."""
-    ids = [s.id for s in validation]
-    n, seed = sampling.group_size, sampling.seed
-    kwargs = dict(seeds=[seed], on_advance=on_advance)
-    base = await run_arm(client, task, validation, "", prompts, sampling, name="baseline", **kwargs)
-    candidates = []
-    for epoch, step in sorted(epoch_steps.items()):
-        lib = Library(library_dir, at_step=step)
-        arm = await run_arm(client, task, validation, injector(lib, injection, model), prompts, sampling,
-                            name=f"epoch {epoch}", **kwargs)
-        summary = arm_summary(arm, ids, [seed], n)
-        candidates.append({"epoch": epoch, "step": step, "library_size": len(lib),
-                           "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})
-    best = max(candidates, key=lambda c: (c["mean_at_k"], -c["step"]))
-    return {"version": 1, "criterion": "best-val", "metric": f"Mean@{n} on the validation split",
-            "validation_problems": len(validation), "n": n, "seed": seed,
-            "baseline": {k: v for k, v in arm_summary(base, ids, [seed], n).items() if k in ("mean_at_k", "ci95")},
-            "candidates": candidates, "chosen": {"epoch": best["epoch"], "step": best["step"]}}
+def _by_seed(arms: list[ArmRun], ids: list[str], seeds: list[int], k: int) -> list[dict[str, Any]]:
+    return [{"seed": s, **{arm.name: {key: arm_summary(arm, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}
+                           for arm in arms}} for s in seeds]

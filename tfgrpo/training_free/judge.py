@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, Collection, Literal
+from typing import Any, Collection
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field
 
-from experience_store.credit import canonical_id
+from experience_store import Injection
 from tfgrpo.llm.client import CONTEXT_OVERFLOW, LLMClient
 from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.config import JudgeConfig
+from tfgrpo.training_free.judge_data import group_block, library_block
+from tfgrpo.training_free.ops import ProposedOp
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import StructuredResult, ask_structured, schema_for
 
@@ -30,56 +32,13 @@ DEFAULT_CONTEXT_TOKENS = 32768  # judge context assumed when neither the flag no
 CHARS_PER_TOKEN = 4  # rough size of a token of English text, to size prompts before sending
 
 
-def upper_op(v: Any) -> Any:
-    return v.strip().upper() if isinstance(v, str) else v
-
-
-def check_op_fields(op: Any) -> Any:
-    """An op must carry what its kind needs, so that output cut off mid-op (which the tolerant
-    parser can close) is caught and repaired instead of applied half-empty."""
-    if op.op in ("ADD", "UPDATE", "MERGE") and not op.text.strip():
-        raise ValueError(f"{op.op} needs a non-empty text")
-    if op.op in ("UPDATE", "DELETE") and not op.id:
-        raise ValueError(f"{op.op} needs the id of the lesson it changes")
-    if op.op == "MERGE" and len(getattr(op, "ids", [])) < 2:
-        raise ValueError("MERGE needs at least two ids")
-    return op
-
-
-def text_or_empty(v: Any) -> Any:
-    """``null`` for a field the op does not use (a DELETE's text) is how models write "nothing"."""
-    return "" if v is None else v
-
-
-def lesson_id(v: Any) -> Any:
-    """A lesson id as the library writes it, however the judge wrote it ([E1], e1, 'E1 ', 1)."""
-    return canonical_id(v) if v is not None else None
-
-
-class ProposedOp(BaseModel):
-    op: Literal["ADD", "UPDATE", "DELETE", "NONE"]
-    id: str | None = Field(None, description="Library id for UPDATE and DELETE, e.g. E3")
-    text: str = Field("", description="The lesson: 'When <condition>, <strategy>.'")
-    reason: str = Field("", description="One sentence: why this edit")
-
-    _op = field_validator("op", mode="before")(upper_op)
-    _id = field_validator("id", mode="before")(lesson_id)
-    _text = field_validator("text", "reason", mode="before")(text_or_empty)
-    _fields = model_validator(mode="after")(check_op_fields)
-
-
 class GroupComparison(BaseModel):
     reasoning: str = Field(
-        validation_alias=AliasChoices("reasoning", "analysis"),
         description="Your analysis, written before any edit: what each attempt did, where the better ones "
                     "differ from the worse (strategy, checking, tool use, format, or only a slip), which "
                     "library lessons they followed or broke, and what general lesson follows, if any",
     )
     ops: list[ProposedOp] = Field(description="The edits, most important first; [NONE] when nothing general was learned")
-
-    @property
-    def analysis(self) -> str:
-        return self.reasoning
 
 
 class SampleSummary(BaseModel):
@@ -152,129 +111,98 @@ def judge_messages(prompts: Prompts, user: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": prompts.render("judge_system.j2")}, {"role": "user", "content": user}]
 
 
-def takes_response_schema(model: str) -> bool:
-    """Whether the backend honours a ``response_format`` JSON schema (litellm's model info; the
-    simulated model does); unknown models are assumed not to."""
-    from tfgrpo.llm.endpoints import is_sim
-
-    if is_sim(model):
-        return True
-    try:
-        import litellm
-
-        return bool(litellm.supports_response_schema(model=model))
-    except Exception:
-        return False
-
-
-def schema_text(client: LLMClient, cfg: JudgeConfig, model: type[BaseModel]) -> str:
-    """The schema to paste into a prompt: only where the backend does not take it as
-    ``response_format`` (or when told to), else "" and the template leaves it out."""
-    paste = cfg.schema_in_prompt if cfg.schema_in_prompt is not None else not takes_response_schema(client.model)
-    return json.dumps(schema_for(model)) if paste else ""
-
-
-def context_tokens(client: LLMClient, cfg: JudgeConfig) -> int:
-    """The judge's context window: the flag, else litellm's model info, else a default."""
-    if cfg.context_tokens:
-        return cfg.context_tokens
-    try:
-        import litellm
-
-        info = litellm.get_model_info(client.model)
-        return int(info.get("max_input_tokens") or info.get("max_tokens") or DEFAULT_CONTEXT_TOKENS)
-    except Exception:
-        return DEFAULT_CONTEXT_TOKENS
-
-
-def needs_summaries(client: LLMClient, cfg: JudgeConfig, attempts: list[Attempt]) -> bool:
-    """On when set; unset, on when the attempts would fill more than ``summary_share`` of the
-    judge's context."""
-    if cfg.summaries is not None:
-        return cfg.summaries
-    size = sum(len(a.text) for a in attempts) / CHARS_PER_TOKEN
-    return size > cfg.summary_share * context_tokens(client, cfg)
-
-
 def summary_words(text: str) -> int:
     """Summary length sized to the attempt: a fifth of its words, between 60 and 400."""
     return max(60, min(400, len(text.split()) // 5))
 
 
-async def summarise(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
-                    library: str, ctx: JudgeContext, use_cache: bool) -> list[StructuredResult[SampleSummary]]:
-    schema = schema_text(client, cfg, SampleSummary)
-    calls = [
-        ask_structured(
-            client,
-            judge_messages(prompts, prompts.render(
-                "summary.j2", problem=sample.user_text(), answer=sample.answer, attempt=a.text, reward=a.reward,
-                correct=(a.reward or 0) >= ctx.pass_threshold, ground_truth=cfg.ground_truth, schema=schema,
-                library=library, words=summary_words(a.text), truncated=a.truncated)),
-            SampleSummary, "sample_summary", temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache,
-        )
-        for a in attempts
-    ]
-    return list(await asyncio.gather(*calls))
+class Judge:
+    """The judge stage, built once per run with its client, prompts, settings and what it is told
+    about the task: ``judge_group`` turns one group's attempts into reasoning and proposed ops."""
 
+    def __init__(self, client: LLMClient, prompts: Prompts, cfg: JudgeConfig, context: JudgeContext) -> None:
+        self.client, self.prompts, self.cfg, self.context = client, prompts, cfg, context
 
-async def judge_group(
-    client: LLMClient,
-    prompts: Prompts,
-    cfg: JudgeConfig,
-    sample: Sample,
-    attempts: list[Attempt],
-    library: str,
-    *,
-    pass_threshold: float,
-    use_cache: bool = True,
-    context: JudgeContext | None = None,
-    shown_ids: Collection[str] | None = None,
-) -> GroupJudgement:
-    """``shown_ids``: the lessons in this group's prompt; an UPDATE or DELETE of another id is
-    dropped (recorded in ``dropped``). None: not checked."""
-    ctx = context or JudgeContext(pass_threshold=pass_threshold)
-    ctx.pass_threshold = pass_threshold
-    result = GroupJudgement(sample_id=sample.id)
-    summarised = False
-    if needs_summaries(client, cfg, attempts):
-        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache, result)
-        summarised = True
-    out = await _compare(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
-    if not out.ok and not summarised and CONTEXT_OVERFLOW in (out.error or ""):
-        # The attempts did not fit the judge's context: summarise them and try once more.
-        attempts, result.summaries = await _summarised(client, prompts, cfg, sample, attempts, library, ctx, use_cache, result)
-        out = await _compare(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
-    result.raw = out.raw
-    if not out.ok:
-        result.error = out.error
+    def schema_text(self, model: type[BaseModel]) -> str:
+        """The schema to paste into a prompt: only where the backend does not take it as
+        ``response_format`` (or when told to), else "" and the template leaves it out."""
+        paste = self.cfg.schema_in_prompt
+        if paste is None:
+            paste = not self.client.takes_response_schema()
+        return json.dumps(schema_for(model)) if paste else ""
+
+    def context_tokens(self) -> int:
+        """The judge's context window: the flag, else litellm's model info, else a default."""
+        if self.cfg.context_tokens:
+            return self.cfg.context_tokens
+        try:
+            import litellm
+
+            info = litellm.get_model_info(self.client.model)
+            return int(info.get("max_input_tokens") or info.get("max_tokens") or DEFAULT_CONTEXT_TOKENS)
+        except Exception:
+            return DEFAULT_CONTEXT_TOKENS
+
+    def needs_summaries(self, attempts: list[Attempt]) -> bool:
+        """On when set; unset, on when the attempts would fill more than ``summary_share`` of the
+        judge's context."""
+        if self.cfg.summaries is not None:
+            return self.cfg.summaries
+        size = sum(len(a.text) for a in attempts) / CHARS_PER_TOKEN
+        return size > self.cfg.summary_share * self.context_tokens()
+
+    async def ask(self, user: str, model: type[BaseModel], name: str) -> StructuredResult[Any]:
+        """One structured judge call with the judge's system prompt and settings."""
+        return await ask_structured(self.client, judge_messages(self.prompts, user), model, name,
+                                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens)
+
+    async def judge_group(self, sample: Sample, attempts: list[Attempt], shown: Injection) -> GroupJudgement:
+        """``shown``: the lessons in this group's prompt; an UPDATE or DELETE of another id is
+        dropped (recorded in ``dropped``)."""
+        result = GroupJudgement(sample_id=sample.id)
+        summarised = False
+        if self.needs_summaries(attempts):
+            attempts = await self._summarised(sample, attempts, shown.text, result)
+            summarised = True
+        out = await self._compare(sample, attempts, shown.text)
+        if not out.ok and not summarised and CONTEXT_OVERFLOW in (out.error or ""):
+            # The attempts did not fit the judge's context: summarise them and try once more.
+            attempts = await self._summarised(sample, attempts, shown.text, result)
+            out = await self._compare(sample, attempts, shown.text)
+        result.raw = out.raw
+        if not out.ok:
+            result.error = out.error
+            return result
+        comparison = out.value
+        assert comparison is not None
+        ops, result.dropped = unshown(comparison.ops, shown.ids)
+        comparison.ops = keep_ops(ops, self.cfg.max_ops_per_group)
+        result.comparison = comparison
         return result
-    comparison = out.value
-    assert comparison is not None
-    ops = comparison.ops
-    if shown_ids is not None:
-        ops, result.dropped = unshown(ops, shown_ids)
-    comparison.ops = keep_ops(ops, cfg.max_ops_per_group)
-    result.comparison = comparison
-    return result
 
+    async def _summarised(self, sample: Sample, attempts: list[Attempt], library: str,
+                          result: GroupJudgement) -> list[Attempt]:
+        schema, ctx = self.schema_text(SampleSummary), self.context
+        replies = await asyncio.gather(*(
+            self.ask(self.prompts.render(
+                "summary.j2", problem=sample.user_text(), answer=sample.answer, attempt=a.text, reward=a.reward,
+                correct=(a.reward or 0) >= ctx.pass_threshold, ground_truth=self.cfg.ground_truth, schema=schema,
+                library=library, words=summary_words(a.text), truncated=a.truncated), SampleSummary, "sample_summary")
+            for a in attempts
+        ))
+        result.summary_failures += [(a.index, r.error or "", r.raw) for a, r in zip(attempts, replies) if not r.ok]
+        outs = [r.value.summary if r.value is not None else None for r in replies]
+        result.summaries = [o or "" for o in outs]
+        # A failed summary falls back to the attempt itself: the comparison still sees everything.
+        return [Attempt(a.index, o if o is not None else a.text, a.reward, a.rewards, a.truncated) for a, o in zip(attempts, outs)]
 
-async def _summarised(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
-                      library: str, ctx: JudgeContext, use_cache: bool, result: GroupJudgement) -> tuple[list[Attempt], list[str]]:
-    replies = await summarise(client, prompts, cfg, sample, attempts, library, ctx, use_cache)
-    result.summary_failures += [(a.index, r.error or "", r.raw) for a, r in zip(attempts, replies) if not r.ok]
-    outs = [r.value.summary if r.value is not None else None for r in replies]
-    # A failed summary falls back to the attempt itself: the comparison still sees everything.
-    shown = [Attempt(a.index, o if o is not None else a.text, a.reward, a.rewards, a.truncated) for a, o in zip(attempts, outs)]
-    return shown, [o or "" for o in outs]
-
-
-async def _compare(client: LLMClient, prompts: Prompts, cfg: JudgeConfig, sample: Sample, attempts: list[Attempt],
-                   library: str, ctx: JudgeContext, use_cache: bool):
-    user = prompts.render(
-        "compare.j2", problem=sample.user_text(), answer=sample.answer, attempts=attempts, library=library,
-        ground_truth=cfg.ground_truth, max_ops=cfg.max_ops_per_group, schema=schema_text(client, cfg, GroupComparison),
-        instructions=ctx.instructions, tools=ctx.tools, objective=ctx.objective, pass_threshold=ctx.pass_threshold,
-    )
-    return await ask_structured(client, judge_messages(prompts, user), GroupComparison, "group_comparison",
-                                temperature=cfg.temperature, max_tokens=cfg.max_tokens, use_cache=use_cache)
+    async def _compare(self, sample: Sample, attempts: list[Attempt], library: str) -> StructuredResult[GroupComparison]:
+        ctx, cfg = self.context, self.cfg
+        user = self.prompts.render(
+            "compare.j2", problem=sample.user_text(), answer=sample.answer, attempts=attempts, library=library,
+            group=group_block(sample.user_text(), sample.answer, attempts, ground_truth=cfg.ground_truth),
+            library_block=library_block(library), ground_truth=cfg.ground_truth, max_ops=cfg.max_ops_per_group,
+            schema=self.schema_text(GroupComparison), instructions=ctx.instructions, tools=ctx.tools,
+            objective=ctx.objective, pass_threshold=ctx.pass_threshold,
+        )
+        return await self.ask(user, GroupComparison, "group_comparison")

@@ -1,5 +1,5 @@
-"""Group sampling: G answers per query from the policy, with the library injected into the
-system prompt (the same place in training and evaluation)."""
+"""Groups: what the library injects into a query's prompt (the same in training and evaluation),
+the scored group of G answers, and how the judge is shown it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from experience_store import Injection, Library
-from tfgrpo.llm.client import Completion, LLMClient
+from tfgrpo.llm.client import Completion
 from tfgrpo.training_free.agent import Trajectory
-from tfgrpo.training_free.config import LibraryConfig, SamplingConfig
+from tfgrpo.training_free.config import LibraryConfig
+from tfgrpo.training_free.policy import Rollouts
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.rewards import combine, score_group
 from tfgrpo.task_registry import Sample, Task
@@ -22,44 +23,16 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def token_counter(model: str | None) -> Callable[[str], int]:
-    """Token counting for the injection budget: the policy's tokenizer through litellm where
-    it is known, else experience_store's estimate (the simulated model has no tokenizer)."""
-    from experience_store import estimate_tokens
-    from tfgrpo.llm.endpoints import is_sim
-
-    if model is None or is_sim(model):
-        return estimate_tokens
-    import litellm
-
-    def count(text: str) -> int:
-        try:
-            return int(litellm.token_counter(model=model, text=text))
-        except Exception:  # unknown model or tokenizer not available offline
-            return estimate_tokens(text)
-
-    return count
-
-
-def injector(library: Library, settings: LibraryConfig, model: str | None) -> Callable[[Sample], Injection]:
+def injector(library: Library, settings: LibraryConfig, count_tokens: Callable[[str], int]) -> Callable[[Sample], Injection]:
     """The experiences each query gets under a run's injection settings (``LibraryConfig``):
     one function for training, validation and evaluation, so all see the library alike.
-    Returns ``experience_store.Injection`` (``.text`` is the block for the prompt)."""
-    count = token_counter(model)
+    ``count_tokens`` is the policy client's. Returns ``experience_store.Injection`` (``.text`` is
+    the block for the prompt)."""
 
     def inject(sample: Sample) -> Injection:
-        return library.inject(sample.user_text(), settings.injection, count_tokens=count)
+        return library.inject(sample.user_text(), settings.injection, count_tokens=count_tokens)
 
     return inject
-
-
-def agent_messages(task: Task, sample: Sample, experiences: str, prompts: Prompts) -> list[dict[str, Any]]:
-    system = prompts.render(task.template, instructions=task.instructions, experiences=experiences)
-    if sample.messages:
-        rest = [m for m in sample.messages if m.get("role") != "system"]
-        given = "\n\n".join(str(m.get("content", "")) for m in sample.messages if m.get("role") == "system")
-        return [{"role": "system", "content": f"{system}\n\n{given}".strip()}, *rest]
-    return [{"role": "system", "content": system}, {"role": "user", "content": sample.prompt or ""}]
 
 
 @dataclass
@@ -80,53 +53,18 @@ class Group:
         return c.text if c.ok else f"(no answer: request failed: {c.error})"
 
 
-async def sample_group(
-    client: LLMClient,
-    task: Task,
-    sample: Sample,
-    experiences: str,
-    prompts: Prompts,
-    sampling: SamplingConfig,
-    *,
-    seed: int,
-    use_cache: bool = True,
-) -> Group:
-    """``sampling.group_size`` answers to one query, scored. A task with tools runs that many
-    tool-calling rollouts (limits from ``sampling.agent``) instead of one request. ``seed`` is
-    this group's own seed (derived from ``sampling.seed``, the epoch and the query)."""
-    messages = agent_messages(task, sample, experiences, prompts)
-    if task.tools:
-        return await _sample_agent_group(client, task, sample, messages, sampling, seed=seed, use_cache=use_cache)
-    completions = await client.sample(
-        messages, n=sampling.group_size, temperature=sampling.temperature,
-        max_tokens=sampling.max_tokens or task.max_tokens, seed=seed, use_cache=use_cache,
-    )
-    rewards = await score_group(task.rewards, sample, [c.text for c in completions])
-    combined = [combine(row, task.weights) for row in rewards]
-    return Group(sample=sample, completions=completions, rewards=rewards, combined=combined)
+class Scorer:
+    """The reward stage: a group's answers scored by the task's rewards (rewards[G][K]) and
+    combined by their weights."""
 
+    def __init__(self, task: Task) -> None:
+        self.task = task
 
-async def _sample_agent_group(client: LLMClient, task: Task, sample: Sample, messages: list[dict[str, Any]],
-                              sampling: SamplingConfig, *, seed: int, use_cache: bool) -> Group:
-    import asyncio
-
-    from tfgrpo.training_free.agent import run_agent
-    from tfgrpo.tools.base import toolset
-
-    tools = toolset(task.tools)
-    runs = await asyncio.gather(*(
-        run_agent(client, messages, tools, limits=sampling.agent, temperature=sampling.temperature, seed=seed + i,
-                  max_tokens=sampling.max_tokens or task.max_tokens, use_cache=use_cache)
-        for i in range(sampling.group_size)
-    ))
-    completions = []
-    for i, (c, _) in enumerate(runs):
-        c.index = i
-        completions.append(c)
-    rewards = await score_group(task.rewards, sample, [c.text for c in completions])
-    combined = [combine(row, task.weights) for row in rewards]
-    return Group(sample=sample, completions=completions, rewards=rewards, combined=combined,
-                 trajectories=[t for _, t in runs])
+    async def score(self, rollouts: Rollouts) -> Group:
+        rewards = await score_group(self.task.rewards, rollouts.sample, [c.text for c in rollouts.completions])
+        combined = [combine(row, self.task.weights) for row in rewards]
+        return Group(sample=rollouts.sample, completions=rollouts.completions, rewards=rewards, combined=combined,
+                     trajectories=rollouts.trajectories)
 
 
 def group_attempts(group: Group, reward_names: list[str], indices: list[int] | None = None) -> list[Any]:

@@ -157,13 +157,12 @@ async def ask_structured(
     *,
     temperature: float = 0.0,
     max_tokens: int | None = None,
-    use_cache: bool = True,
 ) -> StructuredResult[M]:
     """One call, plus one repair retry when the output does not parse. Never raises for bad
     output (the failure is returned); an unreachable endpoint still raises EndpointError."""
     fmt = response_format(model, name)
     first = (await client.sample(messages, n=1, temperature=temperature, max_tokens=max_tokens,
-                                 response_format=fmt, use_cache=use_cache, validate=unsafe_reply))[0]
+                                 response_format=fmt, validate=unsafe_reply))[0]
     if not first.ok:
         return StructuredResult(None, [None], error=f"request failed: {first.error}")
     try:
@@ -175,7 +174,7 @@ async def ask_structured(
         {"role": "user", "content": f"Your reply could not be read: {error}. Reply again with only the corrected JSON object that matches the schema."},
     ]
     second = (await client.sample(repair, n=1, temperature=temperature, max_tokens=max_tokens,
-                                  response_format=fmt, use_cache=use_cache, validate=unsafe_reply))[0]
+                                  response_format=fmt, validate=unsafe_reply))[0]
     if not second.ok:
         return StructuredResult(None, [first.text, None], error=f"unparseable output ({error}); repair request failed: {second.error}")
     if second.finish_reason == "length":  # the lenient reading would close a cut-off lesson and keep half a sentence
