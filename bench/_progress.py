@@ -24,8 +24,14 @@ import time
 from typing import Callable, Iterator, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, \
-    TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress as RichProgress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 Advance = Callable[..., None]
 
@@ -48,7 +54,12 @@ class Progress:
         start = time.perf_counter()
         if self.live:
             text = TextColumn(f"[{self.name}] {label}", markup=False)  # names and labels are not rich markup
-            columns = [SpinnerColumn(), text, *([BarColumn(), MofNCompleteColumn()] if total else []), TimeElapsedColumn()]
+            columns = [
+                SpinnerColumn(),
+                text,
+                *([BarColumn(), MofNCompleteColumn()] if total else []),
+                TimeElapsedColumn(),
+            ]
             bar = RichProgress(*columns, console=Console(file=self.stream), transient=True)
             task = bar.add_task(label, total=total)
             with bar:

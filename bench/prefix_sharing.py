@@ -50,11 +50,23 @@ from tfgrpo.params.generate import HFGenerator  # noqa: E402
 from tfgrpo.params.prefix import GroupTokens, choose_mode, flex_available, group_logprobs, token_counts  # noqa: E402
 
 # CPU: small enough to finish in about a minute on 2 cores, wide enough to be compute-bound.
-CPU_MODEL = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8,
-                 num_key_value_heads=2, vocab_size=2048)
+CPU_MODEL = dict(
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    vocab_size=2048,
+)
 # CUDA: the Qwen2.5-0.5B shape, random weights.
-CUDA_MODEL = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, vocab_size=151936)
+CUDA_MODEL = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+)
 
 
 def saved_for_backward_mb(model, batch, fn) -> float:
@@ -171,23 +183,36 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     shape = dict(CUDA_MODEL if args.device == "cuda" else CPU_MODEL)
     if args.small:
-        shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=256)
+        shape.update(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=256,
+        )
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     progress = Progress("prefix_sharing")
     with progress.phase(f"random model and batch on {args.device}"):
         model = random_qwen2(max_positions=args.prompt_len + args.response_len + 8, **shape).to(args.device, dtype)
         model.train()
-        batch = make_batch(args.groups, args.prompt_len, args.response_len, args.group_size, shape["vocab_size"],
-                           args.device, seed=1)
+        batch = make_batch(
+            args.groups, args.prompt_len, args.response_len, args.group_size, shape["vocab_size"], args.device, seed=1
+        )
     backward = not args.forward_only
     ctx = torch.enable_grad() if backward else torch.no_grad()
     auto = choose_mode("auto", batch)
     label = f"training {'forward + backward' if backward else 'forward'}, naive and packed (warm-up, {args.repeats} timed, memory)"
     with ctx, progress.phase(label, total=2 * (2 + args.repeats)) as advance:
         (naive_s, packed_s), (naive_mb, packed_mb), (naive_lp, packed_lp) = measure(
-            model, batch, ["naive", "packed"], backward=backward, repeats=args.repeats, device=args.device,
-            advance=advance)
+            model,
+            batch,
+            ["naive", "packed"],
+            backward=backward,
+            repeats=args.repeats,
+            device=args.device,
+            advance=advance,
+        )
     diff = max(float((a - b).abs().max()) for a, b in zip(naive_lp, packed_lp))
     auto_s = packed_s if auto == "packed" else naive_s
     n_naive, n_packed = token_counts(batch)
@@ -215,8 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.no_generate:
         model.eval()
-        with progress.phase(f"generation, trainer's and plain (warm-up, {args.repeats} timed)",
-                            total=2 * (1 + args.repeats)) as advance:
+        with progress.phase(
+            f"generation, trainer's and plain (warm-up, {args.repeats} timed)", total=2 * (1 + args.repeats)
+        ) as advance:
             result.update(generation(model, batch, args.response_len, args.device, args.repeats, advance))
     if not args.json:
         for k, v in result.items():

@@ -51,8 +51,9 @@ from tfgrpo.training_free.stats import bootstrap_ci  # noqa: E402
 TASK = f"{ROOT / 'tasks' / 'digit_sums.py'}:digit_sums"
 
 
-def heldout_scores(model_path: str, task, n: int, *, samples: int, max_new_tokens: int, batch: int = 25,
-                   advance=lambda n=1: None) -> list[float]:
+def heldout_scores(
+    model_path: str, task, n: int, *, samples: int, max_new_tokens: int, batch: int = 25, advance=lambda n=1: None
+) -> list[float]:
     """Mean reward of ``samples`` responses (temperature 1) for each of the first ``n`` held-out
     items (``advance(k)`` after each chunk of k items)."""
     import asyncio
@@ -62,7 +63,7 @@ def heldout_scores(model_path: str, task, n: int, *, samples: int, max_new_token
     items = task.eval_dataset[:n]
     scores: list[float] = []
     for s in range(0, len(items), batch):
-        chunk = items[s: s + batch]
+        chunk = items[s : s + batch]
         out = gen.sample([encode_prompt(tok, task, x, 256) for x in chunk], samples)
         for item, responses in zip(chunk, out):
             texts = [tok.decode(r, skip_special_tokens=True) for r in responses]
@@ -96,26 +97,55 @@ def main(argv: list[str] | None = None) -> dict:
         model_dir = str(smollm2_dir())
     task = load_task(TASK)
     n_heldout = min(args.heldout, len(task.eval_dataset))
-    with progress.phase(f"held-out before: {n_heldout} items x {args.eval_samples} samples", total=n_heldout) as advance:
-        before = heldout_scores(model_dir, task, args.heldout, samples=args.eval_samples,
-                                max_new_tokens=args.max_new_tokens, advance=advance)
+    with progress.phase(
+        f"held-out before: {n_heldout} items x {args.eval_samples} samples", total=n_heldout
+    ) as advance:
+        before = heldout_scores(
+            model_dir,
+            task,
+            args.heldout,
+            samples=args.eval_samples,
+            max_new_tokens=args.max_new_tokens,
+            advance=advance,
+        )
     progress.note(f"held-out before: {sum(before) / len(before):.3f} ({len(before)} items)")
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or str(Path(tmp) / "run")
-        cfg = make_config(task=TASK, model=model_dir, steps=args.steps, batch_size=args.batch_size,
-                          group_size=args.group_size, lr=args.lr, lora_r=args.lora_r, loss=args.loss,
-                          max_tokens=args.max_new_tokens, micro_batch_groups=args.batch_size, device="cpu",
-                          dtype="float32", generator="hf", seed=args.seed)
+        cfg = make_config(
+            task=TASK,
+            model=model_dir,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            group_size=args.group_size,
+            lr=args.lr,
+            lora_r=args.lora_r,
+            loss=args.loss,
+            max_tokens=args.max_new_tokens,
+            micro_batch_groups=args.batch_size,
+            device="cpu",
+            dtype="float32",
+            generator="hf",
+            seed=args.seed,
+        )
         t_train = time.perf_counter()
         with progress.phase(f"GRPO training: {args.steps} steps (one line per step)"):
-            trained = train_params(cfg, out=out, hooks=Hooks(on_step=lambda m: progress.note(format_step(m)),
-                                                             on_notice=progress.note))
+            trained = train_params(
+                cfg, out=out, hooks=Hooks(on_step=lambda m: progress.note(format_step(m)), on_notice=progress.note)
+            )
         train_s = time.perf_counter() - t_train
         steps = trained.steps
-        with progress.phase(f"held-out after: {n_heldout} items x {args.eval_samples} samples", total=n_heldout) as advance:
-            after = heldout_scores(str(trained.final_model), task, args.heldout, samples=args.eval_samples,
-                                   max_new_tokens=args.max_new_tokens, advance=advance)
+        with progress.phase(
+            f"held-out after: {n_heldout} items x {args.eval_samples} samples", total=n_heldout
+        ) as advance:
+            after = heldout_scores(
+                str(trained.final_model),
+                task,
+                args.heldout,
+                samples=args.eval_samples,
+                max_new_tokens=args.max_new_tokens,
+                advance=advance,
+            )
     progress.note(f"held-out after: {sum(after) / len(after):.3f}")
 
     diffs = [a - b for a, b in zip(after, before)]

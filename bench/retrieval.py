@@ -31,19 +31,70 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._progress import Progress  # noqa: E402
 from experience_store import Experience, InjectionSettings, Pack, estimate_tokens, parse_spec  # noqa: E402
 
-KINDS = ["fraction", "percentage", "triangle", "circle", "probability", "sequence", "modular", "polynomial",
-         "inequality", "combinatorics", "logarithm", "matrix", "vector", "integral", "derivative", "graph",
-         "prime", "divisor", "exponent", "ratio", "average", "speed", "interest", "angle", "area", "volume",
-         "coordinate", "parabola", "recursion", "string", "array", "sorting", "database", "regex", "unit"]
-CONDITIONS = ["the numbers are large", "two quantities change together", "the answer must be an integer",
-              "a quantity repeats", "the question asks for the smallest value", "there are several cases",
-              "the input can be empty", "units are mixed", "the terms alternate in sign", "a figure is symmetric",
-              "the problem gives a remainder", "the order does not matter", "values are given as percentages"]
-STRATEGIES = ["reduce to the simplest equivalent form first", "write the general term and check two values",
-              "split into cases and add the results", "convert everything to one unit before computing",
-              "use the complement and subtract from one", "look for an invariant that stays fixed",
-              "estimate the magnitude to check the final answer", "draw the figure and label every length",
-              "work modulo a small number to test candidates", "set up one equation per unknown"]
+KINDS = [
+    "fraction",
+    "percentage",
+    "triangle",
+    "circle",
+    "probability",
+    "sequence",
+    "modular",
+    "polynomial",
+    "inequality",
+    "combinatorics",
+    "logarithm",
+    "matrix",
+    "vector",
+    "integral",
+    "derivative",
+    "graph",
+    "prime",
+    "divisor",
+    "exponent",
+    "ratio",
+    "average",
+    "speed",
+    "interest",
+    "angle",
+    "area",
+    "volume",
+    "coordinate",
+    "parabola",
+    "recursion",
+    "string",
+    "array",
+    "sorting",
+    "database",
+    "regex",
+    "unit",
+]
+CONDITIONS = [
+    "the numbers are large",
+    "two quantities change together",
+    "the answer must be an integer",
+    "a quantity repeats",
+    "the question asks for the smallest value",
+    "there are several cases",
+    "the input can be empty",
+    "units are mixed",
+    "the terms alternate in sign",
+    "a figure is symmetric",
+    "the problem gives a remainder",
+    "the order does not matter",
+    "values are given as percentages",
+]
+STRATEGIES = [
+    "reduce to the simplest equivalent form first",
+    "write the general term and check two values",
+    "split into cases and add the results",
+    "convert everything to one unit before computing",
+    "use the complement and subtract from one",
+    "look for an invariant that stays fixed",
+    "estimate the magnitude to check the final answer",
+    "draw the figure and label every length",
+    "work modulo a small number to test candidates",
+    "set up one equation per unknown",
+]
 
 
 def synthetic_library(n: int, seed: int = 0) -> list[Experience]:
@@ -51,8 +102,10 @@ def synthetic_library(n: int, seed: int = 0) -> list[Experience]:
     seen: set[str] = set()
     out = []
     while len(out) < n:
-        text = (f"When a {rng.choice(KINDS)} problem says {rng.choice(CONDITIONS)} and mentions "
-                f"{rng.choice(KINDS)} {rng.randint(1, 10**6)}, {rng.choice(STRATEGIES)}.")
+        text = (
+            f"When a {rng.choice(KINDS)} problem says {rng.choice(CONDITIONS)} and mentions "
+            f"{rng.choice(KINDS)} {rng.randint(1, 10**6)}, {rng.choice(STRATEGIES)}."
+        )
         if text not in seen:
             seen.add(text)
             out.append(Experience(id=f"E{len(out) + 1}", text=text))
@@ -61,8 +114,11 @@ def synthetic_library(n: int, seed: int = 0) -> list[Experience]:
 
 def queries(count: int, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
-    return [f"A {rng.choice(KINDS)} question where {rng.choice(CONDITIONS)}: find the value for "
-            f"{rng.choice(KINDS)} {rng.randint(1, 500)}." for _ in range(count)]
+    return [
+        f"A {rng.choice(KINDS)} question where {rng.choice(CONDITIONS)}: find the value for "
+        f"{rng.choice(KINDS)} {rng.randint(1, 500)}."
+        for _ in range(count)
+    ]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -70,8 +126,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def _time_query(pack: Pack, index, q: str, args: argparse.Namespace, *, warm_up: bool,
-                out: tuple[list[float], list[float], list[float], list[int]]) -> None:
+def _time_query(
+    pack: Pack,
+    index,
+    q: str,
+    args: argparse.Namespace,
+    *,
+    warm_up: bool,
+    out: tuple[list[float], list[float], list[float], list[int]],
+) -> None:
     """Time one query: embedding, search, and inject end to end; appended to ``out`` unless warming up."""
     total, embed, search, injected = out
     t = time.perf_counter()
@@ -95,7 +158,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200, help="timed queries (after 10 warm-up)")
     ap.add_argument("--k", type=int, default=8, help="top-k")
     ap.add_argument("--budget", type=int, default=400, help="token budget of the injected block")
-    ap.add_argument("--embedding", default="lexical", help="embedding spec (lexical, chroma-default, st:MODEL, litellm:MODEL)")
+    ap.add_argument(
+        "--embedding", default="lexical", help="embedding spec (lexical, chroma-default, st:MODEL, litellm:MODEL)"
+    )
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = ap.parse_args()
 
@@ -115,12 +180,20 @@ def main() -> None:
             advance()
 
     result = {
-        "n": args.n, "k": args.k, "budget": args.budget, "embedding": args.embedding, "queries": len(total),
-        "p50_ms": round(pct(total, 0.5), 3), "p95_ms": round(pct(total, 0.95), 3),
-        "embed_p50_ms": round(pct(embed, 0.5), 3), "search_p50_ms": round(pct(search, 0.5), 3),
+        "n": args.n,
+        "k": args.k,
+        "budget": args.budget,
+        "embedding": args.embedding,
+        "queries": len(total),
+        "p50_ms": round(pct(total, 0.5), 3),
+        "p95_ms": round(pct(total, 0.95), 3),
+        "embed_p50_ms": round(pct(embed, 0.5), 3),
+        "search_p50_ms": round(pct(search, 0.5), 3),
         "search_p95_ms": round(pct(search, 0.95), 3),
-        "tokens_all": tokens_all, "tokens_retrieve": round(statistics.mean(injected), 1),
-        "saving": round(1 - statistics.mean(injected) / tokens_all, 4), "index_s": round(index_s, 2),
+        "tokens_all": tokens_all,
+        "tokens_retrieve": round(statistics.mean(injected), 1),
+        "saving": round(1 - statistics.mean(injected) / tokens_all, 4),
+        "index_s": round(index_s, 2),
     }
     if not args.json:
         for key, value in result.items():

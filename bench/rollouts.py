@@ -67,7 +67,9 @@ def start_server(latency: float, slots: int, ignore_n: bool) -> tuple[subprocess
     return proc, url
 
 
-async def run(args: argparse.Namespace, url: str, out_dir: Path, transport: str = "auto", advance=None) -> dict[str, float]:
+async def run(
+    args: argparse.Namespace, url: str, out_dir: Path, transport: str = "auto", advance=None
+) -> dict[str, float]:
     task = load_task("demo")
     prompts = Prompts()
     client = LLMClient(model="openai/stub", api_base=url, api_key="x", concurrency=args.concurrency, timeout=30,
@@ -130,7 +132,9 @@ async def bare(args: argparse.Namespace, url: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.2, help="server seconds per request")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests the server computes at once = client concurrency")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="requests the server computes at once = client concurrency"
+    )
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--groups", type=int, default=400)
     parser.add_argument("--ignore-n", action="store_true", help="the server answers one choice per request")
@@ -138,16 +142,23 @@ def main() -> None:
     args = parser.parse_args()
     proc, url = start_server(args.latency, args.concurrency, args.ignore_n)
     progress = Progress("rollouts")
-    progress.note(f"{args.groups} groups of {args.group_size}, {args.concurrency} at once, {args.latency:g}s per request")
+    progress.note(
+        f"{args.groups} groups of {args.group_size}, {args.concurrency} at once, {args.latency:g}s per request"
+    )
     try:
         with progress.phase("[1/3] tfgrpo client, straight HTTP", total=args.groups) as advance, \
                 tempfile.TemporaryDirectory() as tmp:  # fmt: skip
             result = asyncio.run(run(args, url, Path(tmp), advance=advance))
         progress.note(f"{result['achieved_rps']} rollouts/s ({result['ratio']:.0%} of the bound)")
-        with progress.phase("[2/3] tfgrpo client through litellm", total=args.groups) as advance, tempfile.TemporaryDirectory() as tmp:
+        with (
+            progress.phase("[2/3] tfgrpo client through litellm", total=args.groups) as advance,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             via = asyncio.run(run(args, url, Path(tmp), transport="litellm", advance=advance))
         progress.note(f"{via['achieved_rps']} rollouts/s ({via['ratio']:.0%} of the bound)")
-        result.update(litellm_achieved_rps=via["achieved_rps"], litellm_ratio=via["ratio"], litellm_overhead_ms=via["overhead_ms"])
+        result.update(
+            litellm_achieved_rps=via["achieved_rps"], litellm_ratio=via["ratio"], litellm_overhead_ms=via["overhead_ms"]
+        )
         with progress.phase("[3/3] bare HTTP client (httpx), the same requests"):
             bare_rps = asyncio.run(bare(args, url))
         result["bare_client_rps"] = round(bare_rps, 1)

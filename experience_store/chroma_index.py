@@ -21,7 +21,7 @@ COLLECTION = "experiences"
 def collection_name(name: str) -> str:
     """A Chroma collection name (3-512 of [a-zA-Z0-9._-], alphanumeric at both ends)."""
     clean = re.sub(r"[^a-zA-Z0-9._-]+", "-", name).strip("-._")
-    return f"lib-{clean or 'x'}-x"[: 500] if len(clean) < 3 else clean[:500]
+    return f"lib-{clean or 'x'}-x"[:500] if len(clean) < 3 else clean[:500]
 
 
 class Guarded:
@@ -71,25 +71,31 @@ class ChromaIndex:
                 if parsed.scheme not in ("http", "https") or not parsed.hostname:
                     raise StoreError(f"--store must look like http://host:port, got {self.store!r}")
                 try:
-                    client = chromadb.HttpClient(host=parsed.hostname, port=parsed.port or 8000,
-                                                 ssl=parsed.scheme == "https", settings=settings)
+                    client = chromadb.HttpClient(
+                        host=parsed.hostname, port=parsed.port or 8000, ssl=parsed.scheme == "https", settings=settings
+                    )
                     client.heartbeat()
                 except Exception as e:
-                    raise StoreError(f"cannot reach the Chroma server at {self.store}: {str(e).splitlines()[0][:200]}") from None
+                    raise StoreError(
+                        f"cannot reach the Chroma server at {self.store}: {str(e).splitlines()[0][:200]}"
+                    ) from None
                 self._client = Guarded(client, self.store)
         return self._client
 
     def collection(self) -> Any:
         if self._collection is None:
             self._collection = self.client().get_or_create_collection(
-                self.name, embedding_function=None, metadata={"hnsw:space": "cosine"})
+                self.name, embedding_function=None, metadata={"hnsw:space": "cosine"}
+            )
         return self._collection
 
     def sync(self, state: LibraryState) -> None:
         """Make the collection hold exactly ``state``'s active experiences (cheap when it does)."""
         col = self.collection()
         have = col.get(include=["documents", "metadatas"])
-        indexed = {i: (d, (m or {}).get("revision")) for i, d, m in zip(have["ids"], have["documents"], have["metadatas"])}
+        indexed = {
+            i: (d, (m or {}).get("revision")) for i, d, m in zip(have["ids"], have["documents"], have["metadatas"])
+        }
         want = {e.id: e for e in state.active()}
         stale = [i for i in indexed if i not in want]
         if stale:

@@ -47,8 +47,9 @@ class CommitLog:
 
     def find(self, writer: str, step: int) -> tuple[int, LibraryState] | None:
         """The newest commit ``writer`` made for ``step`` (its number and state), if any."""
-        found = self._col().get(where={"$and": [{"writer": {"$eq": writer}}, {"step": {"$eq": step}}]},
-                                include=["documents"])
+        found = self._col().get(
+            where={"$and": [{"writer": {"$eq": writer}}, {"step": {"$eq": step}}]}, include=["documents"]
+        )
         if not found["ids"]:
             return None
         last = max(range(len(found["ids"])), key=lambda i: found["ids"][i])
@@ -59,8 +60,12 @@ class CommitLog:
         n = self.base + 1
         token = uuid.uuid4().hex
         col = self._col()
-        col.add(ids=[f"c{n:09d}"], documents=[new.model_dump_json()],
-                metadatas=[{"token": token, "step": new.step, "writer": writer}], embeddings=[[0.0, 1.0]])
+        col.add(
+            ids=[f"c{n:09d}"],
+            documents=[new.model_dump_json()],
+            metadatas=[{"token": token, "step": new.step, "writer": writer}],
+            embeddings=[[0.0, 1.0]],
+        )
         stored = col.get(ids=[f"c{n:09d}"], include=["metadatas"])["metadatas"][0]
         if stored.get("token") != token:
             raise ConflictError(

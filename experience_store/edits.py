@@ -40,7 +40,10 @@ def norm_text(text: str) -> str:
 
 
 def apply_ops(
-    state: LibraryState, ops: Iterable[ExperienceOp], step: int, provenance: Provenance | None = None,
+    state: LibraryState,
+    ops: Iterable[ExperienceOp],
+    step: int,
+    provenance: Provenance | None = None,
     credit: dict[str, Stats] | None = None,
 ) -> tuple[LibraryState, list[OpResult]]:
     """Pure function: the next state and one result per op. Unknown ids are rejected, never
@@ -65,8 +68,13 @@ def apply_ops(
 
     def add(op: ExperienceOp, text: str, provenance: Provenance) -> Experience:
         exp = Experience(
-            id=f"E{new.next_id}", text=text, title=op.title, tags=list(op.tags),
-            created_step=step, updated_step=step, provenance=provenance,
+            id=f"E{new.next_id}",
+            text=text,
+            title=op.title,
+            tags=list(op.tags),
+            created_step=step,
+            updated_step=step,
+            provenance=provenance,
         )
         new.next_id += 1
         new.experiences.append(exp)
@@ -96,7 +104,9 @@ def apply_ops(
         if op.op == "ADD":
             dup = duplicate_of(text)
             if dup is not None:
-                results.append(OpResult(step=step, op=op, status="noop", error=f"duplicate of {dup.id}", result_id=dup.id))
+                results.append(
+                    OpResult(step=step, op=op, status="noop", error=f"duplicate of {dup.id}", result_id=dup.id)
+                )
                 continue
             add(op, text, prov.model_copy(deep=True))
         elif op.op == "UPDATE":
@@ -165,7 +175,9 @@ def apply_ops(
     return new, results
 
 
-def prune_ops(state: LibraryState, step: int, *, unused_steps: int, min_votes: int = 3, harmful_share: float = 0.5) -> list[ExperienceOp]:
+def prune_ops(
+    state: LibraryState, step: int, *, unused_steps: int, min_votes: int = 3, harmful_share: float = 0.5
+) -> list[ExperienceOp]:
     """DELETE ops (reason "prune: ...") for active lessons that are mostly harmful (at least
     ``min_votes`` within-group comparisons, experience_store.credit, more than ``harmful_share`` of them lost) or not cited for
     ``unused_steps`` steps (0: never prune for disuse). A RESTORE op brings one back."""

@@ -35,8 +35,12 @@ _WORD = re.compile(r"[a-z0-9]+")
 DEFAULT_SPEC: dict[str, Any] = {"name": "lexical", "dim": 512}
 KINDS = ("lexical", "chroma-default", "sentence-transformers", "litellm")
 MAX_DIM = 8192
-PORTABLE_KEYS = {"lexical": {"name", "dim"}, "chroma-default": {"name"}, "sentence-transformers": {"name", "model"},
-                 "litellm": {"name", "model"}}
+PORTABLE_KEYS = {
+    "lexical": {"name", "dim"},
+    "chroma-default": {"name"},
+    "sentence-transformers": {"name", "model"},
+    "litellm": {"name", "model"},
+}
 # A model name as registries and providers spell it (all-MiniLM-L6-v2, org/model, provider/org/model):
 # never a path (no leading / . ~, no backslash), never a URL (no colon).
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,2}")
@@ -126,9 +130,13 @@ def parse_spec(value: str | dict[str, Any]) -> dict[str, Any]:
             spec["model"] = arg
     kind = spec.get("name")
     if not isinstance(kind, str) or kind not in KINDS:
-        raise StoreError(f"unknown embedding {_short(value)} (choose lexical, chroma-default, st:MODEL or litellm:MODEL)")
+        raise StoreError(
+            f"unknown embedding {_short(value)} (choose lexical, chroma-default, st:MODEL or litellm:MODEL)"
+        )
     if kind in ("sentence-transformers", "litellm") and not spec.get("model"):
-        raise StoreError(f"embedding {kind} needs a model, e.g. {'st:all-MiniLM-L6-v2' if kind != 'litellm' else 'litellm:openai/text-embedding-3-small'}")
+        raise StoreError(
+            f"embedding {kind} needs a model, e.g. {'st:all-MiniLM-L6-v2' if kind != 'litellm' else 'litellm:openai/text-embedding-3-small'}"
+        )
     if kind == "lexical":
         dim = spec.get("dim", 512)
         if isinstance(dim, str) and dim.isdigit() and len(dim) < 6:
@@ -154,11 +162,15 @@ def check_portable(spec: Any) -> dict[str, Any]:
         raise StoreError(f"unknown embedder {_short(kind)} (a pack may name {', '.join(KINDS)})")
     extra = sorted(str(k) for k in set(spec) - PORTABLE_KEYS[kind])
     if extra:
-        raise StoreError(f"embedding names {_short(', '.join(extra))}; a pack may name only an embedder and a model "
-                         "name (endpoints, keys and files come from your own configuration)")
+        raise StoreError(
+            f"embedding names {_short(', '.join(extra))}; a pack may name only an embedder and a model "
+            "name (endpoints, keys and files come from your own configuration)"
+        )
     model = spec.get("model")
     if "model" in PORTABLE_KEYS[kind] and not (isinstance(model, str) and _MODEL_NAME.fullmatch(model)):
-        raise StoreError(f"embedding model {_short(model)} is not a model name (a pack may not name a path or an address)")
+        raise StoreError(
+            f"embedding model {_short(model)} is not a model name (a pack may not name a path or an address)"
+        )
     if kind == "lexical" and type(spec.get("dim", 512)) is not int:
         raise StoreError(f"embedding dim must be a whole number from 1 to {MAX_DIM}, got {_short(spec.get('dim'))}")
     return parse_spec(spec)
@@ -196,4 +208,6 @@ def embedding_from_spec(spec: dict[str, Any]) -> EmbeddingFunction:
             return ef.DefaultEmbeddingFunction()  # type: ignore[return-value]
         return ef.SentenceTransformerEmbeddingFunction(model_name=spec["model"])
     except (ImportError, ValueError) as e:
-        raise StoreError(f"embedding {spec_label(spec)} is not available here ({e}); re-embed with another spec, e.g. lexical") from None
+        raise StoreError(
+            f"embedding {spec_label(spec)} is not available here ({e}); re-embed with another spec, e.g. lexical"
+        ) from None

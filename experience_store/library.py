@@ -42,8 +42,15 @@ class Library:
     processes on one directory).
     """
 
-    def __init__(self, path: str | Path, *, at_step: int | None = None, embedding: dict[str, Any] | None = None,
-                 store: str | None = None, collection: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        at_step: int | None = None,
+        embedding: dict[str, Any] | None = None,
+        store: str | None = None,
+        collection: str | None = None,
+    ):
         self.path = Path(path)
         self._versions = VersionStore(self.path)
         self.versions_dir = self._versions.dir
@@ -103,21 +110,27 @@ class Library:
     def index(self) -> Index:
         return Index(self.collection(), self.state.embedding)
 
-    def inject(self, query: str, settings: InjectionSettings | None = None, *,
-               count_tokens: TokenCounter | None = None) -> Injection:
+    def inject(
+        self, query: str, settings: InjectionSettings | None = None, *, count_tokens: TokenCounter | None = None
+    ) -> Injection:
         """The experiences for one query under ``settings`` (default ``InjectionSettings()``;
         see ``retrieval``)."""
         if self._selector is None or self._selector[0] is not self.state:
             index = None
             # The Chroma index holds the latest version; an earlier one (``at_step``) gets its own.
-            historical = (self._at_step is not None if self.store is not None
-                          else self.state.step < max(self.versions(), default=self.state.step))
+            historical = (
+                self._at_step is not None
+                if self.store is not None
+                else self.state.step < max(self.versions(), default=self.state.step)
+            )
 
             def lazy_index() -> Index:
                 nonlocal index
                 if index is None and not historical and self._synced is not self.state:
                     self.sync()  # a writer killed between its version and its index update left it behind
-                index = index or (Index.in_memory(self.state.active(), self.state.embedding) if historical else self.index)
+                index = index or (
+                    Index.in_memory(self.state.active(), self.state.embedding) if historical else self.index
+                )
                 return index
 
             self._selector = (self.state, Selector(self.state.experiences, lazy_index))
@@ -127,8 +140,13 @@ class Library:
         return self.index.near_duplicates(texts, threshold) if len(self) else [[] for _ in texts]
 
     # ----------------------------------------------------------------- writing
-    def apply(self, ops: Iterable[ExperienceOp], step: int, provenance: Provenance | None = None,
-              credit: dict[str, Stats] | None = None) -> list[OpResult]:
+    def apply(
+        self,
+        ops: Iterable[ExperienceOp],
+        step: int,
+        provenance: Provenance | None = None,
+        credit: dict[str, Stats] | None = None,
+    ) -> list[OpResult]:
         """Apply a step's ops as one transaction and write version ``step``. Raises
         ``ConflictError`` (nothing applied) when another writer committed since this library
         was read."""
@@ -157,13 +175,29 @@ class Library:
             top = max((int(e.id[1:]) for e in exps if e.id[1:].isdigit()), default=0)
             new = LibraryState(step=step, next_id=top + 1, embedding=dict(pack.manifest.embedding), experiences=exps)
             self._commit(new, step)
-            return [OpResult(step=step, op=ExperienceOp(op="ADD", text=e.text, reason="pack import"), status="applied",
-                             result_id=e.id) for e in pack.active]
+            return [
+                OpResult(
+                    step=step,
+                    op=ExperienceOp(op="ADD", text=e.text, reason="pack import"),
+                    status="applied",
+                    result_id=e.id,
+                )
+                for e in pack.active
+            ]
         if not same_spec(self.state.embedding, pack.manifest.embedding) and not reembed:
-            raise StoreError(f"the pack was embedded with {spec_label(pack.manifest.embedding)} but this library uses "
-                             f"{spec_label(self.state.embedding)}; re-embed it with --reembed (or import into a new library)")
-        origin = Provenance(run=f"pack:{pack.manifest.name or pack.manifest.source_run or 'unnamed'}", step=step, task=pack.manifest.task)
-        ops = [ExperienceOp(op="ADD", text=e.text, title=e.title, tags=list(e.tags), reason=f"pack import of {e.id}") for e in pack.active]
+            raise StoreError(
+                f"the pack was embedded with {spec_label(pack.manifest.embedding)} but this library uses "
+                f"{spec_label(self.state.embedding)}; re-embed it with --reembed (or import into a new library)"
+            )
+        origin = Provenance(
+            run=f"pack:{pack.manifest.name or pack.manifest.source_run or 'unnamed'}",
+            step=step,
+            task=pack.manifest.task,
+        )
+        ops = [
+            ExperienceOp(op="ADD", text=e.text, title=e.title, tags=list(e.tags), reason=f"pack import of {e.id}")
+            for e in pack.active
+        ]
         return self.apply(ops, step, origin)
 
     def _commit(self, new: LibraryState, step: int, *, adopt: int | None = None) -> None:

@@ -24,7 +24,16 @@ from experience_store.edits import norm_text
 from experience_store.embedding import parse_spec, portable_spec, same_spec, spec_label
 from experience_store.errors import PackError, StoreError
 from experience_store.models import Experience, OpResult
-from experience_store.pack_format import FileEntry, PackManifest, counts, jsonl, parse, read_members, sha256, write_members
+from experience_store.pack_format import (
+    FileEntry,
+    PackManifest,
+    counts,
+    jsonl,
+    parse,
+    read_members,
+    sha256,
+    write_members,
+)
 from experience_store.render import as_line
 from experience_store.retrieval import Index, Injection, Selector, TokenCounter
 from experience_store.settings import InjectionSettings
@@ -34,8 +43,8 @@ MERGE_THRESHOLD = 0.9  # cosine similarity at which a lesson counts as a near-du
 
 @dataclass
 class PackDiff:
-    added: list[Experience] = field(default_factory=list)      # in B only (by normalised text)
-    removed: list[Experience] = field(default_factory=list)    # in A only
+    added: list[Experience] = field(default_factory=list)  # in B only (by normalised text)
+    removed: list[Experience] = field(default_factory=list)  # in A only
     same: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -76,12 +85,25 @@ class Pack:
 
     def readme(self) -> str:
         m = self.manifest
-        lines = [f"# Experience pack{': ' + m.name if m.name else ''}", "",
-                 f"{len(self.active)} lessons learned by training-free GRPO"
-                 + (f" on task `{m.task}`" if m.task else "") + (f" with policy `{m.policy_model}`" if m.policy_model else "") + ".",
-                 "", "Use it without the toolkit (pydantic, chromadb and jinja2 only):", "", "```python",
-                 "from experience_store import Pack", "", 'context = Pack.load("this.zip").render("the user\'s question")',
-                 "```", "", f"Embedding: `{spec_label(m.embedding)}`. Created {m.created}.", ""]
+        lines = [
+            f"# Experience pack{': ' + m.name if m.name else ''}",
+            "",
+            f"{len(self.active)} lessons learned by training-free GRPO"
+            + (f" on task `{m.task}`" if m.task else "")
+            + (f" with policy `{m.policy_model}`" if m.policy_model else "")
+            + ".",
+            "",
+            "Use it without the toolkit (pydantic, chromadb and jinja2 only):",
+            "",
+            "```python",
+            "from experience_store import Pack",
+            "",
+            'context = Pack.load("this.zip").render("the user\'s question")',
+            "```",
+            "",
+            f"Embedding: `{spec_label(m.embedding)}`. Created {m.created}.",
+            "",
+        ]
         if m.eval:
             lines += ["Evaluation: `" + json.dumps({k: m.eval[k] for k in list(m.eval)[:6]}) + "`", ""]
         lines += ["## Lessons", ""] + [f"- [{e.id}] {as_line(e.text)}" for e in self.active]
@@ -94,15 +116,19 @@ class Pack:
         self._seal()
         out = Path(path)
         manifest = self.manifest.model_copy(update={"embedding": portable_spec(self.manifest.embedding)})
-        files = {"manifest.json": manifest.model_dump_json(indent=1).encode(), **self._payload(),
-                 "README.md": self.readme().encode()}
+        files = {
+            "manifest.json": manifest.model_dump_json(indent=1).encode(),
+            **self._payload(),
+            "README.md": self.readme().encode(),
+        }
         write_members(out, files)
         return out
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, *, embedding: dict[str, Any] | str | None = None,
-             trust_embedding: bool = False) -> "Pack":
+    def load(
+        cls, path: str | Path, *, embedding: dict[str, Any] | str | None = None, trust_embedding: bool = False
+    ) -> "Pack":
         """Read and verify a pack. ``embedding`` re-embeds it with another spec (e.g. when its
         own model is not installed here, or to name the user's own endpoint). A pack's own
         embedder other than the offline ``lexical`` one is used only with ``trust_embedding``:
@@ -123,9 +149,11 @@ class Pack:
         """PackError unless this pack's texts may be embedded (see ``load``); with ``settings``,
         only where they need embedding (mode ``all`` injects everything and embeds nothing)."""
         if self._untrusted and not (settings is not None and settings.mode == "all"):
-            raise PackError(f"this pack names the embedding {self._untrusted}, which would send its lessons (and your "
-                            "queries) to a model the pack chose: re-embed it here (--embedding lexical; Pack.load(..., "
-                            "embedding='lexical')) or accept it with --trust-embedding (trust_embedding=True)")
+            raise PackError(
+                f"this pack names the embedding {self._untrusted}, which would send its lessons (and your "
+                "queries) to a model the pack chose: re-embed it here (--embedding lexical; Pack.load(..., "
+                "embedding='lexical')) or accept it with --trust-embedding (trust_embedding=True)"
+            )
 
     # -------------------------------------------------------------- retrieval
     def index(self) -> Index:
@@ -139,8 +167,9 @@ class Pack:
         that do not record them)."""
         return self.manifest.injection or InjectionSettings()
 
-    def inject(self, query: str, settings: InjectionSettings | None = None, *,
-               count_tokens: TokenCounter | None = None) -> Injection:
+    def inject(
+        self, query: str, settings: InjectionSettings | None = None, *, count_tokens: TokenCounter | None = None
+    ) -> Injection:
         """The experiences for ``query`` under ``settings`` (see ``retrieval``): by default as the
         run that learned them injected them (``injection_settings``)."""
         if self._selector is None:
@@ -155,18 +184,24 @@ class Pack:
     def diff(self, other: "Pack") -> PackDiff:
         mine = {norm_text(e.text): e for e in self.active}
         theirs = {norm_text(e.text): e for e in other.active}
-        return PackDiff(added=[e for k, e in theirs.items() if k not in mine],
-                        removed=[e for k, e in mine.items() if k not in theirs],
-                        same=len(mine.keys() & theirs.keys()))
+        return PackDiff(
+            added=[e for k, e in theirs.items() if k not in mine],
+            removed=[e for k, e in mine.items() if k not in theirs],
+            same=len(mine.keys() & theirs.keys()),
+        )
 
-    def merge(self, other: "Pack", *, threshold: float = MERGE_THRESHOLD, name: str | None = None) -> tuple["Pack", list[dict[str, Any]]]:
+    def merge(
+        self, other: "Pack", *, threshold: float = MERGE_THRESHOLD, name: str | None = None
+    ) -> tuple["Pack", list[dict[str, Any]]]:
         """This pack's lessons plus the other's that are not (near-)duplicates of one already
         kept; ids renumbered E1.. in order. Returns the pack and the skipped duplicates."""
         self.check_embedding()
         other.check_embedding()
         if not same_spec(self.manifest.embedding, other.manifest.embedding):
-            raise PackError(f"cannot merge packs embedded differently ({spec_label(self.manifest.embedding)} vs "
-                            f"{spec_label(other.manifest.embedding)}); load one with embedding=... to re-embed it")
+            raise PackError(
+                f"cannot merge packs embedded differently ({spec_label(self.manifest.embedding)} vs "
+                f"{spec_label(other.manifest.embedding)}); load one with embedding=... to re-embed it"
+            )
         kept: list[Experience] = []
         skipped: list[dict[str, Any]] = []
         index = Index.in_memory([], self.manifest.embedding)
@@ -175,7 +210,9 @@ class Pack:
             key = norm_text(e.text)
             near = index.near_duplicates([e.text], threshold)[0] if kept else []
             if key in seen or near:
-                skipped.append({"from": source, "id": e.id, "text": e.text, "duplicate_of": seen.get(key) or near[0][0]})
+                skipped.append(
+                    {"from": source, "id": e.id, "text": e.text, "duplicate_of": seen.get(key) or near[0][0]}
+                )
                 continue
             new = e.model_copy(deep=True, update={"id": f"E{len(kept) + 1}"})
             new.provenance.merged_from = [f"{source}:{e.id}"]
@@ -183,6 +220,12 @@ class Pack:
             seen[key] = new.id
             index.upsert([new])
         m = self.manifest
-        return Pack.build(kept, [], name=name, task=m.task if m.task == other.manifest.task else None,
-                          policy_model=m.policy_model if m.policy_model == other.manifest.policy_model else None,
-                          toolkit_version=m.toolkit_version, embedding=m.embedding), skipped
+        return Pack.build(
+            kept,
+            [],
+            name=name,
+            task=m.task if m.task == other.manifest.task else None,
+            policy_model=m.policy_model if m.policy_model == other.manifest.policy_model else None,
+            toolkit_version=m.toolkit_version,
+            embedding=m.embedding,
+        ), skipped

@@ -181,9 +181,13 @@ def _read_zip(path: Path) -> dict[str, bytes]:
             if info.is_dir():
                 raise PackError(f"{path}: unexpected directory entry {name!r}")
             if info.file_size > MAX_MEMBER_BYTES:
-                raise PackError(f"{path}: entry {name!r} is {info.file_size} bytes, over the {MAX_MEMBER_BYTES}-byte limit")
+                raise PackError(
+                    f"{path}: entry {name!r} is {info.file_size} bytes, over the {MAX_MEMBER_BYTES}-byte limit"
+                )
             if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1 << 20:
-                raise PackError(f"{path}: entry {name!r} expands {info.file_size // info.compress_size}x (zip bomb?); refusing the pack")
+                raise PackError(
+                    f"{path}: entry {name!r} expands {info.file_size // info.compress_size}x (zip bomb?); refusing the pack"
+                )
             total += info.file_size
             if total > MAX_TOTAL_BYTES:
                 raise PackError(f"{path}: entries total over the {MAX_TOTAL_BYTES}-byte limit; refusing the pack")
@@ -240,8 +244,10 @@ def parse(path: Path, raw: dict[str, bytes]) -> tuple[PackManifest, list[Experie
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PackError(f"{path}: manifest.json does not describe a {FORMAT}")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise PackError(f"{path}: pack format version {str(meta.get('format_version'))[:20]} is not supported here "
-                        f"(this experience_store reads version {FORMAT_VERSION}); upgrade to read it")
+        raise PackError(
+            f"{path}: pack format version {str(meta.get('format_version'))[:20]} is not supported here "
+            f"(this experience_store reads version {FORMAT_VERSION}); upgrade to read it"
+        )
     try:
         manifest = PackManifest.model_validate(meta)
     except ValidationError as e:
@@ -263,7 +269,9 @@ def parse(path: Path, raw: dict[str, bytes]) -> tuple[PackManifest, list[Experie
         raise PackError(f"{path}: experiences.jsonl repeats an id")
     actual = counts(experiences, history)
     if manifest.counts != actual:
-        raise PackError(f"{path}: manifest.json counts {dict(list(manifest.counts.items())[:4])} do not match the data {actual}")
+        raise PackError(
+            f"{path}: manifest.json counts {dict(list(manifest.counts.items())[:4])} do not match the data {actual}"
+        )
     return manifest, experiences, history
 
 
@@ -279,8 +287,9 @@ def _check_lesson(e: Experience) -> str | None:
     return None
 
 
-def _records(path: Path, name: str, data: bytes, model: type[R], limit: int,
-             check: Callable[[R], str | None] = lambda r: None) -> list[R]:
+def _records(
+    path: Path, name: str, data: bytes, model: type[R], limit: int, check: Callable[[R], str | None] = lambda r: None
+) -> list[R]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

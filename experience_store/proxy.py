@@ -38,12 +38,23 @@ from experience_store.settings import InjectionSettings
 
 log = logging.getLogger(__name__)
 
-PREAMBLE = ("Below are lessons learned from earlier attempts at similar problems. Check which of them apply "
-            "and follow those; ignore the ones that do not fit. When a lesson guides your answer, cite its id "
-            "in brackets, for example [E3].\n\n<experiences>\n{block}\n</experiences>")
+PREAMBLE = (
+    "Below are lessons learned from earlier attempts at similar problems. Check which of them apply "
+    "and follow those; ignore the ones that do not fit. When a lesson guides your answer, cite its id "
+    "in brackets, for example [E3].\n\n<experiences>\n{block}\n</experiences>"
+)
 # Hop-by-hop headers and those aiohttp sets itself are not copied.
-_SKIP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-         "proxy-connection", "te", "trailer"}
+_SKIP = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "proxy-connection",
+    "te",
+    "trailer",
+}
 MAX_JSON_DEPTH = 64
 READ_TIMEOUT_S = 600.0  # tfgrpo proxy --upstream-timeout has the same default
 WILDCARD = ("", "0.0.0.0", "::")
@@ -61,7 +72,7 @@ def _hostname(host: str | None) -> str:
     """``name`` of a Host header ``name:port`` / ``[v6]:port``, lower case ("" when malformed)."""
     host = (host or "").strip().lower()
     if host.startswith("["):
-        return host[1:host.index("]")] if "]" in host else ""
+        return host[1 : host.index("]")] if "]" in host else ""
     name, _, port = host.rpartition(":")
     return (name if port.isdigit() else host).rstrip(".")
 
@@ -100,8 +111,17 @@ def inject_messages(messages: list[dict[str, Any]], block: str) -> list[dict[str
 
 
 class InjectingProxy:
-    def __init__(self, pack: Pack, upstream: str, settings: InjectionSettings | None = None, *, host: str = "127.0.0.1",
-                 token: str | None = None, upstream_key: str | None = None, read_timeout: float = READ_TIMEOUT_S):
+    def __init__(
+        self,
+        pack: Pack,
+        upstream: str,
+        settings: InjectionSettings | None = None,
+        *,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        upstream_key: str | None = None,
+        read_timeout: float = READ_TIMEOUT_S,
+    ):
         """``settings`` default to the pack's (``Pack.injection_settings``); ``host`` is the
         address the proxy is bound to (a name allowed in Host headers)."""
         self.pack = pack
@@ -127,7 +147,9 @@ class InjectingProxy:
             # no cap on connections to upstream (aiohttp's default 100 queued request 101 behind minutes-long
             # streams, with no timeout on the wait); each client request holds one
             connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.read_timeout), auto_decompress=False)
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.read_timeout),
+            auto_decompress=False,
+        )
 
     async def _stop(self, app: web.Application) -> None:
         if self._session is not None:
@@ -137,7 +159,9 @@ class InjectingProxy:
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         name = _hostname(request.headers.get("Host"))
         if name not in self.hosts and not _is_ip(name):
-            return _error(403, f"Host {name[:80]!r} is not served here (only localhost, IP addresses and the bound host)")
+            return _error(
+                403, f"Host {name[:80]!r} is not served here (only localhost, IP addresses and the bound host)"
+            )
         if self.token is not None:
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
@@ -151,7 +175,9 @@ class InjectingProxy:
 
     def forward_headers(self, request: web.Request) -> dict[str, str]:
         # the body was read decoded (aiohttp undoes Content-Encoding), so it goes on without one
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP and k.lower() != "content-encoding"}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in _SKIP and k.lower() != "content-encoding"
+        }
         if self.token is not None:  # the client's credential is for the proxy, not for upstream
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             if self.upstream_key:
@@ -169,9 +195,13 @@ class InjectingProxy:
         try:
             # the path as the client encoded it: decoded, %2F, %3F and %2E%2E would change or leave the upstream path
             path, _, query = request.raw_path.partition("?")
-            upstream = await self._session.request(request.method, URL(self.target(path, query), encoded=True),
-                                                   data=body if body else None, headers=self.forward_headers(request),
-                                                   allow_redirects=False)
+            upstream = await self._session.request(
+                request.method,
+                URL(self.target(path, query), encoded=True),
+                data=body if body else None,
+                headers=self.forward_headers(request),
+                allow_redirects=False,
+            )
         except asyncio.TimeoutError:
             return _error(504, f"upstream did not answer within {self.read_timeout:g} s")
         except aiohttp.ClientError as e:
@@ -226,13 +256,23 @@ async def start(proxy: InjectingProxy, host: str, port: int) -> tuple[web.AppRun
     return runner, int(runner.addresses[0][1])
 
 
-def serve(pack: Pack, upstream: str, *, host: str = "127.0.0.1", port: int = 8100,
-          settings: InjectionSettings | None = None, token: str | None = None, upstream_key: str | None = None,
-          read_timeout: float = READ_TIMEOUT_S, on_ready: Callable[[str], Any] = print) -> None:
+def serve(
+    pack: Pack,
+    upstream: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    settings: InjectionSettings | None = None,
+    token: str | None = None,
+    upstream_key: str | None = None,
+    read_timeout: float = READ_TIMEOUT_S,
+    on_ready: Callable[[str], Any] = print,
+) -> None:
     """Run the proxy until interrupted (SIGINT/SIGTERM); ``on_ready`` gets its base URL once it
     listens (with the real port when ``port`` is 0)."""
-    proxy = InjectingProxy(pack, upstream, settings, host=host, token=token, upstream_key=upstream_key,
-                           read_timeout=read_timeout)
+    proxy = InjectingProxy(
+        pack, upstream, settings, host=host, token=token, upstream_key=upstream_key, read_timeout=read_timeout
+    )
 
     async def main() -> None:
         runner, bound = await start(proxy, host, port)

@@ -31,7 +31,9 @@ def as_line(text: str) -> str:
 
 def render_experiences(experiences: Iterable[Experience], template: str = DEFAULT_BLOCK) -> str:
     """Lines ``[E12] When ..., ...`` for the given experiences (empty string for none)."""
-    items = [e.model_copy(update={"id": as_line(e.id), "text": as_line(e.text)}) for e in experiences if e.status == "active"]
+    items = [
+        e.model_copy(update={"id": as_line(e.id), "text": as_line(e.text)}) for e in experiences if e.status == "active"
+    ]
     if not items:
         return ""
     return _env.from_string(template).render(experiences=items).rstrip("\n")

@@ -51,8 +51,10 @@ class Index:
         except StoreError:
             raise
         except Exception as e:  # a model that cannot be downloaded, an API without a key, ...
-            raise StoreError(f"embedding {spec_label(self.spec)} failed ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
-                             "use another embedding spec, e.g. lexical") from None
+            raise StoreError(
+                f"embedding {spec_label(self.spec)} failed ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                "use another embedding spec, e.g. lexical"
+            ) from None
 
     @classmethod
     def in_memory(cls, experiences: Sequence[Experience], embedding: dict[str, Any]) -> "Index":
@@ -60,7 +62,9 @@ class Index:
         import chromadb
 
         client = chromadb.EphemeralClient(settings=chromadb.Settings(anonymized_telemetry=False))
-        col = client.create_collection(f"pack-{uuid.uuid4().hex}", embedding_function=None, metadata={"hnsw:space": "cosine"})
+        col = client.create_collection(
+            f"pack-{uuid.uuid4().hex}", embedding_function=None, metadata={"hnsw:space": "cosine"}
+        )
         index = cls(col, embedding)
         index.upsert(experiences)
         return index
@@ -71,8 +75,13 @@ class Index:
         for start in range(0, len(items), batch):
             part = items[start : start + batch]
             self.collection.upsert(
-                ids=[e.id for e in part], documents=[e.text for e in part], embeddings=self.embed([e.text for e in part]),
-                metadatas=[{"revision": e.revision, "created_step": e.created_step, "updated_step": e.updated_step} for e in part],
+                ids=[e.id for e in part],
+                documents=[e.text for e in part],
+                embeddings=self.embed([e.text for e in part]),
+                metadatas=[
+                    {"revision": e.revision, "created_step": e.created_step, "updated_step": e.updated_step}
+                    for e in part
+                ],
             )
 
     def search_vectors(self, vectors: list[list[float]], k: int) -> list[list[tuple[str, float]]]:
@@ -87,8 +96,10 @@ class Index:
         fetch = min(n, 2 * k)
         while True:
             res = self.collection.query(query_embeddings=vectors, n_results=fetch, include=["distances"])
-            rows = [sorted(((i, 1.0 - float(d)) for i, d in zip(ids, dists)), key=_rank)
-                    for ids, dists in zip(res["ids"], res["distances"])]
+            rows = [
+                sorted(((i, 1.0 - float(d)) for i, d in zip(ids, dists)), key=_rank)
+                for ids, dists in zip(res["ids"], res["distances"])
+            ]
             # a tie at the k-th place that reaches the last fetched result may go on beyond it
             if fetch >= n or not any(len(r) > k and _rank(r[k - 1])[0] == _rank(r[-1])[0] for r in rows):
                 return [r[:k] for r in rows]
@@ -179,5 +190,6 @@ class Selector:
             used += cost
         block = render_experiences(chosen)
         ids = [e.id for e in chosen]
-        return Injection(block, ids, count(block) if block else 0, "retrieve",
-                         {i: round(s, 4) for i, s in hits if i in ids})
+        return Injection(
+            block, ids, count(block) if block else 0, "retrieve", {i: round(s, 4) for i, s in hits if i in ids}
+        )

@@ -20,12 +20,23 @@ class InjectionSettings(BaseModel):
     """Mode, token budget and top-k of the injected experiences."""
 
     model_config = ConfigDict(extra="forbid")
-    mode: Mode = Field("all", description="How experiences enter the prompt: 'all' injects the whole library "
-                       "(paper-faithful), 'retrieve' the top-k most similar to the query within the token budget, "
-                       "'auto' all while it fits the budget and retrieve beyond",
-                       json_schema_extra={"flag": "injection"})
-    budget_tokens: int = Field(2000, gt=0, description="Token budget of the injected experiences in retrieve and auto "
-                               "modes (counted with the policy's tokenizer where known)",
-                               json_schema_extra={"flag": "inject-budget"})
-    top_k: int = Field(8, gt=0, description="Experiences retrieved per query in retrieve and auto modes",
-                       json_schema_extra={"flag": "top-k"})
+    mode: Mode = Field(
+        "all",
+        description="How experiences enter the prompt: 'all' injects the whole library "
+        "(paper-faithful), 'retrieve' the top-k most similar to the query within the token budget, "
+        "'auto' all while it fits the budget and retrieve beyond",
+        json_schema_extra={"flag": "injection"},
+    )
+    budget_tokens: int = Field(
+        2000,
+        gt=0,
+        description="Token budget of the injected experiences in retrieve and auto "
+        "modes (counted with the policy's tokenizer where known)",
+        json_schema_extra={"flag": "inject-budget"},
+    )
+    top_k: int = Field(
+        8,
+        gt=0,
+        description="Experiences retrieved per query in retrieve and auto modes",
+        json_schema_extra={"flag": "top-k"},
+    )

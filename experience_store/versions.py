@@ -61,8 +61,9 @@ class VersionStore:
             return LibraryState.model_validate_json(path.read_bytes())
         except (ValidationError, OSError) as e:
             reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror or str(e)
-            raise StoreError(f"{path}: unreadable library version ({reason}); move it aside to continue from the "
-                             "version before it") from None
+            raise StoreError(
+                f"{path}: unreadable library version ({reason}); move it aside to continue from the version before it"
+            ) from None
 
     def discard_after(self, step: int) -> None:
         for s in self.steps():

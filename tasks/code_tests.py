@@ -35,12 +35,21 @@ async def tests_pass(sample: Sample, completion: str) -> float:
 
 
 def samples(split: str) -> list[Sample]:
-    return [Sample(id=r["id"], prompt=r["question"], answer=r["solution"], metadata={"tests": r["tests"]})
-            for r in read_rows(DATA) if r["split"] == split]
+    return [
+        Sample(id=r["id"], prompt=r["question"], answer=r["solution"], metadata={"tests": r["tests"]})
+        for r in read_rows(DATA)
+        if r["split"] == split
+    ]
 
 
 @task
 def code() -> Task:
     """Write a function, checked by unit tests in the sandbox: 3 train, 3 test."""
-    return Task(dataset=samples("train"), eval_dataset=samples("test"), rewards=[tests_pass],
-                instructions=INSTRUCTIONS, tools=[python_tool()], max_tokens=1024)
+    return Task(
+        dataset=samples("train"),
+        eval_dataset=samples("test"),
+        rewards=[tests_pass],
+        instructions=INSTRUCTIONS,
+        tools=[python_tool()],
+        max_tokens=1024,
+    )

@@ -18,7 +18,12 @@ from tfgrpo.errors import UserError
 from tfgrpo.rewards import reward
 from tfgrpo.task_registry import Sample, Task, task
 
-PHRASINGS = ("What is {a} + {b}?", "Compute {a} plus {b}.", "Add {a} and {b}.", "What do you get when you add {a} to {b}?")
+PHRASINGS = (
+    "What is {a} + {b}?",
+    "Compute {a} plus {b}.",
+    "Add {a} and {b}.",
+    "What do you get when you add {a} to {b}?",
+)
 # N whole: not the start of 13.9, 13/2, 13e5 or 13,000 (a full stop after it is fine)
 ANSWER = re.compile(r"Answer:\s*(-?\d+)(?!\d|[.,/]\d|[eE][-+]?\d)")
 EXAMPLE = [{"role": "user", "content": "What is 3 + 5?"}, {"role": "assistant", "content": "Answer: 8"}]
@@ -38,8 +43,18 @@ def digit_sums(heldout: int = 200, seed: int = 0) -> Task:
     if not 0 < heldout < len(items):
         raise UserError(f"digit_sums: heldout must be between 1 and {len(items) - 1}, got {heldout}")
     random.Random(seed).shuffle(items)
-    samples = [Sample(id=f"sum-{a}-{b}-{k}", answer=a + b,
-                      messages=EXAMPLE + [{"role": "user", "content": PHRASINGS[k].format(a=a, b=b)}])
-               for a, b, k in items]
-    return Task(dataset=samples[:-heldout], eval_dataset=samples[-heldout:], rewards=[answer_line],
-                instructions="Reply with one line of the form 'Answer: N', where N is the number.", max_tokens=16)
+    samples = [
+        Sample(
+            id=f"sum-{a}-{b}-{k}",
+            answer=a + b,
+            messages=EXAMPLE + [{"role": "user", "content": PHRASINGS[k].format(a=a, b=b)}],
+        )
+        for a, b, k in items
+    ]
+    return Task(
+        dataset=samples[:-heldout],
+        eval_dataset=samples[-heldout:],
+        rewards=[answer_line],
+        instructions="Reply with one line of the form 'Answer: N', where N is the number.",
+        max_tokens=16,
+    )

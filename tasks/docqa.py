@@ -28,8 +28,11 @@ def exact_match(sample: Sample, completion: str) -> float:
 
 
 def samples(split: str, with_answers: bool) -> list[Sample]:
-    return [Sample(id=r["id"], prompt=r["question"], answer=r["answer"] if with_answers else None)
-            for r in read_rows(HERE / "docqa.jsonl") if r["split"] == split]
+    return [
+        Sample(id=r["id"], prompt=r["question"], answer=r["answer"] if with_answers else None)
+        for r in read_rows(HERE / "docqa.jsonl")
+        if r["split"] == split
+    ]
 
 
 @task
@@ -37,8 +40,17 @@ def docqa(reward: str = "exact", grader: str | None = None) -> Task:
     """Questions over the bundled corpus with the search tool: 6 train, 6 test."""
     if reward not in ("exact", "grader", "consistency"):
         raise UserError(f"task docqa: reward must be exact, grader or consistency, not {reward!r}")
-    rewards = {"exact": lambda: exact_match, "grader": lambda: llm_grader(grader),
-               "consistency": lambda: self_consistency(answer_line)}[reward]()
+    rewards = {
+        "exact": lambda: exact_match,
+        "grader": lambda: llm_grader(grader),
+        "consistency": lambda: self_consistency(answer_line),
+    }[reward]()
     corpus = BM25Corpus(read_rows(HERE / "docqa_corpus.jsonl"))
-    return Task(dataset=samples("train", reward != "consistency"), eval_dataset=samples("test", True),
-                rewards=[rewards], instructions=INSTRUCTIONS, tools=[search_tool(corpus)], max_tokens=512)
+    return Task(
+        dataset=samples("train", reward != "consistency"),
+        eval_dataset=samples("test", True),
+        rewards=[rewards],
+        instructions=INSTRUCTIONS,
+        tools=[search_tool(corpus)],
+        max_tokens=512,
+    )

@@ -18,8 +18,7 @@ from tfgrpo.task_registry import Sample, Task, read_rows, task
 PROBLEM_KEYS = ("problem", "question", "prompt")
 ANSWER_KEYS = ("answer", "final_answer", "ground_truth", "solution")
 INSTRUCTIONS = (
-    "Solve the math problem. Reason step by step, check your work, "
-    "and put the final answer in \\boxed{} at the end."
+    "Solve the math problem. Reason step by step, check your work, and put the final answer in \\boxed{} at the end."
 )
 
 
@@ -29,7 +28,9 @@ def _rows(data: str, split: str) -> list[dict[str, Any]]:
     try:
         import datasets  # optional: only for hub dataset ids
     except ImportError:
-        raise UserError(f"data file not found: {data} (a Hugging Face dataset id needs: pip install datasets)") from None
+        raise UserError(
+            f"data file not found: {data} (a Hugging Face dataset id needs: pip install datasets)"
+        ) from None
     try:
         return [dict(r) for r in datasets.load_dataset(data, split=split)]
     except Exception as e:
@@ -55,7 +56,9 @@ def samples_from_rows(rows: list[dict[str, Any]], source: str) -> list[Sample]:
             raise UserError(f"{source}: row {ident} has no problem text (one of: {', '.join(PROBLEM_KEYS)})")
         answer = _first(row, ANSWER_KEYS)
         if answer is None:
-            raise UserError(f"{source}: row {ident} has no answer (one of: {', '.join(ANSWER_KEYS)}), which the math reward needs")
+            raise UserError(
+                f"{source}: row {ident} has no answer (one of: {', '.join(ANSWER_KEYS)}), which the math reward needs"
+            )
         meta = {k: v for k, v in row.items() if k not in (*PROBLEM_KEYS, *ANSWER_KEYS, "id")}
         samples.append(Sample(id=ident, prompt=str(problem), answer=str(answer), metadata=meta))
     return samples

@@ -17,11 +17,19 @@ INSTRUCTIONS = (
 
 
 def samples(split: str) -> list[Sample]:
-    return [Sample(id=r["id"], prompt=r["question"], answer=r["answer"]) for r in read_rows(DATA) if r["split"] == split]
+    return [
+        Sample(id=r["id"], prompt=r["question"], answer=r["answer"]) for r in read_rows(DATA) if r["split"] == split
+    ]
 
 
 @task(name="math-tools")
 def math_tools() -> Task:
     """Multi-step arithmetic with the python tool: 6 train, 6 test problems."""
-    return Task(dataset=samples("train"), eval_dataset=samples("test"), rewards=[math_verified],
-                instructions=INSTRUCTIONS, tools=[python_tool()], max_tokens=1024)
+    return Task(
+        dataset=samples("train"),
+        eval_dataset=samples("test"),
+        rewards=[math_verified],
+        instructions=INSTRUCTIONS,
+        tools=[python_tool()],
+        max_tokens=1024,
+    )

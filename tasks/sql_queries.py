@@ -62,11 +62,21 @@ async def same_result(sample: Sample, completion: str) -> float:
 
 
 def samples(split: str) -> list[Sample]:
-    return [Sample(id=r["id"], prompt=r["question"], answer=r["sql"]) for r in read_rows(HERE / "sql.jsonl") if r["split"] == split]
+    return [
+        Sample(id=r["id"], prompt=r["question"], answer=r["sql"])
+        for r in read_rows(HERE / "sql.jsonl")
+        if r["split"] == split
+    ]
 
 
 @task
 def sql() -> Task:
     """Questions over the shop database with the sql tool: 6 train, 6 test."""
-    return Task(dataset=samples("train"), eval_dataset=samples("test"), rewards=[same_result],
-                instructions=INSTRUCTIONS, tools=[sql_tool(database())], max_tokens=512)
+    return Task(
+        dataset=samples("train"),
+        eval_dataset=samples("test"),
+        rewards=[same_result],
+        instructions=INSTRUCTIONS,
+        tools=[sql_tool(database())],
+        max_tokens=512,
+    )

@@ -14,7 +14,9 @@ ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED":
 CMD = [sys.executable, "-m", "tfgrpo"]
 
 
-def tfgrpo(*args: str, check: bool = True, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def tfgrpo(
+    *args: str, check: bool = True, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     proc = subprocess.run([*CMD, *args], capture_output=True, text=True, env=env or ENV, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"tfgrpo {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")

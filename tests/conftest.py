@@ -30,8 +30,11 @@ def chroma_server(tmp_path_factory):
     if exe is None:
         pytest.skip("the chroma CLI (from the chromadb package) is not installed beside python nor on PATH")
     port = free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -63,8 +66,13 @@ def smollm2():
 @pytest.fixture
 def sim_server():
     """The simulated model in its own process, so the test can freeze it mid-request."""
-    proc = subprocess.Popen([*CMD, "sim-server", "--port", "0", "--seed", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [*CMD, "sim-server", "--port", "0", "--seed", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
     url = None
     deadline = time.monotonic() + 60
     while url is None and time.monotonic() < deadline:

@@ -87,7 +87,11 @@ class StubServer:
                    for i in range(count)]  # fmt: skip
         self.choices += count
         self.completed += 1
-        usage = self.usage if self.usage is not None else {"prompt_tokens": 10, "completion_tokens": 5 * count, "total_tokens": 10 + 5 * count}
+        usage = (
+            self.usage
+            if self.usage is not None
+            else {"prompt_tokens": 10, "completion_tokens": 5 * count, "total_tokens": 10 + 5 * count}
+        )
         return web.json_response({"id": f"stub-{self.requests}", "object": "chat.completion", "created": int(time.time()),
                                   "model": body.get("model", "stub"), "choices": choices, "usage": usage})  # fmt: skip
 

@@ -37,7 +37,9 @@ def skilled_messages(task_name):
 
 async def test_trajectory_records_calls_results_timing_and_tokens(sim):
     task, messages = skilled_messages("math-tools")
-    c, traj = await run_agent(client_for(sim), messages, toolset(task.tools), limits=AgentConfig(), temperature=0.7, seed=SEED)
+    c, traj = await run_agent(
+        client_for(sim), messages, toolset(task.tools), limits=AgentConfig(), temperature=0.7, seed=SEED
+    )
     assert traj.stopped_by is None and traj.tool_calls == 1 and traj.tool_errors == 0
     call = traj.turns[0].tool_calls[0]
     assert call.name == "python" and "print" in call.arguments and "exit status: 0" in call.result
@@ -61,15 +63,18 @@ async def test_turn_limit_scores_the_rollout_as_it_stands(sim):
 
 async def test_token_limit(sim):
     task, messages = skilled_messages("code")
-    _, traj = await run_agent(client_for(sim), messages, toolset(task.tools), limits=AgentConfig(max_tokens=5),
-                              temperature=0.7, seed=SEED)
+    _, traj = await run_agent(
+        client_for(sim), messages, toolset(task.tools), limits=AgentConfig(max_tokens=5), temperature=0.7, seed=SEED
+    )
     assert traj.stopped_by == "tokens" and len(traj.turns) == 1
 
 
 async def test_malformed_tool_arguments_are_answered_counted_and_retried(sim):
     task, messages = skilled_messages("math-tools")
     sim.add_faults("malformed")
-    c, traj = await run_agent(client_for(sim), messages, toolset(task.tools), limits=AgentConfig(), temperature=0.7, seed=SEED)
+    c, traj = await run_agent(
+        client_for(sim), messages, toolset(task.tools), limits=AgentConfig(), temperature=0.7, seed=SEED
+    )
     assert traj.malformed_tool_calls == 1 and traj.tool_errors == 1
     assert "not a valid JSON object" in traj.turns[0].tool_calls[0].result
     assert traj.stopped_by is None and f"\\boxed{{{task.dataset[0].answer}}}" in c.text
@@ -87,6 +92,8 @@ async def test_a_raising_tool_does_not_end_the_rollout(sim):
         """
         raise OSError("disk on fire")
 
-    c, traj = await run_agent(client_for(sim), messages, toolset([broken]), limits=AgentConfig(), temperature=0.7, seed=SEED)
+    c, traj = await run_agent(
+        client_for(sim), messages, toolset([broken]), limits=AgentConfig(), temperature=0.7, seed=SEED
+    )
     assert traj.tool_errors == 1 and "OSError: disk on fire" in traj.turns[0].tool_calls[0].result
     assert traj.stopped_by is None and c.ok and len(traj.turns) == 2

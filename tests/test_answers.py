@@ -38,8 +38,12 @@ async def test_a_hostile_answer_is_cut_off_without_stalling_the_run(monkeypatch)
     monkeypatch.setattr(answers, "CHECK_TIMEOUT_S", 2.0)
     check = answers.math_verified.fn
     t0 = time.monotonic()
-    (hostile, fine), stall = await longest_stall(asyncio.gather(
-        check(SimpleNamespace(id="h", answer="1"), "\\boxed{9^{9^{9^{9}}}}"), check(SimpleNamespace(id="f", answer="4"), "\\boxed{4}")))
+    (hostile, fine), stall = await longest_stall(
+        asyncio.gather(
+            check(SimpleNamespace(id="h", answer="1"), "\\boxed{9^{9^{9^{9}}}}"),
+            check(SimpleNamespace(id="f", answer="4"), "\\boxed{4}"),
+        )
+    )
     took = time.monotonic() - t0
     assert (hostile, fine) == (0.0, 1.0) and took < 10
     assert stall < 1.0  # the loop kept running throughout

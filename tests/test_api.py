@@ -32,8 +32,13 @@ print(json.dumps({"steps": len(run.steps), "library": run.library_size, "eval": 
 
 def test_train_evaluate_export_from_python_without_the_cli(tmp_path):
     out, pack = tmp_path / "run", tmp_path / "lessons.zip"
-    proc = subprocess.run([sys.executable, "-c", API_SCRIPT, str(out), str(pack)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", API_SCRIPT, str(out), str(pack)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, f"the API printed: {proc.stdout!r}"  # only the script's own line
@@ -58,11 +63,14 @@ def _option_help(text: str) -> dict[str, str]:
     return {k: " ".join(v.split()) for k, v in entries.items()}
 
 
-@pytest.mark.parametrize("command,model,exclude", [
-    ("train", RunConfig, frozenset()),
-    ("grpo", ParamsConfig, frozenset()),
-    ("eval", EvalConfig, frozenset({"group-size", "max-turns", "agent-max-tokens", "agent-wall-s"})),
-])
+@pytest.mark.parametrize(
+    "command,model,exclude",
+    [
+        ("train", RunConfig, frozenset()),
+        ("grpo", ParamsConfig, frozenset()),
+        ("eval", EvalConfig, frozenset({"group-size", "max-turns", "agent-max-tokens", "agent-wall-s"})),
+    ],
+)
 def test_help_shows_the_config_models_defaults(command, model, exclude):
     result = CliRunner().invoke(build_app(), [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

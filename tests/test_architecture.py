@@ -11,13 +11,14 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_LINES = 400
+MAX_LINES = 450  # counted on ruff-formatted code (one argument per line where a call is long)
 
 
 @pytest.fixture(scope="module")
 def graph():
-    return grimp.build_graph("tfgrpo", "experience_store", include_external_packages=True,
-                             exclude_type_checking_imports=True, cache_dir=None)
+    return grimp.build_graph(
+        "tfgrpo", "experience_store", include_external_packages=True, exclude_type_checking_imports=True, cache_dir=None
+    )
 
 
 def _modules(graph, package: str) -> list[str]:
@@ -57,10 +58,27 @@ FORBIDDEN = [
     ("tfgrpo.api", "typer", "the API works without the CLI"),
     ("tfgrpo.api", "rich", "the API never prints"),
 ]
-CORE = ["tfgrpo.errors", "tfgrpo.config", "tfgrpo.rundir", "tfgrpo.records", "tfgrpo.rewards", "tfgrpo.task_registry",
-        "tfgrpo.hooks", "tfgrpo.version"]
-ABOVE_CORE = ["tfgrpo.training_free", "tfgrpo.params", "tfgrpo.llm", "tfgrpo.sim", "tfgrpo.cli", "tfgrpo.api", "chromadb",
-              "litellm", "torch"]
+CORE = [
+    "tfgrpo.errors",
+    "tfgrpo.config",
+    "tfgrpo.rundir",
+    "tfgrpo.records",
+    "tfgrpo.rewards",
+    "tfgrpo.task_registry",
+    "tfgrpo.hooks",
+    "tfgrpo.version",
+]
+ABOVE_CORE = [
+    "tfgrpo.training_free",
+    "tfgrpo.params",
+    "tfgrpo.llm",
+    "tfgrpo.sim",
+    "tfgrpo.cli",
+    "tfgrpo.api",
+    "chromadb",
+    "litellm",
+    "torch",
+]
 
 
 # Modules a FORBIDDEN rule of their package does not cover: the simulator's CLI plugin (the demo
@@ -86,34 +104,61 @@ SIM_WORDS = re.compile(r"\bsim\b|\bsim[-_/]|simulat", re.IGNORECASE)
 def test_only_the_simulator_and_tests_know_the_simulator(graph):
     """The simulator is a provider and a command plugin found through entry points: no module
     outside tfgrpo.sim imports it, and none names it in code, strings or docstrings."""
-    outside = [m for m in graph.modules if m.split(".")[0] in ("tfgrpo", "experience_store")
-               and not (m == "tfgrpo.sim" or m.startswith("tfgrpo.sim."))]
-    importers = [(m, i) for m in outside for i in graph.find_modules_directly_imported_by(m)
-                 if i == "tfgrpo.sim" or i.startswith("tfgrpo.sim.")]
+    outside = [
+        m
+        for m in graph.modules
+        if m.split(".")[0] in ("tfgrpo", "experience_store") and not (m == "tfgrpo.sim" or m.startswith("tfgrpo.sim."))
+    ]
+    importers = [
+        (m, i)
+        for m in outside
+        for i in graph.find_modules_directly_imported_by(m)
+        if i == "tfgrpo.sim" or i.startswith("tfgrpo.sim.")
+    ]
     assert not importers, f"modules outside tfgrpo.sim import it: {importers}"
-    named = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for folder in ("tfgrpo", "experience_store")
-             for path in sorted((ROOT / folder).rglob("*.py")) if "sim" not in path.relative_to(ROOT / folder).parts[:1]
-             for n, line in enumerate(path.read_text().splitlines(), 1) if SIM_WORDS.search(line)]
+    named = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for folder in ("tfgrpo", "experience_store")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if "sim" not in path.relative_to(ROOT / folder).parts[:1]
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if SIM_WORDS.search(line)
+    ]
     assert not named, "the simulator is named outside tfgrpo/sim:\n" + "\n".join(named)
 
 
 def test_cli_modules_import_only_the_shared_cli_helpers(graph):
     shared = {"tfgrpo.cli", "tfgrpo.cli.console", "tfgrpo.cli.options"}
-    bad = [(m, i) for m in _modules(graph, "tfgrpo.cli") if m not in shared
-           for i in graph.find_modules_directly_imported_by(m) if i.startswith("tfgrpo.cli") and i not in shared]
+    bad = [
+        (m, i)
+        for m in _modules(graph, "tfgrpo.cli")
+        if m not in shared
+        for i in graph.find_modules_directly_imported_by(m)
+        if i.startswith("tfgrpo.cli") and i not in shared
+    ]
     assert not bad, f"CLI modules import each other: {bad}"
 
 
 def test_no_import_cycles(graph):
     ours = [m for m in graph.modules if m.split(".")[0] in ("tfgrpo", "experience_store")]
-    cycles = sorted({tuple(sorted((m, i))) for m in ours for i in graph.find_modules_directly_imported_by(m)
-                     if i in ours and graph.find_shortest_chain(importer=i, imported=m)})
+    cycles = sorted(
+        {
+            tuple(sorted((m, i)))
+            for m in ours
+            for i in graph.find_modules_directly_imported_by(m)
+            if i in ours and graph.find_shortest_chain(importer=i, imported=m)
+        }
+    )
     assert not cycles, f"import cycles between: {cycles}"
 
 
 def test_no_module_over_the_size_limit():
-    big = {str(p.relative_to(ROOT)): n for folder in ("tfgrpo", "experience_store", "tasks")
-           for p in (ROOT / folder).rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    big = {
+        str(p.relative_to(ROOT)): n
+        for folder in ("tfgrpo", "experience_store", "tasks")
+        for p in (ROOT / folder).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not big, f"modules over {MAX_LINES} lines: {big}"
 
 
@@ -159,8 +204,9 @@ def _package_rows() -> list[tuple[list[str], list[str]]]:
 
 def _modules_in(folder: Path) -> set[str]:
     """A package's modules: its .py files (bar __init__) and its sub-packages."""
-    return ({p.stem for p in folder.glob("*.py") if p.name != "__init__.py"}
-            | {p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()})
+    return {p.stem for p in folder.glob("*.py") if p.name != "__init__.py"} | {
+        p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()
+    }
 
 
 def test_every_path_the_architecture_doc_names_exists():
@@ -171,16 +217,24 @@ def test_every_path_the_architecture_doc_names_exists():
 
 
 def test_every_module_a_package_row_lists_exists():
-    wrong = [f"{path}{name} (no {path}{name}.py nor {path}{name}/)"
-             for paths, names in _package_rows() for path in paths if path.endswith("/")
-             for name in names if not ((ROOT / path / f"{name}.py").is_file() or (ROOT / path / name).is_dir())]
+    wrong = [
+        f"{path}{name} (no {path}{name}.py nor {path}{name}/)"
+        for paths, names in _package_rows()
+        for path in paths
+        if path.endswith("/")
+        for name in names
+        if not ((ROOT / path / f"{name}.py").is_file() or (ROOT / path / name).is_dir())
+    ]
     assert not wrong, f"docs/architecture.md, Packages table: modules that do not exist: {wrong}"
 
 
 def test_every_tfgrpo_module_and_package_has_a_row():
     named = {p.rstrip("/") for paths, _ in _package_rows() for p in paths}
-    on_disk = {f"tfgrpo/{p.name}" for p in (ROOT / "tfgrpo").iterdir()
-               if p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__" and not p.name.startswith("."))}
+    on_disk = {
+        f"tfgrpo/{p.name}"
+        for p in (ROOT / "tfgrpo").iterdir()
+        if p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__" and not p.name.startswith("."))
+    }
     missing = sorted(on_disk - named)
     assert not missing, f"docs/architecture.md, Packages table: no row for {missing} (add one)"
 
@@ -204,10 +258,14 @@ def test_the_doc_checks_catch_drift(tmp_path, monkeypatch):
     """The doc checks can fail: a package row missing a module, naming a gone one, or a
     module without a row is caught, each named."""
     doc = tmp_path / "architecture.md"
-    doc.write_text("# A\n\n## Packages\n\n| path | modules | what |\n|---|---|---|\n"
-                   "| `tfgrpo/sim/` | `server`, `forward` | x |\n| `tfgrpo/gone.py` | | y |\n\n## Next\n")
+    doc.write_text(
+        "# A\n\n## Packages\n\n| path | modules | what |\n|---|---|---|\n"
+        "| `tfgrpo/sim/` | `server`, `forward` | x |\n| `tfgrpo/gone.py` | | y |\n\n## Next\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "ARCH_DOC", doc)
-    with pytest.raises(AssertionError, match=r"tfgrpo/sim/: not listed: .*skills.*tfgrpo/sim/: listed but not there: forward"):
+    with pytest.raises(
+        AssertionError, match=r"tfgrpo/sim/: not listed: .*skills.*tfgrpo/sim/: listed but not there: forward"
+    ):
         test_every_tfgrpo_package_row_lists_all_its_modules()
     with pytest.raises(AssertionError, match=r"tfgrpo/sim/forward"):
         test_every_module_a_package_row_lists_exists()
@@ -228,7 +286,15 @@ def test_stage_methods_take_few_arguments():
     from tfgrpo.training_free.policy import Policy, PromptPolicy
     from tfgrpo.training_free.rollout import Scorer
 
-    methods = [Judge.judge_group, PromptPolicy.sample_group, Policy.sample_group, Evaluator.compare, Evaluator.baseline,
-               Evaluator.select_best_epoch, Curator.curate, Scorer.score]
+    methods = [
+        Judge.judge_group,
+        PromptPolicy.sample_group,
+        Policy.sample_group,
+        Evaluator.compare,
+        Evaluator.baseline,
+        Evaluator.select_best_epoch,
+        Curator.curate,
+        Scorer.score,
+    ]
     wide = {m.__qualname__: n for m in methods if (n := len(inspect.signature(m).parameters) - 1) > 4}
     assert not wide, f"stage methods with more than 4 arguments: {wide}"

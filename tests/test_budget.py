@@ -39,7 +39,9 @@ def test_cost_budget_needs_a_price():
 @pytest.mark.slow
 def test_run_stops_at_a_step_boundary_and_resumes_with_a_higher_limit(tmp_path):
     out = tmp_path / "run"
-    first = tfgrpo("train", "--model", "sim", "--epochs", "1", "--budget-calls", "30", "--out", str(out), "--json", "-q")
+    first = tfgrpo(
+        "train", "--model", "sim", "--epochs", "1", "--budget-calls", "30", "--out", str(out), "--json", "-q"
+    )
     s = last_json(first)
     assert s["status"] == "stopped_by_budget" and 0 < s["steps"] < 4
     assert "stopped by budget" in first.stderr and "--budget-calls 30 would be passed" in first.stderr
@@ -54,8 +56,23 @@ def test_run_stops_at_a_step_boundary_and_resumes_with_a_higher_limit(tmp_path):
 
 def test_price_per_mtok_prices_an_unpriced_model_and_caps_cost(tmp_path):
     out = tmp_path / "run"
-    s = last_json(tfgrpo("train", "--model", "sim", "--epochs", "1", "--price-per-mtok", "1,2", "--budget-cost", "0.01",
-                         "--out", str(out), "--json", "-q"))
+    s = last_json(
+        tfgrpo(
+            "train",
+            "--model",
+            "sim",
+            "--epochs",
+            "1",
+            "--price-per-mtok",
+            "1,2",
+            "--budget-cost",
+            "0.01",
+            "--out",
+            str(out),
+            "--json",
+            "-q",
+        )
+    )
     u = s["usage"]["policy"]
     assert u["cost_usd"] == pytest.approx((u["prompt_tokens"] * 1 + u["completion_tokens"] * 2) / 1e6, rel=0.01)
     total = sum(r["cost_usd"] for r in s["usage"].values())
@@ -64,10 +81,14 @@ def test_price_per_mtok_prices_an_unpriced_model_and_caps_cost(tmp_path):
 
 @pytest.mark.slow  # keeps the default run under 5 minutes; CI runs it
 def test_cost_limit_without_a_price_stops_after_the_first_step_and_says_why(tmp_path):
-    proc = tfgrpo("train", "--model", "sim", "--epochs", "1", "--budget-cost", "5", "--out", str(tmp_path / "r"), "--json", "-q")
+    proc = tfgrpo(
+        "train", "--model", "sim", "--epochs", "1", "--budget-cost", "5", "--out", str(tmp_path / "r"), "--json", "-q"
+    )
     assert last_json(proc)["steps"] == 1 and "--price-per-mtok" in proc.stderr
     # The advice is true: the suggested command (not "a higher limit") continues the run.
-    suggested = re.search(r"continue with tfgrpo (train --resume \S+ --price-per-mtok IN,OUT)", " ".join(proc.stderr.split()))
+    suggested = re.search(
+        r"continue with tfgrpo (train --resume \S+ --price-per-mtok IN,OUT)", " ".join(proc.stderr.split())
+    )
     assert suggested, proc.stderr
     args = suggested.group(1).replace("IN,OUT", "1,2").split()
     again = last_json(tfgrpo(*args, "--json", "-q"))

@@ -51,8 +51,13 @@ async def test_unreachable_endpoint_raises_after_retries():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    c = LLMClient(model="openai/x", api_base=f"http://127.0.0.1:{port}/v1", api_key="k",
-                  retry=RetryPolicy(max_retries=2, base_delay=0.01), timeout=2.0)
+    c = LLMClient(
+        model="openai/x",
+        api_base=f"http://127.0.0.1:{port}/v1",
+        api_key="k",
+        retry=RetryPolicy(max_retries=2, base_delay=0.01),
+        timeout=2.0,
+    )
     with pytest.raises(EndpointError, match="unreachable after 3 attempts"):
         await c.sample(MSGS, n=1)
     assert c.usage.roles["policy"].calls == 3
@@ -88,11 +93,14 @@ async def test_bad_request_fails_that_request_only(monkeypatch):
     assert role.calls == 1 and role.retries == 0 and role.failures == 2
 
 
-@pytest.mark.parametrize("fails_without_flag,knows_flag,skips", [
-    (True, True, True),     # a litellm importing its MCP gateway (and packages not installed) for any tools
-    (False, True, False),   # a litellm routing only MCP tools to the gateway
-    (False, False, False),  # a litellm without the flag: it is never sent upstream
-])
+@pytest.mark.parametrize(
+    "fails_without_flag,knows_flag,skips",
+    [
+        (True, True, True),  # a litellm importing its MCP gateway (and packages not installed) for any tools
+        (False, True, False),  # a litellm routing only MCP tools to the gateway
+        (False, False, False),  # a litellm without the flag: it is never sent upstream
+    ],
+)
 def test_mcp_gateway_skip_is_asked_of_litellm(monkeypatch, fails_without_flag, knows_flag, skips):
     import litellm
 

@@ -68,7 +68,9 @@ async def test_both_paths_give_the_same_completions_and_usage(transport):
         c = client(server.base_url, transport=transport)
         out = await c.sample(MSGS, n=2, seed=4, max_tokens=16)
     assert [(o.text, o.finish_reason, o.prompt_tokens, o.completion_tokens) for o in out] == [
-        ("text 0", "stop", 15, 6), ("text 1", "stop", 15, 6)]
+        ("text 0", "stop", 15, 6),
+        ("text 1", "stop", 15, 6),
+    ]
     role = c.usage.roles["policy"]
     assert (role.calls, role.prompt_tokens, role.completion_tokens, role.cached_tokens) == (1, 30, 12, 20)
 
@@ -163,7 +165,9 @@ async def test_a_refused_connection_is_named_in_plain_words():
 
 async def test_an_oversized_reply_is_cut_off_and_retried(monkeypatch):
     monkeypatch.setattr(direct, "MAX_REPLY_BYTES", 4096)
-    big = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 10_000}}]}
+    big = {
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 10_000}}]
+    }
     with StubServer(answer=lambda m, i: "small") as server:
         server.fail(200, body=big)
         c = client(server.base_url)
@@ -182,7 +186,9 @@ async def test_a_large_reply_in_many_pieces_is_read_whole():
 async def test_a_redirect_is_not_followed_and_stops_the_run():
     with StubServer() as elsewhere, StubServer() as server:
         server.fail(307, headers={"Location": f"{elsewhere.base_url}/chat/completions"}, times=5)
-        with pytest.raises(EndpointError, match=r"HTTP 307: the server redirects to http://127\.0\.0\.1:\d+/v1/chat/completions"):
+        with pytest.raises(
+            EndpointError, match=r"HTTP 307: the server redirects to http://127\.0\.0\.1:\d+/v1/chat/completions"
+        ):
             await client(server.base_url).sample(MSGS)
         assert server.requests == 1 and elsewhere.requests == 0  # the prompt went nowhere else
 
@@ -198,7 +204,9 @@ async def test_a_netrc_entry_does_not_clash_with_the_key(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     direct._env_proxy.cache_clear()
     with StubServer() as server:
-        reply = await direct.chat(server.base_url, {"model": "stub", "messages": MSGS}, api_key="k", timeout=10, local=False)
+        reply = await direct.chat(
+            server.base_url, {"model": "stub", "messages": MSGS}, api_key="k", timeout=10, local=False
+        )
     assert reply["choices"] and server.auth == ["Bearer k"]
 
 

@@ -206,8 +206,11 @@ async def test_a_group_partly_cached_gets_distinct_answers_as_a_fresh_one_would(
 
     msgs = [{"role": "user", "content": "What is 17*23?"}]
     with start_sim_server(seed=1) as sim:
+
         def make(cache):
-            return LLMClient(model="openai/sim-policy", api_base=sim.base_url, api_key="sim", cache=cache, supports_n=True)
+            return LLMClient(
+                model="openai/sim-policy", api_base=sim.base_url, api_key="sim", cache=cache, supports_n=True
+            )
 
         cache = ResponseCache(tmp_path / "cache.sqlite")
         await make(cache).sample(msgs, n=2, seed=5, temperature=1.0)

@@ -28,9 +28,15 @@ def seeded_run(tmp_path, prune_harmful: bool) -> dict[str, str]:
     silent = tmp_path / "prompts"
     silent.mkdir()
     (silent / "compare.j2").write_text("There is nothing to compare this time.")  # the judge sees no attempts
-    cfg = RunConfig(task="demo", epochs=3, sampling=SamplingConfig(group_size=8), cache=False, prompts_dir=str(silent),
-                    policy={"model": "sim"},
-                    library=LibraryConfig(prune_harmful=prune_harmful))
+    cfg = RunConfig(
+        task="demo",
+        epochs=3,
+        sampling=SamplingConfig(group_size=8),
+        cache=False,
+        prompts_dir=str(silent),
+        policy={"model": "sim"},
+        library=LibraryConfig(prune_harmful=prune_harmful),
+    )
     rd = RunDir(tmp_path / "run")
     lessons = [s.harmful if s.name == HARMED else s.lesson for s in SKILLS]
     Library(rd.library_path).apply([ExperienceOp(op="ADD", text=t) for t in lessons], step=0)

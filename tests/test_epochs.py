@@ -36,8 +36,11 @@ def _file_epochs(run: Path) -> dict[str, set[int]]:
     """File (relative to the run) -> the epochs it names, for every JSON and JSONL file of the run."""
     out = {}
     for p in sorted(run.rglob("*.json*")):
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.suffix == ".jsonl" \
+        rows = (
+            [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            if p.suffix == ".jsonl"
             else [json.loads(p.read_text())]
+        )
         found = set(_epochs(rows))
         if found:
             out[str(p.relative_to(run))] = found

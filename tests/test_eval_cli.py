@@ -43,11 +43,42 @@ def test_eval_json_contract_and_saved_results(run):
 @pytest.mark.slow
 def test_empty_library_shows_no_significant_difference_in_words(tmp_path):
     (tmp_path / "lib" / "versions").mkdir(parents=True)
-    proc = tfgrpo("eval", "--library", str(tmp_path / "lib"), "--task", "demo", "--model", "sim", "-k", "2", "--limit", "8",
-                  "--save-dir", str(tmp_path), "-q")
+    proc = tfgrpo(
+        "eval",
+        "--library",
+        str(tmp_path / "lib"),
+        "--task",
+        "demo",
+        "--model",
+        "sim",
+        "-k",
+        "2",
+        "--limit",
+        "8",
+        "--save-dir",
+        str(tmp_path),
+        "-q",
+    )
     assert "no significant difference" in proc.stdout
-    r = last_json(tfgrpo("eval", "--library", str(tmp_path / "lib"), "--task", "demo", "--model", "sim", "-k", "2", "--limit", "8", "--save-dir",
-                         str(tmp_path), "--json", "-q"))
+    r = last_json(
+        tfgrpo(
+            "eval",
+            "--library",
+            str(tmp_path / "lib"),
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "-k",
+            "2",
+            "--limit",
+            "8",
+            "--save-dir",
+            str(tmp_path),
+            "--json",
+            "-q",
+        )
+    )
     assert r["diff"] == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0, "significant": False}
     assert (tmp_path / "eval" / "test-k2-n2-step0" / "summary.json").is_file()
 
@@ -68,8 +99,23 @@ def test_split_is_fixed_by_its_seed_and_ids():
 @pytest.mark.slow
 def test_select_best_val_keeps_the_best_epoch_and_eval_uses_it(tmp_path):
     out = tmp_path / "run"
-    s = last_json(tfgrpo("train", "--model", "sim", "--epochs", "3", "--split", "50/25/25", "--select", "best-val",
-                         "--out", str(out), "--json", "-q"))
+    s = last_json(
+        tfgrpo(
+            "train",
+            "--model",
+            "sim",
+            "--epochs",
+            "3",
+            "--split",
+            "50/25/25",
+            "--select",
+            "best-val",
+            "--out",
+            str(out),
+            "--json",
+            "-q",
+        )
+    )
     sel = json.loads((out / "selection.json").read_text())
     assert [c["epoch"] for c in sel["candidates"]] == [1, 2, 3]
     assert sel["validation_problems"] == 8
@@ -80,11 +126,14 @@ def test_select_best_val_keeps_the_best_epoch_and_eval_uses_it(tmp_path):
     assert r["library_step"] == chosen["step"] and r["n_problems"] == 8 and r["split"] == "test"
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["-k", "4", "-n", "2"], "-k 4 is larger than -n 2"),
-    (["--split", "100/0/0"], "the test split is empty"),
-    (["--split", "1/2/x"], "--split '1/2/x'"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["-k", "4", "-n", "2"], "-k 4 is larger than -n 2"),
+        (["--split", "100/0/0"], "the test split is empty"),
+        (["--split", "1/2/x"], "--split '1/2/x'"),
+    ],
+)
 def test_bad_eval_input_is_one_line(run, extra, message):
     proc = tfgrpo("eval", "--library", str(run), *extra, check=False)
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]

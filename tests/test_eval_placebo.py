@@ -18,8 +18,10 @@ from tfgrpo.training_free.placebo import NEUTRAL, placebo_block
 
 
 def test_placebo_block_keeps_preamble_ids_and_token_lengths():
-    block = ("Lessons learned so far:\n[E1] When a problem mixes units, convert everything to one unit first.\n"
-             "[E12] When counting fence posts, remember that n gaps need n + 1 posts, so add one.")
+    block = (
+        "Lessons learned so far:\n[E1] When a problem mixes units, convert everything to one unit first.\n"
+        "[E12] When counting fence posts, remember that n gaps need n + 1 posts, so add one."
+    )
     out = placebo_block(block, estimate_tokens)
     lines, before = out.split("\n"), block.split("\n")
     assert lines[0] == before[0] and lines[1].startswith("[E1] ") and lines[2].startswith("[E12] ")
@@ -61,7 +63,9 @@ def test_eval_placebo_arm_json_and_table(run):
 def test_report_shows_the_placebo_arm(run, tmp_path):
     api.evaluate({"task": "demo", "k": 2, "n": 4, "placebo": True}, run, name="with-placebo")
     api.evaluate({"task": "demo", "k": 2, "n": 4}, run, name="without")
-    saved = {name: json.loads((run / "eval" / name / "summary.json").read_text()) for name in ("with-placebo", "without")}
+    saved = {
+        name: json.loads((run / "eval" / name / "summary.json").read_text()) for name in ("with-placebo", "without")
+    }
     page = tfgrpo("report", str(run), "--out", str(tmp_path / "rep")).stdout.strip().splitlines()[-1]
     text = Path(page).read_text()
     assert "placebo Mean@k" in text and "library - placebo" in text

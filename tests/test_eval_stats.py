@@ -6,15 +6,18 @@ from tfgrpo.training_free.evaluate import ArmRun, arm_summary, paired_diff, verd
 from tfgrpo.training_free.stats import bootstrap_ci, paired_permutation_p, pass_at_k
 
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (5, 2, 2, 1 - 3 / 10),     # 1 - C(3,2)/C(5,2)
-    (8, 3, 4, 1 - 5 / 70),     # 1 - C(5,4)/C(8,4)
-    (4, 1, 1, 0.25),           # k = 1: the fraction right
-    (10, 0, 3, 0.0),           # never right
-    (4, 3, 2, 1.0),            # fewer wrong answers than k: every k-subset holds a right one
-    (4, 2, 4, 1.0),            # n = k: solved at least once
-    (4, 0, 4, 0.0),
-])
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (8, 3, 4, 1 - 5 / 70),  # 1 - C(5,4)/C(8,4)
+        (4, 1, 1, 0.25),  # k = 1: the fraction right
+        (10, 0, 3, 0.0),  # never right
+        (4, 3, 2, 1.0),  # fewer wrong answers than k: every k-subset holds a right one
+        (4, 2, 4, 1.0),  # n = k: solved at least once
+        (4, 0, 4, 0.0),
+    ],
+)
 def test_pass_at_k_hand_computed(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
 
@@ -103,8 +106,12 @@ def test_the_same_counts_in_another_seed_order_are_no_difference():
     """Counts (1, 3, 3) and (3, 3, 1) over three seeds are 7 of 9 right in both arms: float
     noise in the per-problem means must not become a 'significant' difference."""
     ids, seeds = [f"p{i}" for i in range(8)], [0, 1, 2]
-    base = ArmRun(name="baseline", n=3, correct={(s, i): c for i in ids for s, c in zip(seeds, (1, 3, 3))}, failures=0, answers=[])
-    lib = ArmRun(name="library", n=3, correct={(s, i): c for i in ids for s, c in zip(seeds, (3, 3, 1))}, failures=0, answers=[])
+    base = ArmRun(
+        name="baseline", n=3, correct={(s, i): c for i in ids for s, c in zip(seeds, (1, 3, 3))}, failures=0, answers=[]
+    )
+    lib = ArmRun(
+        name="library", n=3, correct={(s, i): c for i in ids for s, c in zip(seeds, (3, 3, 1))}, failures=0, answers=[]
+    )
     d = paired_diff(base.per_problem(ids, seeds, 1)[0], lib.per_problem(ids, seeds, 1)[0])
     assert d == {"mean": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0, "significant": False}
     assert verdict(d, 1, 8).startswith("no significant difference")
@@ -124,6 +131,8 @@ def test_the_verdict_counts_failed_requests_and_failed_rewards_per_arm():
 
     base = ArmRun(name="baseline", n=4, failures=0, unscored=2)
     lib = ArmRun(name="library", n=4, failures=3, unscored=0)
-    assert _failed(base, lib) == ("; failed requests, counted as wrong: 3 library, 0 baseline"
-                                  "; answers whose reward failed, counted as wrong: 0 library, 2 baseline")
+    assert _failed(base, lib) == (
+        "; failed requests, counted as wrong: 3 library, 0 baseline"
+        "; answers whose reward failed, counted as wrong: 0 library, 2 baseline"
+    )
     assert _failed(ArmRun(name="b", n=1), ArmRun(name="l", n=1)) == ""

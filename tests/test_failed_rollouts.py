@@ -49,10 +49,16 @@ class FlakyProxy:
                         proxy.judge_bodies.append(body)
                     elif digest % 1000 < proxy.fail_per_mille:
                         proxy.refused += 1
-                        return self._send(400, {"error": {"message": "flaky endpoint: request refused", "type": "invalid_request_error"}})
+                        return self._send(
+                            400,
+                            {"error": {"message": "flaky endpoint: request refused", "type": "invalid_request_error"}},
+                        )
                 body["n"] = 1  # it ignores n, as transformers serve does
-                req = urllib.request.Request(proxy.upstream + "/chat/completions", data=json.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json", "Authorization": "Bearer sim"})
+                req = urllib.request.Request(
+                    proxy.upstream + "/chat/completions",
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json", "Authorization": "Bearer sim"},
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=30) as resp:
                         return self._send(resp.status, json.loads(resp.read()))
@@ -102,7 +108,9 @@ def test_a_flaky_endpoint_learns_the_same_lessons_as_a_clean_one(tmp_path):
     assert clean.summary()["rollout_failures"] == 0 and clean_lessons
     failed = [r for r in rd.read(ROLLOUTS) if r["text"] is None]
     # A refused request fails its rollouts (all G of the first request, sent with n=G; one after that).
-    assert proxy.refused > 0 and summary["rollout_failures"] == len(failed) == sum(s.rollout_failures for s in flaky.steps)
+    assert proxy.refused > 0 and summary["rollout_failures"] == len(failed) == sum(
+        s.rollout_failures for s in flaky.steps
+    )
     assert all("request refused" in r["error"] for r in failed)
     # The honest simulator's judge learns from the contrasts a group shows, and failed requests
     # remove some answers, so the flaky run may learn fewer skills; it invents none of its own
@@ -114,8 +122,9 @@ def test_a_flaky_endpoint_learns_the_same_lessons_as_a_clean_one(tmp_path):
     # No score, no advantage: a failure is not a wrong answer.
     assert all(r["reward"] is None and r["rewards"] == [None] and r["advantage"] == 0.0 for r in failed)
     # The judge only ever saw answers.
-    assert proxy.judge_bodies and not any("request failed" in json.dumps(b) or "no answer" in json.dumps(b)
-                                          for b in proxy.judge_bodies)
+    assert proxy.judge_bodies and not any(
+        "request failed" in json.dumps(b) or "no answer" in json.dumps(b) for b in proxy.judge_bodies
+    )
     groups = rd.read(GROUPS)
     by_group: dict[tuple[int, str], int] = {}
     for r in failed:

@@ -51,12 +51,15 @@ def run(tmp_path_factory):
     (root / "mytask.py").write_text(TRAIN_ONLY)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        result = api.train(RunConfig(task="mytask.py:trainonly", epochs=1, policy={"model": "sim"},
-                                     sampling={"group_size": 4}), out=root / "run")
+        result = api.train(
+            RunConfig(task="mytask.py:trainonly", epochs=1, policy={"model": "sim"}, sampling={"group_size": 4}),
+            out=root / "run",
+        )
     return result.run_dir
 
 
 # ---------------------------------------------------------------------------- 1. no silent simulator
+
 
 def test_train_and_eval_require_a_model(tmp_path):
     proc = tfgrpo("train", "--task", "demo", "--out", str(tmp_path / "r"), check=False)
@@ -69,16 +72,22 @@ def test_train_and_eval_require_a_model(tmp_path):
 def test_sim_says_it_is_a_simulation_and_stops_on_a_task_it_does_not_know(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text(json.dumps({"question": "What is 17 * 23?", "answer": "391"}) + "\n")
-    proc = tfgrpo("train", "--task", "math", "--data", str(data), "--model", "sim", "--out", str(tmp_path / "r"), check=False)
+    proc = tfgrpo(
+        "train", "--task", "math", "--data", str(data), "--model", "sim", "--out", str(tmp_path / "r"), check=False
+    )
     assert proc.returncode == 2
     assert "SIMULATED model" in proc.stderr and "none of task 'math'" in proc.stderr
     notices = []
-    api.evaluate(EvalConfig(task="demo", k=1, limit=2, policy={"model": "sim"}), save_dir=tmp_path,
-                 hooks=Hooks(on_notice=notices.append))
+    api.evaluate(
+        EvalConfig(task="demo", k=1, limit=2, policy={"model": "sim"}),
+        save_dir=tmp_path,
+        hooks=Hooks(on_notice=notices.append),
+    )
     assert len(notices) == 1 and notices[0].startswith("SIMULATION:")
 
 
 # ---------------------------------------------------------------------------- 2. eval follows its run
+
 
 def test_eval_takes_task_and_model_from_the_run_and_refuses_training_problems(run):
     proc = tfgrpo("eval", "--library", str(run), "-k", "1", "-q", check=False)
@@ -119,13 +128,29 @@ def test_baseline_only_eval(run, tmp_path):
     r = last_json(tfgrpo("eval", "--library", str(run), "--baseline-only", "-k", "1", "--json", "-q"))
     assert set(r) >= {"baseline", "task", "model"} and "library" not in r and "diff" not in r
     assert r["task"] == "trainonly" and r["on_training_problems"] is False
-    r = last_json(tfgrpo("eval", "--task", "demo", "--model", "sim", "-k", "1", "--limit", "4", "--save-dir",
-                         str(tmp_path), "--json", "-q"))
+    r = last_json(
+        tfgrpo(
+            "eval",
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "-k",
+            "1",
+            "--limit",
+            "4",
+            "--save-dir",
+            str(tmp_path),
+            "--json",
+            "-q",
+        )
+    )
     assert r["n_problems"] == 4 and "library" not in r
     assert (tmp_path / "eval" / "test-k1-n1-baseline" / "summary.json").is_file()
 
 
 # ---------------------------------------------------------------------------- 3. strict samples
+
 
 def test_sample_forbids_unknown_fields():
     with pytest.raises(UserError) as e:
@@ -136,6 +161,7 @@ def test_sample_forbids_unknown_fields():
 
 # ---------------------------------------------------------------------------- 6. absolute task paths
 
+
 def test_task_file_is_stored_absolute(run, tmp_path, monkeypatch):
     stored = load_run_config(run).task
     assert stored.startswith("/") and stored.endswith("mytask.py:trainonly")
@@ -145,14 +171,23 @@ def test_task_file_is_stored_absolute(run, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- 4. the p-value column
 
+
 def test_p_value_has_its_own_column():
     from rich.console import Console
 
     from tfgrpo.cli.console import eval_table
 
     arm = {"mean_at_k": 0.5, "pass_at_k": 0.6, "ci95": [0.4, 0.6], "pass_ci95": [0.5, 0.7], "failures": 3}
-    report = {"k": 4, "n": 4, "seeds": [0], "n_problems": 5, "task": "demo", "baseline": arm,
-              "library": {**arm, "mean_at_k": 0.75}, "diff": {"mean": 0.25, "ci95": [0.1, 0.4], "p_value": 0.0625}}
+    report = {
+        "k": 4,
+        "n": 4,
+        "seeds": [0],
+        "n_problems": 5,
+        "task": "demo",
+        "baseline": arm,
+        "library": {**arm, "mean_at_k": 0.75},
+        "diff": {"mean": 0.25, "ci95": [0.1, 0.4], "p_value": 0.0625},
+    }
     console = Console(width=200, record=True)
     console.print(eval_table(report))
     lines = console.export_text().splitlines()
@@ -160,11 +195,12 @@ def test_p_value_has_its_own_column():
     diff = next(line for line in lines if line.strip().startswith("│ difference") or "difference" in line)
     assert "p-value" in header
     col = header.index("p-value")
-    assert "0.0625" in diff[col - 4:]
-    assert "0.0625" not in diff[header.index("failed requests") - 2: header.index("failed requests") + 15]
+    assert "0.0625" in diff[col - 4 :]
+    assert "0.0625" not in diff[header.index("failed requests") - 2 : header.index("failed requests") + 15]
 
 
 # ---------------------------------------------------------------------------- 5. flag names
+
 
 def _flags(*command: str) -> set[str]:
     import re
@@ -201,7 +237,12 @@ def test_yaml_keys_follow_the_flags_and_unknown_keys_are_named(tmp_path):
 def test_task_arguments_by_T():
     from tfgrpo.cli.options import parse_task_args
 
-    assert parse_task_args(["n=3", "letters=ab", "flag=true", "empty="]) == {"n": 3, "letters": "ab", "flag": True, "empty": ""}
+    assert parse_task_args(["n=3", "letters=ab", "flag=true", "empty="]) == {
+        "n": 3,
+        "letters": "ab",
+        "flag": True,
+        "empty": "",
+    }
     proc = tfgrpo("train", "--task", "toy", "-T", "n=3", "-T", "nope=1", "--model", "sim", check=False)
     assert proc.returncode == 2 and "bad arguments {'n': 3, 'nope': 1}" in proc.stderr
     proc = tfgrpo("train", "--task", "toy", "-T", "n3", check=False)
@@ -209,6 +250,7 @@ def test_task_arguments_by_T():
 
 
 # ---------------------------------------------------------------------------- 6. small things a user looks for
+
 
 def test_version_verbose_runs_json_and_every_task_in_help(run):
     from tfgrpo.task_registry import available_tasks, builtin_task_names
@@ -234,6 +276,7 @@ def test_errors_keep_brackets_of_user_text():
 
 # ---------------------------------------------------------------------------- 8. item 10 leftovers
 
+
 def test_csv_data_is_read(tmp_path):
     from tfgrpo.task_registry import load_task
 
@@ -246,8 +289,18 @@ def test_csv_data_is_read(tmp_path):
 def test_report_to_tensorboard_writes_each_step(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = api.train(RunConfig(task="demo", epochs=1, limit=8, batch_size=4, policy={"model": "sim"},
-                                 sampling={"group_size": 2}, report_to="tensorboard"), out=tmp_path / "run")
+    result = api.train(
+        RunConfig(
+            task="demo",
+            epochs=1,
+            limit=8,
+            batch_size=4,
+            policy={"model": "sim"},
+            sampling={"group_size": 2},
+            report_to="tensorboard",
+        ),
+        out=tmp_path / "run",
+    )
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     rewards = events.Scalars("train/mean_reward")

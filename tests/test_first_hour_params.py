@@ -17,8 +17,9 @@ from tfgrpo.report import load_run  # noqa: E402
 
 def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
     out = tmp_path / "run"
-    cfg = make_config(task="toy", model="tiny", steps=2, batch_size=2, group_size=2, device="cpu",
-                      report_to="tensorboard")
+    cfg = make_config(
+        task="toy", model="tiny", steps=2, batch_size=2, group_size=2, device="cpu", report_to="tensorboard"
+    )
     train_params(cfg, out=out)
     steps_before = (out / "steps.jsonl").read_text()
     with pytest.raises(UserError, match=f"{out} already holds a run: continue it with tfgrpo grpo --resume"):
@@ -27,8 +28,9 @@ def test_second_run_refused_config_reruns_and_report_reads_steps(tmp_path):
     saved = build(ParamsConfig, load_yaml(out / "config.yaml"))  # re-runs as is
     assert saved.learning_rate == cfg.learning_rate == 3e-3 and saved.lr == 3e-3  # the lr actually used
     steps = load_run(out).steps
-    assert len(steps) == 2 and all(s["mean_reward"] == json.loads(line)["reward_mean"]
-                                   for s, line in zip(steps, steps_before.splitlines()))
+    assert len(steps) == 2 and all(
+        s["mean_reward"] == json.loads(line)["reward_mean"] for s, line in zip(steps, steps_before.splitlines())
+    )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard"))  # --report-to tensorboard, read by TensorBoard's reader
@@ -54,12 +56,29 @@ def test_sigterm_marks_a_parameter_mode_run_interrupted_and_it_resumes(tmp_path)
     from cli_helpers import CMD, ENV, tfgrpo
 
     run = tmp_path / "run"
-    flags = ["--task", "toy", "--model", "tiny", "--batch-size", "2", "--group-size", "2", "--device", "cpu", "--save-every", "1"]
+    flags = [
+        "--task",
+        "toy",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--group-size",
+        "2",
+        "--device",
+        "cpu",
+        "--save-every",
+        "1",
+    ]
     proc = subprocess.Popen([*CMD, "grpo", *flags, "--steps", "200", "--out", str(run), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
     steps = run / "steps.jsonl"
     deadline = time.monotonic() + 180
-    while not (steps.exists() and steps.read_text().count("\n") >= 2) and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not (steps.exists() and steps.read_text().count("\n") >= 2)
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read()[-2000:]
     assert json.loads((run / "status.json").read_text())["status"] == "running"

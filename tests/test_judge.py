@@ -63,16 +63,35 @@ def test_reasoning_comes_before_the_ops_in_schema_and_prompt():  # defect 2
 def test_judge_sees_instructions_tools_objective_and_each_reward():  # defect 4
     task = load_task("demo")
     ctx = task_context(task, PROMPTS)
-    assert ctx.instructions and task.instructions.strip()[:40] in ctx.instructions and "<experiences>" not in ctx.instructions
+    assert (
+        ctx.instructions
+        and task.instructions.strip()[:40] in ctx.instructions
+        and "<experiences>" not in ctx.instructions
+    )
     assert ctx.objective and task.rewards[0].name in ctx.objective[0]
-    context = JudgeContext(instructions="Solve the problem; end with 'Answer: N'.", tools=["python: run code"],
-                           objective=["correct (weight 1): the answer matches", "format (weight 0.5): ends with Answer:"])
+    context = JudgeContext(
+        instructions="Solve the problem; end with 'Answer: N'.",
+        tools=["python: run code"],
+        objective=["correct (weight 1): the answer matches", "format (weight 0.5): ends with Answer:"],
+    )
     client = FakeJudge()
-    judge(client, [Attempt(1, "Answer: 6", 1.0, {"correct": 1.0, "format": 1.0}),
-                   Attempt(2, "six", 0.33, {"correct": 0.0, "format": 1.0})], context=context)
+    judge(
+        client,
+        [
+            Attempt(1, "Answer: 6", 1.0, {"correct": 1.0, "format": 1.0}),
+            Attempt(2, "six", 0.33, {"correct": 0.0, "format": 1.0}),
+        ],
+        context=context,
+    )
     user = client.seen[0][1]["content"]
-    for shown in ("<agent_instructions>", "end with 'Answer: N'", "- python: run code", "<objective>",
-                  "format (weight 0.5)", 'correct="0.0" format="1.0"'):
+    for shown in (
+        "<agent_instructions>",
+        "end with 'Answer: N'",
+        "- python: run code",
+        "<objective>",
+        "format (weight 0.5)",
+        'correct="0.0" format="1.0"',
+    ):
         assert shown in user, shown
 
 
@@ -82,9 +101,14 @@ def test_op_limit_keeps_the_first_non_none_ops():  # defect 5
     assert [o.op for o in keep_ops(ops, 1)] == ["ADD"]
     assert [o.op for o in keep_ops([ProposedOp(op="NONE"), ProposedOp(op="NONE")], 3)] == ["NONE"]
     assert JudgeConfig().max_ops_per_group == 3
-    reply = json.dumps({"reasoning": "r", "ops": [{"op": "NONE"}, *({"op": "ADD", "text": f"When {c}, do {c}."} for c in "abc")]})
-    out = judge(FakeJudge(reply=lambda m: Completion(text=reply, index=0)), [Attempt(1, "a", 1.0), Attempt(2, "b", 0.0)],
-                cfg=JudgeConfig(max_ops_per_group=1))
+    reply = json.dumps(
+        {"reasoning": "r", "ops": [{"op": "NONE"}, *({"op": "ADD", "text": f"When {c}, do {c}."} for c in "abc")]}
+    )
+    out = judge(
+        FakeJudge(reply=lambda m: Completion(text=reply, index=0)),
+        [Attempt(1, "a", 1.0), Attempt(2, "b", 0.0)],
+        cfg=JudgeConfig(max_ops_per_group=1),
+    )
     assert [o.text for o in out.proposals] == ["When a, do a."]
 
 
@@ -127,7 +151,9 @@ def test_summariser_sees_the_lessons_and_the_comparison_gets_summaries():  # def
         return Completion(text=REPLY, index=0)
 
     client = FakeJudge(reply=reply)
-    out = judge(client, [Attempt(i, "word " * 4000, float(i % 2)) for i in range(4)], cfg=JudgeConfig(context_tokens=8000))
+    out = judge(
+        client, [Attempt(i, "word " * 4000, float(i % 2)) for i in range(4)], cfg=JudgeConfig(context_tokens=8000)
+    )
     summaries = [m for m in client.seen if "Summarise one attempt" in m[-1]["content"]]
     assert len(summaries) == 4 and all("[E1] When counting posts" in m[-1]["content"] for m in summaries)
     assert out.summaries == ["It added the end post."] * 4 and out.comparison is not None
@@ -135,8 +161,9 @@ def test_summariser_sees_the_lessons_and_the_comparison_gets_summaries():  # def
 
 
 def test_context_overflow_is_classed_and_retried_on_summaries():  # defect 3
-    err = litellm.ContextWindowExceededError(message="This model's maximum context length is 32768 tokens", model="m",
-                                             llm_provider="openai")
+    err = litellm.ContextWindowExceededError(
+        message="This model's maximum context length is 32768 tokens", model="m", llm_provider="openai"
+    )
     assert failure_text(err).startswith(CONTEXT_OVERFLOW)
     assert not failure_text(ValueError("bad request")).startswith(CONTEXT_OVERFLOW)
 
@@ -149,7 +176,9 @@ def test_context_overflow_is_classed_and_retried_on_summaries():  # defect 3
         return Completion(text=REPLY, index=0)
 
     client = FakeJudge(reply=reply)
-    out = judge(client, [Attempt(i, "word " * 50, float(i % 2)) for i in range(2)], cfg=JudgeConfig(context_tokens=10 ** 6))
+    out = judge(
+        client, [Attempt(i, "word " * 50, float(i % 2)) for i in range(2)], cfg=JudgeConfig(context_tokens=10**6)
+    )
     assert out.error is None and out.comparison is not None and out.summaries == ["short", "short"]
 
 
@@ -160,7 +189,9 @@ def test_schema_pasted_only_without_response_format():  # defect 8
     assert schema_text(FakeJudge(schema=True), JudgeConfig()) == ""
     unknown = LLMClient(model="openai/some-local-model", api_base="http://127.0.0.1:9/v1")
     assert not unknown.takes_response_schema()  # litellm does not know it
-    assert LLMClient(model="openai/some-local-model", capabilities=Capabilities(response_schema=True)).takes_response_schema()
+    assert LLMClient(
+        model="openai/some-local-model", capabilities=Capabilities(response_schema=True)
+    ).takes_response_schema()
     pasted = schema_text(FakeJudge(schema=False), JudgeConfig())
     assert json.loads(pasted)["properties"]["reasoning"]
     assert schema_text(FakeJudge(schema=True), JudgeConfig(schema_in_prompt=True))
@@ -170,9 +201,15 @@ def test_schema_pasted_only_without_response_format():  # defect 8
 
 
 def test_truncation_is_shown_to_the_judge():  # defect 8
-    g = Group(sample=SAMPLE, completions=[Completion(text="Answer: 6", index=0, finish_reason="stop"),
-                                          Completion(text="Let me count: 2, 4, 6, 8", index=1, finish_reason="length")],
-              rewards=[[1.0], [0.0]], combined=[1.0, 0.0])
+    g = Group(
+        sample=SAMPLE,
+        completions=[
+            Completion(text="Answer: 6", index=0, finish_reason="stop"),
+            Completion(text="Let me count: 2, 4, 6, 8", index=1, finish_reason="length"),
+        ],
+        rewards=[[1.0], [0.0]],
+        combined=[1.0, 0.0],
+    )
     attempts = group_attempts(g, ["correct"])
     assert [a.truncated for a in attempts] == [False, True] and attempts[1].rewards == {"correct": 0.0}
     client = FakeJudge()
@@ -194,7 +231,9 @@ def test_group_size_one_judges_every_group_with_a_note(tmp_path, caplog):  # def
     from tfgrpo.training_free.config import RunConfig, SamplingConfig
     from tfgrpo.training_free.loop import train_loop
 
-    cfg = RunConfig(task="demo", epochs=1, limit=16, sampling=SamplingConfig(group_size=1), cache=False, policy={"model": "sim"})
+    cfg = RunConfig(
+        task="demo", epochs=1, limit=16, sampling=SamplingConfig(group_size=1), cache=False, policy={"model": "sim"}
+    )
     with caplog.at_level(logging.WARNING), open_models(cfg.policy, cfg.judge) as models:
         result = asyncio.run(train_loop(cfg, load_task("demo"), models, RunDir(tmp_path / "run"), prompts=PROMPTS))
     assert all(s.judged == s.groups for s in result.steps) and sum(s.judged for s in result.steps) == 16

@@ -22,8 +22,10 @@ from tfgrpo.llm.launcher import TransformersServer, VLLMServer, local_server
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm.py"
-CLI = ("import typer; from tfgrpo.cli.serve import register; from tfgrpo.sim.cli import register as sim; "
-       "app = typer.Typer(); register(app); sim(app); app()")
+CLI = (
+    "import typer; from tfgrpo.cli.serve import register; from tfgrpo.sim.cli import register as sim; "
+    "app = typer.Typer(); register(app); sim(app); app()"
+)
 
 
 @pytest.fixture
@@ -72,7 +74,14 @@ def test_starts_serves_and_stops(fake_vllm, tmp_path):
 
 
 def test_command_line(fake_vllm):
-    cmd = VLLMServer("m", port=1234, executable=fake_vllm, tensor_parallel_size=2, max_model_len=8192, extra_args=["--dtype", "bfloat16"]).command()
+    cmd = VLLMServer(
+        "m",
+        port=1234,
+        executable=fake_vllm,
+        tensor_parallel_size=2,
+        max_model_len=8192,
+        extra_args=["--dtype", "bfloat16"],
+    ).command()
     assert cmd[1:3] == ["serve", "m"] and "--enable-prefix-caching" in cmd
     assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert cmd[cmd.index("--max-model-len") + 1] == "8192" and cmd[-2:] == ["--dtype", "bfloat16"]
@@ -80,7 +89,9 @@ def test_command_line(fake_vllm):
 
 
 def test_transformers_engine_command_line(fake_vllm, monkeypatch):
-    server = local_server("transformers", "/models/tiny", port=4321, executable=fake_vllm, extra_args=["--dtype", "float32"])
+    server = local_server(
+        "transformers", "/models/tiny", port=4321, executable=fake_vllm, extra_args=["--dtype", "float32"]
+    )
     cmd = server.command()
     assert isinstance(server, TransformersServer) and cmd[1:3] == ["serve", "/models/tiny"]
     assert cmd[cmd.index("--device") + 1] == "cpu" and "--continuous-batching" in cmd
@@ -108,7 +119,9 @@ def test_engine_choice_is_checked():
 
 
 def test_transformers_engine_serves_and_stops(fake_vllm, tmp_path):
-    with local_server("transformers", "tiny", executable=fake_vllm, log_path=tmp_path / "t.log", health_timeout=20) as server:
+    with local_server(
+        "transformers", "tiny", executable=fake_vllm, log_path=tmp_path / "t.log", health_timeout=20
+    ) as server:
         pid = server.process.pid
         r = openai.OpenAI(base_url=server.base_url, api_key="x").chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "What is 2 + 2?"}]
@@ -209,7 +222,9 @@ def run_until_ctrl_c(args: list[str], ready: str, timeout: float = 20.0) -> tupl
                 break
         assert any(ready in line for line in lines), lines
         url = next(w for line in lines for w in line.split() if w.startswith("http://"))
-        r = openai.OpenAI(base_url=url, api_key="x").chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        r = openai.OpenAI(base_url=url, api_key="x").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
         assert r.choices
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=timeout)
@@ -223,15 +238,23 @@ def test_sim_server_command_runs_until_ctrl_c():
     assert code == 0, err
     assert "stopped sim server" in lines[-1] and "1 policy" in lines[-1]
     # the key a client needs is documented where the server starts (any value works)
-    assert any(line.startswith("try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s3 --api-base http://")
-               for line in lines), lines
+    assert any(
+        line.startswith(
+            "try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s3 --api-base http://"
+        )
+        for line in lines
+    ), lines
 
 
 def test_serve_command_runs_until_ctrl_c(fake_vllm, tmp_path):
     log = tmp_path / "serve.log"
-    lines, err, code = run_until_ctrl_c(["serve", "tiny", "--vllm-executable", str(fake_vllm), "--log", str(log)], ready="--api-base")
+    lines, err, code = run_until_ctrl_c(
+        ["serve", "tiny", "--vllm-executable", str(fake_vllm), "--log", str(log)], ready="--api-base"
+    )
     assert code == 0, err
-    assert any(line.startswith("try: tfgrpo train --model hosted_vllm/tiny --api-base http://127.0.0.1:") for line in lines)
+    assert any(
+        line.startswith("try: tfgrpo train --model hosted_vllm/tiny --api-base http://127.0.0.1:") for line in lines
+    )
     assert lines[-1].startswith("stopped vllm (tiny) after") and "Uvicorn running" in log.read_text()
 
 
@@ -241,7 +264,10 @@ def test_serve_transformers_engine_runs_until_ctrl_c(fake_vllm, tmp_path):
     lines, err, code = run_until_ctrl_c(args, ready="--api-base")
     assert code == 0, err
     assert any(line.startswith("try: tfgrpo train --model openai/tiny --api-base http://127.0.0.1:") for line in lines)
-    assert lines[-1].startswith("stopped transformers (tiny) after") and "--device cpu --continuous-batching" in log.read_text()
+    assert (
+        lines[-1].startswith("stopped transformers (tiny) after")
+        and "--device cpu --continuous-batching" in log.read_text()
+    )
 
 
 def test_serve_unknown_engine_exits_2():
@@ -258,7 +284,9 @@ def test_real_model_on_transformers_serve(tmp_path, smollm2):
         from concurrent.futures import ThreadPoolExecutor
 
         def ask(q: str) -> str:
-            r = client.chat.completions.create(model=str(path), messages=[{"role": "user", "content": q}], max_tokens=16)
+            r = client.chat.completions.create(
+                model=str(path), messages=[{"role": "user", "content": q}], max_tokens=16
+            )
             return r.choices[0].message.content
 
         with ThreadPoolExecutor(3) as pool:

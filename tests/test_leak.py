@@ -35,9 +35,11 @@ def test_general_lessons_pass():
 
 def test_screen_rejects_by_default_and_flags_on_request():
     g = LeakGuard(PROMPTS)
-    ops = [ExperienceOp(op="ADD", text="When Maria has 148 sweets for 12 children, answer 4."),
-           ExperienceOp(op="ADD", text="When sharing equally, report the remainder."),
-           ExperienceOp(op="DELETE", id="E1")]
+    ops = [
+        ExperienceOp(op="ADD", text="When Maria has 148 sweets for 12 children, answer 4."),
+        ExperienceOp(op="ADD", text="When sharing equally, report the remainder."),
+        ExperienceOp(op="DELETE", id="E1"),
+    ]
     keep, records = g.screen(ops, step=3, mode="reject")
     assert [o.text for o in keep] == [ops[1].text, ""] and len(records) == 1
     assert records[0].status == "rejected" and records[0].error.startswith("leak:") and records[0].step == 3

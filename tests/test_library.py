@@ -10,7 +10,9 @@ def op(kind, **kw):
 
 def test_add_update_delete_merge_keep_stable_ids(tmp_path):
     lib = Library(tmp_path / "lib")
-    r1 = lib.apply([op("ADD", text="When A, do a."), op("ADD", text="When B, do b."), op("ADD", text="When C, do c.")], step=1)
+    r1 = lib.apply(
+        [op("ADD", text="When A, do a."), op("ADD", text="When B, do b."), op("ADD", text="When C, do c.")], step=1
+    )
     assert [r.result_id for r in r1] == ["E1", "E2", "E3"]
     r2 = lib.apply([op("UPDATE", id="E2", text="When B, do b better."), op("DELETE", id="E1")], step=2)
     assert all(r.status == "applied" for r in r2)
@@ -20,7 +22,12 @@ def test_add_update_delete_merge_keep_stable_ids(tmp_path):
     merged = lib.experiences[0]
     assert merged.provenance.merged_from == ["E2", "E3"]
     # ids are never reused and history is kept as retired entries
-    assert {e.id: e.status for e in lib.state.experiences} == {"E1": "retired", "E2": "retired", "E3": "retired", "E4": "active"}
+    assert {e.id: e.status for e in lib.state.experiences} == {
+        "E1": "retired",
+        "E2": "retired",
+        "E3": "retired",
+        "E4": "active",
+    }
     assert lib.state.get("E2").revision == 2
     assert lib.versions() == [1, 2, 3]
     assert [e.id for e in lib.state_at(1).active()] == ["E1", "E2", "E3"]
@@ -63,7 +70,9 @@ def test_index_resyncs_after_a_discarded_step(tmp_path):
 
 def test_apply_ops_is_pure_and_records_provenance():
     state = LibraryState()
-    new, res = apply_ops(state, [op("ADD", text="When A, do a.")], step=4, provenance=Provenance(run="r", step=4, query_ids=["q1"]))
+    new, res = apply_ops(
+        state, [op("ADD", text="When A, do a.")], step=4, provenance=Provenance(run="r", step=4, query_ids=["q1"])
+    )
     assert state.experiences == [] and new.experiences[0].provenance.query_ids == ["q1"]
     assert new.experiences[0].created_step == 4
 
@@ -122,8 +131,15 @@ def test_retrieval_is_exact_and_the_same_however_the_index_was_built():
 
     rng = random.Random(1)
     exps = [Experience(id=f"E{i}", text=f"When alpha{i} happens, beta{i} works.") for i in range(1, 1501)]  # near-ties
-    queries = [" ".join(rng.choice([f"alpha{rng.randint(1, 1500)}", f"beta{rng.randint(1, 1500)}", "happens", "works",
-                                    "when", f"zq{t}"]) for _ in range(3)) for t in range(60)]
+    queries = [
+        " ".join(
+            rng.choice(
+                [f"alpha{rng.randint(1, 1500)}", f"beta{rng.randint(1, 1500)}", "happens", "works", "when", f"zq{t}"]
+            )
+            for _ in range(3)
+        )
+        for t in range(60)
+    ]
     embed = embedding_from_spec(DEFAULT_SPEC)
     rows = np.asarray(embed([e.text for e in exps]), dtype=np.float64)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
@@ -131,5 +147,7 @@ def test_retrieval_is_exact_and_the_same_however_the_index_was_built():
     for q in queries:
         v = np.asarray(embed([q])[0], dtype=np.float64)
         sims = rows @ (v / np.linalg.norm(v))
-        truth = sorted(((e.id, float(s)) for e, s in zip(exps, sims)), key=lambda h: (-round(h[1], 6), len(h[0]), h[0]))[:4]
+        truth = sorted(
+            ((e.id, float(s)) for e, s in zip(exps, sims)), key=lambda h: (-round(h[1], 6), len(h[0]), h[0])
+        )[:4]
         assert [i for i, _ in forward.search(q, 4)] == [i for i, _ in truth] == [i for i, _ in backward.search(q, 4)], q

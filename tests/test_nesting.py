@@ -39,7 +39,9 @@ def test_depth_is_measured_without_parsing_and_ignores_brackets_in_strings():
         assert json_depth(text) == json_depth(text.encode()) == store_json_depth(text) == _depth(v), text
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000, "[" * 100_000 + "]" * 100_000, b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000, "[" * 100_000 + "]" * 100_000, b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"]
+)
 def test_deep_json_is_a_value_error(text):
     with pytest.raises(TooDeep, match=f"nested deeper than {MAX_DEPTH} levels"):
         json_loads(text)

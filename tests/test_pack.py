@@ -22,7 +22,10 @@ LESSONS = [
 
 def make_pack(**meta) -> Pack:
     exps = [Experience(id=f"E{i + 1}", text=t, created_step=1, updated_step=1) for i, t in enumerate(LESSONS)]
-    hist = [OpResult(step=1, op=ExperienceOp(op="ADD", text=t), status="applied", result_id=f"E{i + 1}") for i, t in enumerate(LESSONS)]
+    hist = [
+        OpResult(step=1, op=ExperienceOp(op="ADD", text=t), status="applied", result_id=f"E{i + 1}")
+        for i, t in enumerate(LESSONS)
+    ]
     return Pack.build(exps, hist, task="demo", policy_model="sim", **meta)
 
 
@@ -42,7 +45,12 @@ def test_render_retrieves_the_relevant_lesson_within_budget(tmp_path):
     pack = make_pack()
     pack.write(tmp_path / "x.zip")
     loaded = Pack.load(tmp_path / "x.zip")
-    assert loaded.render("a triangle with a right angle: find the missing side", InjectionSettings(mode="retrieve", top_k=1)) == f"[E2] {LESSONS[1]}"
+    assert (
+        loaded.render(
+            "a triangle with a right angle: find the missing side", InjectionSettings(mode="retrieve", top_k=1)
+        )
+        == f"[E2] {LESSONS[1]}"
+    )
     everything = loaded.render("anything", InjectionSettings(mode="auto", budget_tokens=10_000))
     assert everything.count("\n") == 3  # auto: all four fit the budget
     small = loaded.inject("percentage growth twice", InjectionSettings(mode="auto", budget_tokens=30))
@@ -59,7 +67,7 @@ class Block:
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
 from experience_store import InjectionSettings, Pack
-print(Pack.load({str(tmp_path / 'x.zip')!r}).render('right triangle side', InjectionSettings(mode='retrieve', top_k=1)))
+print(Pack.load({str(tmp_path / "x.zip")!r}).render('right triangle side', InjectionSettings(mode='retrieve', top_k=1)))
 assert not any(m.split('.')[0] in ('tfgrpo', 'torch', 'litellm') for m in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -80,7 +88,7 @@ def _symlink_named(files):
     for name, data in files.items():
         if name == "README.md":
             info = zipfile.ZipInfo("README.md")
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             yield info, b"/etc/passwd"
         else:
             yield name, data
@@ -92,6 +100,7 @@ def _manifest(change):
         change(meta)
         files["manifest.json"] = json.dumps(meta).encode()
         return files.items()
+
     return edit
 
 
@@ -99,12 +108,14 @@ def _replace(name, data):
     def edit(files):
         files[name] = data
         return files.items()
+
     return edit
 
 
 def _extra(name, data):
     def edit(files):
         return [*files.items(), (name, data)]
+
     return edit
 
 
@@ -115,27 +126,34 @@ def _bad_experience_line(files):
     files["experiences.jsonl"] = data
     meta = json.loads(files["manifest.json"])
     import hashlib
+
     meta["files"]["experiences.jsonl"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     files["manifest.json"] = json.dumps(meta).encode()
     return files.items()
 
 
-@pytest.mark.parametrize("edit,message", [
-    (_extra("../evil.txt", b"x"), "points outside the pack"),
-    (_extra("/etc/evil", b"x"), "points outside the pack"),
-    (_extra("sub/../../x", b"x"), "points outside the pack"),
-    (_extra("run.py", b"import os"), "unexpected entry 'run.py'"),
-    (_symlink_named, "is a symlink"),
-    (_extra("README.md", b"again"), "appears twice"),
-    (_replace("experiences.jsonl", b"\x00" * (4 << 20)), "zip bomb"),
-    (_replace("manifest.json", b"{not json"), "manifest.json is not valid JSON"),
-    (_manifest(lambda m: m.update(format_version=99)), "format version 99 is not supported"),
-    (_manifest(lambda m: m.update(format="something-else")), "does not describe"),
-    (_manifest(lambda m: m.update(counts="many")), "manifest.json: counts"),
-    (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedder"),
-    (_replace("experiences.jsonl", b'{"id": "E1", "text": "When X, do the wrong thing."}\n'), "checksum mismatch for experiences.jsonl"),
-    (_bad_experience_line, "experiences.jsonl line 2: text: Field required"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_extra("../evil.txt", b"x"), "points outside the pack"),
+        (_extra("/etc/evil", b"x"), "points outside the pack"),
+        (_extra("sub/../../x", b"x"), "points outside the pack"),
+        (_extra("run.py", b"import os"), "unexpected entry 'run.py'"),
+        (_symlink_named, "is a symlink"),
+        (_extra("README.md", b"again"), "appears twice"),
+        (_replace("experiences.jsonl", b"\x00" * (4 << 20)), "zip bomb"),
+        (_replace("manifest.json", b"{not json"), "manifest.json is not valid JSON"),
+        (_manifest(lambda m: m.update(format_version=99)), "format version 99 is not supported"),
+        (_manifest(lambda m: m.update(format="something-else")), "does not describe"),
+        (_manifest(lambda m: m.update(counts="many")), "manifest.json: counts"),
+        (_manifest(lambda m: m.update(embedding={"name": "word2vec"})), "unknown embedder"),
+        (
+            _replace("experiences.jsonl", b'{"id": "E1", "text": "When X, do the wrong thing."}\n'),
+            "checksum mismatch for experiences.jsonl",
+        ),
+        (_bad_experience_line, "experiences.jsonl line 2: text: Field required"),
+    ],
+)
 @pytest.mark.filterwarnings("ignore:Duplicate name")
 def test_malicious_or_broken_pack_is_refused_in_one_line(tmp_path, edit, message):
     good = make_pack().write(tmp_path / "good.zip")
@@ -172,9 +190,11 @@ def test_directory_pack_with_symlink_or_tampering_is_refused(tmp_path):
 
 def test_diff_and_merge_dedup_across_packs(tmp_path):
     a = make_pack()
-    other = [Experience(id="E1", text=LESSONS[0].upper()),  # exact duplicate up to case
-             Experience(id="E2", text="When a triangle is right-angled, use the Pythagorean theorem for the missing side!"),
-             Experience(id="E3", text="When dividing by a fraction, multiply by its reciprocal.")]
+    other = [
+        Experience(id="E1", text=LESSONS[0].upper()),  # exact duplicate up to case
+        Experience(id="E2", text="When a triangle is right-angled, use the Pythagorean theorem for the missing side!"),
+        Experience(id="E3", text="When dividing by a fraction, multiply by its reciprocal."),
+    ]
     b = Pack.build(other, [], task="demo")
     d = a.diff(b)
     assert [e.text for e in d.added][-1] == other[2].text and d.same == 1
@@ -191,15 +211,22 @@ def test_embedding_specs_parse_and_unavailable_ones_fail_in_one_line(tmp_path, m
 
     assert parse_spec("lexical:64") == {"name": "lexical", "dim": 64}
     assert parse_spec("st:/models/minilm") == {"name": "sentence-transformers", "model": "/models/minilm"}
-    assert parse_spec("litellm:openai/text-embedding-3-small") == {"name": "litellm", "model": "openai/text-embedding-3-small"}
+    assert parse_spec("litellm:openai/text-embedding-3-small") == {
+        "name": "litellm",
+        "model": "openai/text-embedding-3-small",
+    }
     assert parse_spec("chroma-default") == {"name": "chroma-default"}
     with pytest.raises(StoreError, match="needs a model"):
         parse_spec("litellm")
     # a pack whose model is not installed here: a clear message, or re-embed it on load
     exps = [Experience(id="E1", text=LESSONS[0]), Experience(id="E2", text=LESSONS[1])]
-    Pack.build(exps, [], embedding={"name": "sentence-transformers", "model": "no-such-model-here"}).write(tmp_path / "st.zip")
+    Pack.build(exps, [], embedding={"name": "sentence-transformers", "model": "no-such-model-here"}).write(
+        tmp_path / "st.zip"
+    )
     pack = Pack.load(tmp_path / "st.zip")
-    assert pack.render("q", InjectionSettings(mode="all")) == f"[E1] {LESSONS[0]}\n[E2] {LESSONS[1]}"  # 'all' needs no embedding
+    assert (
+        pack.render("q", InjectionSettings(mode="all")) == f"[E1] {LESSONS[0]}\n[E2] {LESSONS[1]}"
+    )  # 'all' needs no embedding
     with pytest.raises(StoreError) as exc:
         pack.render("right triangle", InjectionSettings(mode="retrieve"))
     assert "sentence-transformers:no-such-model-here" in str(exc.value) and "\n" not in str(exc.value)
@@ -212,7 +239,9 @@ def test_injection_defaults_to_the_source_runs_settings(tmp_path):
     loaded = Pack.load(tmp_path / "r.zip")
     assert loaded.manifest.injection.model_dump() == {"mode": "retrieve", "budget_tokens": 500, "top_k": 1}
     assert loaded.inject("a right-angled triangle: the missing side").ids == ["E2"]  # retrieve, top 1
-    assert len(loaded.inject("a right-angled triangle", InjectionSettings(mode="all")).ids) == 4  # the caller's choice wins
+    assert (
+        len(loaded.inject("a right-angled triangle", InjectionSettings(mode="all")).ids) == 4
+    )  # the caller's choice wins
     older = make_pack()  # a pack without recorded settings: InjectionSettings() (all, 2000 tokens, top 8)
     assert older.manifest.injection is None and older.injection_settings() == InjectionSettings()
     assert older.injection_settings().model_dump() == {"mode": "all", "budget_tokens": 2000, "top_k": 8}

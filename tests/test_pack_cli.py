@@ -73,6 +73,7 @@ def test_import_refuses_other_embedding_unless_reembedded(run, tmp_path):
     tfgrpo("pack", "export", str(run), "--out", str(pack))
     target = Library(tmp_path / "lib", embedding={"name": "lexical", "dim": 64})
     from experience_store import ExperienceOp
+
     target.apply([ExperienceOp(op="ADD", text="When unsure, check the units.")], step=1)
     refused = tfgrpo("pack", "import", str(pack), "--into", str(tmp_path / "lib"), check=False)
     assert refused.returncode == 2
@@ -92,8 +93,11 @@ def test_bad_pack_is_refused_in_one_line_and_nothing_is_written(run, tmp_path):
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info))
         dst.writestr("../../escape.sh", "echo pwned")
-    for cmd in (["pack", "verify", str(bad)], ["pack", "import", str(bad), "--into", str(tmp_path / "target")],
-                ["pack", "show", str(tmp_path / "missing.zip")]):
+    for cmd in (
+        ["pack", "verify", str(bad)],
+        ["pack", "import", str(bad), "--into", str(tmp_path / "target")],
+        ["pack", "show", str(tmp_path / "missing.zip")],
+    ):
         proc = tfgrpo(*cmd, check=False)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:"), proc.stderr
@@ -123,20 +127,32 @@ def test_export_follows_best_val_attaches_only_matching_eval_and_omits_leaks(run
     shutil.copytree(run, copy)
     (copy / "selection.json").write_text(json.dumps({"chosen": {"step": 2}}))
     (copy / "eval.json").write_text(json.dumps({"library_step": 4, "library": {"mean_at_k": 0.7}}))
-    leak = {"step": 1, "op": {"op": "ADD", "text": "SECRET training problem: 17 fence posts"}, "status": "rejected",
-            "error": "leak: quotes a training problem"}
+    leak = {
+        "step": 1,
+        "op": {"op": "ADD", "text": "SECRET training problem: 17 fence posts"},
+        "status": "rejected",
+        "error": "leak: quotes a training problem",
+    }
     with (copy / "ops.jsonl").open("a") as fh:
         fh.write(json.dumps(leak) + "\n")
-        fh.write(json.dumps({**leak, "status": "noop", "error": "leak flagged (kept): quotes a training problem"}) + "\n")
+        fh.write(
+            json.dumps({**leak, "status": "noop", "error": "leak flagged (kept): quotes a training problem"}) + "\n"
+        )
     chosen = last_json(tfgrpo("pack", "export", str(copy), "--out", str(tmp_path / "a.zip"), "--json"))
     assert chosen["source_step"] == 2 and chosen["eval"] is None  # eval.json scored step 4, not step 2
-    assert [e.text for e in Pack.load(tmp_path / "a.zip").experiences] == [e.text for e in Library(copy / "library", at_step=2).state.experiences]
+    assert [e.text for e in Pack.load(tmp_path / "a.zip").experiences] == [
+        e.text for e in Library(copy / "library", at_step=2).state.experiences
+    ]
     history = Pack.load(tmp_path / "a.zip").history
     assert history and not any("SECRET" in r.op.text for r in history)
     latest = last_json(tfgrpo("pack", "export", str(copy), "--out", str(tmp_path / "b.zip"), "--step", "4", "--json"))
     assert latest["source_step"] == 4 and latest["eval"]["library"]["mean_at_k"] == 0.7
     library_cfg = yaml.safe_load((copy / "config.yaml").read_text())["library"]
-    assert latest["injection"] == library_cfg["injection"] and set(library_cfg["injection"]) == {"mode", "budget_tokens", "top_k"}
+    assert latest["injection"] == library_cfg["injection"] and set(library_cfg["injection"]) == {
+        "mode",
+        "budget_tokens",
+        "top_k",
+    }
 
 
 @pytest.mark.slow
@@ -153,7 +169,9 @@ def test_imported_pack_is_the_starting_library_of_a_run_trained_there(run, tmp_p
     assert res["step"] == 0 and Library(target / "library").versions() == [0]
     tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "16", "--out", str(target), "-q")
     lib = Library(target / "library")
-    assert lib.versions()[0] == 0 and {e.text for e in Pack.load(pack).active} <= {e.text for e in lib.state_at(0).active()}
+    assert lib.versions()[0] == 0 and {e.text for e in Pack.load(pack).active} <= {
+        e.text for e in lib.state_at(0).active()
+    }
     rewards = [json.loads(line)["mean_reward"] for line in (target / "steps.jsonl").read_text().splitlines()]
     fresh = tmp_path / "fresh"
     tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "16", "--out", str(fresh), "-q")

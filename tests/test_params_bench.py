@@ -12,9 +12,23 @@ import pytest
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"prompt_len", "response_len", "group_size", "groups", "path", "auto", "naive_s", "packed_s", "speedup",
-        "packed_speedup", "max_abs_logprob_diff", "peak_mem_naive_mb", "peak_mem_shared_mb",
-        "gen_tokens_per_s_trainer", "gen_tokens_per_s_plain"}
+KEYS = {
+    "prompt_len",
+    "response_len",
+    "group_size",
+    "groups",
+    "path",
+    "auto",
+    "naive_s",
+    "packed_s",
+    "speedup",
+    "packed_speedup",
+    "max_abs_logprob_diff",
+    "peak_mem_naive_mb",
+    "peak_mem_shared_mb",
+    "gen_tokens_per_s_trainer",
+    "gen_tokens_per_s_plain",
+}
 
 
 def bench(*args, stderr: list[str] | None = None):
@@ -41,8 +55,9 @@ def check_consistent(r: dict) -> None:
 
 @pytest.mark.slow
 def test_benchmark_small_shape_prints_json():
-    r = bench("--small", "--prompt-len", "256", "--response-len", "16", "--group-size", "8", "--groups", "2",
-              "--repeats", "2")
+    r = bench(
+        "--small", "--prompt-len", "256", "--response-len", "16", "--group-size", "8", "--groups", "2", "--repeats", "2"
+    )
     assert KEYS <= r.keys()
     assert (r["prompt_len"], r["response_len"], r["group_size"], r["groups"]) == (256, 16, 8, 2)
     assert r["path"] == "sdpa" and r["auto"] == "packed"
@@ -53,16 +68,29 @@ def test_benchmark_small_shape_prints_json():
 
 def test_benchmark_short_prompts_keep_the_naive_forward():
     stderr: list[str] = []
-    r = bench("--small", "--prompt-len", "4", "--response-len", "32", "--group-size", "4", "--repeats", "1",
-              "--no-generate", stderr=stderr)
+    r = bench(
+        "--small",
+        "--prompt-len",
+        "4",
+        "--response-len",
+        "32",
+        "--group-size",
+        "4",
+        "--repeats",
+        "1",
+        "--no-generate",
+        stderr=stderr,
+    )
     assert r["auto"] == "naive" and r["speedup"] == 1.0
     check_consistent(r)
     assert r["token_bound"] == 1.09  # 4 x 36 tokens naive, 4 + 4 x 32 packed
     assert "gen_tokens_per_s_trainer" not in r  # --no-generate
     # progress on stderr: each phase's end with its time, generation skipped
     done = [m.group(1) for line in stderr if (m := re.fullmatch(r"\[prefix_sharing\] (.+): done in \d+\.\d s", line))]
-    assert done == ["random model and batch on cpu",
-                    "training forward + backward, naive and packed (warm-up, 1 timed, memory)"], stderr
+    assert done == [
+        "random model and batch on cpu",
+        "training forward + backward, naive and packed (warm-up, 1 timed, memory)",
+    ], stderr
 
 
 CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -75,14 +103,19 @@ def test_benchmark_cuda_four_groups_at_least_3x(args):
     check_consistent(r)
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(a, marks=CUDA) for a in [
-        ("--groups", "1"),
-        ("--groups", "4", "--group-size", "16"),
-        ("--groups", "2", "--prompt-len", "2048", "--response-len", "512"),
-        ("--groups", "4", "--prompt-len", "128", "--response-len", "256"),
-        ("--groups", "4", "--prompt-len", "8", "--response-len", "256"),
-    ]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(a, marks=CUDA)
+        for a in [
+            ("--groups", "1"),
+            ("--groups", "4", "--group-size", "16"),
+            ("--groups", "2", "--prompt-len", "2048", "--response-len", "512"),
+            ("--groups", "4", "--prompt-len", "128", "--response-len", "256"),
+            ("--groups", "4", "--prompt-len", "8", "--response-len", "256"),
+        ]
+    ],
+)
 def test_benchmark_cuda_never_below_naive(args):
     """Whatever --prefix-sharing auto picks is never slower than the naive forward."""
     r = bench("--device", "cuda", "--no-generate", *args)

@@ -77,14 +77,28 @@ def test_k3_kl_by_hand_and_added_with_beta():
 def test_denominator_makes_micro_batches_add_up():
     full = losses.dapo_loss(LOGP, OLD, ADV, MASK)
     denom = losses.loss_denominator("dapo", [MASK[:1], MASK[1:]], max_len=3)
-    parts = sum(losses.dapo_loss(LOGP[i:i + 1], OLD[i:i + 1], ADV[i:i + 1], MASK[i:i + 1], denominator=denom)
-                for i in range(2))
+    parts = sum(
+        losses.dapo_loss(LOGP[i : i + 1], OLD[i : i + 1], ADV[i : i + 1], MASK[i : i + 1], denominator=denom)
+        for i in range(2)
+    )
     assert float(parts) == pytest.approx(float(full))
     for name in losses.LOSSES:
         full = losses.policy_loss(name, LOGP, OLD, ADV, MASK, eps_low=0.2, eps_high=0.28, max_len=3)
         denom = losses.loss_denominator(name, [MASK[:1], MASK[1:]], max_len=3)
-        parts = sum(losses.policy_loss(name, LOGP[i:i + 1], OLD[i:i + 1], ADV[i:i + 1], MASK[i:i + 1], eps_low=0.2,
-                                       eps_high=0.28, max_len=3, denominator=denom) for i in range(2))
+        parts = sum(
+            losses.policy_loss(
+                name,
+                LOGP[i : i + 1],
+                OLD[i : i + 1],
+                ADV[i : i + 1],
+                MASK[i : i + 1],
+                eps_low=0.2,
+                eps_high=0.28,
+                max_len=3,
+                denominator=denom,
+            )
+            for i in range(2)
+        )
         assert float(parts) == pytest.approx(float(full)), name
 
 

@@ -8,16 +8,30 @@ torch = pytest.importorskip("torch")
 
 from tfgrpo.params.head import head_logprobs  # noqa: E402
 from tfgrpo.params.model import random_qwen2  # noqa: E402
-from tfgrpo.params.prefix import (GroupTokens, choose_mode, group_logprobs, naive_logprobs,  # noqa: E402
-                                  packed_logprobs, token_counts)
+from tfgrpo.params.prefix import (
+    GroupTokens,
+    choose_mode,
+    group_logprobs,
+    naive_logprobs,  # noqa: E402
+    packed_logprobs,
+    token_counts,
+)
 
 VOCAB = 61
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = random_qwen2(vocab_size=VOCAB, max_positions=128, seed=0, hidden_size=48, intermediate_size=96,
-                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2).float()
+    m = random_qwen2(
+        vocab_size=VOCAB,
+        max_positions=128,
+        seed=0,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ).float()
     m.train()
     return m
 
@@ -44,9 +58,11 @@ def reference_logprobs(model, groups):
         lp = torch.zeros(g.responses.shape)
         for i, n in enumerate(g.mask.sum(-1).tolist()):
             ids = torch.cat([g.prompt, g.responses[i, :n]]).unsqueeze(0)
-            logits = model(input_ids=ids).logits[0, len(g.prompt) - 1: -1].float()
-            lp = lp.index_put((torch.tensor([i] * n), torch.arange(n)),
-                              torch.log_softmax(logits, -1).gather(-1, g.responses[i, :n, None]).squeeze(-1))
+            logits = model(input_ids=ids).logits[0, len(g.prompt) - 1 : -1].float()
+            lp = lp.index_put(
+                (torch.tensor([i] * n), torch.arange(n)),
+                torch.log_softmax(logits, -1).gather(-1, g.responses[i, :n, None]).squeeze(-1),
+            )
         out.append(lp)
     return out
 
@@ -122,7 +138,7 @@ def test_gradient_reaches_prompt_through_every_response(model):
 
 def test_entropy_is_returned_and_bounded(model):
     groups = make_groups([(4, [3, 2])])
-    (lp, ent), = group_logprobs(model, groups, mode="packed", with_entropy=True)
+    ((lp, ent),) = group_logprobs(model, groups, mode="packed", with_entropy=True)
     assert ent.shape == lp.shape
     assert (ent >= 0).all() and (ent <= torch.log(torch.tensor(float(VOCAB))) + 1e-4).all()
     assert float(ent[1, 2]) == 0.0  # padding

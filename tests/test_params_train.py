@@ -117,12 +117,15 @@ def test_model_loads_from_local_directory(tmp_path):
     assert result.params_changed
 
 
-@pytest.mark.parametrize("bad, words", [
-    (dict(loss="ppo"), "unknown loss"),
-    (dict(loss="gspo", token_level=True), "gspo"),
-    (dict(loss="dr_grpo", token_level=True), "dr_grpo"),
-    (dict(group_size=1), "group-size"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (dict(loss="ppo"), "unknown loss"),
+        (dict(loss="gspo", token_level=True), "gspo"),
+        (dict(loss="dr_grpo", token_level=True), "dr_grpo"),
+        (dict(group_size=1), "group-size"),
+    ],
+)
 def test_bad_options_are_one_line_errors(tmp_path, bad, words):
     with pytest.raises(UserError, match=words) as e:
         make_config(**bad)
@@ -143,8 +146,26 @@ def test_importing_tfgrpo_params_does_not_import_torch():
 
 
 def test_module_entry_prints_json_last_line(tmp_path):
-    cmd = [sys.executable, "-m", "tfgrpo.params", "--task", "toy", "--model", "tiny", "--steps", "2",
-           "--batch-size", "2", "--group-size", "4", "--device", "cpu", "--out", str(tmp_path / "r"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tfgrpo.params",
+        "--task",
+        "toy",
+        "--model",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--group-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(summary["reward_by_step"]) == 2 and summary["run_dir"] == str(tmp_path / "r")
@@ -162,9 +183,31 @@ def test_cuda_training_step(tmp_path):
 @pytest.mark.slow
 def test_two_processes_with_torchrun(tmp_path):
     """DDP on CPU (gloo): processes take different prompts and agree on every collective."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tfgrpo.params",
-           "--task", "toy", "--model", "tiny", "--steps", "3", "--batch-size", "2", "--group-size", "4",
-           "--device", "cpu", "--out", str(tmp_path / "ddp"), "--json", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tfgrpo.params",
+        "--task",
+        "toy",
+        "--model",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--group-size",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--json",
+        "--quiet",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
@@ -213,8 +256,13 @@ def test_resume_runs_in_its_own_directory_from_anywhere(tmp_path, monkeypatch):
 
 def test_resume_refuses_settings_that_would_make_another_run(tmp_path):
     run(quick(steps=2), out=tmp_path / "run")
-    for change, flag in [({"lr": 0.5}, "--lr"), ({"weight_decay": 0.1}, "--weight-decay"), ({"seed": 7}, "--seed"),
-                         ({"beta": 0.1}, "--beta"), ({"task": "toy", "group_size": 2}, "--group-size")]:
+    for change, flag in [
+        ({"lr": 0.5}, "--lr"),
+        ({"weight_decay": 0.1}, "--weight-decay"),
+        ({"seed": 7}, "--seed"),
+        ({"beta": 0.1}, "--beta"),
+        ({"task": "toy", "group_size": 2}, "--group-size"),
+    ]:
         with pytest.raises(UserError, match=f"cannot change {flag} "):
             run(quick(steps=3, **change), out=tmp_path / "run", resume=True)
     assert len((tmp_path / "run" / "steps.jsonl").read_text().splitlines()) == 2  # nothing touched
@@ -249,12 +297,16 @@ def test_checkpoints_of_an_abandoned_branch_are_set_aside_and_a_damaged_one_skip
     run(quick(steps=2, save_every=1), resume=ckpts / "step-000001", hooks=Hooks(on_notice=notices.append))
     assert sum("set aside as abandoned-step-" in n for n in notices) == 2
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-000001", "step-000002"]
-    assert sorted(p.name[:len("abandoned-step-000002")] for p in ckpts.glob("abandoned-*")) == [
-        "abandoned-step-000002", "abandoned-step-000003"]
+    assert sorted(p.name[: len("abandoned-step-000002")] for p in ckpts.glob("abandoned-*")) == [
+        "abandoned-step-000002",
+        "abandoned-step-000003",
+    ]
     (ckpts / "step-000002" / "state.json").write_text("")  # a torn write
     assert latest_checkpoint(tmp_path / "run").name == "step-000001"
     notices = []
-    resumed = run(quick(steps=3, save_every=1), out=tmp_path / "run", resume=True, hooks=Hooks(on_notice=notices.append))
+    resumed = run(
+        quick(steps=3, save_every=1), out=tmp_path / "run", resume=True, hooks=Hooks(on_notice=notices.append)
+    )
     assert len(resumed.reward_by_step) == 3
     assert any("step-000002" in n and "trying the one before" in n for n in notices)  # the damaged one, as a notice
     assert [json.loads(x)["step"] for x in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()] == [1, 2, 3]
@@ -268,10 +320,25 @@ def test_train_params_has_the_api_shape_of_train(tmp_path, capfd):
 
     capfd.readouterr()
     seen: dict[str, list] = {"phase": [], "advance": [], "step": [], "notice": []}
-    hooks = Hooks(on_phase=lambda phase, total: seen["phase"].append((phase, total)),
-                  on_advance=seen["advance"].append, on_step=seen["step"].append, on_notice=seen["notice"].append)
-    result = tfgrpo.train_params({"task": "toy", "model": "tiny", "steps": 2, "batch_size": 2, "group_size": 2,
-                                  "device": "cpu", "prefix_sharing": "packed"}, out=tmp_path / "run", hooks=hooks)
+    hooks = Hooks(
+        on_phase=lambda phase, total: seen["phase"].append((phase, total)),
+        on_advance=seen["advance"].append,
+        on_step=seen["step"].append,
+        on_notice=seen["notice"].append,
+    )
+    result = tfgrpo.train_params(
+        {
+            "task": "toy",
+            "model": "tiny",
+            "steps": 2,
+            "batch_size": 2,
+            "group_size": 2,
+            "device": "cpu",
+            "prefix_sharing": "packed",
+        },
+        out=tmp_path / "run",
+        hooks=hooks,
+    )
     printed = capfd.readouterr()
     assert printed.out == "" and printed.err == ""
     assert isinstance(result, ParamsResult) and result.run_dir == tmp_path / "run" and result.status == "finished"
@@ -279,8 +346,22 @@ def test_train_params_has_the_api_shape_of_train(tmp_path, capfd):
     assert seen["step"] == result.steps and [s["step"] for s in result.steps] == [1, 2]
     assert any(n.startswith("training forward: packed") for n in seen["notice"])
     summary = result.summary()
-    assert {"steps", "reward_by_step", "run_dir", "final_checkpoint", "final_model", "params_changed", "loss", "model",
-            "device", "processes", "wall_s", "metrics", "status", "resumed_from_step"} == summary.keys()
+    assert {
+        "steps",
+        "reward_by_step",
+        "run_dir",
+        "final_checkpoint",
+        "final_model",
+        "params_changed",
+        "loss",
+        "model",
+        "device",
+        "processes",
+        "wall_s",
+        "metrics",
+        "status",
+        "resumed_from_step",
+    } == summary.keys()
     assert summary["steps"] == 2 and summary["run_dir"] == str(tmp_path / "run") and summary["status"] == "finished"
     assert json.loads(json.dumps(summary)) == summary
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
@@ -288,7 +369,9 @@ def test_train_params_has_the_api_shape_of_train(tmp_path, capfd):
 
 
 def test_out_is_an_argument_not_a_setting(tmp_path):
-    with pytest.raises(UserError, match=r"out is the run directory, not a setting: pass it as train_params\(cfg, out=...\)"):
+    with pytest.raises(
+        UserError, match=r"out is the run directory, not a setting: pass it as train_params\(cfg, out=...\)"
+    ):
         make_config(out=str(tmp_path))
 
 

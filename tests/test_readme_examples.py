@@ -46,7 +46,7 @@ def _commands() -> list[tuple[str, list[str]]]:
                     words = shlex.split(part, comments=True)
                     for k, w in enumerate(words):
                         if w.endswith("tfgrpo") or w == "tfgrpo.params":  # tfgrpo, .venv/bin/tfgrpo, -m tfgrpo
-                            argv = words[k + 1:]
+                            argv = words[k + 1 :]
                             if w == "tfgrpo.params":
                                 argv = ["grpo", *argv]
                             found.append((f"{doc.name}:{start + j + 1}", argv))
@@ -74,7 +74,9 @@ def test_every_flag_in_the_docs_exists(where, argv):
     command = command[:2] if command[:1] in (["sandbox"], ["library"], ["pack"]) else command[:1]
     text = _help(command)
     for flag in (w.split("=", 1)[0] for w in argv if w.startswith("-") and w not in ("-", "--")):
-        assert re.search(rf"(^|[\s,/]){re.escape(flag)}([\s,/=]|$)", text, re.M), f"{where}: {flag} not in tfgrpo {' '.join(command)} --help"
+        assert re.search(rf"(^|[\s,/]){re.escape(flag)}([\s,/=]|$)", text, re.M), (
+            f"{where}: {flag} not in tfgrpo {' '.join(command)} --help"
+        )
 
 
 def _offline(argv: list[str]) -> bool:
@@ -97,8 +99,14 @@ def test_some_examples_run_offline():
 @pytest.mark.slow
 @pytest.mark.parametrize("where,argv", OFFLINE, ids=[w for w, _ in OFFLINE])
 def test_offline_example_runs_as_written(where, argv, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tfgrpo", *argv, "--quiet"], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfgrpo", *argv, "--quiet"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{where}: tfgrpo {' '.join(argv)}\n{proc.stderr[-2000:]}"
     assert list((tmp_path / "runs").iterdir()), "the example left no run directory"
 
@@ -107,7 +115,8 @@ def test_offline_example_runs_as_written(where, argv, tmp_path):
 def test_readme_python_example_runs(tmp_path):
     blocks = [b for _, b in _blocks(ROOT / "README.md", ("python",)) if "tfgrpo.train(" in b]
     assert blocks
-    proc = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", blocks[0]], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "demo.zip").is_file()

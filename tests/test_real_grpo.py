@@ -26,8 +26,19 @@ def test_real_grpo_runs_a_few_steps(tmp_path):
     run = tmp_path / "run"
     # the benchmark's own batch shape and seed: its first step has groups with differing rewards,
     # so the weights must move (a batch of all-equal groups would leave them, rightly, unchanged)
-    cmd = [sys.executable, str(ROOT / "bench" / "real_grpo.py"), "--steps", "2", "--heldout", "4",
-           "--eval-samples", "2", "--out", str(run), "--json"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "real_grpo.py"),
+        "--steps",
+        "2",
+        "--heldout",
+        "4",
+        "--eval-samples",
+        "2",
+        "--out",
+        str(run),
+        "--json",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -37,8 +37,26 @@ def test_real_model_trains_resumes_and_evaluates(tmp_path, smollm2):
         endpoint = ["--model", server.client_model, "--api-base", server.base_url, "--timeout", "600"]
         common = ["--task", "math", "--data", str(data), "--json", "-q"]
         started = time.monotonic()
-        first = last_json(tfgrpo("train", *common, *endpoint, "-c", str(config), "--epochs", "1", "--batch-size", "2",
-                                 "--group-size", "2", "--max-tokens", "48", "--out", str(run), timeout=1800))
+        first = last_json(
+            tfgrpo(
+                "train",
+                *common,
+                *endpoint,
+                "-c",
+                str(config),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--group-size",
+                "2",
+                "--max-tokens",
+                "48",
+                "--out",
+                str(run),
+                timeout=1800,
+            )
+        )
         resumed = last_json(tfgrpo("train", "--resume", str(run), "--epochs", "2", "--json", "-q", *endpoint,
                                    timeout=1800))  # fmt: skip
         train_wall = time.monotonic() - started

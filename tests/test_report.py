@@ -39,7 +39,7 @@ def test_report_writes_plots_and_a_self_contained_page(runs):
         assert (runs / "rep" / f"{name}.png").read_bytes().startswith(PNG)
     text = page.read_text()
     images = text.count('src="data:image/png;base64,')
-    assert images == 4 and "src=\"http" not in text and "<script" not in text
+    assert images == 4 and 'src="http' not in text and "<script" not in text
     b64 = text.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
     assert base64.b64decode(b64).startswith(PNG)
     state = json.loads(sorted((runs / "done" / "library" / "versions").glob("*.json"))[-1].read_text())
@@ -75,8 +75,15 @@ def test_runs_lists_status_cost_and_best_eval(runs):
 
 # ---------------------------------------------------------------------------- real browser
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _chromium() -> str | None:
@@ -126,9 +133,18 @@ def test_report_loads_in_headless_chromium_without_errors_and_shows_its_plots(ru
         pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium when it can)")
     page = Path(tfgrpo("report", str(runs / "done"), "--out", str(tmp_path / "rep")).stdout.strip().splitlines()[-1])
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    proc = subprocess.Popen([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                             "--remote-allow-origins=*", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = Path(profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -146,17 +162,24 @@ def test_report_loads_in_headless_chromium_without_errors_and_shows_its_plots(ru
             cdp.call(f"{domain}.enable")
         cdp.call("Page.navigate", url=page.as_uri())
         cdp.wait_for("Page.loadEventFired")
-        check = cdp.call("Runtime.evaluate", returnByValue=True, expression="""
+        check = cdp.call(
+            "Runtime.evaluate",
+            returnByValue=True,
+            expression="""
             [...document.images].map(i => {
               const r = i.getBoundingClientRect(), s = getComputedStyle(i);
               return {ok: i.complete && i.naturalWidth > 0, w: r.width, h: r.height,
                       shown: s.display !== 'none' && s.visibility !== 'hidden' && s.opacity !== '0'};
-            })""")["result"]["value"]
+            })""",
+        )["result"]["value"]
         title = cdp.call("Runtime.evaluate", expression="document.title", returnByValue=True)["result"]["value"]
-        errors = [e for e in cdp.events
-                  if e.get("method") == "Runtime.exceptionThrown"
-                  or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
-                  or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")]
+        errors = [
+            e
+            for e in cdp.events
+            if e.get("method") == "Runtime.exceptionThrown"
+            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
+            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")
+        ]
         cdp.ws.close()
     finally:
         proc.terminate()
@@ -177,10 +200,18 @@ def test_most_helpful_and_harmful_lessons_are_ranked_by_credit(tmp_path):
 
     versions = tmp_path / "library" / "versions"
     versions.mkdir(parents=True)
-    exps = [{"id": f"E{i}", "text": f"When case {i}, do thing {i}.", "status": "active", "created_step": 1,
-             "updated_step": 1, "provenance": {"step": 1, "epoch": 1, "query_ids": ["q1"]},
-             "stats": {"retrieved": 5, "cited": h + b, "helpful": h, "harmful": b}}
-            for i, (h, b) in enumerate([(0, 4), (6, 0), (1, 1)], start=1)]
+    exps = [
+        {
+            "id": f"E{i}",
+            "text": f"When case {i}, do thing {i}.",
+            "status": "active",
+            "created_step": 1,
+            "updated_step": 1,
+            "provenance": {"step": 1, "epoch": 1, "query_ids": ["q1"]},
+            "stats": {"retrieved": 5, "cited": h + b, "helpful": h, "harmful": b},
+        }
+        for i, (h, b) in enumerate([(0, 4), (6, 0), (1, 1)], start=1)
+    ]
     (versions / "000001.json").write_text(json.dumps({"version": 1, "step": 1, "experiences": exps}))
     text = write_report(tmp_path).html.read_text()
     helpful, harmful = text.split("Most helpful lessons", 1)[1].split("Most harmful lessons", 1)

@@ -37,8 +37,10 @@ def figures(monkeypatch):
 
 
 def _usage(priced: bool) -> dict:
-    return {"policy": {"calls": 8, "prompt_tokens": 900, "completion_tokens": 300, "cost_usd": 0.002 if priced else None},
-            "judge": {"calls": 2, "prompt_tokens": 700, "completion_tokens": 100, "cost_usd": 0.001 if priced else None}}
+    return {
+        "policy": {"calls": 8, "prompt_tokens": 900, "completion_tokens": 300, "cost_usd": 0.002 if priced else None},
+        "judge": {"calls": 2, "prompt_tokens": 700, "completion_tokens": 100, "cost_usd": 0.001 if priced else None},
+    }
 
 
 def _training_free_run(root, priced: bool = True, ops: bool = True):
@@ -46,21 +48,44 @@ def _training_free_run(root, priced: bool = True, ops: bool = True):
     rd.path.mkdir(parents=True)
     rd.config_path.write_text(yaml.safe_dump({"task": "demo", "policy": {"model": "sim"}}))
     rd.write_status("training_free", "finished", steps_done=2, steps_planned=2)
-    rd.append("steps.jsonl", [
-        {"step": i, "epoch": 1, "mean_reward": 0.3 + 0.1 * i, "group_mean_rewards": [0.2, 0.4 + 0.1 * i, 0.6],
-         "ops_by_kind": {"ADD": 2} if ops else {}, "library_size": 2 * i if ops else 0, "usage": _usage(priced)}
-        for i in (1, 2)])
+    rd.append(
+        "steps.jsonl",
+        [
+            {
+                "step": i,
+                "epoch": 1,
+                "mean_reward": 0.3 + 0.1 * i,
+                "group_mean_rewards": [0.2, 0.4 + 0.1 * i, 0.6],
+                "ops_by_kind": {"ADD": 2} if ops else {},
+                "library_size": 2 * i if ops else 0,
+                "usage": _usage(priced),
+            }
+            for i in (1, 2)
+        ],
+    )
     if ops:
         rd.append("ops.jsonl", [{"step": 1, "status": "applied", "op": "ADD"}])
     versions = rd.library_path / "versions"
     versions.mkdir(parents=True)
-    lesson = {"id": "E1", "text": "When units differ, convert first <script>x</script>.", "status": "active", "created_step": 1,
-              "updated_step": 1, "provenance": {"step": 1, "epoch": 1, "query_ids": [f"query-{i}" for i in range(40)]},
-              "stats": {"retrieved": 3, "cited": 2, "helpful": 2, "harmful": 0}}
+    lesson = {
+        "id": "E1",
+        "text": "When units differ, convert first <script>x</script>.",
+        "status": "active",
+        "created_step": 1,
+        "updated_step": 1,
+        "provenance": {"step": 1, "epoch": 1, "query_ids": [f"query-{i}" for i in range(40)]},
+        "stats": {"retrieved": 3, "cited": 2, "helpful": 2, "harmful": 0},
+    }
     (versions / "000002.json").write_text(json.dumps({"version": 1, "step": 2, "experiences": [lesson] if ops else []}))
-    summary = {"k": 2, "n": 4, "seeds": [0], "n_problems": 5, "baseline": {"mean_at_k": 0.31234567, "ci95": [0.1, 0.5],
-               "pass_at_k": 0.5, "pass_ci95": [0.3, 0.7]}, "library": {"mean_at_k": 0.6, "ci95": [0.4, 0.8],
-               "pass_at_k": 0.8, "pass_ci95": [0.6, 1.0]}, "diff": {"mean": 0.28765433, "ci95": [0.1, 0.4], "p_value": 0.0625}}
+    summary = {
+        "k": 2,
+        "n": 4,
+        "seeds": [0],
+        "n_problems": 5,
+        "baseline": {"mean_at_k": 0.31234567, "ci95": [0.1, 0.5], "pass_at_k": 0.5, "pass_ci95": [0.3, 0.7]},
+        "library": {"mean_at_k": 0.6, "ci95": [0.4, 0.8], "pass_at_k": 0.8, "pass_ci95": [0.6, 1.0]},
+        "diff": {"mean": 0.28765433, "ci95": [0.1, 0.4], "p_value": 0.0625},
+    }
     (rd.path / "eval" / "test-k2").mkdir(parents=True)
     (rd.path / "eval" / "test-k2" / "summary.json").write_text(json.dumps(summary))
     return rd.path

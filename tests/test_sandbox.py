@@ -47,20 +47,27 @@ def test_wall_clock_limit():
 
 
 def test_unbounded_allocation_is_stopped():
-    r = run("""
+    r = run(
+        """
         chunks = []
         while True:
             chunks.append(bytearray(64 << 20))
-    """, memory_mb=256)
+    """,
+        memory_mb=256,
+    )
     assert r.limit == "memory" and "MemoryError" in r.stderr
 
 
 def test_megabytes_of_output_are_cut_and_the_run_stopped():
-    r = run("""
+    r = run(
+        """
         import sys
         while True:
             sys.stdout.write("x" * 100000)
-    """, output_bytes=10_000, wall_s=10)
+    """,
+        output_bytes=10_000,
+        wall_s=10,
+    )
     assert r.limit == "output" and r.truncated and len(r.stdout) <= 10_000 and r.wall_s < 5
 
 
@@ -110,9 +117,14 @@ async def test_output_held_open_by_a_straggler_is_abandoned_not_waited_for(monke
 
     monkeypatch.setattr(sandbox, "SETTLE_S", 0.2)
     # sh exits at once; its background sleep keeps stdout open (EOF never comes).
-    proc = await asyncio.create_subprocess_exec("sh", "-c", "echo started; sleep 30 & exit 0",
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                start_new_session=True)
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        "echo started; sleep 30 & exit 0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     out, err = sandbox._Capture(1000), sandbox._Capture(1000)
     over = asyncio.Event()
     readers = asyncio.gather(sandbox._drain(proc.stdout, out, over), sandbox._drain(proc.stderr, err, over))

@@ -215,7 +215,14 @@ async def test_sample_summary(sim):
 async def test_any_other_schema_gets_a_valid_minimal_instance(sim):
     schema = {
         "type": "object",
-        "$defs": {"Kind": {"enum": ["a", "b"]}, "Item": {"type": "object", "properties": {"k": {"$ref": "#/$defs/Kind"}, "w": {"type": "number"}}, "required": ["k", "w"]}},
+        "$defs": {
+            "Kind": {"enum": ["a", "b"]},
+            "Item": {
+                "type": "object",
+                "properties": {"k": {"$ref": "#/$defs/Kind"}, "w": {"type": "number"}},
+                "required": ["k", "w"],
+            },
+        },
         "properties": {
             "verdict": {"type": "boolean"},
             "score": {"type": "integer"},
@@ -234,7 +241,10 @@ async def test_json_object_mode(sim):
     c = client(sim)
     r = await c.chat.completions.create(
         model="sim-judge",
-        messages=[{"role": "system", "content": "Reply with JSON for sample_summary."}, *user("<attempt>Answer: 7</attempt>")],
+        messages=[
+            {"role": "system", "content": "Reply with JSON for sample_summary."},
+            *user("<attempt>Answer: 7</attempt>"),
+        ],
         response_format={"type": "json_object"},
     )
     assert "7" in json.loads(r.choices[0].message.content)["summary"]
@@ -260,7 +270,10 @@ def test_429_has_retry_after_and_error_body(sim):
     assert r.json()["error"]["type"] == "rate_limit_error"
 
 
-@pytest.mark.parametrize("kind,error", [("429", openai.RateLimitError), ("500", openai.InternalServerError), ("503", openai.InternalServerError)])
+@pytest.mark.parametrize(
+    "kind,error",
+    [("429", openai.RateLimitError), ("500", openai.InternalServerError), ("503", openai.InternalServerError)],
+)
 async def test_status_faults_reach_the_client_then_clear(sim, kind, error):
     sim.add_faults([kind])
     with pytest.raises(error):
@@ -295,4 +308,3 @@ async def test_malformed_judge_content_is_not_json(sim):
     with pytest.raises(json.JSONDecodeError):
         json.loads(r.choices[0].message.content)
     assert sim.stats.faults == {"malformed": 1}
-

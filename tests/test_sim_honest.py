@@ -11,7 +11,16 @@ import pytest
 from test_sim import GroupComparison, client, judge, user
 from tfgrpo.sim import start_sim_server
 from tfgrpo.sim.policy_replies import HARD_SKILLED_P, SKILLED_P, expected_accuracy
-from tfgrpo.sim.skills import ALL_SKILLS, SKILLS, SKILLS_BY_NAME, VAGUE_LESSON, advice, demo_rows, lesson_lines, skill_in_text
+from tfgrpo.sim.skills import (
+    ALL_SKILLS,
+    SKILLS,
+    SKILLS_BY_NAME,
+    VAGUE_LESSON,
+    advice,
+    demo_rows,
+    lesson_lines,
+    skill_in_text,
+)
 from tfgrpo.task_registry import load_task
 
 ROWS = demo_rows()
@@ -28,8 +37,9 @@ async def accuracy(server, system: str, rows, n: int = 20) -> float:
     samples = {s.prompt: s for s in demo.dataset + demo.eval_samples()}
     messages = lambda q: ([{"role": "system", "content": system}] if system else []) + user(q)  # noqa: E731
     c = client(server)
-    answers = await asyncio.gather(*(c.chat.completions.create(model="sim-policy", messages=messages(r["question"]), n=n)
-                                     for r in rows))
+    answers = await asyncio.gather(
+        *(c.chat.completions.create(model="sim-policy", messages=messages(r["question"]), n=n) for r in rows)
+    )
     scores = []
     for r, resp in zip(rows, answers):
         scores += await demo.rewards[0].score(samples[r["question"]], [ch.message.content for ch in resp.choices])
@@ -64,8 +74,13 @@ async def test_accuracy_depends_on_the_advice_not_on_the_keyword(sim, skill_name
     skill = SKILLS_BY_NAME[skill_name]
     rows = [r for r in ROWS if r["skill"] == skill_name]
     others = [s.lesson for s in SKILLS if s is not skill]
-    arms = {"none": [], "right": [skill.lesson], "harmful": [skill.harmful], "others": others,
-            "right+others": [skill.lesson, *others]}
+    arms = {
+        "none": [],
+        "right": [skill.lesson],
+        "harmful": [skill.harmful],
+        "others": others,
+        "right+others": [skill.lesson, *others],
+    }
     got = {name: await accuracy(sim, block(lessons), rows) for name, lessons in arms.items()}
     for name, lessons in arms.items():
         assert abs(got[name] - expected_accuracy(skill, lessons)) < 0.09, (name, got)
@@ -78,7 +93,9 @@ async def test_policy_cites_the_lessons_it_followed(sim):
     skill = SKILLS_BY_NAME["remainder"]
     row = next(r for r in ROWS if r["skill"] == "remainder")
     system = block([SKILLS_BY_NAME["rounding"].lesson, skill.lesson])
-    r = await client(sim).chat.completions.create(model="sim-policy", messages=[{"role": "system", "content": system}, *user(row["question"])], n=40)
+    r = await client(sim).chat.completions.create(
+        model="sim-policy", messages=[{"role": "system", "content": system}, *user(row["question"])], n=40
+    )
     texts = [c.message.content for c in r.choices]
     cited = sum("[E2]" in t for t in texts)
     assert 24 <= cited <= 39  # each answer follows (and cites) the relevant lesson with p 0.8
@@ -88,10 +105,14 @@ async def test_policy_cites_the_lessons_it_followed(sim):
 # ---------------------------------------------------------------------------------- judge
 
 
-def attempts_prompt(attempts: list[tuple[str | None, str]], library: list[str] = (), reference: str | None = None) -> str:
+def attempts_prompt(
+    attempts: list[tuple[str | None, str]], library: list[str] = (), reference: str | None = None
+) -> str:
     lib = "\n".join(f"[E{i}] {t}" for i, t in enumerate(library, 1))
-    shown = "\n".join(f'<attempt index="{i}"' + (f' reward="{r}"' if r is not None else "") + f">\n{t}\n</attempt>"
-                      for i, (r, t) in enumerate(attempts, 1))
+    shown = "\n".join(
+        f'<attempt index="{i}"' + (f' reward="{r}"' if r is not None else "") + f">\n{t}\n</attempt>"
+        for i, (r, t) in enumerate(attempts, 1)
+    )
     ref = f"<reference_answer>{reference}</reference_answer>\n" if reference else ""
     return f"<problem>\nSome problem.\n</problem>\n{ref}{shown}\n<library>\n{lib}\n</library>"
 
@@ -123,8 +144,12 @@ async def test_judge_without_usable_difference_says_none(sim):
     (the oracle judge wrote the problem's lesson in every one of these cases)."""
     skill = SKILLS_BY_NAME["percentage"]
     slip = f"First I {skill.approach}, but I slip in the arithmetic. That gives 3.\nAnswer: 3"
-    for attempts in ([], [("0.0", wrong(skill))], [("1.0", right(skill)), ("1.0", right(skill))],
-                     [("1.0", right(skill)), ("0.0", slip)]):
+    for attempts in (
+        [],
+        [("0.0", wrong(skill))],
+        [("1.0", right(skill)), ("1.0", right(skill))],
+        [("1.0", right(skill)), ("0.0", slip)],
+    ):
         ops = await ops_over_seeds(sim, attempts_prompt(attempts), seeds=10)
         assert {op["op"] for op in ops} == {"NONE"}, attempts
 
@@ -141,8 +166,18 @@ async def test_blind_judge_votes_and_can_be_misled(sim):
     wrong it learns the mistake, a harmful lesson (what the ground truth is for)."""
     skill = SKILLS_BY_NAME["remainder"]
     majority_wrong = attempts_prompt([(None, right(skill, "4")), (None, wrong(skill, "7")), (None, wrong(skill, "7"))])
-    ops = [op for op in await ops_over_seeds(sim, majority_wrong, seeds=10) if op["op"] == "ADD" and op["text"] != VAGUE_LESSON]
+    ops = [
+        op
+        for op in await ops_over_seeds(sim, majority_wrong, seeds=10)
+        if op["op"] == "ADD" and op["text"] != VAGUE_LESSON
+    ]
     assert ops and all(advice(op["text"], skill) == "harmful" for op in ops)
-    with_reference = attempts_prompt([(None, right(skill, "4")), (None, wrong(skill, "7")), (None, wrong(skill, "7"))], reference="4")
-    ops = [op for op in await ops_over_seeds(sim, with_reference, seeds=10) if op["op"] == "ADD" and op["text"] != VAGUE_LESSON]
+    with_reference = attempts_prompt(
+        [(None, right(skill, "4")), (None, wrong(skill, "7")), (None, wrong(skill, "7"))], reference="4"
+    )
+    ops = [
+        op
+        for op in await ops_over_seeds(sim, with_reference, seeds=10)
+        if op["op"] == "ADD" and op["text"] != VAGUE_LESSON
+    ]
     assert ops and all(advice(op["text"], skill) == "right" for op in ops)

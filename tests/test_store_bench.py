@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_retrieval_bench_prints_its_json_line():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "retrieval.py"), "--n", "600", "--queries", "20", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "retrieval.py"), "--n", "600", "--queries", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == 600 and result["queries"] == 20
@@ -45,15 +49,26 @@ def test_bench_progress_counts_and_times_each_phase():
         advance(2)
     progress.note("result 1.5")
     lines = [re.sub(r"\d+\.\d s|\(\d+ s\)", "T", line) for line in out.getvalue().splitlines()]
-    assert lines == ["[b] load ...", "[b] load: done in T", "[b] items ...", "[b] items: 1/3 T", "[b] items: 3/3 T",
-                     "[b] items: done in T", "[b] result 1.5"]
+    assert lines == [
+        "[b] load ...",
+        "[b] load: done in T",
+        "[b] items ...",
+        "[b] items: 1/3 T",
+        "[b] items: 3/3 T",
+        "[b] items: done in T",
+        "[b] result 1.5",
+    ]
 
 
 def test_token_counter_uses_the_policy_tokenizer_where_known():
     text = "When adding fractions, rewrite both over a common denominator first."
-    assert LLMClient(model="openai/x", capabilities=Capabilities(tokenizer=False)).count_tokens(text) == estimate_tokens(text)
+    assert LLMClient(model="openai/x", capabilities=Capabilities(tokenizer=False)).count_tokens(
+        text
+    ) == estimate_tokens(text)
     import litellm
 
     counted = LLMClient(model="openai/gpt-4o-mini").count_tokens(text)
     assert counted == litellm.token_counter(model="openai/gpt-4o-mini", text=text)
-    assert LLMClient(model="no-such-provider/model-x").count_tokens(text) > 0  # unknown: litellm's default or the estimate
+    assert (
+        LLMClient(model="no-such-provider/model-x").count_tokens(text) > 0
+    )  # unknown: litellm's default or the estimate

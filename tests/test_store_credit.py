@@ -8,8 +8,19 @@ import pytest
 import yaml
 
 from cli_helpers import last_json, tfgrpo
-from experience_store import (Experience, ExperienceOp, Index, InjectionSettings, Library, LibraryState, Pack, Stats, cited_ids,
-                              prune_ops, usage_credit)
+from experience_store import (
+    Experience,
+    ExperienceOp,
+    Index,
+    InjectionSettings,
+    Library,
+    LibraryState,
+    Pack,
+    Stats,
+    cited_ids,
+    prune_ops,
+    usage_credit,
+)
 from experience_store.pack import MERGE_THRESHOLD
 from tfgrpo.config import build
 from tfgrpo.errors import UserError
@@ -27,14 +38,17 @@ def add(lib, *texts, step=1):
 
 def test_citations_credit_compares_citing_and_non_citing_answers_of_a_group():
     assert cited_ids("Using [E3] and [E12], then [e3] again; not E4 or [X1]; [ E5 ].") == ["E3", "E12", "E5"]
-    credit = usage_credit([
+    credit = usage_credit(
         [
-            (["E1", "E2"], "By [E1] the answer is 4.", 1.2),
-            (["E1", "E2"], "Following [E1] and [E2]: 5.", -0.8),
-            (["E1", "E2"], "No citation here.", 0.5),
+            [
+                (["E1", "E2"], "By [E1] the answer is 4.", 1.2),
+                (["E1", "E2"], "Following [E1] and [E2]: 5.", -0.8),
+                (["E1", "E2"], "No citation here.", 0.5),
+            ],
+            [(["E2"], "Cites [E1] though it was not shown.", 1.0), (["E2"], "Plain.", -1.0)],
         ],
-        [(["E2"], "Cites [E1] though it was not shown.", 1.0), (["E2"], "Plain.", -1.0)],
-    ], step=7)
+        step=7,
+    )
     # E1: cited at 1.2 and -0.8 against the non-citing 0.5: one comparison won, one lost.
     assert credit["E1"] == Stats(retrieved=3, cited=2, helpful=1, harmful=1, last_cited_step=7)
     # E2: cited once at -0.8 against 1.2 and 0.5 (lost both); never cited in the second group.
@@ -55,11 +69,20 @@ def test_a_lesson_cited_in_every_answer_of_a_hard_problem_is_not_called_harmful(
 def test_credit_is_stored_and_prune_retires_harmful_and_unused_reversibly(tmp_path):
     lib = Library(tmp_path / "lib")
     add(lib, "When A, do a.", "When B, do b.", "When C, do c.")
-    lib.apply([], step=2, credit={"E1": Stats(retrieved=5, cited=4, helpful=1, harmful=3, last_cited_step=2),
-                                  "E2": Stats(retrieved=5, cited=2, helpful=2, last_cited_step=2)})
+    lib.apply(
+        [],
+        step=2,
+        credit={
+            "E1": Stats(retrieved=5, cited=4, helpful=1, harmful=3, last_cited_step=2),
+            "E2": Stats(retrieved=5, cited=2, helpful=2, last_cited_step=2),
+        },
+    )
     assert lib.state.get("E1").stats.harmful == 3
     ops = prune_ops(lib.state, step=6, unused_steps=5)
-    assert {o.id: o.reason for o in ops} == {"E1": "prune: lost 3 of 4 within-group comparisons", "E3": "prune: not cited for 5 steps"}
+    assert {o.id: o.reason for o in ops} == {
+        "E1": "prune: lost 3 of 4 within-group comparisons",
+        "E3": "prune: not cited for 5 steps",
+    }
     res = lib.apply(ops, step=6)
     assert [e.id for e in lib.experiences] == ["E2"]
     assert all(r.op.reason.startswith("prune:") for r in res)
@@ -72,7 +95,10 @@ def test_prune_for_uses_this_steps_credit_and_spares_touched_ids(tmp_path):
     lib = Library(tmp_path / "lib")
     add(lib, "When A, do a.", "When B, do b.")
     cfg = LibraryConfig(prune_min_votes=2, prune_harmful=True)
-    assert prune_for(lib, LibraryConfig(prune_min_votes=2), {i: Stats(cited=2, harmful=2) for i in ("E1", "E2")}, 2, []) == []
+    assert (
+        prune_for(lib, LibraryConfig(prune_min_votes=2), {i: Stats(cited=2, harmful=2) for i in ("E1", "E2")}, 2, [])
+        == []
+    )
     credit = {i: Stats(cited=2, harmful=2, last_cited_step=2) for i in ("E1", "E2")}
     pruned = prune_for(lib, cfg, credit, 2, [ExperienceOp(op="UPDATE", id="E2", text="When B, do b well.")])
     assert [o.id for o in pruned] == ["E1"]
@@ -81,20 +107,43 @@ def test_prune_for_uses_this_steps_credit_and_spares_touched_ids(tmp_path):
 def test_near_duplicate_proposals_reach_consolidation_as_merge_candidates(tmp_path):
     lib = Library(tmp_path / "lib")
     add(lib, "When adding fractions, rewrite both over a common denominator first.", "When stuck, reread the question.")
-    props = [ProposedOp(op="ADD", text="When adding fractions, rewrite both over a common denominator first!"),
-             ProposedOp(op="ADD", text="When a percentage changes twice, multiply the factors.")]
+    props = [
+        ProposedOp(op="ADD", text="When adding fractions, rewrite both over a common denominator first!"),
+        ProposedOp(op="ADD", text="When a percentage changes twice, multiply the factors."),
+    ]
     cands = merge_candidates(lib, props, threshold=0.9)
     assert len(cands) == 1 and cands[0]["similar_to"][0]["id"] == "E1"
-    prompt = Prompts().render("consolidate.j2", library_block=lib.render(), proposals_block="", schema="{}",
-                              candidates=json.dumps(cands))
+    prompt = Prompts().render(
+        "consolidate.j2", library_block=lib.render(), proposals_block="", schema="{}", candidates=json.dumps(cands)
+    )
     assert "<merge_candidates>" in prompt and '"E1"' in prompt
 
 
 def test_training_with_retrieval_injection_counts_usage(tmp_path):
     out = tmp_path / "run"
-    summary = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "2", "--limit", "16",
-                               "--injection", "retrieve", "--top-k", "2", "--inject-budget", "200",
-                               "--out", str(out), "--json", "-q"))
+    summary = last_json(
+        tfgrpo(
+            "train",
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "--epochs",
+            "2",
+            "--limit",
+            "16",
+            "--injection",
+            "retrieve",
+            "--top-k",
+            "2",
+            "--inject-budget",
+            "200",
+            "--out",
+            str(out),
+            "--json",
+            "-q",
+        )
+    )
     assert summary["library_size"] > 2
     lib = Library(out / "library")
     retrieved = [e.stats.retrieved for e in lib.experiences]
@@ -120,18 +169,26 @@ def test_consolidation_sees_a_bounded_view_of_a_large_library(tmp_path):
     assert consolidation_view(lib, LibraryConfig(), shown, cands, props) == lib.render()
 
 
-@pytest.mark.parametrize("old,message", [
-    ({"library": {"injection": "retrieve", "budget_tokens": 40, "top_k": 1}}, "invalid config value for library.injection"),
-    ({"library": {"top_k": 3}}, "unknown config key library.top_k"),
-    ({"budget": {"max_cost": 1.0}}, "unknown config key budget.max_cost; accepted there: cost, tokens, calls"),
-    ({"budget": {"max_tokens": 5}}, "unknown config key budget.max_tokens"),
-    ({"budget": {"max_calls": 5}}, "unknown config key budget.max_calls"),
-])
+@pytest.mark.parametrize(
+    "old,message",
+    [
+        (
+            {"library": {"injection": "retrieve", "budget_tokens": 40, "top_k": 1}},
+            "invalid config value for library.injection",
+        ),
+        ({"library": {"top_k": 3}}, "unknown config key library.top_k"),
+        ({"budget": {"max_cost": 1.0}}, "unknown config key budget.max_cost; accepted there: cost, tokens, calls"),
+        ({"budget": {"max_tokens": 5}}, "unknown config key budget.max_tokens"),
+        ({"budget": {"max_calls": 5}}, "unknown config key budget.max_calls"),
+    ],
+)
 def test_config_keys_of_an_older_layout_are_refused_in_one_line(old, message):
     with pytest.raises(UserError) as e:
         build(RunConfig, old)
     assert message in str(e.value) and "\n" not in str(e.value)
-    assert LibraryConfig.model_validate({"injection": {"mode": "retrieve", "top_k": 3}}).injection == InjectionSettings(mode="retrieve", top_k=3)
+    assert LibraryConfig.model_validate({"injection": {"mode": "retrieve", "top_k": 3}}).injection == InjectionSettings(
+        mode="retrieve", top_k=3
+    )
     with pytest.raises(ValueError, match="mode"):
         LibraryConfig.model_validate({"injection": {"mode": "everything"}})
 
@@ -139,12 +196,45 @@ def test_config_keys_of_an_older_layout_are_refused_in_one_line(old, message):
 @pytest.mark.slow
 def test_training_keeps_the_chosen_embedding_and_refuses_an_unavailable_one(tmp_path):
     out = tmp_path / "run"
-    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--embedding", "lexical:64",
-           "--injection", "auto", "--inject-budget", "30", "--out", str(out), "-q")
+    tfgrpo(
+        "train",
+        "--task",
+        "demo",
+        "--model",
+        "sim",
+        "--epochs",
+        "1",
+        "--limit",
+        "8",
+        "--embedding",
+        "lexical:64",
+        "--injection",
+        "auto",
+        "--inject-budget",
+        "30",
+        "--out",
+        str(out),
+        "-q",
+    )
     lib = Library(out / "library")
     assert lib.state.embedding == {"name": "lexical", "dim": 64} and len(lib) > 0
-    bad = tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--embedding",
-                 "st:no-such-model-here", "--out", str(tmp_path / "bad"), "-q", check=False)
+    bad = tfgrpo(
+        "train",
+        "--task",
+        "demo",
+        "--model",
+        "sim",
+        "--epochs",
+        "1",
+        "--limit",
+        "8",
+        "--embedding",
+        "st:no-such-model-here",
+        "--out",
+        str(tmp_path / "bad"),
+        "-q",
+        check=False,
+    )
     assert bad.returncode == 2 and "embedding sentence-transformers:no-such-model-here" in bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -160,7 +250,11 @@ def test_ties_at_the_kth_place_are_broken_by_id_every_time():
         index = Index.in_memory(exps, {"name": "lexical", "dim": 512})
         assert [i for i, _ in index.search("quadratic formula", 3)] == ["E1", "E2", "E3"]
         assert [i for i, _ in index.near_duplicates([SAME], 0.9, k=4)[0]] == ["E1", "E2", "E3", "E4"]
-        assert Pack.build(exps).inject("quadratic formula", InjectionSettings(mode="retrieve", top_k=3)).ids == ["E1", "E2", "E3"]
+        assert Pack.build(exps).inject("quadratic formula", InjectionSettings(mode="retrieve", top_k=3)).ids == [
+            "E1",
+            "E2",
+            "E3",
+        ]
 
 
 def test_ties_keep_the_more_similar_lessons_first_then_ids_in_natural_order():
@@ -171,11 +265,21 @@ def test_ties_keep_the_more_similar_lessons_first_then_ids_in_natural_order():
 
 def test_an_earlier_version_retrieves_from_its_own_lessons(tmp_path):
     lib = Library(tmp_path / "lib")
-    lib.apply([ExperienceOp(op="ADD", text="When adding fractions, use a common denominator."),
-               ExperienceOp(op="ADD", text="When a triangle is right-angled, use Pythagoras.")], step=1)
-    lib.apply([ExperienceOp(op="DELETE", id="E1"),
-               ExperienceOp(op="UPDATE", id="E2", text="When counting fence posts, add one to the gaps."),
-               ExperienceOp(op="ADD", text="When adding fractions with a common denominator, add the numerators.")], step=2)
+    lib.apply(
+        [
+            ExperienceOp(op="ADD", text="When adding fractions, use a common denominator."),
+            ExperienceOp(op="ADD", text="When a triangle is right-angled, use Pythagoras."),
+        ],
+        step=1,
+    )
+    lib.apply(
+        [
+            ExperienceOp(op="DELETE", id="E1"),
+            ExperienceOp(op="UPDATE", id="E2", text="When counting fence posts, add one to the gaps."),
+            ExperienceOp(op="ADD", text="When adding fractions with a common denominator, add the numerators."),
+        ],
+        step=2,
+    )
     old = Library(tmp_path / "lib", at_step=1)
     assert old.inject("adding fractions: common denominator", TOP1).ids == ["E1"]  # retired later
     assert old.inject("right-angled triangle Pythagoras", TOP1).ids == ["E2"]  # reworded later
@@ -203,8 +307,12 @@ def test_an_unscored_answer_is_no_evidence_for_the_lessons_it_cites():
 
     texts = ["plain", "plain", "plain", "Using [E1]: 42", None]  # the last request failed
     rewards = [[0.0], [0.0], [1.0], [None], [None]]
-    group = Group(sample=Sample(id="q", prompt="?"), completions=[Completion(text=t, index=j) for j, t in enumerate(texts)],
-                  rewards=rewards, combined=[r[0] for r in rewards])
+    group = Group(
+        sample=Sample(id="q", prompt="?"),
+        completions=[Completion(text=t, index=j) for j, t in enumerate(texts)],
+        rewards=rewards,
+        combined=[r[0] for r in rewards],
+    )
     adv = group_advantages([rewards], [1.0], "grpo", std="unbiased")
     answered = [[j for j, c in enumerate(group.completions) if c.ok]]
     evidence = credit_evidence([group], answered, [["E1"]], adv)

@@ -11,13 +11,16 @@ from tfgrpo.training_free.structured import ParseError, ask_structured, parse_ou
 GOOD = '{"reasoning": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}]}'
 
 
-@pytest.mark.parametrize("text", [
-    GOOD,
-    f"Sure! Here it is:\n```json\n{GOOD}\n```\nHope that helps.",
-    f"<think>the {{ braces }} here are not JSON</think>{GOOD}",
-    '{"reasoning": "a", "ops": [{"op": "add", "text": "When x, y.", "reason": "r",},],}',  # trailing commas, lower case
-    '{"reasoning": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}',  # cut off
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD,
+        f"Sure! Here it is:\n```json\n{GOOD}\n```\nHope that helps.",
+        f"<think>the {{ braces }} here are not JSON</think>{GOOD}",
+        '{"reasoning": "a", "ops": [{"op": "add", "text": "When x, y.", "reason": "r",},],}',  # trailing commas, lower case
+        '{"reasoning": "a", "ops": [{"op": "ADD", "text": "When x, y.", "reason": "r"}',  # cut off
+    ],
+)
 def test_tolerant_parser_reads_damaged_output(text):
     out = parse_output(text, GroupComparison)
     assert out.ops[0].op == "ADD" and out.ops[0].text == "When x, y."
@@ -30,13 +33,16 @@ def test_strict_reading_refuses_repairs():
     assert parse_output(f"```json\n{GOOD}\n```", GroupComparison, lenient=False).ops[0].text == "When x, y."
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("", "empty"),
-    ("I cannot help with that.", "expected a JSON object"),
-    ('{"ops": [{"op": "RENAME"}]}', "reasoning"),
-    ('{"reasoning": "cut before the ops"}', "ops"),
-    ('{"reasoning": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("", "empty"),
+        ("I cannot help with that.", "expected a JSON object"),
+        ('{"ops": [{"op": "RENAME"}]}', "reasoning"),
+        ('{"reasoning": "cut before the ops"}', "ops"),
+        ('{"reasoning": "a", "ops": [{"op": "RENAME"}]}', "ops.0.op"),
+    ],
+)
 def test_parser_errors_name_the_problem(text, msg):
     with pytest.raises(ParseError, match=msg):
         parse_output(text, GroupComparison)
@@ -44,8 +50,12 @@ def test_parser_errors_name_the_problem(text, msg):
 
 def _messages():
     prompts = Prompts()
-    user = prompts.render("consolidate.j2", library_block=library_block("[E1] When A, do a."), schema="{}",
-                          proposals_block=proposals_block('[{"op": "ADD", "id": null, "text": "When B, do b.", "reason": "r"}]'))
+    user = prompts.render(
+        "consolidate.j2",
+        library_block=library_block("[E1] When A, do a."),
+        schema="{}",
+        proposals_block=proposals_block('[{"op": "ADD", "id": null, "text": "When B, do b.", "reason": "r"}]'),
+    )
     return [{"role": "system", "content": prompts.render("judge_system.j2")}, {"role": "user", "content": user}]
 
 
@@ -59,8 +69,13 @@ async def test_one_repair_retry_fixes_malformed_output():
 
 async def test_failure_after_the_repair_is_returned_not_raised():
     with start_sim_server(seed=0, faults=["malformed", "malformed"]) as sim:
-        c = LLMClient(model="openai/sim-judge", role="judge", api_base=sim.base_url, api_key="sim",
-                      retry=RetryPolicy(max_retries=0))
+        c = LLMClient(
+            model="openai/sim-judge",
+            role="judge",
+            api_base=sim.base_url,
+            api_key="sim",
+            retry=RetryPolicy(max_retries=0),
+        )
         out = await ask_structured(c, _messages(), Consolidation, "consolidation")
         assert not out.ok and "after one repair" in out.error
         assert len(out.raw) == 2 and out.raw[0]

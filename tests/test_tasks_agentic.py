@@ -13,17 +13,37 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("task,tool", [
-    ("math-tools", "python"),
-    pytest.param("docqa", "search", marks=pytest.mark.slow),
-    pytest.param("sql", "sql", marks=pytest.mark.slow),
-    pytest.param("code", "python", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "task,tool",
+    [
+        ("math-tools", "python"),
+        pytest.param("docqa", "search", marks=pytest.mark.slow),
+        pytest.param("sql", "sql", marks=pytest.mark.slow),
+        pytest.param("code", "python", marks=pytest.mark.slow),
+    ],
+)
 def test_offline_run(tmp_path, task, tool):
     out = tmp_path / "run"
-    summary = last_json(tfgrpo("train", "--task", task, "--model", "sim", "--epochs", "2", "--group-size", "4",
-                               # a small judge context: the trajectories fill more than half of it, so they are summarised
-                               "--judge-context", "256", "--out", str(out), "--json", "--quiet"))
+    summary = last_json(
+        tfgrpo(
+            "train",
+            "--task",
+            task,
+            "--model",
+            "sim",
+            "--epochs",
+            "2",
+            "--group-size",
+            "4",
+            # a small judge context: the trajectories fill more than half of it, so they are summarised
+            "--judge-context",
+            "256",
+            "--out",
+            str(out),
+            "--json",
+            "--quiet",
+        )
+    )
     assert summary["steps"] == 2 and summary["library_size"] >= 1
     first, last = summary["reward_by_step"]
     assert last > first  # the lesson about the tool is learned and used
@@ -40,7 +60,9 @@ def test_docqa_without_ground_truth_uses_self_consistency_and_a_blind_judge(tmp_
     cfg = tmp_path / "c.yaml"
     cfg.write_text("task: docqa\ntask_args:\n  reward: consistency\njudge:\n  ground_truth: false\n")
     out = tmp_path / "run"
-    summary = last_json(tfgrpo("train", "--config", str(cfg), "--model", "sim", "--epochs", "1", "--out", str(out), "--json", "--quiet"))
+    summary = last_json(
+        tfgrpo("train", "--config", str(cfg), "--model", "sim", "--epochs", "1", "--out", str(out), "--json", "--quiet")
+    )
     assert summary["steps"] == 1
     assert all(s.answer is None for s in load_task("docqa", reward="consistency").dataset)
     groups = rows(out / "groups.jsonl")

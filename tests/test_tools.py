@@ -53,13 +53,16 @@ def test_good_call():
     assert out.error is None and out.content == "Lyon:2:False"
 
 
-@pytest.mark.parametrize("raw,kind,says", [
-    ('{"city": "Lyon"', "malformed_arguments", "not a valid JSON object"),
-    ('["Lyon"]', "malformed_arguments", "not a valid JSON object"),
-    ('{"town": "Lyon"}', "invalid_arguments", "city"),
-    ('{"city": "boom"}', "exception", "RuntimeError: the city index is down"),
-    ('{"city": "slow"}', "timeout", "did not finish within 0.5 seconds"),
-])
+@pytest.mark.parametrize(
+    "raw,kind,says",
+    [
+        ('{"city": "Lyon"', "malformed_arguments", "not a valid JSON object"),
+        ('["Lyon"]', "malformed_arguments", "not a valid JSON object"),
+        ('{"town": "Lyon"}', "invalid_arguments", "city"),
+        ('{"city": "boom"}', "exception", "RuntimeError: the city index is down"),
+        ('{"city": "slow"}', "timeout", "did not finish within 0.5 seconds"),
+    ],
+)
 def test_failures_come_back_as_text(raw, kind, says):
     out = call("lookup", raw)
     assert out.error == kind and says in out.content
@@ -93,8 +96,12 @@ def test_sql_is_read_only(tmp_path):
 
 
 def test_search_ranks_the_matching_passage_first():
-    corpus = BM25Corpus([{"id": "a", "title": "Harlow Bridge", "text": "Completed in 1897."},
-                         {"id": "b", "title": "Mirefield", "text": "A market town."}])
+    corpus = BM25Corpus(
+        [
+            {"id": "a", "title": "Harlow Bridge", "text": "Completed in 1897."},
+            {"id": "b", "title": "Mirefield", "text": "A market town."},
+        ]
+    )
     out = call("search", '{"query": "when was the Harlow Bridge completed"}', toolset([search_tool(corpus, k=1)]))
     assert out.content.startswith("[1] Harlow Bridge") and "Mirefield" not in out.content
 

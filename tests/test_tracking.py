@@ -19,22 +19,48 @@ from tfgrpo.tracking import trackers
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     home = tmp_path / "home"
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
-           "WANDB_CONSOLE": "off", "WANDB_CACHE_DIR": str(home / "wandb-cache"),
-           "WANDB_CONFIG_DIR": str(home / "wandb-config"), "WANDB_DATA_DIR": str(home / "wandb-data"),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1,localhost"}
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_CACHE_DIR": str(home / "wandb-cache"),
+        "WANDB_CONFIG_DIR": str(home / "wandb-config"),
+        "WANDB_DATA_DIR": str(home / "wandb-data"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("WANDB_API_KEY", "WANDB_PROJECT", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+    for key in (
+        "WANDB_API_KEY",
+        "WANDB_PROJECT",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_EXPERIMENT_ID",
+    ):
         monkeypatch.delenv(key, raising=False)
     return tmp_path
 
 
 def _train(out, report_to: str):
     """Two steps of the demo task on the simulator, logged to ``report_to``."""
-    return api.train(RunConfig(task="demo", epochs=2, limit=8, batch_size=8, policy={"model": "sim"},
-                               sampling={"group_size": 2}, report_to=report_to), out=out)
+    return api.train(
+        RunConfig(
+            task="demo",
+            epochs=2,
+            limit=8,
+            batch_size=8,
+            policy={"model": "sim"},
+            sampling={"group_size": 2},
+            report_to=report_to,
+        ),
+        out=out,
+    )
 
 
 def test_report_to_wandb_offline_logs_each_step(offline):
@@ -43,16 +69,23 @@ def test_report_to_wandb_offline_logs_each_step(offline):
     runs = list((offline / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     inspect = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
-    records = [json.loads(line) for line in subprocess.run([*inspect, str(runs[0])], capture_output=True, text=True,
-                                                           check=True, timeout=120).stdout.splitlines()]
+    records = [
+        json.loads(line)
+        for line in subprocess.run(
+            [*inspect, str(runs[0])], capture_output=True, text=True, check=True, timeout=120
+        ).stdout.splitlines()
+    ]
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     assert [h["_step"] for h in history] == [s.step for s in result.steps] == [1, 2]
     assert [h["mean_reward"] for h in history] == pytest.approx([s.mean_reward for s in result.steps])
     assert [h["library_size"] for h in history] == [s.library_size for s in result.steps]
     assert [h["epoch"] for h in history] == [1, 2]  # epochs count from 1, as on screen
     assert all(h["tokens/policy"] > 0 for h in history)
-    summary = json.loads(subprocess.run([*inspect, "--summary", str(runs[0])], capture_output=True, text=True,
-                                        check=True, timeout=120).stdout)
+    summary = json.loads(
+        subprocess.run(
+            [*inspect, "--summary", str(runs[0])], capture_output=True, text=True, check=True, timeout=120
+        ).stdout
+    )
     assert (summary["name"], summary["project"], summary["state"]) == ("run", "tfgrpo", "finished")
     assert summary["config"]["task"] == "demo" and summary["config"]["epochs"] == 2
 
@@ -69,8 +102,9 @@ def test_report_to_mlflow_logs_each_step_to_the_run_directory(offline):
     history = client.get_metric_history(run.info.run_id, "mean_reward")
     assert [m.step for m in history] == [s.step for s in result.steps] == [1, 2]
     assert [m.value for m in history] == pytest.approx([s.mean_reward for s in result.steps])
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "library_size")] == \
-        [s.library_size for s in result.steps]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "library_size")] == [
+        s.library_size for s in result.steps
+    ]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
     assert run.data.params["task"] == "demo" and run.data.params["sampling.group_size"] == "2"
 

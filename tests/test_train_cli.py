@@ -79,15 +79,18 @@ def test_repeated_run_is_served_from_cache(tmp_path):
     assert third["calls"]["policy"] == first["calls"]["policy"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--task", "nope"], "unknown task 'nope'"),
-    (["train", "--task", "math", "--data", "/no/such/file.jsonl"], "data file not found"),
-    (["train", "--group-size", "0"], "invalid config value for sampling.group_size (--group-size)"),
-    (["train", "--config", "/no/such.yaml"], "config file not found"),
-    (["train", "--task", "missing.py:thing"], "task file not found"),
-    (["eval", "--library", "/no/such/run"], "no experience library"),
-    (["train", "--resume", "/no/such/run"], "nothing to resume"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--task", "nope"], "unknown task 'nope'"),
+        (["train", "--task", "math", "--data", "/no/such/file.jsonl"], "data file not found"),
+        (["train", "--group-size", "0"], "invalid config value for sampling.group_size (--group-size)"),
+        (["train", "--config", "/no/such.yaml"], "config file not found"),
+        (["train", "--task", "missing.py:thing"], "task file not found"),
+        (["eval", "--library", "/no/such/run"], "no experience library"),
+        (["train", "--resume", "/no/such/run"], "nothing to resume"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message):
     proc = tfgrpo(*args, check=False)
     assert proc.returncode == 2, proc.stderr
@@ -129,8 +132,24 @@ def test_user_task_by_path(tmp_path):
         "    demo = load_task('demo').dataset[:4]\n"
         "    return Task(dataset=[Sample(id=s.id, prompt=s.prompt, answer=s.answer) for s in demo], rewards=[has_answer])\n"
     )
-    summary = last_json(tfgrpo("train", "--task", f"{f}:adder", "--model", "sim", "--epochs", "1", "--batch-size", "2", "--group-size", "2",
-                               "--out", str(tmp_path / "run"), "--json"))
+    summary = last_json(
+        tfgrpo(
+            "train",
+            "--task",
+            f"{f}:adder",
+            "--model",
+            "sim",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--group-size",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        )
+    )
     assert summary["steps"] == 2
     assert re.search(r"task: .*mytask.py:adder", (tmp_path / "run" / "config.yaml").read_text())
 
@@ -143,8 +162,18 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    args = ["train", "--model", "openai/some-model", "--api-base", f"http://127.0.0.1:{port}/v1", "--max-retries", "1",
-            "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--model",
+        "openai/some-model",
+        "--api-base",
+        f"http://127.0.0.1:{port}/v1",
+        "--max-retries",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = tfgrpo(*args, check=False, env={**ENV, "OPENAI_API_KEY": "k"})
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
@@ -154,7 +183,11 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
     # same cause, the endpoint is still down, not at a leftover run directory).
     no_key = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"}
     proc = tfgrpo(*args, check=False, env=no_key)
-    assert proc.returncode == 2 and "unreachable after 2 attempts" in proc.stderr and "already holds a run" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "unreachable after 2 attempts" in proc.stderr
+        and "already holds a run" not in proc.stderr
+    )
     assert not out.exists()
 
 
@@ -168,10 +201,26 @@ def test_prompts_dir_overrides_a_builtin_template(tmp_path):
     # simulator answers as if the library were complete, from the first step on.
     hints = "\n".join(s.lesson for s in SKILLS)
     (prompts / "agent.j2").write_text("{{ instructions }}\nKeep in mind:\n" + hints + "\n{{ experiences }}")
-    summary = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--prompts-dir", str(prompts),
-                               "--out", str(tmp_path / "run"), "--json"))
+    summary = last_json(
+        tfgrpo(
+            "train",
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "--epochs",
+            "1",
+            "--prompts-dir",
+            str(prompts),
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        )
+    )
     train = load_task("demo").dataset
-    complete = sum(expected_accuracy(SKILLS_BY_NAME[s.metadata["skill"]], [k.lesson for k in SKILLS]) for s in train) / len(train)
+    complete = sum(
+        expected_accuracy(SKILLS_BY_NAME[s.metadata["skill"]], [k.lesson for k in SKILLS]) for s in train
+    ) / len(train)
     empty = sum(expected_accuracy(SKILLS_BY_NAME[s.metadata["skill"]], []) for s in train) / len(train)
     assert summary["reward_by_step"][0] > (complete + empty) / 2, (summary["reward_by_step"], complete, empty)
     proc = tfgrpo("train", "--prompts-dir", str(tmp_path / "missing"), check=False)
@@ -182,8 +231,14 @@ def test_yaml_config_with_flags_on_top(tmp_path):
     import yaml
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("task: demo\nepochs: 3\nbatch_size: 16\nsampling:\n  group_size: 2\n  temperature: 0.5\njudge:\n  max_ops_per_group: 1\n")
-    summary = last_json(tfgrpo("train", "--config", str(cfg), "--epochs", "1", "--model", "sim", "--out", str(tmp_path / "run"), "--json"))
+    cfg.write_text(
+        "task: demo\nepochs: 3\nbatch_size: 16\nsampling:\n  group_size: 2\n  temperature: 0.5\njudge:\n  max_ops_per_group: 1\n"
+    )
+    summary = last_json(
+        tfgrpo(
+            "train", "--config", str(cfg), "--epochs", "1", "--model", "sim", "--out", str(tmp_path / "run"), "--json"
+        )
+    )
     assert summary["steps"] == 2  # 32 problems / 16 per step, one epoch: the flag beat the file
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["epochs"] == 1 and saved["sampling"]["group_size"] == 2 and saved["sampling"]["temperature"] == 0.5

@@ -30,8 +30,11 @@ def test_train_with_serve_launches_and_stops_vllm(tmp_path):
     exe.chmod(0o755)
     out = tmp_path / "run"
     env = {**ENV, "TFGRPO_VLLM_EXECUTABLE": str(exe)}
-    summary = last_json(tfgrpo("train", "--task", "demo", "--serve", "Qwen/Qwen3-8B", "--epochs", "1",
-                               "--out", str(out), "--json", env=env))
+    summary = last_json(
+        tfgrpo(
+            "train", "--task", "demo", "--serve", "Qwen/Qwen3-8B", "--epochs", "1", "--out", str(out), "--json", env=env
+        )
+    )
     assert summary["steps"] == 4 and summary["calls"]["policy"] == 32 and summary["calls"]["judge"] > 0
     log = (out / "vllm.log").read_text()
     assert "Qwen/Qwen3-8B" in log and "--enable-prefix-caching" in log
@@ -40,12 +43,17 @@ def test_train_with_serve_launches_and_stops_vllm(tmp_path):
 
 def _run(tmp_path, faults, **cfg_kw):
     """A run against an external simulator with injected faults, through the Python API."""
-    with start_sim_server(seed=0, faults=faults, timeout_delay=5.0) as sim:  # past 4x the 1 s timeout (a cold local endpoint)
+    with start_sim_server(
+        seed=0, faults=faults, timeout_delay=5.0
+    ) as sim:  # past 4x the 1 s timeout (a cold local endpoint)
         cfg = RunConfig(task="demo", epochs=1, batch_size=8, sampling={"group_size": 4}, **cfg_kw)
         cfg.policy.model, cfg.policy.api_base, cfg.policy.timeout = "openai/sim-policy-s0", sim.base_url, 1.0
         cfg.judge.model, cfg.judge.api_base = "openai/sim-judge-s0", sim.base_url
         for side in (cfg.policy, cfg.judge):
-            side.api_key_env, side.retry_timeouts = "SIM_KEY", True  # a local server: timeouts are not resent by default
+            side.api_key_env, side.retry_timeouts = (
+                "SIM_KEY",
+                True,
+            )  # a local server: timeouts are not resent by default
         rd = RunDir(tmp_path / "run")
         with open_models(cfg.policy, cfg.judge, cache_path=rd.path / "cache.sqlite") as models:
             return asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts())), rd, sim
@@ -86,21 +94,43 @@ def test_blind_judging_judges_every_group(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_wheel_carries_builtin_tasks_and_prompts(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, env=ENV, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("tfgrpo-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("tfgrpo/_builtin/tasks/demo.py", "tfgrpo/_builtin/tasks/data/demo.jsonl", "tfgrpo/_builtin/tasks/math_answers.py",
-                 "tfgrpo/_builtin/prompts/agent.j2", "tfgrpo/_builtin/prompts/compare.j2", "experience_store/library.py"):
+    for name in (
+        "tfgrpo/_builtin/tasks/demo.py",
+        "tfgrpo/_builtin/tasks/data/demo.jsonl",
+        "tfgrpo/_builtin/tasks/math_answers.py",
+        "tfgrpo/_builtin/prompts/agent.j2",
+        "tfgrpo/_builtin/prompts/compare.j2",
+        "experience_store/library.py",
+    ):
         assert name in names, name
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, env=ENV, capture_output=True)
-    code = ("import tfgrpo.task_registry as t; from tfgrpo.training_free.prompting import Prompts; "
-            "print(t.builtin_dir('tasks')); print(len(t.load_task('demo').dataset)); "
-            "print(Prompts().render('agent.j2', instructions='x', experiences='[E1] y')[:1])")
-    out = subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": str(target)}, cwd=tmp_path,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
+    code = (
+        "import tfgrpo.task_registry as t; from tfgrpo.training_free.prompting import Prompts; "
+        "print(t.builtin_dir('tasks')); print(len(t.load_task('demo').dataset)); "
+        "print(Prompts().render('agent.j2', instructions='x', experiences='[E1] y')[:1])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**ENV, "PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert out[0].startswith(str(target)) and out[1] == "32" and out[2] == "x"
 
 
@@ -121,7 +151,9 @@ def test_two_replicas_one_stopped_mid_run_the_run_finishes_and_loses_no_rollout(
 
         rd = RunDir(tmp_path / "run")
         with open_models(cfg.policy, cfg.judge, cache_path=rd.path / "cache.sqlite") as models:
-            result = asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts(), hooks=Hooks(on_step=on_step)))
+            result = asyncio.run(
+                train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts(), hooks=Hooks(on_step=on_step))
+            )
         summary = result.summary()
         b_total = b.stats.requests["policy"] + b.stats.requests["judge"]
     assert summary["steps"] == 4 and summary["status"] == "finished"

@@ -18,17 +18,45 @@ from tfgrpo.task_registry import Sample, Task, load_task, task
 from tfgrpo.version import __version__
 
 _LAZY = {
-    "train": "tfgrpo.api", "evaluate": "tfgrpo.api", "export_pack": "tfgrpo.api", "train_params": "tfgrpo.api",
-    "EvalResult": "tfgrpo.api", "TrainResult": "tfgrpo.api", "Hooks": "tfgrpo.api", "ParamsResult": "tfgrpo.params.result",
-    "RunConfig": "tfgrpo.training_free.config", "EvalConfig": "tfgrpo.training_free.config",
-    "SamplingConfig": "tfgrpo.training_free.config", "ParamsConfig": "tfgrpo.params.config",
+    "train": "tfgrpo.api",
+    "evaluate": "tfgrpo.api",
+    "export_pack": "tfgrpo.api",
+    "train_params": "tfgrpo.api",
+    "EvalResult": "tfgrpo.api",
+    "TrainResult": "tfgrpo.api",
+    "Hooks": "tfgrpo.api",
+    "ParamsResult": "tfgrpo.params.result",
+    "RunConfig": "tfgrpo.training_free.config",
+    "EvalConfig": "tfgrpo.training_free.config",
+    "SamplingConfig": "tfgrpo.training_free.config",
+    "ParamsConfig": "tfgrpo.params.config",
     "RunDir": "tfgrpo.rundir",
 }
 
 __all__ = [
-    "EvalConfig", "EvalResult", "Hooks", "ParamsConfig", "ParamsResult", "Reward", "RunConfig", "RunDir", "Sample", "SamplingConfig",
-    "Task", "TrainResult", "UserError", "__version__", "evaluate", "export_pack", "group_advantages", "group_reward",
-    "load_task", "reward", "task", "train", "train_params",
+    "EvalConfig",
+    "EvalResult",
+    "Hooks",
+    "ParamsConfig",
+    "ParamsResult",
+    "Reward",
+    "RunConfig",
+    "RunDir",
+    "Sample",
+    "SamplingConfig",
+    "Task",
+    "TrainResult",
+    "UserError",
+    "__version__",
+    "evaluate",
+    "export_pack",
+    "group_advantages",
+    "group_reward",
+    "load_task",
+    "reward",
+    "task",
+    "train",
+    "train_params",
 ]
 
 

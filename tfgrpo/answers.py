@@ -139,9 +139,15 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 async def math_verified(sample: Any, completion: str) -> float:
     """math-verify equality with the reference answer; a check that runs past
     CHECK_TIMEOUT_S (a pathological expression) scores 0."""
-    score = await asyncio.get_running_loop().run_in_executor(_executor(), bounded_check, str(sample.answer), completion, CHECK_TIMEOUT_S)
+    score = await asyncio.get_running_loop().run_in_executor(
+        _executor(), bounded_check, str(sample.answer), completion, CHECK_TIMEOUT_S
+    )
     if score is None:
-        log.warning("math check of sample %s ran past %gs (worker killed); scored 0", getattr(sample, "id", "?"), CHECK_TIMEOUT_S)
+        log.warning(
+            "math check of sample %s ran past %gs (worker killed); scored 0",
+            getattr(sample, "id", "?"),
+            CHECK_TIMEOUT_S,
+        )
         return 0.0
     return score
 

@@ -46,12 +46,32 @@ __all__ = ["EvalResult", "Hooks", "TrainResult", "evaluate", "export_pack", "tra
 
 # Settings a resumed run may change (dotted config paths): how models are reached, how long it
 # trains, what it may spend, and what it keeps.
-RESUMABLE = frozenset({
-    "policy.api_base", "policy.api_key_env", "policy.concurrency", "policy.timeout", "policy.max_retries",
-    "judge.api_base", "judge.api_key_env", "judge.concurrency", "judge.timeout", "judge.max_retries",
-    "epochs", "cache", "cache_path", "serve", "serve_args", "select", "val_n", "report_to",
-    "budget.cost", "budget.tokens", "budget.calls", "budget.price_per_mtok",
-})
+RESUMABLE = frozenset(
+    {
+        "policy.api_base",
+        "policy.api_key_env",
+        "policy.concurrency",
+        "policy.timeout",
+        "policy.max_retries",
+        "judge.api_base",
+        "judge.api_key_env",
+        "judge.concurrency",
+        "judge.timeout",
+        "judge.max_retries",
+        "epochs",
+        "cache",
+        "cache_path",
+        "serve",
+        "serve_args",
+        "select",
+        "val_n",
+        "report_to",
+        "budget.cost",
+        "budget.tokens",
+        "budget.calls",
+        "budget.price_per_mtok",
+    }
+)
 
 
 def build_task(name: str, task_args: dict[str, Any], data: str | None) -> Task:
@@ -64,10 +84,16 @@ def build_task(name: str, task_args: dict[str, Any], data: str | None) -> Task:
 def new_run_dir(out: str | Path | None, task: str) -> RunDir:
     """A fresh run directory: ``out``, or ``runs/<task>-<time>``; refuses one that holds a run
     (a finished step; what a failed start left is started over)."""
-    path = Path(out) if out is not None else Path("runs") / f"{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = (
+        Path(out)
+        if out is not None
+        else Path("runs") / f"{task.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     rd = RunDir(path)
     if rd.exists() and rd.has_steps():
-        raise UserError(f"{path} already holds a run: continue it with tfgrpo train --resume {path}, or choose another --out")
+        raise UserError(
+            f"{path} already holds a run: continue it with tfgrpo train --resume {path}, or choose another --out"
+        )
     return rd
 
 
@@ -84,8 +110,14 @@ def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> set[
 
 # ---------------------------------------------------------------------------- training-free
 
-def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, resume: bool = False,
-          hooks: Hooks | None = None) -> TrainResult:
+
+def train(
+    config: RunConfig | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    hooks: Hooks | None = None,
+) -> TrainResult:
     """Run training-free GRPO. ``out`` is the run directory (default ``runs/<task>-<time>``).
     With ``resume=True``, ``out`` holds a stopped or killed run to continue: ``config`` may only
     differ from its ``config.yaml`` in the :data:`RESUMABLE` settings."""
@@ -99,13 +131,17 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
             raise UserError(f"nothing to resume: {out} has no config.yaml")
         fixed = sorted(_changed(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json")) - RESUMABLE)
         if fixed:
-            raise UserError(f"a resumed run keeps its settings; cannot change {', '.join(setting_name(RunConfig, f) for f in fixed)} "
-                            "(start a new run instead)")
+            raise UserError(
+                f"a resumed run keeps its settings; cannot change {', '.join(setting_name(RunConfig, f) for f in fixed)} "
+                "(start a new run instead)"
+            )
         try:  # a damaged step record stops the resume here, before anything is written
             rd.steps()
         except (ValueError, RecursionError) as e:  # pydantic's ValidationError is a ValueError
-            raise UserError(f"{rd.file(STEPS)}: a step record is damaged ({str(e).splitlines()[0][:120]}); "
-                            "restore the file or start a new run") from None
+            raise UserError(
+                f"{rd.file(STEPS)}: a step record is damaged ({str(e).splitlines()[0][:120]}); "
+                "restore the file or start a new run"
+            ) from None
     else:
         rd = new_run_dir(out, cfg.task)
     hooks = hooks or Hooks()
@@ -116,8 +152,10 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
         raise UserError("--select best-val needs a validation split: add --split, e.g. --split 70/15/15")
     prompts = Prompts(cfg.prompts_dir)
     if cfg.policy.model is None and not cfg.serve:
-        raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini), or name it as "
-                        "policy.model in --config")
+        raise UserError(
+            "which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini), or name it as "
+            "policy.model in --config"
+        )
     check_provider(cfg.policy.model, task, task.dataset, hooks)
     created_dir = not rd.path.exists()
     with rd.create().locked():
@@ -137,10 +175,19 @@ def train(config: RunConfig | dict[str, Any], *, out: str | Path | None = None, 
 def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: RunDir, hooks: Hooks) -> TrainResult:
     cache_path = (Path(cfg.cache_path) if cfg.cache_path else rd.cache_path) if cfg.cache else None
     try:
-        with rd.interrupts_marked("training_free"), open_models(
-            cfg.policy, cfg.judge, serve=cfg.serve, serve_args=cfg.serve_args,
-            log_dir=rd.path, cache_path=cache_path, price_per_mtok=parse_price(cfg.budget.price_per_mtok),
-        ) as models, trackers(parse_report_to(cfg.report_to), rd.path, cfg.model_dump(mode="json")) as log:
+        with (
+            rd.interrupts_marked("training_free"),
+            open_models(
+                cfg.policy,
+                cfg.judge,
+                serve=cfg.serve,
+                serve_args=cfg.serve_args,
+                log_dir=rd.path,
+                cache_path=cache_path,
+                price_per_mtok=parse_price(cfg.budget.price_per_mtok),
+            ) as models,
+            trackers(parse_report_to(cfg.report_to), rd.path, cfg.model_dump(mode="json")) as log,
+        ):
             shown = hooks.on_step
             hooks = replace(hooks, on_step=lambda record: (shown(record), log(record.step, step_metrics(record))))
 
@@ -153,22 +200,30 @@ def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: Run
             return asyncio.run(session())
     except (EndpointError, StoreError) as e:  # StoreError: e.g. another writer committed to the shared library first
         if not rd.has_steps():
-            raise UserError(f"{e}; no step finished, so nothing was kept: fix the cause and run the same command "
-                            "again") from None
+            raise UserError(
+                f"{e}; no step finished, so nothing was kept: fix the cause and run the same command again"
+            ) from None
         raise UserError(f"{e}; every finished step is saved: tfgrpo train --resume {rd.path}") from None
 
 
-async def _select(cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts,
-                  hooks: Hooks) -> dict[str, Any]:
+async def _select(
+    cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts, hooks: Hooks
+) -> dict[str, Any]:
     """--select best-val: score each epoch's library on the validation split, write selection.json."""
     epoch_steps = {s.epoch: s.step for s in rd.steps()}
     hooks.on_phase("validation: each epoch's library", len(splits.validation) * (len(epoch_steps) + 1))
     sampling = cfg.sampling.model_copy(update={"group_size": cfg.val_n})
-    evaluator = Evaluator(PromptPolicy(models.policy, task, prompts, sampling), Scorer(task), cfg.val_n,
-                          [sampling.seed], on_advance=lambda: hooks.on_advance("library"))
+    evaluator = Evaluator(
+        PromptPolicy(models.policy, task, prompts, sampling),
+        Scorer(task),
+        cfg.val_n,
+        [sampling.seed],
+        on_advance=lambda: hooks.on_advance("library"),
+    )
     versions = {epoch: (step, Library(rd.library_path, at_step=step)) for epoch, step in epoch_steps.items()}
     selection = await evaluator.select_best_epoch(
-        splits.validation, versions, lambda lib: injector(lib, cfg.library, models.policy.count_tokens))
+        splits.validation, versions, lambda lib: injector(lib, cfg.library, models.policy.count_tokens)
+    )
     rd.write_selection(selection)
     return selection
 
@@ -181,9 +236,17 @@ class EvalResult:
     saved: Path
 
 
-def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = None, *, step: int | None = None,
-             name: str | None = None, save_dir: str | Path | None = None, hooks: Hooks | None = None,
-             baseline_only: bool = False, on_training_problems: bool = False) -> EvalResult:
+def evaluate(
+    config: EvalConfig | dict[str, Any],
+    library: str | Path | None = None,
+    *,
+    step: int | None = None,
+    name: str | None = None,
+    save_dir: str | Path | None = None,
+    hooks: Hooks | None = None,
+    baseline_only: bool = False,
+    on_training_problems: bool = False,
+) -> EvalResult:
     """Baseline vs library on the same problems and seeds (Mean@k, Pass@k, intervals, paired test).
 
     ``library`` is a run directory, a library folder or a pack (zip or folder); None, or
@@ -204,16 +267,23 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     _check_task(src.lessons(), task.name, src.where)
     learned = src.library is not None and not baseline_only
     if not got.split.fractions and cfg.eval_on != "test":
-        raise UserError(f"--eval-on {cfg.eval_on} needs a --split (this run was trained without one, so there is no "
-                        f"{cfg.eval_on} part: only the task's test problems)")
+        raise UserError(
+            f"--eval-on {cfg.eval_on} needs a --split (this run was trained without one, so there is no "
+            f"{cfg.eval_on} part: only the task's test problems)"
+        )
     part = cfg.eval_on if got.split.fractions else "test"
-    trained_on = learned and (part == "train" or (not got.split.fractions and task.eval_dataset is None
-                                                  and src.kind == "run" and got.data == src.data))
+    trained_on = learned and (
+        part == "train"
+        or (not got.split.fractions and task.eval_dataset is None and src.kind == "run" and got.data == src.data)
+    )
     if trained_on and not on_training_problems:
-        why = ("--eval-on train" if part == "train" else
-               f"task {task.name!r} has no test set and no --split holds any out")
-        raise UserError(f"these are the problems the library was trained on ({why}): pass held-out problems with "
-                        "--data, or score them anyway, labelled as training problems, with --on-training-problems")
+        why = (
+            "--eval-on train" if part == "train" else f"task {task.name!r} has no test set and no --split holds any out"
+        )
+        raise UserError(
+            f"these are the problems the library was trained on ({why}): pass held-out problems with "
+            "--data, or score them anyway, labelled as training problems, with --on-training-problems"
+        )
     samples = split_task(task, got.split.fractions, got.split.seed).part(part)
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:
@@ -224,14 +294,21 @@ def evaluate(config: EvalConfig | dict[str, Any], library: str | Path | None = N
     sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent})
     seeds = [sampling.seed + i for i in range(cfg.seeds)]
     with open_models(got.policy, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
-        evaluator = Evaluator(PromptPolicy(models.policy, task, Prompts(cfg.prompts_dir), sampling), Scorer(task), n, seeds,
-                              on_advance=lambda: hooks.on_advance("library" if learned else "baseline"))
+        evaluator = Evaluator(
+            PromptPolicy(models.policy, task, Prompts(cfg.prompts_dir), sampling),
+            Scorer(task),
+            n,
+            seeds,
+            on_advance=lambda: hooks.on_advance("library" if learned else "baseline"),
+        )
         if learned:
             inject = injector(src.library, src.injection, models.policy.count_tokens)
             placebo = placebo_injector(inject, models.policy.count_tokens) if cfg.placebo else None
             arms = 3 if cfg.placebo else 2
-            hooks.on_phase("evaluating baseline + library" + (" + placebo" if cfg.placebo else ""),
-                           arms * len(samples) * len(seeds))
+            hooks.on_phase(
+                "evaluating baseline + library" + (" + placebo" if cfg.placebo else ""),
+                arms * len(samples) * len(seeds),
+            )
             report = asyncio.run(evaluator.compare(samples, inject, cfg.k, placebo=placebo))
         else:
             hooks.on_phase("evaluating baseline", len(samples) * len(seeds))
@@ -264,14 +341,23 @@ def _check_task(lessons: list[Any], task_name: str, where: Path | None) -> None:
     """A library learned on another task is a user error, not a silent comparison."""
     learned = sorted({e.provenance.task for e in lessons if e.provenance.task} - {task_name})
     if learned:
-        raise UserError(f"the library in {where} was learned on task {', '.join(map(repr, learned))}, not {task_name!r} "
-                        "(pass the matching --task)")
+        raise UserError(
+            f"the library in {where} was learned on task {', '.join(map(repr, learned))}, not {task_name!r} "
+            "(pass the matching --task)"
+        )
 
 
 # ---------------------------------------------------------------------------- packs
 
-def export_pack(run: str | Path, out: str | Path, *, step: int | None = None, eval_summary: dict[str, Any] | None = None,
-                name: str | None = None) -> Pack:
+
+def export_pack(
+    run: str | Path,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    eval_summary: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Pack:
     """Write the library of ``run`` (at ``step``; default: the step ``--select best-val`` kept,
     else the latest) with the ops that built it and the run's metadata as a pack (``x.zip`` or a
     directory). The manifest records ``eval_summary``, else the run's ``eval.json`` when it
@@ -284,8 +370,9 @@ def export_pack(run: str | Path, out: str | Path, *, step: int | None = None, ev
     return pack
 
 
-def pack_from_run(run: str | Path, step: int | None = None, eval_summary: dict[str, Any] | None = None,
-                  name: str | None = None) -> Pack:
+def pack_from_run(
+    run: str | Path, step: int | None = None, eval_summary: dict[str, Any] | None = None, name: str | None = None
+) -> Pack:
     path = library_dir(run)
     rd = run_of_library(path) or RunDir(path.parent)
     if step is None:
@@ -296,20 +383,33 @@ def pack_from_run(run: str | Path, step: int | None = None, eval_summary: dict[s
     cfg = load_run_config(rd.path) if rd.exists() else None
     history = []
     for row in rd.read(OPS):
-        if (row.get("status") in ("applied", "rejected", "noop") and row.get("step", 0) <= lib.state.step
-                and not str(row.get("error") or "").startswith("leak")):  # a leak record quotes training problems
+        if (
+            row.get("status") in ("applied", "rejected", "noop")
+            and row.get("step", 0) <= lib.state.step
+            and not str(row.get("error") or "").startswith("leak")
+        ):  # a leak record quotes training problems
             try:
                 history.append(OpResult.model_validate(row))
             except ValidationError:
                 continue  # another record kind
     if eval_summary is None:
         latest = rd.read_latest_eval()
-        eval_summary = latest if latest and latest.get("library_step") == lib.state.step else None  # else another version's
+        eval_summary = (
+            latest if latest and latest.get("library_step") == lib.state.step else None
+        )  # else another version's
     policy = cfg.policy.model if cfg else None
     injection = cfg.library.injection if cfg is not None else None
     return Pack.build(
-        lib.state.experiences, history, name=name or rd.path.name, toolkit_version=__version__,
-        task=cfg.task if cfg else None, policy_model=policy,
-        judge_model=(cfg.judge.model or policy) if cfg else None, source_run=rd.path.name,
-        source_step=lib.state.step, embedding=lib.state.embedding, injection=injection, eval=eval_summary,
+        lib.state.experiences,
+        history,
+        name=name or rd.path.name,
+        toolkit_version=__version__,
+        task=cfg.task if cfg else None,
+        policy_model=policy,
+        judge_model=(cfg.judge.model or policy) if cfg else None,
+        source_run=rd.path.name,
+        source_step=lib.state.step,
+        embedding=lib.state.embedding,
+        injection=injection,
+        eval=eval_summary,
     )

@@ -42,7 +42,11 @@ def _kinds(annotation: Any) -> set[Any]:
     args = get_args(annotation)
     if not args or get_origin(annotation) is Literal:
         return {annotation}
-    return set().union(*(_kinds(a) for a in args)) if get_origin(annotation) in (Union, UnionType, Annotated) else {get_origin(annotation)}
+    return (
+        set().union(*(_kinds(a) for a in args))
+        if get_origin(annotation) in (Union, UnionType, Annotated)
+        else {get_origin(annotation)}
+    )
 
 
 def flag(name: str, short: str | None = None) -> dict[str, Any]:
@@ -86,7 +90,9 @@ def build(model: type[M], data: dict[str, Any] | M) -> M:
         if not where:
             raise UserError(msg) from None
         if err["type"] == "extra_forbidden":
-            raise UserError(f"unknown config key {where}; accepted there: {', '.join(_fields_at(model, err['loc'][:-1]))}") from None
+            raise UserError(
+                f"unknown config key {where}; accepted there: {', '.join(_fields_at(model, err['loc'][:-1]))}"
+            ) from None
         name = _flag_at(model, err["loc"])
         raise UserError(f"invalid config value for {where}{f' (--{name})' if name else ''}: {msg}") from None
 

@@ -13,8 +13,14 @@ from experience_store import Library, Pack, PackError
 
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import RunDir, library_dir, run_of_library
-from tfgrpo.training_free.config import (AgentConfig, EvalConfig, LibraryConfig, PolicyConfig, SplitConfig,
-                                         load_run_config)
+from tfgrpo.training_free.config import (
+    AgentConfig,
+    EvalConfig,
+    LibraryConfig,
+    PolicyConfig,
+    SplitConfig,
+    load_run_config,
+)
 
 
 @dataclass
@@ -68,12 +74,19 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
         try:  # retrieval embeds each query with the pack's embedder
             pack.check_embedding(pack.injection_settings())
         except PackError as e:
-            raise UserError(f"{e}; to evaluate it, import it first: tfgrpo pack import {where} --into DIR "
-                            "--trust-embedding (or use a re-embedded copy)") from None
+            raise UserError(
+                f"{e}; to evaluate it, import it first: tfgrpo pack import {where} --into DIR "
+                "--trust-embedding (or use a re-embedded copy)"
+            ) from None
         m = pack.manifest
-        return Source(kind="pack", where=where, library=pack, task=m.task,
-                      policy=PolicyConfig(model=m.policy_model) if m.policy_model else PolicyConfig(),
-                      injection=LibraryConfig(injection=pack.injection_settings()))
+        return Source(
+            kind="pack",
+            where=where,
+            library=pack,
+            task=m.task,
+            policy=PolicyConfig(model=m.policy_model) if m.policy_model else PolicyConfig(),
+            injection=LibraryConfig(injection=pack.injection_settings()),
+        )
     lib_dir = library_dir(where)
     run = run_of_library(lib_dir)
     if step is None and run is not None:
@@ -82,9 +95,19 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
     if run is None:
         return Source(kind="library", where=where, library=lib)
     cfg = load_run_config(run.path)
-    return Source(kind="run", where=where, library=lib, run=run, task=cfg.task, data=cfg.data, task_args=cfg.task_args,
-                  split=cfg.split,
-                  policy=cfg.policy, injection=cfg.library, agent=cfg.sampling.agent)
+    return Source(
+        kind="run",
+        where=where,
+        library=lib,
+        run=run,
+        task=cfg.task,
+        data=cfg.data,
+        task_args=cfg.task_args,
+        split=cfg.split,
+        policy=cfg.policy,
+        injection=cfg.library,
+        agent=cfg.sampling.agent,
+    )
 
 
 def library_at(lib_dir: Path, step: int | None, where: str | Path) -> Library:
@@ -118,9 +141,11 @@ def resolve(cfg: EvalConfig, src: Source) -> Resolved:
     if task is None:
         raise UserError("which task? pass --task NAME (the library records none)")
     if src.task and task_key(task) != task_key(src.task):
-        raise UserError(f"the library in {src.where} was learned on task {task_key(src.task)!r}, not "
-                        f"{task_key(task)!r}: evaluate it on its own task (leave out --task), or evaluate "
-                        "the other task without --library")
+        raise UserError(
+            f"the library in {src.where} was learned on task {task_key(src.task)!r}, not "
+            f"{task_key(task)!r}: evaluate it on its own task (leave out --task), or evaluate "
+            "the other task without --library"
+        )
     data = cfg.data if cfg.data is not None else src.data
     task_args = cfg.task_args or src.task_args
     split = cfg.split if cfg.split.fractions else src.split

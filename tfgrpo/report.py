@@ -32,8 +32,8 @@ from tfgrpo.rundir import CONFIG, OPS, STEPS, RunDir
 from tfgrpo.training_free.budget import total_spend
 
 
-
 # ---------------------------------------------------------------------------- reading a run
+
 
 @dataclass
 class RunData:
@@ -173,10 +173,29 @@ def _library(run: RunData) -> dict[str, Any] | None:
     for e in sorted(exps, key=lambda e: (e.get("status") != "active", e.get("created_step", 0))):
         prov, st = e.get("provenance") or {}, e.get("stats") or {}
         epoch = epoch_of.get(prov.get("step"), prov.get("epoch"))
-        origin = "" if prov.get("step") is None else f"step {prov['step']}" if epoch is None else f"epoch {epoch}, step {prov['step']}"
-        rows.append([e.get("id"), e.get("text"), e.get("status"), e.get("created_step"), e.get("updated_step"), origin,
-                     _clip(", ".join(prov.get("query_ids") or []), 120), ", ".join(prov.get("merged_from") or []),
-                     st.get("retrieved", 0), st.get("cited", 0), st.get("helpful", 0), st.get("harmful", 0)])
+        origin = (
+            ""
+            if prov.get("step") is None
+            else f"step {prov['step']}"
+            if epoch is None
+            else f"epoch {epoch}, step {prov['step']}"
+        )
+        rows.append(
+            [
+                e.get("id"),
+                e.get("text"),
+                e.get("status"),
+                e.get("created_step"),
+                e.get("updated_step"),
+                origin,
+                _clip(", ".join(prov.get("query_ids") or []), 120),
+                ", ".join(prov.get("merged_from") or []),
+                st.get("retrieved", 0),
+                st.get("cited", 0),
+                st.get("helpful", 0),
+                st.get("harmful", 0),
+            ]
+        )
         classes.append("" if e.get("status") == "active" else "retired")
 
     def credit(e: dict[str, Any]) -> int:
@@ -185,14 +204,33 @@ def _library(run: RunData) -> dict[str, Any] | None:
 
     credited = [e for e in exps if (e.get("stats") or {}).get("helpful") or (e.get("stats") or {}).get("harmful")]
     cols = ["id", "lesson", "helpful", "harmful"]
-    pick = lambda es: _table(cols, [[e["id"], e["text"], e["stats"].get("helpful", 0), e["stats"].get("harmful", 0)] for e in es])  # noqa: E731
+    pick = lambda es: _table(
+        cols, [[e["id"], e["text"], e["stats"].get("helpful", 0), e["stats"].get("harmful", 0)] for e in es]
+    )  # noqa: E731
     return {
-        "step": run.library.get("step"), "active": sum(1 for e in exps if e.get("status") == "active"),
+        "step": run.library.get("step"),
+        "active": sum(1 for e in exps if e.get("status") == "active"),
         "credited": bool(credited),
         "top": pick([e for e in sorted(credited, key=credit, reverse=True) if credit(e) > 0][:5]),
         "worst": pick([e for e in sorted(credited, key=credit) if credit(e) < 0][:5]),  # only net-harmful ones
-        "all": _table(["id", "lesson", "status", "created", "updated", "from", "source queries", "merged from",
-                       "shown", "cited", "helpful", "harmful"], rows, classes),
+        "all": _table(
+            [
+                "id",
+                "lesson",
+                "status",
+                "created",
+                "updated",
+                "from",
+                "source queries",
+                "merged from",
+                "shown",
+                "cited",
+                "helpful",
+                "harmful",
+            ],
+            rows,
+            classes,
+        ),
     }
 
 
@@ -202,15 +240,39 @@ def _evals(run: RunData) -> dict[str, Any]:
     rows = []
     for name, e in run.evals.items():
         b, lib, d = e.get("baseline") or {}, e.get("library") or {}, e.get("diff") or {}
-        row = [name, e.get("n_problems"), e.get("k"), e.get("n"), e.get("seeds"), b.get("mean_at_k"), b.get("ci95"),
-               lib.get("mean_at_k"), lib.get("ci95"), d.get("mean"), d.get("ci95"), d.get("p_value")]
+        row = [
+            name,
+            e.get("n_problems"),
+            e.get("k"),
+            e.get("n"),
+            e.get("seeds"),
+            b.get("mean_at_k"),
+            b.get("ci95"),
+            lib.get("mean_at_k"),
+            lib.get("ci95"),
+            d.get("mean"),
+            d.get("ci95"),
+            d.get("p_value"),
+        ]
         if placebo:
             pl = e.get("placebo") or {}
             pd = pl.get("diff") or {}
             row += [pl.get("mean_at_k"), pd.get("mean"), pd.get("ci95"), pd.get("p_value")]
         rows.append(row + [e.get("verdict", "")])
-    headers = ["name", "problems", "k", "n", "seeds", "baseline Mean@k", "95% CI", "library Mean@k", "95% CI",
-               "difference", "95% CI", "p-value"]
+    headers = [
+        "name",
+        "problems",
+        "k",
+        "n",
+        "seeds",
+        "baseline Mean@k",
+        "95% CI",
+        "library Mean@k",
+        "95% CI",
+        "difference",
+        "95% CI",
+        "p-value",
+    ]
     if placebo:
         headers += ["placebo Mean@k", "library - placebo", "95% CI", "p-value"]
     return _table(headers + ["verdict"], rows)
@@ -220,9 +282,17 @@ def _selection(run: RunData) -> dict[str, Any] | None:
     s = run.selection
     if not s:
         return None
-    cand = [[c.get("epoch"), c.get("step"), c.get("library_size"), c.get("mean_at_k"), c.get("ci95")] for c in s.get("candidates", [])]
-    return {"epoch": s["chosen"]["epoch"], "step": s["chosen"]["step"], "baseline": (s.get("baseline") or {}).get("mean_at_k"),
-            "metric": s.get("metric"), "table": _table(["epoch", "step", "library size", "validation score", "95% CI"], cand)}
+    cand = [
+        [c.get("epoch"), c.get("step"), c.get("library_size"), c.get("mean_at_k"), c.get("ci95")]
+        for c in s.get("candidates", [])
+    ]
+    return {
+        "epoch": s["chosen"]["epoch"],
+        "step": s["chosen"]["step"],
+        "baseline": (s.get("baseline") or {}).get("mean_at_k"),
+        "metric": s.get("metric"),
+        "table": _table(["epoch", "step", "library size", "validation score", "95% CI"], cand),
+    }
 
 
 def _facts(run: RunData) -> list[list[Any]]:
@@ -231,17 +301,32 @@ def _facts(run: RunData) -> list[list[Any]]:
     steps = run.steps
     if run.params_mode:
         rewards = [s["mean_reward"] for s in steps if s.get("mean_reward") is not None]
-        facts = [["mode", "parameter mode (GRPO weight updates)"], ["status", run_status(run)], ["task", cfg.get("task")],
-                 ["model", run.models[0]], ["steps", len(steps)],
-                 ["reward first → last", f"{rewards[0]:.3f} → {rewards[-1]:.3f}" if rewards else "-"]]
+        facts = [
+            ["mode", "parameter mode (GRPO weight updates)"],
+            ["status", run_status(run)],
+            ["task", cfg.get("task")],
+            ["model", run.models[0]],
+            ["steps", len(steps)],
+            ["reward first → last", f"{rewards[0]:.3f} → {rewards[-1]:.3f}" if rewards else "-"],
+        ]
     else:
         spend = run.spend
-        facts = [["mode", "training-free"], ["status", run_status(run)], ["task", cfg.get("task")],
-                 ["policy", run.models[0]], ["judge", run.models[1] or "-"],
-                 ["steps", len(steps)], ["library size", steps[-1].get("library_size") if steps else None],
-                 ["tokens", f"{spend.tokens:,}"], ["LLM calls", spend.calls],
-                 ["cost", f"${spend.cost:.4f}" if not spend.unpriced else f"unknown (no price for {', '.join(spend.unpriced)})"],
-                 ["leaks caught", sum(s.get("ops_leaked", 0) for s in steps)]]
+        facts = [
+            ["mode", "training-free"],
+            ["status", run_status(run)],
+            ["task", cfg.get("task")],
+            ["policy", run.models[0]],
+            ["judge", run.models[1] or "-"],
+            ["steps", len(steps)],
+            ["library size", steps[-1].get("library_size") if steps else None],
+            ["tokens", f"{spend.tokens:,}"],
+            ["LLM calls", spend.calls],
+            [
+                "cost",
+                f"${spend.cost:.4f}" if not spend.unpriced else f"unknown (no price for {', '.join(spend.unpriced)})",
+            ],
+            ["leaks caught", sum(s.get("ops_leaked", 0) for s in steps)],
+        ]
     if run.status and run.status.get("reason"):
         facts.append(["stopped because", run.status["reason"]])
     return facts
@@ -264,15 +349,24 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     if run.steps:
         plots.append((plot_reward(run.steps, out), "reward per step"))
         if not run.params_mode:  # parameter mode has no library and pays no per-call price
-            plots += [(plot_library(run.steps, out), "library per step"), (plot_usage(run.steps, out), "tokens and cost per step")]
+            plots += [
+                (plot_library(run.steps, out), "library per step"),
+                (plot_usage(run.steps, out), "tokens and cost per step"),
+            ]
     if any(isinstance(e.get("library"), dict) for e in run.evals.values()):
         plots.append((plot_evals(run.evals, out), "evaluation, baseline vs library"))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
     env.filters["cell"] = _cell
     page = env.get_template("report.html.j2").render(
-        name=run.path.name, css=CSS, facts=_table(None, _facts(run)), missing=run.missing, params_mode=run.params_mode,
+        name=run.path.name,
+        css=CSS,
+        facts=_table(None, _facts(run)),
+        missing=run.missing,
+        params_mode=run.params_mode,
         plots=[{"alt": alt, "data": base64.b64encode(p.read_bytes()).decode()} for p, alt in plots],
-        evals=_evals(run), selection=_selection(run), library=_library(run),
+        evals=_evals(run),
+        selection=_selection(run),
+        library=_library(run),
         config=yaml.safe_dump(run.config, sort_keys=False) if run.config else "(config.yaml missing)",
     )
     html_path = out / "report.html"

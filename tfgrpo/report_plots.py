@@ -91,8 +91,11 @@ def plot_usage(steps: list[dict[str, Any]], out: Path) -> Path:
             c = [u.get("cost_usd") or 0.0 for u in us]
             axes[0][1].bar(xs, c, bottom=bottom_c, label=role)
             bottom_c = [b + v for b, v in zip(bottom_c, c)]
-    tok.set(xlabel="step", ylabel="tokens (prompt + completion)",
-            title="Tokens per step by role" + ("" if priced else "\n(no price known: cost needs --price-per-mtok IN,OUT)"))
+    tok.set(
+        xlabel="step",
+        ylabel="tokens (prompt + completion)",
+        title="Tokens per step by role" + ("" if priced else "\n(no price known: cost needs --price-per-mtok IN,OUT)"),
+    )
     if priced:
         axes[0][1].set(xlabel="step", ylabel="USD", title="Cost per step by role")
     for ax in axes[0]:
@@ -108,18 +111,29 @@ def plot_evals(evals: dict[str, dict[str, Any]], out: Path) -> Path:
     for ax, name in zip(axes[0], names):
         e = evals[name]
         k = e.get("k", "k")
-        for i, (metric, ci_key, label) in enumerate((("mean_at_k", "ci95", f"Mean@{k}"), ("pass_at_k", "pass_ci95", f"Pass@{k}"))):
+        for i, (metric, ci_key, label) in enumerate(
+            (("mean_at_k", "ci95", f"Mean@{k}"), ("pass_at_k", "pass_ci95", f"Pass@{k}"))
+        ):
             for j, arm in enumerate(("baseline", "library")):
                 v = e[arm].get(metric, 0.0)
                 ci = e[arm].get(ci_key) or [v, v]
-                ax.bar(i * 3 + j, v, yerr=[[v - ci[0]], [ci[1] - v]], capsize=4,
-                       color="tab:gray" if arm == "baseline" else "tab:green", label=arm if i == 0 else None)
+                ax.bar(
+                    i * 3 + j,
+                    v,
+                    yerr=[[v - ci[0]], [ci[1] - v]],
+                    capsize=4,
+                    color="tab:gray" if arm == "baseline" else "tab:green",
+                    label=arm if i == 0 else None,
+                )
             ax.text(i * 3 + 0.5, -0.12, label, ha="center", transform=ax.get_xaxis_transform())
         ax.set_xticks([])
         ax.set_ylim(0, 1.05)
         d = e.get("diff") or {}
         sig = "significant" if d.get("significant") else "no significant difference"
-        ax.set_title(f"{name}\nMean diff {d.get('mean', 0):+.3f}, p = {d.get('p_value', float('nan')):.3g} ({sig})", fontsize="small")
+        ax.set_title(
+            f"{name}\nMean diff {d.get('mean', 0):+.3f}, p = {d.get('p_value', float('nan')):.3g} ({sig})",
+            fontsize="small",
+        )
         ax.legend(fontsize="small", loc="upper left")
     return _save(fig, out / "eval.png")
 

@@ -107,7 +107,9 @@ def _as_score(v: Any) -> float | None:
     return f
 
 
-async def score_group(rewards: Sequence[Reward], sample: Any, completions: Sequence[str | None]) -> list[list[float | None]]:
+async def score_group(
+    rewards: Sequence[Reward], sample: Any, completions: Sequence[str | None]
+) -> list[list[float | None]]:
     """rewards[G][K] for one group. A failed rollout (``None`` completion: its request failed)
     has no score at all: it is no answer, so it takes no part in the group's mean, advantages
     or contrast (a failure scored 0 would pass for a wrong answer and teach the judge from it)."""

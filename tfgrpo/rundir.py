@@ -126,8 +126,10 @@ class RunDir:
             lock.acquire()
         except Timeout:
             pid = (self.read_status() or {}).get("pid")
-            raise UserError(f"{self.path} is in use by another tfgrpo process{f' (pid {pid})' if pid else ''}: "
-                            "wait for it to end or stop it, or choose another --out") from None
+            raise UserError(
+                f"{self.path} is in use by another tfgrpo process{f' (pid {pid})' if pid else ''}: "
+                "wait for it to end or stop it, or choose another --out"
+            ) from None
         except OSError as e:
             raise UserError(f"cannot lock run directory {self.path}: {e.strerror or e}") from None
         try:
@@ -193,8 +195,9 @@ class RunDir:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             lineno = data.count(b"\n", 0, e.start) + 1
-            raise UserError(f"{p}:{lineno}: unreadable record (not UTF-8); "
-                            "fix or remove that line, then retry") from None
+            raise UserError(
+                f"{p}:{lineno}: unreadable record (not UTF-8); fix or remove that line, then retry"
+            ) from None
         out = []
         for n, line in enumerate(text.split("\n")[:-1], start=1):
             if not line.strip():
@@ -202,8 +205,10 @@ class RunDir:
             try:
                 row = json_loads(line)
             except ValueError as e:
-                raise UserError(f"{p}:{n}: unreadable record ({str(e)[:80] or type(e).__name__}); "
-                                "fix or remove that line, then retry") from None
+                raise UserError(
+                    f"{p}:{n}: unreadable record ({str(e)[:80] or type(e).__name__}); "
+                    "fix or remove that line, then retry"
+                ) from None
             if not isinstance(row, dict):
                 raise UserError(f"{p}:{n}: unreadable record (not a JSON object); fix or remove that line, then retry")
             if name in VERSIONED and (problem := version_problem(row)):
@@ -219,8 +224,10 @@ class RunDir:
                 out.append(StepRecord.model_validate(row))
             except ValidationError as e:
                 where = ".".join(str(x) for x in e.errors()[0]["loc"]) or "record"
-                raise UserError(f"{self.file(STEPS)}:{n}: unreadable step record ({where}: {e.errors()[0]['msg'][:80]}); "
-                                "fix or remove that line, then retry") from None
+                raise UserError(
+                    f"{self.file(STEPS)}:{n}: unreadable step record ({where}: {e.errors()[0]['msg'][:80]}); "
+                    "fix or remove that line, then retry"
+                ) from None
         return out
 
     def step_rows(self) -> list[dict[str, Any]]:
@@ -242,12 +249,20 @@ class RunDir:
             _atomic_write(p, "".join(_escape_separators(line) + "\n" for line in keep))
 
     # -- status
-    def write_status(self, mode: Mode, status: str, *, steps_done: int, steps_planned: int,
-                     reason: str | None = None) -> None:
+    def write_status(
+        self, mode: Mode, status: str, *, steps_done: int, steps_planned: int, reason: str | None = None
+    ) -> None:
         """status.json: running (with the pid, so a crashed session can be told from a live one),
         finished, stopped_by_budget or interrupted, with the reason."""
-        data = {"version": 1, "mode": mode, "status": status, "reason": reason, "steps_done": steps_done,
-                "steps_planned": steps_planned, "pid": os.getpid()}
+        data = {
+            "version": 1,
+            "mode": mode,
+            "status": status,
+            "reason": reason,
+            "steps_done": steps_done,
+            "steps_planned": steps_planned,
+            "pid": os.getpid(),
+        }
         _atomic_write(self.file(STATUS), json.dumps(data, indent=1))
 
     @contextlib.contextmanager
@@ -263,8 +278,13 @@ class RunDir:
         except KeyboardInterrupt as e:
             if self.path.is_dir():  # not when stopped before the run directory existed
                 planned = (self.read_status() or {}).get("steps_planned")
-                self.write_status(mode, "interrupted", reason="SIGTERM" if isinstance(e, Terminated) else "Ctrl-C",
-                                  steps_done=len(self.step_rows()), steps_planned=planned if isinstance(planned, int) else 0)
+                self.write_status(
+                    mode,
+                    "interrupted",
+                    reason="SIGTERM" if isinstance(e, Terminated) else "Ctrl-C",
+                    steps_done=len(self.step_rows()),
+                    steps_planned=planned if isinstance(planned, int) else 0,
+                )
             raise
         finally:
             if previous is not None:

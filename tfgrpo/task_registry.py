@@ -42,8 +42,9 @@ class Sample(BaseModel):
         if isinstance(data, dict):
             unknown = sorted(str(k) for k in data if k not in cls.model_fields)
             if unknown:
-                raise UserError(f"Sample got unknown field(s) {', '.join(unknown)}; "
-                                f"accepted: {', '.join(cls.model_fields)}")
+                raise UserError(
+                    f"Sample got unknown field(s) {', '.join(unknown)}; accepted: {', '.join(cls.model_fields)}"
+                )
         return data
 
     def user_text(self) -> str:
@@ -166,7 +167,9 @@ def builtin_task_names() -> list[str]:
                 if isinstance(dec, ast.Name) and dec.id == "task":
                     names.append(node.name)
                 elif isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "task":
-                    named = [k.value.value for k in dec.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)]
+                    named = [
+                        k.value.value for k in dec.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)
+                    ]
                     names.append(named[0] if named else node.name)
     return sorted(names)
 

@@ -40,9 +40,23 @@ def parse_report_to(value: str | None) -> list[str]:
 
 def step_metrics(record: Any) -> dict[str, float]:
     """The numbers of one training-free step record worth plotting over steps."""
-    out = {k: float(getattr(record, k)) for k in ("epoch", "mean_reward", "judged", "groups", "ops_applied", "ops_rejected",
-                                                    "ops_leaked", "library_size", "judge_failures", "rollout_failures",
-                                                    "wall_s") if getattr(record, k, None) is not None}
+    out = {
+        k: float(getattr(record, k))
+        for k in (
+            "epoch",
+            "mean_reward",
+            "judged",
+            "groups",
+            "ops_applied",
+            "ops_rejected",
+            "ops_leaked",
+            "library_size",
+            "judge_failures",
+            "rollout_failures",
+            "wall_s",
+        )
+        if getattr(record, k, None) is not None
+    }
     for role, u in (getattr(record, "usage", None) or {}).items():
         out[f"tokens/{role}"] = float((u.get("prompt_tokens") or 0) + (u.get("completion_tokens") or 0))
         if u.get("cost_usd") is not None:
@@ -72,11 +86,17 @@ def trackers(kinds: list[str], run_dir: Path, config: dict[str, Any]) -> Iterato
         for kind in kinds:
             lib = _need(kind)
             try:
-                log_one, close = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[kind](lib, run_dir, config)
+                log_one, close = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[kind](
+                    lib, run_dir, config
+                )
             except (ImportError, UserError):
                 raise
-            except Exception as e:  # the tracker's own failure (no login, unreachable server): one line, not a traceback
-                raise UserError(f"--report-to {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            except (
+                Exception
+            ) as e:  # the tracker's own failure (no login, unreachable server): one line, not a traceback
+                raise UserError(
+                    f"--report-to {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                ) from None
             logs.append(log_one)
             closes.append(close)
 
@@ -106,9 +126,12 @@ def _tensorboard(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, 
 
 def _wandb(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = lib.init(project=os.environ.get("WANDB_PROJECT") or "tfgrpo", name=run_dir.name, dir=str(run_dir),
-                   config=config)
-    return (lambda step, metrics: run.log(metrics, step=step)), (lambda ended: run.finish(exit_code=0 if ended is None else 1))
+    run = lib.init(
+        project=os.environ.get("WANDB_PROJECT") or "tfgrpo", name=run_dir.name, dir=str(run_dir), config=config
+    )
+    return (lambda step, metrics: run.log(metrics, step=step)), (
+        lambda ended: run.finish(exit_code=0 if ended is None else 1)
+    )
 
 
 def _mlflow(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close]:
@@ -121,20 +144,27 @@ def _mlflow(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close
             import alembic  # noqa: F401  (MLflow's SQLite store needs both; mlflow-skinny alone has neither)
             import sqlalchemy  # noqa: F401
         except ImportError:
-            raise UserError("--report-to mlflow keeps its runs in RUN/mlflow.db, which needs sqlalchemy and alembic: "
-                            "pip install 'tfgrpo[mlflow]', or set MLFLOW_TRACKING_URI to your tracking server") from None
+            raise UserError(
+                "--report-to mlflow keeps its runs in RUN/mlflow.db, which needs sqlalchemy and alembic: "
+                "pip install 'tfgrpo[mlflow]', or set MLFLOW_TRACKING_URI to your tracking server"
+            ) from None
         run_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{(run_dir / 'mlflow.db').resolve()}" if own_store else None)
     experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if not experiment_id:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tfgrpo"
         found = client.get_experiment_by_name(name)
-        experiment_id = found.experiment_id if found else client.create_experiment(
-            name, artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if own_store else None)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else client.create_experiment(
+                name, artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if own_store else None
+            )
+        )
     run_id = client.create_run(experiment_id, run_name=run_dir.name).info.run_id
     params = [Param(k, v[:6000]) for k, v in _flat(config).items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-        client.log_batch(run_id, params=params[i: i + 100])
+        client.log_batch(run_id, params=params[i : i + 100])
 
     def log(step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)

@@ -71,5 +71,7 @@ def pytest_terminal_summary(terminalreporter):
         tried = c["held"] + c["failed"]
         total.update(c)
         write(f"{area:<{width}} | {tried:>5} | {c['held']:>4} | {c['failed']:>6} | {c['skipped'] + c['not run']:>7}")
-    write(f"{'all':<{width}} | {total['held'] + total['failed']:>5} | {total['held']:>4} | {total['failed']:>6} | "
-          f"{total['skipped'] + total['not run']:>7}")
+    write(
+        f"{'all':<{width}} | {total['held'] + total['failed']:>5} | {total['held']:>4} | {total['failed']:>6} | "
+        f"{total['skipped'] + total['not run']:>7}"
+    )

@@ -22,11 +22,30 @@ from typing import Any, Callable
 import pytest
 
 AREAS = [  # the order of the closing table
-    "01 pack-network", "02 sandbox", "03 server numbers", "04 judge replies", "05 shared store",
-    "06 line separators", "07 proxy", "08 pack bounds", "09 lesson escape", "10 terminal markup",
-    "11 consolidation", "12 lower items", "13 one line",
-    "held jinja", "held kill-resume", "held judge output", "held retries", "held proxy", "held store writers",
-    "held sandbox", "review judge reading", "review newcomer", "review sandbox", "review packs and proxy",
+    "01 pack-network",
+    "02 sandbox",
+    "03 server numbers",
+    "04 judge replies",
+    "05 shared store",
+    "06 line separators",
+    "07 proxy",
+    "08 pack bounds",
+    "09 lesson escape",
+    "10 terminal markup",
+    "11 consolidation",
+    "12 lower items",
+    "13 one line",
+    "held jinja",
+    "held kill-resume",
+    "held judge output",
+    "held retries",
+    "held proxy",
+    "held store writers",
+    "held sandbox",
+    "review judge reading",
+    "review newcomer",
+    "review sandbox",
+    "review packs and proxy",
 ]
 
 
@@ -80,8 +99,14 @@ def lesson(**change: Any) -> str:
     return json.dumps({**GOOD_LESSON, **change})
 
 
-def pack_dir(d, lines: list[str] | None = None, *, manifest: dict | None = None, counts: dict | None = None,
-             manifest_raw: str | bytes | None = None):
+def pack_dir(
+    d,
+    lines: list[str] | None = None,
+    *,
+    manifest: dict | None = None,
+    counts: dict | None = None,
+    manifest_raw: str | bytes | None = None,
+):
     """A directory pack written by hand: ``lines`` of experiences.jsonl, the manifest's checksums
     and counts made to match them (unless ``counts`` says otherwise), ``manifest`` keys put on
     top, or ``manifest_raw`` written as the manifest instead."""
@@ -91,11 +116,14 @@ def pack_dir(d, lines: list[str] | None = None, *, manifest: dict | None = None,
     files = {"experiences.jsonl": "".join(x + "\n" for x in lines).encode(), "history.jsonl": b""}
     for name, blob in files.items():
         write(d / name, blob)
-    meta = {"format": pack_format.FORMAT, "format_version": pack_format.FORMAT_VERSION,
-            "embedding": {"name": "lexical", "dim": 64},
-            "counts": counts if counts is not None else {"experiences": len(lines), "retired": 0, "history": 0},
-            "files": {n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for n, b in files.items()},
-            **(manifest or {})}
+    meta = {
+        "format": pack_format.FORMAT,
+        "format_version": pack_format.FORMAT_VERSION,
+        "embedding": {"name": "lexical", "dim": 64},
+        "counts": counts if counts is not None else {"experiences": len(lines), "retired": 0, "history": 0},
+        "files": {n: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for n, b in files.items()},
+        **(manifest or {}),
+    }
     write(d / "manifest.json", manifest_raw if manifest_raw is not None else json.dumps(meta))
     return d
 

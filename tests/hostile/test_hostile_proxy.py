@@ -25,8 +25,10 @@ from cli_helpers import CMD, ENV
 from experience_store import Experience, Pack
 from experience_store.proxy import InjectingProxy, start
 
-LESSONS = ["When adding fractions, rewrite both over a common denominator first.",
-           "When a triangle is right-angled, use the Pythagorean theorem for the missing side."]
+LESSONS = [
+    "When adding fractions, rewrite both over a common denominator first.",
+    "When a triangle is right-angled, use the Pythagorean theorem for the missing side.",
+]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "A right triangle has legs 3 and 4."}]}
 
 
@@ -41,7 +43,9 @@ async def echo_upstream():
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
-        seen.append({"headers": dict(request.headers), "body": json.loads(body) if body else None, "path": request.raw_path})
+        seen.append(
+            {"headers": dict(request.headers), "body": json.loads(body) if body else None, "path": request.raw_path}
+        )
         return web.json_response(seen[-1])
 
     async with upstream_of(echo) as url:
@@ -106,29 +110,47 @@ async def gzip_body(ctx) -> None:
     import gzip
 
     async with echo_upstream() as (up, seen), proxy_for(up) as url:
-        code, reply = await post(url, gzip.compress(json.dumps(CHAT).encode()), {"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        code, reply = await post(
+            url,
+            gzip.compress(json.dumps(CHAT).encode()),
+            {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
     assert code == 200 and "content-encoding" not in {k.lower() for k in seen[0]["headers"]}, reply
     assert "[E1]" in json.dumps(seen[0]["body"])  # read, injected, forwarded as plain JSON
 
 
 async def encoded_paths(ctx) -> None:
     async with echo_upstream() as (up, seen), proxy_for(up) as url, aiohttp.ClientSession() as s:
-        for path in ("/models/meta-llama%2FLlama-3-8B", "/x%2F..%2F..%2Fadmin", "/%2E%2E/admin", "/models%3Fapi-version=x"):
+        for path in (
+            "/models/meta-llama%2FLlama-3-8B",
+            "/x%2F..%2F..%2Fadmin",
+            "/%2E%2E/admin",
+            "/models%3Fapi-version=x",
+        ):
             async with s.get(yarl.URL(url + path, encoded=True)) as r:
                 assert r.status == 200, path
-    assert [x["path"] for x in seen] == ["/v1/models/meta-llama%2FLlama-3-8B", "/v1/x%2F..%2F..%2Fadmin", "/v1/%2E%2E/admin",
-                                         "/v1/models%3Fapi-version=x"]
+    assert [x["path"] for x in seen] == [
+        "/v1/models/meta-llama%2FLlama-3-8B",
+        "/v1/x%2F..%2F..%2Fadmin",
+        "/v1/%2E%2E/admin",
+        "/v1/models%3Fapi-version=x",
+    ]
 
 
 async def many_long_streams(ctx) -> None:
     """110 requests at once to an upstream that holds each for a second: all in about a second
     (aiohttp's default of 100 connections queued the rest behind the first hundred)."""
+
     async def slow(request: web.Request) -> web.Response:
         await request.read()
         await asyncio.sleep(1.0)
         return web.json_response({"choices": []})
 
-    async with upstream_of(slow) as up, proxy_for(up) as url, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+    async with (
+        upstream_of(slow) as up,
+        proxy_for(up) as url,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s,
+    ):
         t0 = asyncio.get_running_loop().time()
         codes = await asyncio.gather(*(post(url, CHAT, session=s) for _ in range(110)))
         took = asyncio.get_running_loop().time() - t0
@@ -183,8 +205,11 @@ async def client_disconnect_cancels(ctx) -> None:
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         body = json.dumps(CHAT).encode()
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         await writer.drain()
         await asyncio.wait_for(received.wait(), 30)
         writer.close()  # the agent gives up
@@ -208,8 +233,12 @@ async def retrieval_off_the_loop(ctx) -> None:
 def cli_binds_loopback_with_a_token(ctx) -> None:
     """``tfgrpo proxy --port 0`` as a user runs it: bound to 127.0.0.1 only, the token from the environment."""
     the_pack().write(ctx.tmp / "p")
-    proc = subprocess.Popen([*CMD, "proxy", "--pack", str(ctx.tmp / "p"), "--upstream", "http://127.0.0.1:9/v1", "--port", "0"],
-                            env={**ENV, "TFGRPO_PROXY_TOKEN": "tok"}, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CMD, "proxy", "--pack", str(ctx.tmp / "p"), "--upstream", "http://127.0.0.1:9/v1", "--port", "0"],
+        env={**ENV, "TFGRPO_PROXY_TOKEN": "tok"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = port = None
         for line in proc.stderr:
@@ -270,32 +299,73 @@ async def many_concurrent(ctx) -> None:
 P, H, R = "07 proxy", "held proxy", "review packs and proxy"
 DEEP_BODY = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 CASES = [
-    *(Case(P, f"Host: {host or '(empty)'}", f"{status}", host_header, (host, status)) for host, status in [
-        ("evil.example", 403), ("evil.example:8100", 403), ("127.0.0.1.nip.io", 403), ("", 403), ("[::1", 403),
-        ("localhost:8100", 200), ("LOCALHOST.", 200), ("127.0.0.1", 200), ("[::1]:8100", 200), ("10.1.2.3:8100", 200)]),
-    *(Case(P, f"Authorization: {auth or '(none)'} with a token set", "401, nothing sent upstream", wrong_token, (auth,))
-      for auth in (None, "Bearer wrong", "s3cret", "Bearer s3cret2", "bearer s3cret", "Bearer s\u00fc")),
-    Case(P, "the right token", "passes; the user's token is never forwarded, the upstream key is", token_never_forwarded),
-    *(Case(P, f"body {name}", "400 proxy_error, nothing sent upstream", refused_body, (body, 400, "proxy_error")) for name, body in [
-        ("nested 100000 deep", DEEP_BODY),
-        ("nested 100 deep", json.dumps({**CHAT, "extra": json.loads("[" * 100 + "]" * 100)}).encode()),
-        ("not JSON", b"{messages"),
-        ("not UTF-8", b'{"messages": "\xff"}'),
-        ("a list", b"[]"),
-        ("without messages", {"model": "m"}),
-        ("messages a string", {"model": "m", "messages": "hi"}),
-        ("messages of strings", {"model": "m", "messages": ["hi"]}),
-        ("one message not an object", {"model": "m", "messages": [{"role": "user", "content": "x"}, 5]})]),
+    *(
+        Case(P, f"Host: {host or '(empty)'}", f"{status}", host_header, (host, status))
+        for host, status in [
+            ("evil.example", 403),
+            ("evil.example:8100", 403),
+            ("127.0.0.1.nip.io", 403),
+            ("", 403),
+            ("[::1", 403),
+            ("localhost:8100", 200),
+            ("LOCALHOST.", 200),
+            ("127.0.0.1", 200),
+            ("[::1]:8100", 200),
+            ("10.1.2.3:8100", 200),
+        ]
+    ),
+    *(
+        Case(
+            P, f"Authorization: {auth or '(none)'} with a token set", "401, nothing sent upstream", wrong_token, (auth,)
+        )
+        for auth in (None, "Bearer wrong", "s3cret", "Bearer s3cret2", "bearer s3cret", "Bearer s\u00fc")
+    ),
+    Case(
+        P, "the right token", "passes; the user's token is never forwarded, the upstream key is", token_never_forwarded
+    ),
+    *(
+        Case(P, f"body {name}", "400 proxy_error, nothing sent upstream", refused_body, (body, 400, "proxy_error"))
+        for name, body in [
+            ("nested 100000 deep", DEEP_BODY),
+            ("nested 100 deep", json.dumps({**CHAT, "extra": json.loads("[" * 100 + "]" * 100)}).encode()),
+            ("not JSON", b"{messages"),
+            ("not UTF-8", b'{"messages": "\xff"}'),
+            ("a list", b"[]"),
+            ("without messages", {"model": "m"}),
+            ("messages a string", {"model": "m", "messages": "hi"}),
+            ("messages of strings", {"model": "m", "messages": ["hi"]}),
+            ("one message not an object", {"model": "m", "messages": [{"role": "user", "content": "x"}, 5]}),
+        ]
+    ),
     Case(P, "an upstream that never answers", "504 after the read timeout", silent_upstream_times_out),
     Case(P, "the client leaves mid-request", "the upstream request is cancelled", client_disconnect_cancels),
     Case(P, "retrieval for a request", "runs in a worker thread, off the event loop", retrieval_off_the_loop),
-    Case(H, "tfgrpo proxy --port 0, token from the environment", "listens on 127.0.0.1 only; 401 without the token", cli_binds_loopback_with_a_token),
-    Case(H, "a 65 MB body", "413, nothing sent upstream", refused_body,
-         (b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * (65 << 20) + b'"}]}', 413, "Maximum request body size")),
+    Case(
+        H,
+        "tfgrpo proxy --port 0, token from the environment",
+        "listens on 127.0.0.1 only; 401 without the token",
+        cli_binds_loopback_with_a_token,
+    ),
+    Case(
+        H,
+        "a 65 MB body",
+        "413, nothing sent upstream",
+        refused_body,
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * (65 << 20) + b'"}]}',
+            413,
+            "Maximum request body size",
+        ),
+    ),
     Case(H, "200 concurrent requests x 5 rounds", "all answered, memory flat", many_concurrent, slow=True),
     Case(R, "a gzip-compressed request body", "read, injected, forwarded without Content-Encoding", gzip_body),
     Case(R, "percent-encoded paths (%2F, %2E%2E, %3F)", "forwarded as encoded, never outside /v1", encoded_paths),
-    Case(R, "110 one-second requests at once", "all in about a second (no cap of 100 upstream connections)", many_long_streams),
+    Case(
+        R,
+        "110 one-second requests at once",
+        "all in about a second (no cap of 100 upstream connections)",
+        many_long_streams,
+    ),
 ]
 
 

@@ -23,7 +23,17 @@ from hostile_rows import Case, Relay, deep, rows
 from typer.testing import CliRunner
 
 from cli_helpers import CMD, ENV, committed, last_json, tfgrpo
-from experience_store import ConflictError, Experience, ExperienceOp, InjectionSettings, Library, Pack, PackError, Stats, StoreError
+from experience_store import (
+    ConflictError,
+    Experience,
+    ExperienceOp,
+    InjectionSettings,
+    Library,
+    Pack,
+    PackError,
+    Stats,
+    StoreError,
+)
 from tfgrpo.errors import UserError
 from tfgrpo.resources import jsonl_rows
 from tfgrpo.rundir import GROUPS, ROLLOUTS, STEPS, RunDir, save_eval
@@ -37,6 +47,7 @@ def add(text: str) -> ExperienceOp:
 
 
 # ----------------------------------------------------------------------- 6 line separators
+
 
 def separators_survive_resume(ctx) -> None:
     rd = RunDir(ctx.tmp / "run").create()
@@ -97,12 +108,16 @@ def eval_results_escaped(ctx) -> None:
 
 def dataset_with_separators(ctx) -> None:
     p = ctx.tmp / "data.jsonl"
-    rows_ = [{"id": "q1", "question": "What is 2\u20282?", "answer": "4"}, {"id": "q2", "question": "x\x85y", "answer": "1"}]
+    rows_ = [
+        {"id": "q1", "question": "What is 2\u20282?", "answer": "4"},
+        {"id": "q2", "question": "x\x85y", "answer": "1"},
+    ]
     p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_), encoding="utf-8")
     assert jsonl_rows(p) == rows_
 
 
 # -------------------------------------------------------------- 5 shared store, held: writers
+
 
 def two_writers_on_a_directory(ctx) -> None:
     a, b = Library(ctx.tmp / "lib"), Library(ctx.tmp / "lib")
@@ -162,8 +177,23 @@ def commit_steps(lib: Library, collection: str) -> list[int]:
 
 def two_train_runs_share(ctx) -> None:
     server = ctx.request.getfixturevalue("chroma_server")
-    args = ["train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--store", server,
-            "--store-collection", "team-lib", "--json", "-q"]
+    args = [
+        "train",
+        "--task",
+        "demo",
+        "--model",
+        "sim",
+        "--epochs",
+        "1",
+        "--limit",
+        "8",
+        "--store",
+        server,
+        "--store-collection",
+        "team-lib",
+        "--json",
+        "-q",
+    ]
     first = last_json(tfgrpo(*args, "--out", str(ctx.tmp / "a")))
     assert first["library_size"] > 0
     learned = [e.text for e in Library(ctx.tmp / "a" / "library", store=server, collection="team-lib").experiences]
@@ -234,11 +264,35 @@ def chroma_lost_mid_run(ctx) -> None:
 
     server = ctx.request.getfixturevalue("chroma_server")
     relay = Relay(int(server.rsplit(":", 1)[1]))
-    ctx.monkeypatch.setattr(train_cli, "progress_hooks", lambda enabled=True: contextlib.nullcontext(Hooks(on_step=relay.cut)))
+    ctx.monkeypatch.setattr(
+        train_cli, "progress_hooks", lambda enabled=True: contextlib.nullcontext(Hooks(on_step=relay.cut))
+    )
     out, store = ctx.tmp / "run", f"http://127.0.0.1:{relay.port}"
-    result = CliRunner().invoke(build_app(), ["train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "6",
-                                              "--batch-size", "2", "--group-size", "2", "--store", store,
-                                              "--store-collection", "lost-server", "--out", str(out), "-q"])
+    result = CliRunner().invoke(
+        build_app(),
+        [
+            "train",
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "--epochs",
+            "1",
+            "--limit",
+            "6",
+            "--batch-size",
+            "2",
+            "--group-size",
+            "2",
+            "--store",
+            store,
+            "--store-collection",
+            "lost-server",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1, (result.stderr, result.exception)
     assert f"lost the Chroma server at {store}" in lines[0] and f"--resume {out}" in lines[0], lines[0]
@@ -246,6 +300,7 @@ def chroma_lost_mid_run(ctx) -> None:
 
 
 # ------------------------------------------------------------------- SIGKILL and resume
+
 
 def final_state(run: Path) -> dict:
     state = json.loads(sorted((run / "library" / "versions").glob("*.json"))[-1].read_text())
@@ -284,10 +339,23 @@ def sigkill_then_resume(ctx, kill_after: int, store: bool) -> None:
     ref = last_json(tfgrpo(*common, "--model", "sim", "--out", str(reference), *store_args(ctx, store, "ref")))
     common += store_args(ctx, store, "run")
     run = ctx.tmp / "killed"
-    remote = ["--model", "openai/sim-policy-s0", "--api-base", url, "--judge", "openai/sim-judge-s0", "--judge-api-base", url]
+    remote = [
+        "--model",
+        "openai/sim-policy-s0",
+        "--api-base",
+        url,
+        "--judge",
+        "openai/sim-judge-s0",
+        "--judge-api-base",
+        url,
+    ]
     env = {**ENV, "OPENAI_API_KEY": "sim"}  # the simulator takes any key; the openai client wants one
-    proc = subprocess.Popen([*CMD, *common, *remote, "--out", str(run), "--quiet"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [*CMD, *common, *remote, "--out", str(run), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while committed(run) < kill_after and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -299,7 +367,9 @@ def sigkill_then_resume(ctx, kill_after: int, store: bool) -> None:
     done_before = committed(run)
     assert kill_after <= done_before < ref["steps"], f"the kill did not land mid-run: {proc.stderr.read()[-2000:]}"
 
-    resumed = last_json(tfgrpo("train", "--resume", str(run), "--json", "--api-base", url, "--judge-api-base", url, env=env))
+    resumed = last_json(
+        tfgrpo("train", "--resume", str(run), "--json", "--api-base", url, "--judge-api-base", url, env=env)
+    )
     assert resumed["steps"] == ref["steps"] and resumed["resumed_from_step"] == done_before
     # finished calls come back from the cache: the resumed run only pays for the steps it had left
     assert resumed["usage"]["policy"]["calls"] <= (ref["steps"] - done_before) * 8
@@ -314,8 +384,21 @@ def sigkill_then_resume(ctx, kill_after: int, store: bool) -> None:
 
 def resume_after_a_cut_step(ctx, store: bool, window: str) -> None:
     run = ctx.tmp / "run"
-    first = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(run), "--json",
-                             *store_args(ctx, store, "run")))
+    first = last_json(
+        tfgrpo(
+            "train",
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "--epochs",
+            "1",
+            "--out",
+            str(run),
+            "--json",
+            *store_args(ctx, store, "run"),
+        )
+    )
     assert first["steps"] == 4
     # Pretend step 4 was cut off after writing its records and its (shared) library commit.
     steps = (run / "steps.jsonl").read_text().splitlines()
@@ -324,8 +407,21 @@ def resume_after_a_cut_step(ctx, store: bool, window: str) -> None:
         f.write('{"step": 4, "half a line')
     if window == "after the shared commit":  # the local version file was not written yet
         (run / "library" / "versions" / "000004.json").unlink()
-    clean = last_json(tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--out", str(ctx.tmp / "clean"),
-                             "--json", *store_args(ctx, store, "clean")))
+    clean = last_json(
+        tfgrpo(
+            "train",
+            "--task",
+            "demo",
+            "--model",
+            "sim",
+            "--epochs",
+            "1",
+            "--out",
+            str(ctx.tmp / "clean"),
+            "--json",
+            *store_args(ctx, store, "clean"),
+        )
+    )
     resumed = last_json(tfgrpo("train", "--resume", str(run), "--json"))
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 4
     assert resumed["usage"]["policy"]["calls"] == 0 and resumed["usage"]["policy"]["cache_hits"] == 8 * 5
@@ -339,8 +435,11 @@ def resume_after_a_cut_step(ctx, store: bool, window: str) -> None:
 
 # ------------------------------------------------------------------ 12 run directories
 
+
 def snapshot(path: Path) -> dict:
-    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != "run.lock"}
+    return {
+        p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != "run.lock"
+    }
 
 
 def second_process_refused(ctx) -> None:
@@ -352,8 +451,14 @@ def second_process_refused(ctx) -> None:
         for args in (["train", "--resume", str(run), "--epochs", "2"], [*SMALL, "--out", str(starting.path)]):
             proc = tfgrpo(*args, check=False)
             assert proc.returncode == 2, proc.stderr
-            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # (beside the SIMULATION notice)
-            assert len(errors) == 1 and "is in use by another tfgrpo process" in errors[0] and "Traceback" not in proc.stderr
+            errors = [
+                line for line in proc.stderr.splitlines() if line.startswith("error:")
+            ]  # (beside the SIMULATION notice)
+            assert (
+                len(errors) == 1
+                and "is in use by another tfgrpo process" in errors[0]
+                and "Traceback" not in proc.stderr
+            )
     assert snapshot(run) == before and snapshot(starting.path) == {}
     assert last_json(tfgrpo("train", "--resume", str(run), "--epochs", "2", "--json", "-q"))["steps"] == 2  # free again
 
@@ -370,8 +475,12 @@ def lock_is_exclusive(ctx) -> None:
 
 def failed_start_leaves_nothing(ctx) -> None:
     run = ctx.tmp / "run"
-    proc = tfgrpo(*SMALL, "--out", str(run), "--store", "http://127.0.0.1:9", check=False)  # fails after the directory is made
-    assert proc.returncode == 2 and "cannot reach the Chroma server" in proc.stderr and "no step finished" in proc.stderr
+    proc = tfgrpo(
+        *SMALL, "--out", str(run), "--store", "http://127.0.0.1:9", check=False
+    )  # fails after the directory is made
+    assert (
+        proc.returncode == 2 and "cannot reach the Chroma server" in proc.stderr and "no step finished" in proc.stderr
+    )
     assert not run.exists()
     mine = ctx.tmp / "mine"
     mine.mkdir()
@@ -418,7 +527,9 @@ def export_over_a_folder(ctx) -> None:
     taken.mkdir()
     (taken / "keep.txt").write_text("x")
     proc = tfgrpo("pack", "export", str(run), "--out", str(taken), check=False)
-    assert proc.returncode == 2 and "refusing to overwrite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.returncode == 2 and "refusing to overwrite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert sorted(p.name for p in taken.iterdir()) == ["keep.txt"]
     tfgrpo("pack", "export", str(run), "--out", str(ctx.tmp / "p.zip"))
     tfgrpo("pack", "export", str(run), "--out", str(ctx.tmp / "p.zip"))  # re-export over its own pack
@@ -427,37 +538,130 @@ def export_over_a_folder(ctx) -> None:
 
 SEP, ST, K, W, L = "06 line separators", "05 shared store", "held kill-resume", "held store writers", "12 lower items"
 CASES = [
-    Case(SEP, "U+2028/U+2029/NEL and controls in 32 rollouts, then resume", "written escaped, all kept", separators_survive_resume),
-    Case(SEP, "raw U+2028/NEL from an older version, then resume", "read, rewritten escaped", raw_separators_from_older_versions),
+    Case(
+        SEP,
+        "U+2028/U+2029/NEL and controls in 32 rollouts, then resume",
+        "written escaped, all kept",
+        separators_survive_resume,
+    ),
+    Case(
+        SEP,
+        "raw U+2028/NEL from an older version, then resume",
+        "read, rewritten escaped",
+        raw_separators_from_older_versions,
+    ),
     Case(SEP, "a line cut short by a kill, then resume", "skipped and dropped", line_cut_by_a_kill),
-    *(Case(SEP, f"an unreadable line ({name}) before a good one, then resume", "one line naming file:line; file untouched",
-           unreadable_line_kept, (bad,)) for name, bad in [
-        ("cut JSON", b'{"step": 1, "text": "broken'), ("a list", b"[1, 2]"), ("not UTF-8", b"\xff\xfe"), ("nested 100000 deep", deep().encode())]),
+    *(
+        Case(
+            SEP,
+            f"an unreadable line ({name}) before a good one, then resume",
+            "one line naming file:line; file untouched",
+            unreadable_line_kept,
+            (bad,),
+        )
+        for name, bad in [
+            ("cut JSON", b'{"step": 1, "text": "broken'),
+            ("a list", b"[1, 2]"),
+            ("not UTF-8", b"\xff\xfe"),
+            ("nested 100000 deep", deep().encode()),
+        ]
+    ),
     Case(SEP, "a corrupt steps.jsonl record", "one line naming file:line", corrupt_step_record),
     Case(SEP, "line separators in saved eval results", "one record per line", eval_results_escaped),
     Case(SEP, "line separators in a JSONL dataset value", "a valid dataset", dataset_with_separators),
-    *(Case(ST, f"kill right after the shared commit of step {n}, then resume", "the step applied once, credit counted once",
-           kill_after_the_shared_commit, (n,)) for n in (1, 2, 3)),
-    *(Case(ST, f"SIGKILL with --store after step {n}, then resume", "the uninterrupted library and commit log",
-           sigkill_then_resume, (n, True), slow=True) for n in (2, 5)),
-    *(Case(ST, f"--store run cut {window}, then resume", "the step's shared commit adopted, not made again",
-           resume_after_a_cut_step, (True, window), slow=True) for window in ("after the shared commit", "after the library version")),
+    *(
+        Case(
+            ST,
+            f"kill right after the shared commit of step {n}, then resume",
+            "the step applied once, credit counted once",
+            kill_after_the_shared_commit,
+            (n,),
+        )
+        for n in (1, 2, 3)
+    ),
+    *(
+        Case(
+            ST,
+            f"SIGKILL with --store after step {n}, then resume",
+            "the uninterrupted library and commit log",
+            sigkill_then_resume,
+            (n, True),
+            slow=True,
+        )
+        for n in (2, 5)
+    ),
+    *(
+        Case(
+            ST,
+            f"--store run cut {window}, then resume",
+            "the step's shared commit adopted, not made again",
+            resume_after_a_cut_step,
+            (True, window),
+            slow=True,
+        )
+        for window in ("after the shared commit", "after the library version")
+    ),
     Case("13 one line", "unreachable or malformed --store", "one line", unreachable_store),
-    Case("13 one line", "Chroma server killed mid-run", "one line naming the resume, steps kept", chroma_lost_mid_run, slow=True),
-    *(Case(K, f"SIGKILL mid-step after step {n}, then resume", "the uninterrupted library, no step twice, calls from the cache",
-           sigkill_then_resume, (n, False), slow=True) for n in (1, 4)),
-    Case(K, "run cut after the library version, then resume", "the uninterrupted library", resume_after_a_cut_step,
-         (False, "after the library version"), slow=True),
-    Case(W, "two writers on one library folder", "the loser gets a clear error, nothing lost", two_writers_on_a_directory),
+    Case(
+        "13 one line",
+        "Chroma server killed mid-run",
+        "one line naming the resume, steps kept",
+        chroma_lost_mid_run,
+        slow=True,
+    ),
+    *(
+        Case(
+            K,
+            f"SIGKILL mid-step after step {n}, then resume",
+            "the uninterrupted library, no step twice, calls from the cache",
+            sigkill_then_resume,
+            (n, False),
+            slow=True,
+        )
+        for n in (1, 4)
+    ),
+    Case(
+        K,
+        "run cut after the library version, then resume",
+        "the uninterrupted library",
+        resume_after_a_cut_step,
+        (False, "after the library version"),
+        slow=True,
+    ),
+    Case(
+        W, "two writers on one library folder", "the loser gets a clear error, nothing lost", two_writers_on_a_directory
+    ),
     Case(W, "two processes racing on one library folder", "exactly one wins", two_processes_race),
     Case(W, "a copied library folder", "its own writer id; a moved folder keeps its id", copied_library_writer),
     Case(W, "two runs on one Chroma collection", "a linear commit log, nothing lost", two_runs_on_one_collection),
-    Case(W, "two train --store runs on one collection", "the second builds on the first", two_train_runs_share, slow=True),
-    Case(L, "a second process on a run directory", "refused in one line, nothing written", second_process_refused, slow=True),
+    Case(
+        W, "two train --store runs on one collection", "the second builds on the first", two_train_runs_share, slow=True
+    ),
+    Case(
+        L,
+        "a second process on a run directory",
+        "refused in one line, nothing written",
+        second_process_refused,
+        slow=True,
+    ),
     Case(L, "the run lock held", "exclusive, free again after", lock_is_exclusive),
-    Case(L, "failed starts with one --out", "no run directory left; the retry is not blocked", failed_start_leaves_nothing, slow=True),
-    *(Case(L, f"pack written over an earlier pack{' (zip)' if s else ''}", "replaced whole, no temporary left", pack_replaced_whole, (s,))
-      for s in ("", ".zip")),
+    Case(
+        L,
+        "failed starts with one --out",
+        "no run directory left; the retry is not blocked",
+        failed_start_leaves_nothing,
+        slow=True,
+    ),
+    *(
+        Case(
+            L,
+            f"pack written over an earlier pack{' (zip)' if s else ''}",
+            "replaced whole, no temporary left",
+            pack_replaced_whole,
+            (s,),
+        )
+        for s in ("", ".zip")
+    ),
     Case(L, "pack written over a folder or file that is no pack", "refused, untouched", not_a_pack_never_overwritten),
     Case(L, "pack export --out an existing folder", "one line, folder untouched", export_over_a_folder, slow=True),
 ]

@@ -28,15 +28,24 @@ MOUNT_NS = ISO.get("mount_namespace") is not None
 NET_NS = "net" in (ISO.get("namespaces") or "")
 SECCOMP = ISO.get("seccomp") is not None
 WHY = {
-    "mount": (MOUNT_NS, f"no mount namespace on this machine ({ISO.get('mount_error') or ISO.get('namespaces_error')})"),
+    "mount": (
+        MOUNT_NS,
+        f"no mount namespace on this machine ({ISO.get('mount_error') or ISO.get('namespaces_error')})",
+    ),
     "seccomp": (SECCOMP, f"no seccomp filter on this machine ({ISO.get('seccomp_error')})"),
     "landlock": (LANDLOCK, "no Landlock on this kernel: reads outside the directory are not confined"),
     "files": (MOUNT_NS or LANDLOCK, "neither a mount namespace nor Landlock on this machine"),
     "tcp": (LANDLOCK or bool(ISO.get("namespaces")), "no network isolation on this machine"),
     "net": (NET_NS, "no network namespace on this machine (Landlock does not cover UDP)"),
     "abstract": (NET_NS or SCOPED, "neither a network namespace nor Landlock scoping on this machine"),
-    "signals": (bool(ISO.get("pid_namespace")) or SCOPED, "neither a PID namespace nor Landlock scoping on this machine"),
-    "processes": (ISO.get("process_limit") is not None, "no process limit on this machine (root without a pids cgroup)"),
+    "signals": (
+        bool(ISO.get("pid_namespace")) or SCOPED,
+        "neither a PID namespace nor Landlock scoping on this machine",
+    ),
+    "processes": (
+        ISO.get("process_limit") is not None,
+        "no process limit on this machine (root without a pids cgroup)",
+    ),
     "root": (os.geteuid() == 0, "only a root caller has capabilities to drop"),
 }
 
@@ -94,10 +103,13 @@ def host_unix_socket(ctx) -> None:
     needs("mount")
     server, path = listening_unix_socket(ctx)
     try:
-        r = run(connect(path), f"""
+        r = run(
+            connect(path),
+            f"""
             import os
             print("visible", os.path.exists({path!r}), os.path.exists("/etc/hostname"), os.path.exists("/run"))
-        """)
+        """,
+        )
         with pytest.raises(BlockingIOError):
             server.accept()
     finally:
@@ -113,11 +125,14 @@ def host_unix_socket_by_seccomp(ctx) -> None:
     override_spec(ctx, namespaces=False, landlock=False)
     server, path = listening_unix_socket(ctx)
     try:
-        r = run(connect(path), f"""
+        r = run(
+            connect(path),
+            f"""
             import asyncio, os
             print("visible", os.path.exists({path!r}))
             print("asyncio", asyncio.run(asyncio.sleep(0, result="ok")))
-        """)
+        """,
+        )
         with pytest.raises(BlockingIOError):
             server.accept()
     finally:
@@ -323,7 +338,8 @@ def orphans(ctx) -> None:
 def forks(ctx, n: int, processes: int | None) -> None:
     needs("processes")
     limits = {"wall_s": 10} | ({"processes": processes} if processes else {})
-    r = run(f"""
+    r = run(
+        f"""
         import os, time
         n = 0
         try:
@@ -334,7 +350,9 @@ def forks(ctx, n: int, processes: int | None) -> None:
                 n += 1
         except OSError as e:
             print("stopped after", n, e)
-    """, **limits)
+    """,
+        **limits,
+    )
     cap = processes or Limits().processes
     assert "stopped after" in r.stdout, r
     assert int(r.stdout.split()[2]) < cap
@@ -422,13 +440,16 @@ def init_leaves_its_group(ctx) -> None:
     reached, and with its output closed nothing waited for it; the cgroup kill now gets it."""
     needs("processes")  # the pids cgroup is what finds it
     marker = f"sv{uuid.uuid4().int % 10**6}"
-    r = run(f"""
+    r = run(
+        f"""
         import ctypes, os, time
         os.setsid()
         ctypes.CDLL(None).prctl(15, b"{marker}", 0, 0, 0)  # PR_SET_NAME: found by its name below
         os.close(0); os.close(1); os.close(2)
         time.sleep(45)
-    """, wall_s=2)
+    """,
+        wall_s=2,
+    )
     assert r.limit == "wall", r
     time.sleep(0.5)
     assert not left_on_host(marker, "comm", zombies=False), "a process outlived the run"  # killed, reaped or not
@@ -460,9 +481,19 @@ SB, H, L = "02 sandbox", "held sandbox", "12 lower items"
 R = "review sandbox"
 CASES = [
     Case(SB, "connect to a host Unix socket file", "not visible, refused, no connection", host_unix_socket),
-    Case(SB, "connect to a host Unix socket file, no mount namespace", "refused by seccomp, no connection", host_unix_socket_by_seccomp),
+    Case(
+        SB,
+        "connect to a host Unix socket file, no mount namespace",
+        "refused by seccomp, no connection",
+        host_unix_socket_by_seccomp,
+    ),
     Case(SB, "unshare a new user namespace", "refused; plain processes still start", new_namespaces),
-    Case(SB, "the root, /tmp and /proc without Landlock", "read-only private root, only the sandbox's PIDs", private_root_alone),
+    Case(
+        SB,
+        "the root, /tmp and /proc without Landlock",
+        "read-only private root, only the sandbox's PIDs",
+        private_root_alone,
+    ),
     Case(H, "connect to a host abstract Unix socket", "refused, no connection", abstract_socket),
     Case(H, "TCP to a listening loopback server", "refused, nothing accepted", tcp_loopback),
     Case(H, "UDP datagram to a host listener", "nothing arrives", udp_to_the_host, (b"hello",)),
@@ -474,11 +505,28 @@ CASES = [
     Case(H, "kill(-1) and kill of host PIDs", "host processes live on", kill_everything),
     Case(H, "an orphan in its own session", "none left on the host", orphans),
     Case(H, "500 forks, process limit 16", "stopped under the limit, no child keeps the run alive", forks, (500, 16)),
-    Case(H, "1000 forks, default limits", "stopped under the limit, no child keeps the run alive", forks, (1000, None), slow=True),
+    Case(
+        H,
+        "1000 forks, default limits",
+        "stopped under the limit, no child keeps the run alive",
+        forks,
+        (1000, None),
+        slow=True,
+    ),
     Case(H, "chown and setuid as root", "no capabilities", no_capabilities),
     Case(L, "many files each under the per-file cap (tmpfs)", "stopped at the run's total disk cap", disk_by_tmpfs),
-    Case(L, "many files each under the per-file cap (no mount namespace)", "stopped at the run's total disk cap by polling", disk_by_polling),
-    Case(R, "the init leaves its process group (setsid), closes its output and sleeps", "killed with the cgroup", init_leaves_its_group),
+    Case(
+        L,
+        "many files each under the per-file cap (no mount namespace)",
+        "stopped at the run's total disk cap by polling",
+        disk_by_polling,
+    ),
+    Case(
+        R,
+        "the init leaves its process group (setsid), closes its output and sleeps",
+        "killed with the cgroup",
+        init_leaves_its_group,
+    ),
     Case(R, "SysV shared memory and queues, memfd, vsock, /proc/sys", "refused", kernel_objects),
 ]
 

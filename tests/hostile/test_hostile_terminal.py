@@ -90,7 +90,12 @@ CASES = [
     Case(M, "the same lesson: pack diff", PRINTED, pack_diff, slow=True),
     Case(M, "the same lesson: pack verify", PRINTED, pack_verify, slow=True),
     Case(M, "[/INST] and CSI in a path named in an error", "one plain error line", error_naming_hostile_input),
-    Case(M, "markup in run names and configs, a damaged run: runs", "listed as written, the damaged run beside the others", runs_listing),
+    Case(
+        M,
+        "markup in run names and configs, a damaged run: runs",
+        "listed as written, the damaged run beside the others",
+        runs_listing,
+    ),
 ]
 
 

@@ -71,15 +71,26 @@ def build_app() -> typer.Typer:
 
     from tfgrpo.task_registry import builtin_task_names
 
-    app = typer.Typer(name="tfgrpo", help=f"{HELP} Built-in tasks: {', '.join(builtin_task_names())}.", no_args_is_help=True, add_completion=False,
-                      pretty_exceptions_enable=False, rich_markup_mode=None)
+    app = typer.Typer(
+        name="tfgrpo",
+        help=f"{HELP} Built-in tasks: {', '.join(builtin_task_names())}.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
 
     @app.callback()
     def root(
-        version: bool = typer.Option(False, "--version", help="Print the version and exit", is_eager=True,
-                                     callback=_print_version),
-        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the toolkit does (INFO); "
-                                     "TFGRPO_LOG=DEBUG in the environment logs more"),
+        version: bool = typer.Option(
+            False, "--version", help="Print the version and exit", is_eager=True, callback=_print_version
+        ),
+        verbose: bool = typer.Option(
+            False,
+            "--verbose",
+            "-v",
+            help="Log what the toolkit does (INFO); TFGRPO_LOG=DEBUG in the environment logs more",
+        ),
     ) -> None:
         if verbose:
             import logging
@@ -87,8 +98,18 @@ def build_app() -> typer.Typer:
             logging.getLogger().setLevel(logging.INFO)
             logging.getLogger("tfgrpo").setLevel(logging.INFO)
 
-    for module in (train_cli, eval_cli, grpo_cli, library_cli, pack_cli, proxy_cli, report_cli, runs_cli,
-                   sandbox_cli, serve_cli):
+    for module in (
+        train_cli,
+        eval_cli,
+        grpo_cli,
+        library_cli,
+        pack_cli,
+        proxy_cli,
+        report_cli,
+        runs_cli,
+        sandbox_cli,
+        serve_cli,
+    ):
         module.register(app)
     for plugin in entry_points(group="tfgrpo.commands"):  # command groups of plugins (pyproject.toml)
         plugin.load()(app)

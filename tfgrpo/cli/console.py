@@ -43,8 +43,10 @@ _UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp", "Cs"}  # controls (ESC, OSC ...), format
 def escape_controls(text: str) -> str:
     """``text`` with every control, format and line-separator character written as an escape
     (``\\x1b``, ``\\n``, ``\\u202e``), so nothing in it can act on the terminal."""
-    return "".join(c.encode("unicode_escape", "backslashreplace").decode("ascii") if unicodedata.category(c) in _UNPRINTABLE
-                   else c for c in text)
+    return "".join(
+        c.encode("unicode_escape", "backslashreplace").decode("ascii") if unicodedata.category(c) in _UNPRINTABLE else c
+        for c in text
+    )
 
 
 def plain(*parts: Any) -> Text:
@@ -55,8 +57,10 @@ def plain(*parts: Any) -> Text:
 
 # Python's own words for an integer past its digit limit end in advice a user cannot take
 # (sys.set_int_max_str_digits); a parser's message may also be cut short after "value has".
-_INT_LIMIT = re.compile(r"Exceeds the limit \((\d+) digits\) for integer string conversion"
-                        r"(?:: value has (\d+)(?: digits)?)?[\w ]*(?:; use sys\.set_int_max_str_digits\(\) to increase the limit)?")
+_INT_LIMIT = re.compile(
+    r"Exceeds the limit \((\d+) digits\) for integer string conversion"
+    r"(?:: value has (\d+)(?: digits)?)?[\w ]*(?:; use sys\.set_int_max_str_digits\(\) to increase the limit)?"
+)
 
 
 def _int_limit(m: re.Match[str]) -> str:
@@ -101,14 +105,19 @@ def exit_interrupted(e: KeyboardInterrupt, command: str, run_dir: Any) -> NoRetu
     from tfgrpo.rundir import Terminated
 
     where = f" --resume {run_dir}" if run_dir else ""
-    err_console.print(f"interrupted; continue with: tfgrpo {command}{where}", highlight=False, markup=False, soft_wrap=True)
+    err_console.print(
+        f"interrupted; continue with: tfgrpo {command}{where}", highlight=False, markup=False, soft_wrap=True
+    )
     raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
 
 def in_use_hint(e: BaseException) -> str:
     """What to do about a port another program holds."""
-    return " (another program holds that port: choose another --port, or --port 0 for a free one)" \
-        if getattr(e, "errno", None) == errno.EADDRINUSE else ""
+    return (
+        " (another program holds that port: choose another --port, or --port 0 for a free one)"
+        if getattr(e, "errno", None) == errno.EADDRINUSE
+        else ""
+    )
 
 
 def notice(line: str) -> None:
@@ -123,8 +132,12 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         yield Hooks(on_notice=notice)
         return
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
     )
     current: dict[str, Any] = {}
 
@@ -152,8 +165,12 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
         )
 
     with progress:
-        yield Hooks(on_phase=on_phase, on_advance=on_advance, on_step=on_step,
-                    on_notice=lambda line: progress.console.print(line, highlight=False, markup=False, soft_wrap=True))
+        yield Hooks(
+            on_phase=on_phase,
+            on_advance=on_advance,
+            on_step=on_step,
+            on_notice=lambda line: progress.console.print(line, highlight=False, markup=False, soft_wrap=True),
+        )
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -169,9 +186,17 @@ def usage_table(usage: dict[str, Any]) -> Table:
     for col in ("role", "calls", "from cache", "retries", "failed", "tok in", "tok out", "cached in", "cost $"):
         t.add_column(col, justify="right" if col != "role" else "left")
     for role, u in usage.items():
-        t.add_row(role, str(u["calls"]), str(u["cache_hits"]), str(u["retries"]), str(u["failures"]),
-                  str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cached_tokens"]),
-                  fmt(u["cost_usd"], 4) if u["cost_usd"] is not None else "n/a")
+        t.add_row(
+            role,
+            str(u["calls"]),
+            str(u["cache_hits"]),
+            str(u["retries"]),
+            str(u["failures"]),
+            str(u["prompt_tokens"]),
+            str(u["completion_tokens"]),
+            str(u["cached_tokens"]),
+            fmt(u["cost_usd"], 4) if u["cost_usd"] is not None else "n/a",
+        )
     return t
 
 
@@ -180,8 +205,15 @@ def train_tables(summary: dict[str, Any], steps: list[Any]) -> list[Table]:
     for col in ("step", "epoch", "mean reward", "judged", "ops applied", "rejected", "library"):
         t.add_column(col, justify="right")
     for s in steps:
-        t.add_row(str(s.step), str(s.epoch), fmt(s.mean_reward), f"{s.judged}/{s.groups}",
-                  str(s.ops_applied), str(s.ops_rejected), str(s.library_size))
+        t.add_row(
+            str(s.step),
+            str(s.epoch),
+            fmt(s.mean_reward),
+            f"{s.judged}/{s.groups}",
+            str(s.ops_applied),
+            str(s.ops_rejected),
+            str(s.library_size),
+        )
     tail = Table(show_header=False, box=None)
     tail.add_row("steps", str(summary["steps"]))
     tail.add_row("library size", str(summary["library_size"]))
@@ -200,15 +232,26 @@ def _ci(ci: list[float] | None) -> str:
 def eval_table(report: dict[str, Any]) -> Table:
     k, n, seeds = report["k"], report.get("n", report["k"]), report.get("seeds", [report.get("seed")])
     where = "TRAINING problems" if report.get("on_training_problems") else f"{report.get('split', 'test')} problems"
-    t = Table(title=f"Evaluation of {report.get('task', '?')} on {report['n_problems']} {where}, k={k}, n={n}, "
-                    f"seeds {seeds}", caption=report.get("verdict"), title_justify="left", caption_justify="left")
+    t = Table(
+        title=f"Evaluation of {report.get('task', '?')} on {report['n_problems']} {where}, k={k}, n={n}, seeds {seeds}",
+        caption=report.get("verdict"),
+        title_justify="left",
+        caption_justify="left",
+    )
     for col in ("", f"Mean@{k}", "95% CI", f"Pass@{k}", "95% CI ", "failed requests", "p-value"):
         t.add_column(col, justify="right")
     arms = [a for a in ("baseline", "library") if a in report]
     for arm in arms:
         r = report[arm]
-        t.add_row(arm, fmt(r["mean_at_k"]), _ci(r.get("ci95")), fmt(r["pass_at_k"]), _ci(r.get("pass_ci95")),
-                  str(r["failures"]), "")
+        t.add_row(
+            arm,
+            fmt(r["mean_at_k"]),
+            _ci(r.get("ci95")),
+            fmt(r["pass_at_k"]),
+            _ci(r.get("pass_ci95")),
+            str(r["failures"]),
+            "",
+        )
     if "library" in report:
         d = report.get("diff") or {"mean": report["library"]["mean_at_k"] - report["baseline"]["mean_at_k"]}
         d_pass = report["library"]["pass_at_k"] - report["baseline"]["pass_at_k"]
@@ -216,12 +259,25 @@ def eval_table(report: dict[str, Any]) -> Table:
         t.add_row("difference", f"{d['mean']:+.3f}", _ci(d.get("ci95")), f"{d_pass:+.3f}", "", "", p)
         placebo = report.get("placebo")
         if placebo:  # tfgrpo eval --placebo: the library's prompt with neutral lessons
-            t.add_row("placebo", fmt(placebo["mean_at_k"]), _ci(placebo.get("ci95")), fmt(placebo["pass_at_k"]),
-                      _ci(placebo.get("pass_ci95")), str(placebo["failures"]), "")
+            t.add_row(
+                "placebo",
+                fmt(placebo["mean_at_k"]),
+                _ci(placebo.get("ci95")),
+                fmt(placebo["pass_at_k"]),
+                _ci(placebo.get("pass_ci95")),
+                str(placebo["failures"]),
+                "",
+            )
             dp = placebo["diff"]
-            t.add_row("library - placebo", f"{dp['mean']:+.3f}", _ci(dp.get("ci95")),
-                      f"{report['library']['pass_at_k'] - placebo['pass_at_k']:+.3f}", "", "",
-                      f"{dp['p_value']:.3g}" if "p_value" in dp else "")
+            t.add_row(
+                "library - placebo",
+                f"{dp['mean']:+.3f}",
+                _ci(dp.get("ci95")),
+                f"{report['library']['pass_at_k'] - placebo['pass_at_k']:+.3f}",
+                "",
+                "",
+                f"{dp['p_value']:.3g}" if "p_value" in dp else "",
+            )
     return t
 
 
@@ -237,8 +293,15 @@ def emit(tables: list[Table], payload: dict[str, Any] | None, as_json: bool) -> 
 
 def experience_row(e: "Experience") -> dict[str, Any]:
     """One lesson as ``library show`` and ``pack show`` print it in JSON."""
-    return {"id": e.id, "text": e.text, "status": e.status, "revision": e.revision, "created_step": e.created_step,
-            "updated_step": e.updated_step, **e.stats.model_dump()}
+    return {
+        "id": e.id,
+        "text": e.text,
+        "status": e.status,
+        "revision": e.revision,
+        "created_step": e.created_step,
+        "updated_step": e.updated_step,
+        **e.stats.model_dump(),
+    }
 
 
 def block_until_interrupted(alive: Callable[[], bool]) -> bool:

@@ -29,9 +29,15 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def grpo_cmd(
         flags: dict[str, Any],
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with settings (flags override it)"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/grpo-<task>-<time>); "
-                                           "an existing run is continued only with --resume"),
+        config: Optional[Path] = typer.Option(
+            None, "--config", "-c", help="YAML file with settings (flags override it)"
+        ),
+        out: Optional[Path] = typer.Option(
+            None,
+            "--out",
+            "-o",
+            help="Run directory (default: runs/grpo-<task>-<time>); an existing run is continued only with --resume",
+        ),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Run directory or checkpoint to continue from"),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines (notices still print)"),
@@ -61,8 +67,11 @@ def register(app: typer.Typer) -> None:
             _print_summary(summary)
         emit([], summary, as_json)
         if not as_json:
-            err_console.print(f"parameter-mode run finished: {summary['steps']} steps, run directory "
-                              f"{summary['run_dir']}", highlight=False, markup=False)
+            err_console.print(
+                f"parameter-mode run finished: {summary['steps']} steps, run directory {summary['run_dir']}",
+                highlight=False,
+                markup=False,
+            )
 
 
 @contextlib.contextmanager
@@ -74,8 +83,14 @@ def _hooks(enabled: bool) -> Iterator[Hooks]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err_console, transient=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
     bars: dict[str, Any] = {}
 
     def on_phase(phase: str, total: int) -> None:
@@ -92,8 +107,9 @@ def _hooks(enabled: bool) -> Iterator[Hooks]:
         progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     with progress:
-        yield Hooks(on_phase=on_phase, on_advance=on_advance, on_step=lambda metrics: line(format_step(metrics)),
-                    on_notice=line)
+        yield Hooks(
+            on_phase=on_phase, on_advance=on_advance, on_step=lambda metrics: line(format_step(metrics)), on_notice=line
+        )
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -101,10 +117,16 @@ def _print_summary(s: dict[str, Any]) -> None:
 
     table = Table(title="parameter-mode run", show_header=False)
     r = [x for x in s.get("reward_by_step", []) if x is not None]
-    for k, v in [("steps", s.get("steps")), ("model", s.get("model")), ("loss", s.get("loss")),
-                 ("reward first → last", f"{r[0]:.3f} → {r[-1]:.3f}" if r else "-"),
-                 ("checkpoint", s.get("final_checkpoint")), ("model export", s.get("final_model")),
-                 ("metrics", s.get("metrics")), ("wall", f"{s.get('wall_s')} s")]:
+    for k, v in [
+        ("steps", s.get("steps")),
+        ("model", s.get("model")),
+        ("loss", s.get("loss")),
+        ("reward first → last", f"{r[0]:.3f} → {r[-1]:.3f}" if r else "-"),
+        ("checkpoint", s.get("final_checkpoint")),
+        ("model export", s.get("final_model")),
+        ("metrics", s.get("metrics")),
+        ("wall", f"{s.get('wall_s')} s"),
+    ]:
         table.add_row(k, str(v))
     err_console.print(table)
 

@@ -34,8 +34,10 @@ def register(app: typer.Typer) -> None:
 
     @group.command("log")
     @user_errors
-    def log_cmd(run: Path = typer.Argument(..., help="Run directory (or its library/ folder)"),
-                as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")) -> None:
+    def log_cmd(
+        run: Path = typer.Argument(..., help="Run directory (or its library/ folder)"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line"),
+    ) -> None:
         """One line per step: library size and what the step added, changed, retired."""
         lib = Library(library_dir(run))
         rows, prev = [], LibraryState()
@@ -53,9 +55,11 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show")
     @user_errors
-    def show_cmd(ref: str = typer.Argument(..., help="RUN or RUN@STEP"),
-                 retired: bool = typer.Option(False, "--retired", help="Also list retired lessons"),
-                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")) -> None:
+    def show_cmd(
+        ref: str = typer.Argument(..., help="RUN or RUN@STEP"),
+        retired: bool = typer.Option(False, "--retired", help="Also list retired lessons"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line"),
+    ) -> None:
         """The lessons of one version with their usage stats."""
         _, state, label = open_version(ref)
         items = state.experiences if retired else state.active()
@@ -64,15 +68,27 @@ def register(app: typer.Typer) -> None:
             t.add_column(col, justify="left" if col in ("id", "lesson", "status") else "right")
         for e in items:
             s = e.stats
-            t.add_row(plain(e.id), plain(e.text), e.status, str(s.retrieved), str(s.cited), str(s.helpful), str(s.harmful))
-        emit([t], {"version": label, "step": state.step, "embedding": state.embedding,
-                   "experiences": [experience_row(e) for e in items]}, as_json)
+            t.add_row(
+                plain(e.id), plain(e.text), e.status, str(s.retrieved), str(s.cited), str(s.helpful), str(s.harmful)
+            )
+        emit(
+            [t],
+            {
+                "version": label,
+                "step": state.step,
+                "embedding": state.embedding,
+                "experiences": [experience_row(e) for e in items],
+            },
+            as_json,
+        )
 
     @group.command("diff")
     @user_errors
-    def diff_cmd(a: str = typer.Argument(..., help="RUN@STEP (or RUN for its latest)"),
-                 b: str = typer.Argument(..., help="RUN@STEP (or RUN for its latest)"),
-                 as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line")) -> None:
+    def diff_cmd(
+        a: str = typer.Argument(..., help="RUN@STEP (or RUN for its latest)"),
+        b: str = typer.Argument(..., help="RUN@STEP (or RUN for its latest)"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line"),
+    ) -> None:
         """Lessons added, changed, retired and restored between two versions."""
         _, sa, la = open_version(a)
         _, sb, lb = open_version(b)

@@ -62,7 +62,9 @@ def collect(model: type[BaseModel], exclude: frozenset[str] = frozenset()) -> di
         if flag in exclude:
             continue
         if flag in specs:
-            raise ValueError(f"--{flag} is declared twice in {model.__name__}: {'.'.join(specs[flag].path)} and {'.'.join(path)}")
+            raise ValueError(
+                f"--{flag} is declared twice in {model.__name__}: {'.'.join(specs[flag].path)} and {'.'.join(path)}"
+            )
         specs[flag] = FlagSpec(flag, short, path, info, _base_type(info.annotation))
     return specs
 
@@ -88,8 +90,11 @@ def option_parameters(specs: dict[str, FlagSpec], panel: str | None = None) -> l
         if spec.short:
             names.append(f"-{spec.short}")
         opt = typer.Option(None, *names, help=_help(spec.field), show_default=False, rich_help_panel=panel)
-        params.append(inspect.Parameter(spec.param, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                        annotation=typing.Optional[spec.py_type]))
+        params.append(
+            inspect.Parameter(
+                spec.param, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=typing.Optional[spec.py_type]
+            )
+        )
     return params
 
 
@@ -161,7 +166,8 @@ def describe_tasks(specs: dict[str, FlagSpec]) -> dict[str, FlagSpec]:
     spec = specs.get("task")
     if spec is not None:
         field = copy.copy(spec.field)
-        field.description = (f"Task: a built-in one ({', '.join(builtin_task_names())}) or file.py:name"
-                             + (" (default: the --library's task)" if field.default is None else ""))
+        field.description = f"Task: a built-in one ({', '.join(builtin_task_names())}) or file.py:name" + (
+            " (default: the --library's task)" if field.default is None else ""
+        )
         spec.field = field
     return specs

@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def report_cmd(
         run: Path = typer.Argument(..., help="Run directory"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the plots and report.html (default: RUN/report)"),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="Folder for the plots and report.html (default: RUN/report)"
+        ),
     ) -> None:
         """Plot a run (reward, library edits, tokens and cost per step, evaluations) and write one
         self-contained report.html with the library, its most helpful and harmful lessons and the config."""
@@ -35,6 +37,9 @@ def register(app: typer.Typer) -> None:
         for p in rep.plots:
             err_console.print(f"plot   {p}", highlight=False)
         if rep.missing:
-            err_console.print(f"[yellow]missing from the run, left out of the report:[/yellow] {', '.join(rep.missing)}",
-                              highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[yellow]missing from the run, left out of the report:[/yellow] {', '.join(rep.missing)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         typer.echo(str(rep.html))

@@ -43,24 +43,56 @@ def register(app: typer.Typer) -> None:
             cfg = run.config or {}
             policy, judge = run.models
             best = best_eval(run)
-            score = (f"{best['library']['mean_at_k']:.3f} vs {best['baseline']['mean_at_k']:.3f} (Mean@{best.get('k')})"
-                     if best else "-")
+            score = (
+                f"{best['library']['mean_at_k']:.3f} vs {best['baseline']['mean_at_k']:.3f} (Mean@{best.get('k')})"
+                if best
+                else "-"
+            )
             spend = run.spend
             priced = bool(run.steps) and not run.params_mode and not spend.unpriced
-            cost = "-" if not run.steps or run.params_mode else (f"${spend.cost:.4f}" if priced else f"{spend.tokens:,} tok")
+            cost = (
+                "-"
+                if not run.steps or run.params_mode
+                else (f"${spend.cost:.4f}" if priced else f"{spend.tokens:,} tok")
+            )
             planned = (run.status or {}).get("steps_planned")
             library = run.steps[-1].get("library_size") if run.steps else None
             status = run_status(run)
-            rows.append((p.name, str(cfg.get("task")), f"{policy} / {judge or '-'}", f"{len(run.steps)}/{planned or '?'}",
-                         "-" if library is None else str(library), score, cost, status))
-            records.append({
-                "run": p.name, "path": str(p), "mode": "params" if run.params_mode else "training_free",
-                "task": cfg.get("task"), "policy": policy, "judge": judge, "steps": len(run.steps),
-                "steps_planned": planned, "library_size": library, "status": status,
-                "best_eval": {"k": best.get("k"), "library": best["library"].get("mean_at_k"),
-                              "baseline": best["baseline"].get("mean_at_k")} if best else None,
-                "cost_usd": spend.cost if priced else None, "tokens": spend.tokens if run.steps and not run.params_mode else None,
-            })
+            rows.append(
+                (
+                    p.name,
+                    str(cfg.get("task")),
+                    f"{policy} / {judge or '-'}",
+                    f"{len(run.steps)}/{planned or '?'}",
+                    "-" if library is None else str(library),
+                    score,
+                    cost,
+                    status,
+                )
+            )
+            records.append(
+                {
+                    "run": p.name,
+                    "path": str(p),
+                    "mode": "params" if run.params_mode else "training_free",
+                    "task": cfg.get("task"),
+                    "policy": policy,
+                    "judge": judge,
+                    "steps": len(run.steps),
+                    "steps_planned": planned,
+                    "library_size": library,
+                    "status": status,
+                    "best_eval": {
+                        "k": best.get("k"),
+                        "library": best["library"].get("mean_at_k"),
+                        "baseline": best["baseline"].get("mean_at_k"),
+                    }
+                    if best
+                    else None,
+                    "cost_usd": spend.cost if priced else None,
+                    "tokens": spend.tokens if run.steps and not run.params_mode else None,
+                }
+            )
         if as_json:
             sys.stdout.write(json.dumps(records) + "\n")
             return

@@ -12,8 +12,14 @@ from tfgrpo.cli.console import user_errors
 from tfgrpo.errors import UserError
 
 # Upper bounds on the options: beyond these a value is a typo, and some would overflow the kernel's limits.
-MOST = {"--timeout": 86400, "--cpu": 86400, "--memory-mb": 1 << 22, "--processes": 1 << 15,
-        "--max-output": 1 << 30, "--disk-mb": 1 << 20}
+MOST = {
+    "--timeout": 86400,
+    "--cpu": 86400,
+    "--memory-mb": 1 << 22,
+    "--processes": 1 << 15,
+    "--max-output": 1 << 30,
+    "--disk-mb": 1 << 20,
+}
 
 
 def read_code(file: Path, disk_mb: int) -> str:
@@ -25,7 +31,9 @@ def read_code(file: Path, disk_mb: int) -> str:
     try:
         size = file.stat().st_size
         if size > disk_mb << 20:
-            raise UserError(f"{file} is {size / 2**20:.1f} MiB, more than the sandbox's disk limit (--disk-mb {disk_mb})")
+            raise UserError(
+                f"{file} is {size / 2**20:.1f} MiB, more than the sandbox's disk limit (--disk-mb {disk_mb})"
+            )
         return file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{file} is not UTF-8 text (byte {e.start}): the sandbox runs Python source files") from None
@@ -52,13 +60,25 @@ def register(app: typer.Typer) -> None:
         which limit was hit, and what this machine isolates."""
         from tfgrpo.tools.sandbox import Limits, isolation, run_python_sync
 
-        for name, value in (("--timeout", timeout), ("--cpu", cpu), ("--memory-mb", memory_mb),
-                            ("--processes", processes), ("--max-output", max_output), ("--disk-mb", disk_mb)):
+        for name, value in (
+            ("--timeout", timeout),
+            ("--cpu", cpu),
+            ("--memory-mb", memory_mb),
+            ("--processes", processes),
+            ("--max-output", max_output),
+            ("--disk-mb", disk_mb),
+        ):
             if not math.isfinite(value) or not 0 < value <= MOST[name]:
                 raise UserError(f"{name} must be a number above 0 and at most {MOST[name]}, got {value}")
         code = read_code(file, disk_mb)
-        limits = Limits(wall_s=timeout, cpu_s=cpu, memory_mb=memory_mb, processes=processes,
-                        output_bytes=max_output, disk_mb=disk_mb)
+        limits = Limits(
+            wall_s=timeout,
+            cpu_s=cpu,
+            memory_mb=memory_mb,
+            processes=processes,
+            output_bytes=max_output,
+            disk_mb=disk_mb,
+        )
         result = run_python_sync(code, limits).to_dict()
         result["isolation"] = isolation()
         typer.echo(json.dumps(result))

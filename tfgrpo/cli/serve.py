@@ -20,19 +20,27 @@ def _fail(e: UserError) -> typer.Exit:
 
 def serve(
     model: str = typer.Argument(..., help="Model to serve (Hugging Face id or local directory)."),
-    engine: str = typer.Option("vllm", help="vllm (GPU) or transformers (CPU: transformers serve with continuous batching)."),
+    engine: str = typer.Option(
+        "vllm", help="vllm (GPU) or transformers (CPU: transformers serve with continuous batching)."
+    ),
     port: Optional[int] = typer.Option(None, min=1, max=65535, help="Port (default: a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     device: str = typer.Option("cpu", help="transformers engine: device to run on."),
-    threads: Optional[int] = typer.Option(None, min=1, help="transformers engine: torch CPU threads (default: torch's; 1 is fastest on busy cores)."),
-    kv_cache_tokens: int = typer.Option(16384, min=256, help="transformers engine: tokens the KV cache holds (requests beyond it wait)."),
+    threads: Optional[int] = typer.Option(
+        None, min=1, help="transformers engine: torch CPU threads (default: torch's; 1 is fastest on busy cores)."
+    ),
+    kv_cache_tokens: int = typer.Option(
+        16384, min=256, help="transformers engine: tokens the KV cache holds (requests beyond it wait)."
+    ),
     tensor_parallel_size: int = typer.Option(1, help="vllm engine: GPUs to shard the model over."),
     gpu_memory_utilization: float = typer.Option(0.9, help="vllm engine: fraction of GPU memory vLLM may use."),
     max_model_len: Optional[int] = typer.Option(None, help="vllm engine: context length cap (default: the model's)."),
     log: Optional[Path] = typer.Option(None, "--log", help="File for the server's output (default: ENGINE.log)."),
     health_timeout: float = typer.Option(600.0, help="Seconds to wait for the server to become healthy."),
     executable: Optional[str] = typer.Option(
-        None, "--executable", "--vllm-executable",
+        None,
+        "--executable",
+        "--vllm-executable",
         help="Server executable (default: $TFGRPO_VLLM_EXECUTABLE or 'vllm'; $TFGRPO_TRANSFORMERS_EXECUTABLE or 'transformers').",
     ),
 ) -> None:
@@ -68,7 +76,9 @@ models_app = typer.Typer(help="Small real models, fetched and converted offline.
 @models_app.command("fetch")
 def models_fetch(
     name: str = typer.Argument("smollm2", help="Model to fetch (smollm2: SmolLM2-135M-Instruct)."),
-    cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default: $TFGRPO_CACHE/models or ~/.cache/tfgrpo/models)."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, help="Cache folder (default: $TFGRPO_CACHE/models or ~/.cache/tfgrpo/models)."
+    ),
 ) -> None:
     """Fetch NAME's package (no dependencies), check its sha256, convert it once to a Hugging Face
     directory and print that directory."""

@@ -8,7 +8,14 @@ from typing import Any, Optional
 import typer
 
 from tfgrpo.cli.console import emit, err_console, exit_interrupted, progress_hooks, train_tables, user_errors
-from tfgrpo.cli.options import TASK_ARG_HELP, apply_flags, describe_tasks, collect, with_generated_options, with_task_args
+from tfgrpo.cli.options import (
+    TASK_ARG_HELP,
+    apply_flags,
+    describe_tasks,
+    collect,
+    with_generated_options,
+    with_task_args,
+)
 from tfgrpo.config import build, load_yaml
 from tfgrpo.errors import UserError
 from tfgrpo.training_free.config import RunConfig
@@ -16,12 +23,19 @@ from tfgrpo.training_free.config import RunConfig
 SPECS = describe_tasks(collect(RunConfig))
 
 
-def _config(flags: dict[str, Any], config: Path | None, out: Path | None, resume: Path | None,
-            task_args: list[str] | None = None) -> RunConfig:
+def _config(
+    flags: dict[str, Any],
+    config: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    task_args: list[str] | None = None,
+) -> RunConfig:
     if resume is not None:
         if config is not None or out is not None:
-            raise UserError("--resume continues a run with its own config.yaml and directory; drop --config/--out "
-                            "(change endpoints, epochs or budgets with their flags)")
+            raise UserError(
+                "--resume continues a run with its own config.yaml and directory; drop --config/--out "
+                "(change endpoints, epochs or budgets with their flags)"
+            )
         stored = resume / "config.yaml"
         if not stored.is_file():
             raise UserError(f"nothing to resume: {resume} has no config.yaml")
@@ -39,17 +53,28 @@ def run_training(cfg: RunConfig, out: Path | None, resume: bool, quiet: bool):
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): status.json says interrupted
         exit_interrupted(e, "train", target)
     if result.stopped:
-        fix = ("--price-per-mtok IN,OUT" if "--price-per-mtok" in result.stopped  # no price: a higher limit would not help
-               else "and a higher limit")
-        err_console.print(f"stopped by budget: {result.stopped}; every finished step is saved: continue with "
-                          f"tfgrpo train --resume {result.run_dir} {fix}", highlight=False, markup=False,
-                          soft_wrap=True)
+        fix = (
+            "--price-per-mtok IN,OUT"
+            if "--price-per-mtok" in result.stopped  # no price: a higher limit would not help
+            else "and a higher limit"
+        )
+        err_console.print(
+            f"stopped by budget: {result.stopped}; every finished step is saved: continue with "
+            f"tfgrpo train --resume {result.run_dir} {fix}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if result.selection:
         chosen = result.selection["chosen"]
         scores = ", ".join(f"epoch {c['epoch']} {c['mean_at_k']:.3f}" for c in result.selection["candidates"])
-        err_console.print(f"best-val: kept the library of epoch {chosen['epoch']} (step {chosen['step']}); validation "
-                          f"{result.selection['metric']}: baseline {result.selection['baseline']['mean_at_k']:.3f}, {scores}",
-                          highlight=False, markup=False, soft_wrap=True)
+        err_console.print(
+            f"best-val: kept the library of epoch {chosen['epoch']} (step {chosen['step']}); validation "
+            f"{result.selection['metric']}: baseline {result.selection['baseline']['mean_at_k']:.3f}, {scores}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     return result
 
 
@@ -59,7 +84,9 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def train_cmd(
         flags: dict[str, Any],
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with settings (flags override it)"),
+        config: Optional[Path] = typer.Option(
+            None, "--config", "-c", help="YAML file with settings (flags override it)"
+        ),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<task>-<time>)"),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the stopped run in this directory"),
         task_arg: Optional[list[str]] = typer.Option(None, "--task-arg", "-T", help=TASK_ARG_HELP),

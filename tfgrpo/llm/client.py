@@ -104,13 +104,17 @@ class LLMClient:
             self.retry_timeouts = not self._local
         if self.transport not in ("auto", "litellm"):
             raise ValueError(f"transport {self.transport!r}: choose auto or litellm")
-        self._direct = direct.direct_model(self.model, self.api_base, local=self._local) if self.transport == "auto" else None
+        self._direct = (
+            direct.direct_model(self.model, self.api_base, local=self._local) if self.transport == "auto" else None
+        )
         self._prices: Prices | None = prices_of(self.model) if self._direct is not None else None
 
     @property
     def limit(self) -> AdaptiveLimit:
         if self._limit is None:
-            self._limit = AdaptiveLimit(self.concurrency, cooldown=min(self.timeout, 30.0), name=f"{self.role} model {self.model}")
+            self._limit = AdaptiveLimit(
+                self.concurrency, cooldown=min(self.timeout, 30.0), name=f"{self.role} model {self.model}"
+            )
         return self._limit
 
     def takes_response_schema(self) -> bool:
@@ -198,7 +202,9 @@ class LLMClient:
         # for another index would bring back answers already cached, copies in one group.
         contiguous = missing == list(range(missing[0], missing[0] + len(missing)))
         if self.n_honoured and len(missing) > 1 and contiguous:
-            got = await self._request(request, missing, n=len(missing), seed=None if seed is None else seed + missing[0])
+            got = await self._request(
+                request, missing, n=len(missing), seed=None if seed is None else seed + missing[0]
+            )
             if len(got) < len(missing):
                 if self._endpoint not in _N_IGNORED:
                     _N_IGNORED.add(self._endpoint)
@@ -222,7 +228,9 @@ class LLMClient:
             return self.timeout * max(1.0, self.first_timeout_factor)
         return self.timeout
 
-    async def _request(self, request: dict[str, Any], indices: list[int], *, n: int, seed: int | None) -> list[Completion]:
+    async def _request(
+        self, request: dict[str, Any], indices: list[int], *, n: int, seed: int | None
+    ) -> list[Completion]:
         """One request for ``n`` choices, retried as the error allows; returns the choices the
         server gave (possibly fewer than ``n``), or failed completions for all ``indices``."""
         send = self._sender(request, n, seed)
@@ -268,14 +276,24 @@ class LLMClient:
                     return [Completion(text=None, index=i, error=why) for i in indices]
                 if kind == "request" or attempt >= self.retry.max_retries:
                     if kind == "retry":
-                        raise EndpointError(f"{self.role} model {self.model} unreachable after {attempt + 1} attempts: {short(e)}") from None
+                        raise EndpointError(
+                            f"{self.role} model {self.model} unreachable after {attempt + 1} attempts: {short(e)}"
+                        ) from None
                     stats.failures += len(indices)
                     log.warning("%s request failed: %s", self.role, short(e))
                     return [Completion(text=None, index=i, error=failure_text(e)) for i in indices]
                 delay = self.retry.delay(attempt, retry_after(e, upper=self.retry.max_delay))
-                if refused(e) and not self._told_refused and self.retry.max_retries >= 3:  # a long wait ahead: say why now
+                if (
+                    refused(e) and not self._told_refused and self.retry.max_retries >= 3
+                ):  # a long wait ahead: say why now
                     self._told_refused = True
-                    log.warning("%s model %s: %s; retrying, up to %d times", self.role, self.model, short(e), self.retry.max_retries)
+                    log.warning(
+                        "%s model %s: %s; retrying, up to %d times",
+                        self.role,
+                        self.model,
+                        short(e),
+                        self.retry.max_retries,
+                    )
                 stats.retries += 1
                 log.info("%s: %s; retry %d in %.2fs", self.role, short(e), attempt + 1, delay)
                 attempt += 1

@@ -34,7 +34,9 @@ from tfgrpo.nesting import json_loads
 DIRECT_PROVIDERS = ("openai", "hosted_vllm")
 MAX_REPLY_BYTES = 64 << 20  # far above any chat reply (64 choices of 32k tokens are ~10 MB)
 # per event loop (weakly: a loop that is gone takes its session with it)
-_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = weakref.WeakKeyDictionary()
+_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aiohttp.ClientSession]] = (
+    weakref.WeakKeyDictionary()
+)
 _HOLDERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()
 
 
@@ -90,17 +92,25 @@ async def chat(base_url: str, body: dict[str, Any], *, api_key: str | None, time
             raw = await _read_bounded(resp.content)
             if 300 <= resp.status < 400:
                 where = resp.headers.get("Location", "elsewhere")
-                raise HTTPStatusError(resp.status, f"the server redirects to {where}; redirects are not followed: give --api-base that address (without /chat/completions)", resp.headers)
+                raise HTTPStatusError(
+                    resp.status,
+                    f"the server redirects to {where}; redirects are not followed: give --api-base that address (without /chat/completions)",
+                    resp.headers,
+                )
             if resp.status >= 400:
                 raise HTTPStatusError(resp.status, _error_message(raw), resp.headers)
     except asyncio.TimeoutError:
         raise asyncio.TimeoutError(f"no reply within {timeout:g}s") from None
     except aiohttp.ClientSSLError as e:  # an untrusted certificate, a TLS handshake that cannot work
-        raise TLSFailure(f"TLS with {base_url} failed: {getattr(e, 'certificate_error', None) or e}"
-                         " (a private CA: point SSL_CERT_FILE at its certificate)") from None
+        raise TLSFailure(
+            f"TLS with {base_url} failed: {getattr(e, 'certificate_error', None) or e}"
+            " (a private CA: point SSL_CERT_FILE at its certificate)"
+        ) from None
     except aiohttp.ClientConnectorError as e:  # refused, no route, unknown host
         code = getattr(e.os_error, "errno", None)
-        raise TransportError(f"cannot connect to {e.host}:{e.port} ({os.strerror(code) if code else e.os_error})") from None
+        raise TransportError(
+            f"cannot connect to {e.host}:{e.port} ({os.strerror(code) if code else e.os_error})"
+        ) from None
     except aiohttp.ServerDisconnectedError:
         raise TransportError("the server closed the connection without a reply") from None
     except aiohttp.ClientError as e:  # reset, cut off mid-reply

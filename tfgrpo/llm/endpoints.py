@@ -44,7 +44,9 @@ class Models:
     access: Endpoint | None = None  # how other models of this run are reached: the judge's settings, else the policy's
     _extra: dict[tuple[str, str], LLMClient] = field(default_factory=dict)
 
-    def client_for(self, model: str, role: str, *, api_base: str | None = None, api_key_env: str | None = None) -> LLMClient:
+    def client_for(
+        self, model: str, role: str, *, api_base: str | None = None, api_key_env: str | None = None
+    ) -> LLMClient:
         """A client for another model (an LLM grader's) on the same stack: the run's cache, usage
         accounting (under ``role``), providers and retry policy (the judge's settings)."""
         key = (model, role)
@@ -62,17 +64,34 @@ def active_models() -> Models | None:
     return _ACTIVE.get()
 
 
-def _client(model: str, role: str, access: Endpoint, api_base: str | None, api_key: str | None,
-            cache: ResponseCache | None, usage: Usage, price: tuple[float, float] | None = None,
-            capabilities: Capabilities | None = None) -> LLMClient:
+def _client(
+    model: str,
+    role: str,
+    access: Endpoint,
+    api_base: str | None,
+    api_key: str | None,
+    cache: ResponseCache | None,
+    usage: Usage,
+    price: tuple[float, float] | None = None,
+    capabilities: Capabilities | None = None,
+) -> LLMClient:
     if api_key is None and api_base and all(is_local(u) for u in split_bases(api_base)):
         # A server on this machine or network needs no key (and gets none of the provider's from the
         # environment); litellm refuses an openai/ model without one. --api-key-env names one if it does.
         api_key = LOCAL_KEY
     return LLMClient(
-        model=model, role=role, api_base=api_base, api_key=api_key, concurrency=access.concurrency,
-        timeout=access.timeout, retry=RetryPolicy(max_retries=access.max_retries), cache=cache, usage=usage,
-        price_per_mtok=price, retry_timeouts=access.retry_timeouts, capabilities=capabilities or Capabilities(),
+        model=model,
+        role=role,
+        api_base=api_base,
+        api_key=api_key,
+        concurrency=access.concurrency,
+        timeout=access.timeout,
+        retry=RetryPolicy(max_retries=access.max_retries),
+        cache=cache,
+        usage=usage,
+        price_per_mtok=price,
+        retry_timeouts=access.retry_timeouts,
+        capabilities=capabilities or Capabilities(),
     )
 
 
@@ -126,18 +145,39 @@ def open_models(
                 return _client(model, role, access, api_base, _key(key_env), cache, usage, price_per_mtok)
             if model not in served:
                 served[model] = stack.enter_context(provider.serve(model))
-            return _client(provider.client_model(model, role), role, access, served[model], provider.api_key, cache,
-                           usage, price_per_mtok, provider.capabilities)
+            return _client(
+                provider.client_model(model, role),
+                role,
+                access,
+                served[model],
+                provider.api_key,
+                cache,
+                usage,
+                price_per_mtok,
+                provider.capabilities,
+            )
 
         p_client = client(p_model, "policy", policy, p_base, policy.api_key_env)
         j_client = None
         if judge is not None:
             assert judge_model is not None
             same = judge.model is None
-            j_client = client(judge_model, "judge", judge, judge.api_base or (p_base if same else None),
-                              judge.api_key_env or (policy.api_key_env if same else None))
-        models = Models(policy=p_client, judge=j_client, usage=usage, policy_name=p_model, judge_name=judge_model,
-                        make=client, access=judge or policy)
+            j_client = client(
+                judge_model,
+                "judge",
+                judge,
+                judge.api_base or (p_base if same else None),
+                judge.api_key_env or (policy.api_key_env if same else None),
+            )
+        models = Models(
+            policy=p_client,
+            judge=j_client,
+            usage=usage,
+            policy_name=p_model,
+            judge_name=judge_model,
+            make=client,
+            access=judge or policy,
+        )
         token = _ACTIVE.set(models)
         try:
             yield models

@@ -46,9 +46,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _resolve_executable(executable: str | os.PathLike[str] | None, env: str = EXECUTABLE_ENV, default: str = "vllm",
-                        hint: str = f"pip install 'tfgrpo[vllm]' (needs a GPU), or set {EXECUTABLE_ENV} to a vllm executable "
-                                    "(tfgrpo serve: --vllm-executable)") -> str:
+def _resolve_executable(
+    executable: str | os.PathLike[str] | None,
+    env: str = EXECUTABLE_ENV,
+    default: str = "vllm",
+    hint: str = f"pip install 'tfgrpo[vllm]' (needs a GPU), or set {EXECUTABLE_ENV} to a vllm executable "
+    "(tfgrpo serve: --vllm-executable)",
+) -> str:
     name = str(executable or os.environ.get(env) or default)
     # Installed next to this interpreter (a virtual environment not on PATH) counts as found.
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
@@ -144,7 +148,9 @@ class LocalServer:
             while True:
                 code = self.process.poll()
                 if code is not None:
-                    raise UserError(f"{self.engine} exited with code {code} before it was ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+                    raise UserError(
+                        f"{self.engine} exited with code {code} before it was ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                    )
                 try:
                     if client.get(self.health_url).status_code == 200:
                         return
@@ -194,8 +200,14 @@ class VLLMServer(LocalServer):
     engine = "vllm"
     client_prefix = "hosted_vllm/"
 
-    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, **kwargs)
         self.tensor_parallel_size = tensor_parallel_size
         self.gpu_memory_utilization = gpu_memory_utilization

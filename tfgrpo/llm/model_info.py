@@ -39,8 +39,17 @@ def skips_mcp_gateway() -> bool:
     def works(**extra: Any) -> bool:
         tool = {"type": "function", "function": {"name": "probe", "parameters": {"type": "object", "properties": {}}}}
         try:
-            return litellm.completion(model="openai/probe", api_key="x", messages=[{"role": "user", "content": "x"}],
-                                      tools=[tool], mock_response="ok", **extra) is not None
+            return (
+                litellm.completion(
+                    model="openai/probe",
+                    api_key="x",
+                    messages=[{"role": "user", "content": "x"}],
+                    tools=[tool],
+                    mock_response="ok",
+                    **extra,
+                )
+                is not None
+            )
         except Exception:  # noqa: BLE001 - how the gateway's import fails differs by version
             return False
 

@@ -92,9 +92,14 @@ def tool_calls_of(message: Any) -> list[dict[str, Any]] | None:
     out = []
     for c in calls if isinstance(calls, list) else []:
         fn = field_of(c, "function")
-        out.append({
-            "id": str(field_of(c, "id") or f"call_{len(out)}"),
-            "type": "function",
-            "function": {"name": str(field_of(fn, "name") or ""), "arguments": arguments_of(field_of(fn, "arguments"))},
-        })
+        out.append(
+            {
+                "id": str(field_of(c, "id") or f"call_{len(out)}"),
+                "type": "function",
+                "function": {
+                    "name": str(field_of(fn, "name") or ""),
+                    "arguments": arguments_of(field_of(fn, "arguments")),
+                },
+            }
+        )
     return out or None

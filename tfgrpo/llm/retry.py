@@ -126,7 +126,9 @@ def status_of(e: Exception) -> int | None:
     return code if isinstance(code, int) else None
 
 
-_CREDENTIALS = re.compile(r"missing credentials|api[_ ]key (must be set|is missing|not (set|found))|no api key", re.IGNORECASE)
+_CREDENTIALS = re.compile(
+    r"missing credentials|api[_ ]key (must be set|is missing|not (set|found))|no api key", re.IGNORECASE
+)
 _PREFIX = re.compile(r"^\s*(litellm\.)?\w*(Error|Exception)\s*[:-]\s*")
 
 
@@ -171,7 +173,9 @@ def classify(e: Exception) -> str:
 # Prefix of a failed completion's error when the prompt did not fit the model's context, so a
 # caller can handle it (the judge summarises and retries) instead of taking it for a bad request.
 CONTEXT_OVERFLOW = "context_overflow"
-_OVERFLOW = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long|exceeds the context", re.IGNORECASE)
+_OVERFLOW = re.compile(
+    r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long|exceeds the context", re.IGNORECASE
+)
 
 
 def overflows(e: Exception) -> bool:

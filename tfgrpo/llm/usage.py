@@ -82,7 +82,15 @@ class Usage:
         out = Usage.from_dict(self.to_dict())
         for name, r in other.roles.items():
             mine = out.role(name)
-            for k in ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens", "cached_tokens"):
+            for k in (
+                "calls",
+                "cache_hits",
+                "failures",
+                "retries",
+                "prompt_tokens",
+                "completion_tokens",
+                "cached_tokens",
+            ):
                 setattr(mine, k, getattr(mine, k) + getattr(r, k))
             mine.add_cost(r.cost_usd)
             for url, count in r.replicas.items():

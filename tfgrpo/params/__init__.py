@@ -17,8 +17,13 @@ from tfgrpo.params.result import ParamsResult
 __all__ = ["ParamsConfig", "ParamsResult", "make_config", "train_params"]
 
 
-def train_params(config: ParamsConfig | dict[str, Any], *, out: str | Path | None = None,
-                 resume: bool | str | Path = False, hooks: Hooks | None = None) -> ParamsResult:
+def train_params(
+    config: ParamsConfig | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    resume: bool | str | Path = False,
+    hooks: Hooks | None = None,
+) -> ParamsResult:
     """Train ``config.model`` on ``config.task`` by GRPO, as :func:`tfgrpo.train` runs the
     training-free mode: ``out`` is the run directory (default ``runs/grpo-<task>-<time>``; one
     that holds a run is refused). ``resume=True`` continues the run in ``out`` from its newest

@@ -30,11 +30,23 @@ log = logging.getLogger(__name__)
 # Settings a resumed run may change: how long it trains, how often it saves, where metrics go,
 # and how the same computation is laid out on the hardware. Everything else would make the
 # continuation another run (the optimiser's learning rate and weight decay come from the checkpoint).
-RESUMABLE = frozenset({"steps", "save_every", "report_to", "device", "micro_batch_groups", "gradient_checkpointing",
-                       "prefix_sharing", "generator"})
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "save_every",
+        "report_to",
+        "device",
+        "micro_batch_groups",
+        "gradient_checkpointing",
+        "prefix_sharing",
+        "generator",
+    }
+)
 
 
-def run_directory(cfg: ParamsConfig, out: str | Path | None, resume: bool | str | Path | None) -> tuple[Path, Path | None]:
+def run_directory(
+    cfg: ParamsConfig, out: str | Path | None, resume: bool | str | Path | None
+) -> tuple[Path, Path | None]:
     """Where a run goes and what it resumes from (None: a fresh start). Fresh: ``out``, else
     ``runs/grpo-<task>-<time>``, refused when it holds a run. ``resume=True`` continues ``out``;
     ``resume=PATH`` continues the run of PATH (a run directory or one of its checkpoints), in
@@ -44,7 +56,9 @@ def run_directory(cfg: ParamsConfig, out: str | Path | None, resume: bool | str 
     if resume is None or resume is False:
         path = Path(out).expanduser() if out is not None else default_run_dir(cfg.task)
         if RunDir(path).exists():
-            raise UserError(f"{path} already holds a run: continue it with tfgrpo grpo --resume {path}, or choose another --out")
+            raise UserError(
+                f"{path} already holds a run: continue it with tfgrpo grpo --resume {path}, or choose another --out"
+            )
         return path, None
     source = out if resume is True else resume
     if source is None:
@@ -69,7 +83,9 @@ def check_resume(cfg: ParamsConfig, resume: str | Path, out: str | Path | None =
     new = cfg.model_dump(mode="json") | {"lr": cfg.learning_rate}
     changed = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE and old.get(k) != new.get(k))
     if changed:
-        flags = ", ".join(f"{setting_name(ParamsConfig, k)} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in changed)
+        flags = ", ".join(
+            f"{setting_name(ParamsConfig, k)} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in changed
+        )
         raise UserError(f"a resumed run keeps its settings; cannot change {flags}: start a new run with another --out")
     return run
 

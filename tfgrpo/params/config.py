@@ -26,71 +26,131 @@ class ParamsConfig(ConfigModel):
 
     # -- shared with the training-free loop
     task: str = Field("toy", description="Task name or file.py:name.", json_schema_extra=flag("task"))
-    data: str | None = Field(None, description="Optional local data file for the task (JSONL, JSON or Parquet).",
-                             json_schema_extra=flag("data"))
-    model: str = Field("tiny", description="Policy: a Hugging Face id, a local directory, or 'tiny' (random CPU model).",
-                       json_schema_extra=flag("model"))
-    group_size: int = Field(8, ge=2, description="Responses sampled per prompt (G).", json_schema_extra=flag("group-size"))
+    data: str | None = Field(
+        None,
+        description="Optional local data file for the task (JSONL, JSON or Parquet).",
+        json_schema_extra=flag("data"),
+    )
+    model: str = Field(
+        "tiny",
+        description="Policy: a Hugging Face id, a local directory, or 'tiny' (random CPU model).",
+        json_schema_extra=flag("model"),
+    )
+    group_size: int = Field(
+        8, ge=2, description="Responses sampled per prompt (G).", json_schema_extra=flag("group-size")
+    )
     seed: int = Field(0, description="Random seed.", json_schema_extra=flag("seed"))
     steps: int = Field(80, ge=1, description="Optimiser steps to run.", json_schema_extra=flag("steps"))
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.",
-                                                   json_schema_extra=flag("device"))
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto, cpu or cuda.", json_schema_extra=flag("device")
+    )
 
     # -- loss
     loss: str = Field("dapo", description=f"Policy loss: {', '.join(LOSSES)}.", json_schema_extra=flag("loss"))
     advantage: Literal["auto", "grpo", "dr_grpo", "gdpo"] = Field(
-        "auto", description="Advantage normalisation (auto: dr_grpo for the dr_grpo loss, else grpo; gdpo for "
-        "several rewards normalised separately).", json_schema_extra=flag("advantage"))
-    beta: float = Field(0.0, ge=0, description="Coefficient of the k3 KL to the initial (reference) model; 0 = off.",
-                        json_schema_extra=flag("beta"))
-    epsilon_low: float | None = Field(None, gt=0, description="Lower clip range (default per loss).",
-                                      json_schema_extra=flag("epsilon-low"))
-    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (default per loss).",
-                                       json_schema_extra=flag("epsilon-high"))
-    token_level: bool | None = Field(None, description="Token-level mean over the batch (default: on for dapo only; "
-                                     "not possible with gspo).", json_schema_extra=flag("token-level"))
-    dynamic_sampling: bool | None = Field(None, description="Drop groups whose rewards are all equal and refill the "
-                                          "batch (default: on for dapo).", json_schema_extra=flag("dynamic-sampling"))
-    overlong_buffer: int | None = Field(None, ge=0, description="DAPO overlong shaping buffer in tokens "
-                                        "(default: max_tokens/4 for dapo, else 0 = off).",
-                                        json_schema_extra=flag("overlong-buffer"))
-    updates_per_batch: int = Field(1, ge=1, description="Optimiser passes over each sampled batch (mu).",
-                                   json_schema_extra=flag("updates-per-batch"))
+        "auto",
+        description="Advantage normalisation (auto: dr_grpo for the dr_grpo loss, else grpo; gdpo for "
+        "several rewards normalised separately).",
+        json_schema_extra=flag("advantage"),
+    )
+    beta: float = Field(
+        0.0,
+        ge=0,
+        description="Coefficient of the k3 KL to the initial (reference) model; 0 = off.",
+        json_schema_extra=flag("beta"),
+    )
+    epsilon_low: float | None = Field(
+        None, gt=0, description="Lower clip range (default per loss).", json_schema_extra=flag("epsilon-low")
+    )
+    epsilon_high: float | None = Field(
+        None, gt=0, description="Upper clip range (default per loss).", json_schema_extra=flag("epsilon-high")
+    )
+    token_level: bool | None = Field(
+        None,
+        description="Token-level mean over the batch (default: on for dapo only; not possible with gspo).",
+        json_schema_extra=flag("token-level"),
+    )
+    dynamic_sampling: bool | None = Field(
+        None,
+        description="Drop groups whose rewards are all equal and refill the batch (default: on for dapo).",
+        json_schema_extra=flag("dynamic-sampling"),
+    )
+    overlong_buffer: int | None = Field(
+        None,
+        ge=0,
+        description="DAPO overlong shaping buffer in tokens (default: max_tokens/4 for dapo, else 0 = off).",
+        json_schema_extra=flag("overlong-buffer"),
+    )
+    updates_per_batch: int = Field(
+        1,
+        ge=1,
+        description="Optimiser passes over each sampled batch (mu).",
+        json_schema_extra=flag("updates-per-batch"),
+    )
 
     # -- optimisation
-    lr: float = Field(1e-6, gt=0, description="AdamW learning rate ('tiny' uses 3e-3 unless set).",
-                      json_schema_extra=flag("lr"))
+    lr: float = Field(
+        1e-6, gt=0, description="AdamW learning rate ('tiny' uses 3e-3 unless set).", json_schema_extra=flag("lr")
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.", json_schema_extra=flag("weight-decay"))
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.", json_schema_extra=flag("max-grad-norm"))
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Gradient clipping norm.", json_schema_extra=flag("max-grad-norm")
+    )
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 trains all weights.", json_schema_extra=flag("lora-r"))
-    lora_alpha: int | None = Field(None, gt=0, description="LoRA alpha (default 2*r).", json_schema_extra=flag("lora-alpha"))
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.",
-                                         json_schema_extra=flag("gradient-checkpointing"))
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype for real models.",
-                                                                     json_schema_extra=flag("dtype"))
+    lora_alpha: int | None = Field(
+        None, gt=0, description="LoRA alpha (default 2*r).", json_schema_extra=flag("lora-alpha")
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in backward to save memory.",
+        json_schema_extra=flag("gradient-checkpointing"),
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype for real models.", json_schema_extra=flag("dtype")
+    )
 
     # -- batch shape
-    batch_size: int = Field(8, ge=1, description="Groups (prompts) per optimiser step.",
-                            json_schema_extra=flag("batch-size"))
-    micro_batch_groups: int = Field(2, ge=1, description="Groups per forward/backward micro-batch (never split).",
-                                    json_schema_extra=flag("micro-batch-groups"))
-    max_prompt_len: int = Field(512, ge=1, description="Prompts longer than this are cut from the left.",
-                                json_schema_extra=flag("max-prompt-len"))
-    max_tokens: int = Field(256, ge=1, description="Maximum new tokens per response.",
-                            json_schema_extra=flag("max-tokens"))
+    batch_size: int = Field(
+        8, ge=1, description="Groups (prompts) per optimiser step.", json_schema_extra=flag("batch-size")
+    )
+    micro_batch_groups: int = Field(
+        2,
+        ge=1,
+        description="Groups per forward/backward micro-batch (never split).",
+        json_schema_extra=flag("micro-batch-groups"),
+    )
+    max_prompt_len: int = Field(
+        512,
+        ge=1,
+        description="Prompts longer than this are cut from the left.",
+        json_schema_extra=flag("max-prompt-len"),
+    )
+    max_tokens: int = Field(
+        256, ge=1, description="Maximum new tokens per response.", json_schema_extra=flag("max-tokens")
+    )
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.", json_schema_extra=flag("temperature"))
     prefix_sharing: Literal["auto", "packed", "naive"] = Field(
-        "auto", description="Training forward: packed (each group's prompt once), naive (prompt repeated per "
+        "auto",
+        description="Training forward: packed (each group's prompt once), naive (prompt repeated per "
         "response), or auto (packed when it saves enough tokens; the choice is logged).",
-        json_schema_extra=flag("prefix-sharing"))
-    generator: Literal["auto", "hf", "vllm"] = Field("auto", description="Generation backend (auto: vLLM on a GPU "
-                                                     "when installed, else HF generate).", json_schema_extra=flag("generator"))
+        json_schema_extra=flag("prefix-sharing"),
+    )
+    generator: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="Generation backend (auto: vLLM on a GPU when installed, else HF generate).",
+        json_schema_extra=flag("generator"),
+    )
 
     # -- bookkeeping
-    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).",
-                            json_schema_extra=flag("save-every"))
-    report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow "
-                                  "(comma-separated; each an optional extra).", json_schema_extra=flag("report-to"))
+    save_every: int = Field(
+        0, ge=0, description="Checkpoint every N steps (0: only at the end).", json_schema_extra=flag("save-every")
+    )
+    report_to: str | None = Field(
+        None,
+        description="Log each step's metrics to tensorboard, wandb or mlflow "
+        "(comma-separated; each an optional extra).",
+        json_schema_extra=flag("report-to"),
+    )
 
     # ---------------------------------------------------------------------------------------
 
@@ -100,8 +160,10 @@ class ParamsConfig(ConfigModel):
         """The run directory is where a run goes, not one of its settings (as in the training-free
         mode): ``train_params(cfg, out=...)`` or ``--out``."""
         if isinstance(data, dict) and "out" in data:
-            raise ValueError("out is the run directory, not a setting: pass it as train_params(cfg, out=...) "
-                             "(on the command line, --out)")
+            raise ValueError(
+                "out is the run directory, not a setting: pass it as train_params(cfg, out=...) "
+                "(on the command line, --out)"
+            )
         return data
 
     @model_validator(mode="after")
@@ -137,8 +199,10 @@ class ParamsConfig(ConfigModel):
     @property
     def clip_range(self) -> tuple[float, float]:
         lo, hi = CLIP_DEFAULTS.get(self.loss, (0.2, 0.2))
-        return (self.epsilon_low if self.epsilon_low is not None else lo,
-                self.epsilon_high if self.epsilon_high is not None else hi)
+        return (
+            self.epsilon_low if self.epsilon_low is not None else lo,
+            self.epsilon_high if self.epsilon_high is not None else hi,
+        )
 
     @property
     def advantage_mode(self) -> str:

@@ -47,8 +47,8 @@ class HFGenerator:
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attn[i, width - len(p) :] = 1
         ids, attn = ids.to(device), attn.to(device)
         opts = dict(max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id, eos_token_id=self.eos_id)
         if greedy:
@@ -62,12 +62,16 @@ class HFGenerator:
                 if self.shared_prefill and width > 1 and (n > 1 or not greedy):
                     cache = self._prefill(ids[:, :-1], attn[:, :-1])
                     cache.batch_repeat_interleave(n)
-                    out = self.model.generate(input_ids=ids.repeat_interleave(n, 0),
-                                              attention_mask=attn.repeat_interleave(n, 0),
-                                              past_key_values=cache, **opts)
+                    out = self.model.generate(
+                        input_ids=ids.repeat_interleave(n, 0),
+                        attention_mask=attn.repeat_interleave(n, 0),
+                        past_key_values=cache,
+                        **opts,
+                    )
                 elif greedy and n > 1:
-                    out = self.model.generate(input_ids=ids.repeat_interleave(n, 0),
-                                              attention_mask=attn.repeat_interleave(n, 0), **opts)
+                    out = self.model.generate(
+                        input_ids=ids.repeat_interleave(n, 0), attention_mask=attn.repeat_interleave(n, 0), **opts
+                    )
                 else:
                     out = self.model.generate(input_ids=ids, attention_mask=attn, num_return_sequences=n, **opts)
         finally:
@@ -82,8 +86,9 @@ class HFGenerator:
 
         cache = DynamicCache(config=self.model.config)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        self.model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                                 use_cache=True)
+        self.model.get_decoder()(
+            input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+        )
         return cache
 
 
@@ -91,12 +96,21 @@ class VLLMGenerator:
     """vLLM engine inside the training process, sharing the GPU; prefix caching on so the G
     samples of a prompt share its prefill. Weights are loaded into it after each step."""
 
-    def __init__(self, model_name: str, tokenizer, *, max_new_tokens: int, temperature: float, seed: int,
-                 gpu_memory_utilization: float = 0.3):
+    def __init__(
+        self,
+        model_name: str,
+        tokenizer,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        gpu_memory_utilization: float = 0.3,
+    ):
         from vllm import LLM
 
-        self.llm = LLM(model=model_name, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
-                       seed=seed)
+        self.llm = LLM(
+            model=model_name, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization, seed=seed
+        )
         self.eos_id = tokenizer.eos_token_id
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -125,8 +139,11 @@ def merged_weights(model) -> dict:
         model.merge_adapter()
         try:
             base = model.get_base_model()
-            return {k.replace(".base_layer", ""): v.detach().clone() for k, v in base.state_dict().items()
-                    if "lora_" not in k}
+            return {
+                k.replace(".base_layer", ""): v.detach().clone()
+                for k, v in base.state_dict().items()
+                if "lora_" not in k
+            }
         finally:
             model.unmerge_adapter()
     return {k: v.detach() for k, v in model.state_dict().items()}
@@ -139,15 +156,17 @@ def cut_at_eos(tokens: list[int], eos_id: int | None) -> list[int]:
     return tokens
 
 
-def make_generator(kind: str, model, tokenizer, *, model_name: str, device: str, max_new_tokens: int,
-                   temperature: float, seed: int) -> Generator:
+def make_generator(
+    kind: str, model, tokenizer, *, model_name: str, device: str, max_new_tokens: int, temperature: float, seed: int
+) -> Generator:
     """``vllm`` when asked or (``auto``) when importable on a CUDA device; HF generate otherwise."""
     from importlib.util import find_spec
 
     from tfgrpo.errors import UserError
 
-    want_vllm = kind == "vllm" or (kind == "auto" and device == "cuda" and find_spec("vllm") is not None
-                                   and model_name != "tiny")
+    want_vllm = kind == "vllm" or (
+        kind == "auto" and device == "cuda" and find_spec("vllm") is not None and model_name != "tiny"
+    )
     if want_vllm:
         if find_spec("vllm") is None:
             raise UserError("--generator vllm needs vLLM: pip install 'tfgrpo[vllm]'")

@@ -38,11 +38,11 @@ def _function():
             entropy = hidden.new_empty(n, dtype=torch.float32)
             lse = hidden.new_empty(n, dtype=torch.float32)
             for s in range(0, n, chunk):
-                logits = _logits(hidden[s: s + chunk], weight, bias)
-                lse[s: s + chunk] = torch.logsumexp(logits, dim=-1)
-                logp[s: s + chunk] = logits.gather(-1, targets[s: s + chunk, None]).squeeze(-1) - lse[s: s + chunk]
-                probs = torch.exp(logits - lse[s: s + chunk, None])
-                entropy[s: s + chunk] = lse[s: s + chunk] - (probs * logits).sum(-1)
+                logits = _logits(hidden[s : s + chunk], weight, bias)
+                lse[s : s + chunk] = torch.logsumexp(logits, dim=-1)
+                logp[s : s + chunk] = logits.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse[s : s + chunk]
+                probs = torch.exp(logits - lse[s : s + chunk, None])
+                entropy[s : s + chunk] = lse[s : s + chunk] - (probs * logits).sum(-1)
             ctx.save_for_backward(hidden, weight, bias, targets, lse)
             ctx.chunk = chunk
             ctx.mark_non_differentiable(entropy)
@@ -58,19 +58,24 @@ def _function():
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
             grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
             for s in range(0, hidden.shape[0], chunk):
-                h = hidden[s: s + chunk]
+                h = hidden[s : s + chunk]
                 # d logp_t / d logits = onehot(target) - softmax
-                d = -torch.exp(_logits(h, weight, bias) - lse[s: s + chunk, None])
-                d.scatter_add_(-1, targets[s: s + chunk, None], torch.ones_like(d[:, :1]))
-                d.mul_(grad_logp[s: s + chunk, None].float())
+                d = -torch.exp(_logits(h, weight, bias) - lse[s : s + chunk, None])
+                d.scatter_add_(-1, targets[s : s + chunk, None], torch.ones_like(d[:, :1]))
+                d.mul_(grad_logp[s : s + chunk, None].float())
                 if need_h:
-                    grad_h[s: s + chunk] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
+                    grad_h[s : s + chunk] = (d.to(weight.dtype) @ weight).to(hidden.dtype)
                 if need_w:
                     grad_w.addmm_(d.t(), h.float())
                 if need_b:
                     grad_b += d.sum(0)
-            return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                    grad_b.to(bias.dtype) if need_b else None, None, None)
+            return (
+                grad_h,
+                grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None,
+                None,
+                None,
+            )
 
     return ChunkedHeadLogprobs
 

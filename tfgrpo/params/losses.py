@@ -21,8 +21,9 @@ if TYPE_CHECKING:  # torch is imported lazily: parameter mode is the only place 
 LOSSES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo")
 
 
-def clipped_token_loss(logp: "torch.Tensor", old_logp: "torch.Tensor", advantages: "torch.Tensor",
-                       eps_low: float, eps_high: float) -> "torch.Tensor":
+def clipped_token_loss(
+    logp: "torch.Tensor", old_logp: "torch.Tensor", advantages: "torch.Tensor", eps_low: float, eps_high: float
+) -> "torch.Tensor":
     """Per-token clipped surrogate, ``L_it = -min(w_it A_i, clip(w_it, 1-eps_low, 1+eps_high) A_i)``,
     ``w_it = exp(logp_it - old_logp_it)``. Returns ``[N, T]`` (unmasked)."""
     import torch
@@ -41,8 +42,17 @@ def k3_kl(logp: "torch.Tensor", ref_logp: "torch.Tensor") -> "torch.Tensor":
     return torch.exp(d) - d - 1
 
 
-def grpo_loss(logp, old_logp, advantages, mask, *, eps: float = 0.2, ref_logp=None, beta: float = 0.0,
-              denominator: float | None = None):
+def grpo_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    eps: float = 0.2,
+    ref_logp=None,
+    beta: float = 0.0,
+    denominator: float | None = None,
+):
     """GRPO: per-sequence token mean, then mean over sequences,
     ``loss = (1/N) sum_i (sum_t m_it (L_it + beta KL_it)) / (sum_t m_it)``, ``eps_low = eps_high = eps``.
     ``denominator`` replaces N (the number of sequences in the whole batch)."""
@@ -51,8 +61,18 @@ def grpo_loss(logp, old_logp, advantages, mask, *, eps: float = 0.2, ref_logp=No
     return per_seq.sum() / (denominator if denominator is not None else logp.shape[0])
 
 
-def dr_grpo_loss(logp, old_logp, advantages, mask, *, max_len: int, eps: float = 0.2, ref_logp=None,
-                 beta: float = 0.0, denominator: float | None = None):
+def dr_grpo_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    max_len: int,
+    eps: float = 0.2,
+    ref_logp=None,
+    beta: float = 0.0,
+    denominator: float | None = None,
+):
     """Dr.GRPO: no length normaliser per sequence, a constant one for the batch,
     ``loss = sum_i sum_t m_it (L_it + beta KL_it) / (N * max_len)``. Its advantages are ``r - mean``
     (``group_advantages(mode="dr_grpo")``, no std scaling). ``denominator`` replaces ``N * max_len``."""
@@ -61,8 +81,18 @@ def dr_grpo_loss(logp, old_logp, advantages, mask, *, max_len: int, eps: float =
     return (per_token * mask).sum() / denom
 
 
-def dapo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2, eps_high: float = 0.28,
-              ref_logp=None, beta: float = 0.0, denominator: float | None = None):
+def dapo_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    ref_logp=None,
+    beta: float = 0.0,
+    denominator: float | None = None,
+):
     """DAPO: clip-higher and a token-level mean over the whole batch,
     ``loss = sum_i sum_t m_it (L_it + beta KL_it) / sum_i sum_t m_it`` with ``eps_low=0.2, eps_high=0.28``.
     (Dynamic sampling: :func:`tfgrpo.rewards.has_contrast`; overlong shaping: :func:`overlong_penalty`.)
@@ -72,8 +102,18 @@ def dapo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 0.2, eps_hig
     return (per_token * mask).sum() / denom
 
 
-def gspo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 3e-4, eps_high: float = 4e-4,
-              ref_logp=None, beta: float = 0.0, denominator: float | None = None):
+def gspo_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+    ref_logp=None,
+    beta: float = 0.0,
+    denominator: float | None = None,
+):
     """GSPO: sequence-level, length-normalised importance ratio
     ``s_i = exp((1/|o_i|) sum_t m_it lr_it)``, ``L_i = -min(s_i A_i, clip(s_i, 1-eps_low, 1+eps_high) A_i)``,
     ``loss = (1/N) sum_i (L_i + beta * mean_t KL_it)``. ``denominator`` replaces N."""
@@ -87,8 +127,9 @@ def gspo_loss(logp, old_logp, advantages, mask, *, eps_low: float = 3e-4, eps_hi
     return per_seq.sum() / (denominator if denominator is not None else logp.shape[0])
 
 
-def clip_fraction(logp, old_logp, advantages, mask, *, eps_low: float, eps_high: float,
-                  sequence_level: bool = False) -> float:
+def clip_fraction(
+    logp, old_logp, advantages, mask, *, eps_low: float, eps_high: float, sequence_level: bool = False
+) -> float:
     """Share of tokens (or sequences for GSPO) whose ratio the clip actually cut off:
     ``w < 1-eps_low`` with ``A < 0``, or ``w > 1+eps_high`` with ``A > 0``."""
     import torch
@@ -118,8 +159,20 @@ def loss_denominator(loss: str, masks: list, *, max_len: int) -> float:
     raise ValueError(f"unknown loss '{loss}'")
 
 
-def policy_loss(name: str, logp, old_logp, advantages, mask, *, eps_low: float, eps_high: float, max_len: int,
-                ref_logp=None, beta: float = 0.0, denominator: float | None = None):
+def policy_loss(
+    name: str,
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    *,
+    eps_low: float,
+    eps_high: float,
+    max_len: int,
+    ref_logp=None,
+    beta: float = 0.0,
+    denominator: float | None = None,
+):
     """Dispatch to the named loss (``grpo`` and ``dr_grpo`` use ``eps_low`` on both sides)."""
     common = dict(ref_logp=ref_logp, beta=beta, denominator=denominator)
     if name == "grpo":
@@ -134,6 +187,7 @@ def policy_loss(name: str, logp, old_logp, advantages, mask, *, eps_low: float, 
 
 
 # -- reward shaping and group selection (plain floats: they act before any tensor exists) ------
+
 
 def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
     """DAPO soft overlong punishment for a response of ``length`` tokens, L_max = ``max_len``,

@@ -21,8 +21,9 @@ class StepStats:
         n = float(mask.sum())
         self.tokens += n
         self.entropy += float((entropy * mask).sum())
-        self.clip += n * losses.clip_fraction(logp.detach(), old_lp, t.advantages, mask, eps_low=eps_low,
-                                              eps_high=eps_high, sequence_level=sequence_level)
+        self.clip += n * losses.clip_fraction(
+            logp.detach(), old_lp, t.advantages, mask, eps_low=eps_low, eps_high=eps_high, sequence_level=sequence_level
+        )
         if ref_lp is not None:
             self.have_kl = True
             self.kl += float((losses.k3_kl(logp.detach(), ref_lp) * mask).sum())
@@ -55,6 +56,8 @@ def format_step(m: dict[str, Any]) -> str:
         return "-" if v is None else fmt.format(v)
 
     fwd = f"  [{m['forward']}]" if m.get("forward") else ""
-    return (f"step {m['step']:>4}  reward {f('reward_mean')} ± {f('reward_std')}  loss {f('loss', '{:.4f}')}  "
-            f"kl {f('kl', '{:.4f}')}  clip {f('clip_fraction')}  entropy {f('entropy')}  "
-            f"groups {m['groups_trained']}/{m['groups_sampled']}  {f('tokens_per_s', '{:.0f}')} tok/s{fwd}")
+    return (
+        f"step {m['step']:>4}  reward {f('reward_mean')} ± {f('reward_std')}  loss {f('loss', '{:.4f}')}  "
+        f"kl {f('kl', '{:.4f}')}  clip {f('clip_fraction')}  entropy {f('entropy')}  "
+        f"groups {m['groups_trained']}/{m['groups_sampled']}  {f('tokens_per_s', '{:.0f}')} tok/s{fwd}"
+    )

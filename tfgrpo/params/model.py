@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 TINY = "tiny"
 # Characters the tiny tokenizer knows; anything else maps to <unk>.
 TINY_CHARS = string.ascii_lowercase + string.digits + " .,:;=+-*/()?!>'\"\n"
-TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2)
+TINY_SHAPE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 
 
 def random_qwen2(*, vocab_size: int, max_positions: int = 2048, seed: int | None = None, **shape: Any):
@@ -27,8 +28,9 @@ def random_qwen2(*, vocab_size: int, max_positions: int = 2048, seed: int | None
 
     if seed is not None:
         torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=vocab_size, max_position_embeddings=max_positions, tie_word_embeddings=True,
-                         **shape)
+    config = Qwen2Config(
+        vocab_size=vocab_size, max_position_embeddings=max_positions, tie_word_embeddings=True, **shape
+    )
     return Qwen2ForCausalLM(config)
 
 
@@ -43,12 +45,25 @@ def char_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<eos>",
-                                   unk_token="<unk>", padding_side="right")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<eos>",
+        unk_token="<unk>",
+        padding_side="right",
+    )
 
 
-def load_policy(name: str, *, seed: int = 0, dtype: str = "auto", lora_r: int = 0, lora_alpha: int | None = None,
-                gradient_checkpointing: bool = False):
+def load_policy(
+    name: str,
+    *,
+    seed: int = 0,
+    dtype: str = "auto",
+    lora_r: int = 0,
+    lora_alpha: int | None = None,
+    gradient_checkpointing: bool = False,
+):
     """``(model, tokenizer)`` for ``name``: ``tiny``, a local directory or a Hugging Face model id
     (``AutoModelForCausalLM.from_pretrained``). With ``lora_r > 0`` the model is wrapped in peft
     LoRA adapters on every linear projection and only those train."""
@@ -62,12 +77,18 @@ def load_policy(name: str, *, seed: int = 0, dtype: str = "auto", lora_r: int = 
 
         try:
             tokenizer = _plain_fast_tokenizer(name) or AutoTokenizer.from_pretrained(name)
-            torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
-                           "float16": torch.float16}[dtype]
+            torch_dtype = {
+                "auto": "auto",
+                "float32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "float16": torch.float16,
+            }[dtype]
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
         except OSError as e:
-            raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]} "
-                            "(give a local directory or a Hugging Face id available offline)") from None
+            raise UserError(
+                f"cannot load model '{name}': {str(e).splitlines()[0]} "
+                "(give a local directory or a Hugging Face id available offline)"
+            ) from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
     if gradient_checkpointing:
@@ -86,7 +107,9 @@ def _plain_fast_tokenizer(path: str):
 
     config = Path(path) / "tokenizer_config.json"
     if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in (
-            "TokenizersBackend", "PreTrainedTokenizerFast"):
+        "TokenizersBackend",
+        "PreTrainedTokenizerFast",
+    ):
         return PreTrainedTokenizerFast.from_pretrained(path)
     return None
 
@@ -115,9 +138,14 @@ def fingerprint(model) -> dict[str, tuple[float, float]]:
     import torch
 
     with torch.no_grad():
-        return {n: (float(p.detach().sum(dtype=torch.float64)),
-                    float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)))
-                for n, p in model.named_parameters() if p.requires_grad}
+        return {
+            n: (
+                float(p.detach().sum(dtype=torch.float64)),
+                float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)),
+            )
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
 
 
 def trainable_state(model) -> dict[str, "torch.Tensor"]:

@@ -118,15 +118,16 @@ def packed_logprobs(model, groups: list[GroupTokens], *, flex: bool | None = Non
         mask = layout.dense_mask(model)
         impl = contextlib.nullcontext()
     with impl:
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                     use_cache=False).last_hidden_state
+        hidden = model.get_decoder()(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state
     h = hidden.reshape(-1, hidden.shape[-1])[layout.source]
     logp, ent = head_logprobs(h, model.get_output_embeddings(), layout.targets)
     out, start = [], 0
     for g in groups:
         keep = g.mask.bool()
         n = int(keep.sum())
-        out.append((_scatter(logp[start: start + n], keep), _scatter(ent[start: start + n], keep)))
+        out.append((_scatter(logp[start : start + n], keep), _scatter(ent[start : start + n], keep)))
         start += n
     return out
 
@@ -179,8 +180,9 @@ class _Layout:
             extra = self.width - length
             ids.append(torch.cat([pc[0] for pc in row] + [row[0][0].new_zeros(extra)]))
             pos.append(torch.cat([pc[1] for pc in row] + [torch.arange(extra, device=self.device)]))
-            seg.append(torch.cat([torch.full_like(pc[0], pc[2]) for pc in row]
-                                 + [row[0][0].new_full((extra,), pad_label)]))
+            seg.append(
+                torch.cat([torch.full_like(pc[0], pc[2]) for pc in row] + [row[0][0].new_full((extra,), pad_label)])
+            )
             resp.append(torch.cat([torch.full_like(pc[0], pc[3]) for pc in row] + [row[0][0].new_zeros(extra)]))
         self.seg, self.resp = torch.stack(seg), torch.stack(resp)
         return torch.stack(ids), torch.stack(pos)
@@ -193,8 +195,14 @@ class _Layout:
         import torch
 
         idx = torch.arange(self.width, device=self.device)
-        ok = self.allowed(self.seg[:, :, None], self.seg[:, None, :], self.resp[:, :, None], self.resp[:, None, :],
-                          idx[:, None], idx[None, :]).unsqueeze(1)
+        ok = self.allowed(
+            self.seg[:, :, None],
+            self.seg[:, None, :],
+            self.resp[:, :, None],
+            self.resp[:, None, :],
+            idx[:, None],
+            idx[None, :],
+        ).unsqueeze(1)
         if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
             dtype = model.get_output_embeddings().weight.dtype
             return torch.zeros(ok.shape, dtype=dtype, device=self.device).masked_fill_(~ok, torch.finfo(dtype).min)

@@ -61,12 +61,15 @@ def encode_prompt(tokenizer, task: Task, sample: Sample, max_len: int) -> list[i
     return list(ids)[-max_len:]
 
 
-def sample_groups(generator, tokenizer, task: Task, samples: list[Sample], *, group_size: int,
-                  max_prompt_len: int) -> list[TokenGroup]:
+def sample_groups(
+    generator, tokenizer, task: Task, samples: list[Sample], *, group_size: int, max_prompt_len: int
+) -> list[TokenGroup]:
     prompts = [encode_prompt(tokenizer, task, s, max_prompt_len) for s in samples]
     responses = generator.sample(prompts, group_size)
-    return [TokenGroup(sample=s, prompt=p, responses=r, texts=[tokenizer.decode(t, skip_special_tokens=True) for t in r])
-            for s, p, r in zip(samples, prompts, responses)]
+    return [
+        TokenGroup(sample=s, prompt=p, responses=r, texts=[tokenizer.decode(t, skip_special_tokens=True) for t in r])
+        for s, p, r in zip(samples, prompts, responses)
+    ]
 
 
 def score_groups(task: Task, groups: list[TokenGroup], *, max_len: int, overlong_buffer: int) -> None:

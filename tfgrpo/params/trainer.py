@@ -33,8 +33,9 @@ from tfgrpo.tracking import parse_report_to, trackers
 MAX_REFILLS = 4  # dynamic sampling: at most this many extra draws of batch_size prompts
 
 
-def train_weights(cfg: ParamsConfig, *, out: str | Path | None = None, resume: bool | str | Path = False,
-                  hooks: Hooks | None = None) -> ParamsResult:
+def train_weights(
+    cfg: ParamsConfig, *, out: str | Path | None = None, resume: bool | str | Path = False, hooks: Hooks | None = None
+) -> ParamsResult:
     """The run behind :func:`tfgrpo.params.train_params` (which documents ``out`` and ``resume``)."""
     started = time.monotonic()  # wall time includes loading the model, as the training-free mode's includes its set-up
     hooks = hooks or Hooks()
@@ -66,7 +67,9 @@ def resolve_device(want: str) -> str:
     import torch
 
     if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES, or use --device cpu)")
+        raise UserError(
+            "--device cuda asked but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES, or use --device cpu)"
+        )
     if want == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return want
@@ -108,17 +111,29 @@ class _Run:
         self.rd = rd
         self.run_dir = rd.path
         torch.manual_seed(cfg.seed)
-        model, self.tokenizer = load_policy(cfg.model, seed=cfg.seed, dtype=cfg.dtype, lora_r=cfg.lora_r,
-                                            lora_alpha=cfg.lora_alpha,
-                                            gradient_checkpointing=cfg.gradient_checkpointing)
+        model, self.tokenizer = load_policy(
+            cfg.model,
+            seed=cfg.seed,
+            dtype=cfg.dtype,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
         self.initial = fingerprint(model)
         self.reference = self._reference(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scorer, self.optimizer = self.acc.prepare(_scorer_class()(model), optimizer)
-        self.generator = make_generator(cfg.generator, self.policy, self.tokenizer, model_name=cfg.model,
-                                        device=self.acc.device.type, max_new_tokens=self.max_len,
-                                        temperature=cfg.temperature, seed=cfg.seed)
+        self.generator = make_generator(
+            cfg.generator,
+            self.policy,
+            self.tokenizer,
+            model_name=cfg.model,
+            device=self.acc.device.type,
+            max_new_tokens=self.max_len,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+        )
 
     @property
     def policy(self):
@@ -148,20 +163,26 @@ class _Run:
         if resume:
             ckpt = latest_checkpoint(resume, warn=self._notice)
             if ckpt is None:
-                self._notice(f"no checkpoint in {resume} yet (--save-every {self.cfg.save_every}): running it again from step 1")
+                self._notice(
+                    f"no checkpoint in {resume} yet (--save-every {self.cfg.save_every}): running it again from step 1"
+                )
             else:
                 state = load_checkpoint(ckpt, self.policy, self.optimizer)
                 self.generator.sync_weights(self.policy)  # a sampler with its own copy (vLLM) samples from these
                 self._notice(f"resumed from {ckpt} at step {state['step']}")
         done, main = state["step"], self.acc.is_main_process
         # the result holds a resumed run's earlier steps too, as steps.jsonl does
-        earlier = [r for r in self.rd.read(STEPS) if isinstance(r.get("step"), int) and r["step"] <= done] if done else []
+        earlier = (
+            [r for r in self.rd.read(STEPS) if isinstance(r.get("step"), int) and r["step"] <= done] if done else []
+        )
         if main:
             # The effective values (tiny's learning rate included), so config.yaml re-runs as is.
             self.rd.write_config(self.cfg.model_copy(update={"lr": self.cfg.learning_rate}))
             self.rd.discard_after(state["step"])  # steps after the checkpoint are redone
             for moved in set_aside_after(self.run_dir, state["step"]):
-                self._notice(f"checkpoint after step {state['step']} set aside as {moved.name} (not on this run's path)")
+                self._notice(
+                    f"checkpoint after step {state['step']} set aside as {moved.name} (not on this run's path)"
+                )
         self._status("running", state["step"])
         order = SampleOrder(self.task.dataset, self.cfg.seed, state["cursor"])
         rewards: list[float | None] = list(state["reward_by_step"])
@@ -186,9 +207,18 @@ class _Run:
         final = self.export()
         self._status("finished", self.cfg.steps)
         return ParamsResult(
-            run_dir=self.run_dir, steps=rows, status="finished", wall_s=0.0, steps_planned=self.cfg.steps,
-            model=self.cfg.model, loss=self.cfg.loss, device=self.acc.device.type, processes=self.acc.num_processes,
-            params_changed=self._params_changed(), final_model=final, final_checkpoint=last_ckpt,
+            run_dir=self.run_dir,
+            steps=rows,
+            status="finished",
+            wall_s=0.0,
+            steps_planned=self.cfg.steps,
+            model=self.cfg.model,
+            loss=self.cfg.loss,
+            device=self.acc.device.type,
+            processes=self.acc.num_processes,
+            params_changed=self._params_changed(),
+            final_model=final,
+            final_checkpoint=last_ckpt,
             resumed_from=state["step"],
         )
 
@@ -206,8 +236,7 @@ class _Run:
         kept = keep_informative(drawn, weights) if cfg.use_dynamic_sampling else drawn
         refills = 0
         # every decision that changes the number of collectives is taken on all processes' counts
-        while (cfg.use_dynamic_sampling and refills < MAX_REFILLS
-               and min(self._everyone(len(kept))) < cfg.batch_size):
+        while cfg.use_dynamic_sampling and refills < MAX_REFILLS and min(self._everyone(len(kept))) < cfg.batch_size:
             more = self._draw(order)
             drawn += more
             kept += keep_informative(more, weights)
@@ -242,8 +271,14 @@ class _Run:
         world, rank = self.acc.num_processes, self.acc.process_index
         samples = order.take(self.cfg.batch_size * world)[rank::world]  # each process its own prompts
         with self._full_params():
-            groups = sample_groups(self.generator, self.tokenizer, self.task, samples,
-                                   group_size=self.cfg.group_size, max_prompt_len=self.cfg.max_prompt_len)
+            groups = sample_groups(
+                self.generator,
+                self.tokenizer,
+                self.task,
+                samples,
+                group_size=self.cfg.group_size,
+                max_prompt_len=self.cfg.max_prompt_len,
+            )
         score_groups(self.task, groups, max_len=self.max_len, overlong_buffer=self.overlong)
         return groups
 
@@ -259,7 +294,7 @@ class _Run:
         loss_name = cfg.effective_loss
         adv = group_advantages([g.rewards for g in groups], weights, mode=cfg.advantage_mode)
         tensors = [self._tensors(g, a) for g, a in zip(groups, adv)]
-        micro = [tensors[i: i + cfg.micro_batch_groups] for i in range(0, len(tensors), cfg.micro_batch_groups)]
+        micro = [tensors[i : i + cfg.micro_batch_groups] for i in range(0, len(tensors), cfg.micro_batch_groups)]
         # all losses' normalisers add up over processes; DDP averages gradients, hence / world
         local = losses.loss_denominator(loss_name, [t.mask for t in tensors], max_len=self.max_len)
         denom = sum(self._everyone(local)) / self.acc.num_processes
@@ -278,8 +313,18 @@ class _Run:
                         ref_lp = ref[k][j] if ref is not None else None
                         mask = t.mask.to(logp.dtype)
                         total = total + losses.policy_loss(
-                            loss_name, logp, old_lp, t.advantages, mask, eps_low=eps_low, eps_high=eps_high,
-                            max_len=self.max_len, ref_logp=ref_lp, beta=cfg.beta, denominator=denom)
+                            loss_name,
+                            logp,
+                            old_lp,
+                            t.advantages,
+                            mask,
+                            eps_low=eps_low,
+                            eps_high=eps_high,
+                            max_len=self.max_len,
+                            ref_logp=ref_lp,
+                            beta=cfg.beta,
+                            denominator=denom,
+                        )
                         stats.add(logp, old_lp, ref_lp, entropy, t, mask, eps_low, eps_high, loss_name == "gspo")
                     self.acc.backward(total)
                     stats.loss += float(total.detach())
@@ -328,8 +373,12 @@ class _Run:
         for i, r in enumerate(group.responses):
             responses[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        return GroupTokens(torch.tensor(group.prompt, dtype=torch.long, device=dev), responses.to(dev), mask.to(dev),
-                           torch.tensor(advantages, dtype=torch.float32, device=dev))
+        return GroupTokens(
+            torch.tensor(group.prompt, dtype=torch.long, device=dev),
+            responses.to(dev),
+            mask.to(dev),
+            torch.tensor(advantages, dtype=torch.float32, device=dev),
+        )
 
     def _forward_modes(self, micro) -> list[str]:
         """Packed or naive forward per micro-batch (``prefix_sharing`` auto decides by token
@@ -339,8 +388,10 @@ class _Run:
         modes = [choose_mode(self.prefix_sharing, mb) for mb in micro]
         if sorted(set(modes)) != self.forward_modes:
             naive, packed = map(sum, zip(*(token_counts(mb) for mb in micro)))
-            self._notice(f"training forward: {' + '.join(sorted(set(modes)))} (prefix sharing {self.prefix_sharing}; "
-                         f"{naive} tokens naive, {packed} packed)")
+            self._notice(
+                f"training forward: {' + '.join(sorted(set(modes)))} (prefix sharing {self.prefix_sharing}; "
+                f"{naive} tokens naive, {packed} packed)"
+            )
             self.forward_modes = sorted(set(modes))
         return modes
 
@@ -369,8 +420,9 @@ class _Run:
         path = checkpoint_dir(self.run_dir, step)
         with self._full_params():
             if self.acc.is_main_process:
-                save_checkpoint(path, self.policy, self.optimizer,
-                                {"step": step, "cursor": cursor, "reward_by_step": rewards})
+                save_checkpoint(
+                    path, self.policy, self.optimizer, {"step": step, "cursor": cursor, "reward_by_step": rewards}
+                )
         self.acc.wait_for_everyone()
         return path
 
@@ -391,4 +443,3 @@ class _Run:
     def _notice(self, line: str) -> None:
         if self.acc.is_main_process:
             self.hooks.on_notice(line)
-

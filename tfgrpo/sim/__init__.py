@@ -20,4 +20,17 @@ def recognises(text: str) -> bool:
     """Whether the simulator knows the problem in ``text`` (else it answers at random)."""
     return find_row(text) is not None or find_tool_row(text) is not None
 
-__all__ = ["BASE_P", "FAULT_KINDS", "HARD_SKILLED_P", "KNOWN_TASKS", "recognises", "SKILLED_P", "SimServer", "SimStats", "expected_accuracy", "parse_faults", "start_sim_server"]
+
+__all__ = [
+    "BASE_P",
+    "FAULT_KINDS",
+    "HARD_SKILLED_P",
+    "KNOWN_TASKS",
+    "recognises",
+    "SKILLED_P",
+    "SimServer",
+    "SimStats",
+    "expected_accuracy",
+    "parse_faults",
+    "start_sim_server",
+]

@@ -60,20 +60,29 @@ def _last_number(text: str) -> str | None:
 def _plan(task: str, row: dict[str, Any], good: bool, rng: random.Random) -> Plan:
     if task == "math-tools":
         if good:
-            return [("python", {"code": row["code"]})], lambda res: f"The program printed {_last_number(res[-1])}.\n\\boxed{{{_last_number(res[-1])}}}"
+            return [
+                ("python", {"code": row["code"]})
+            ], lambda res: f"The program printed {_last_number(res[-1])}.\n\\boxed{{{_last_number(res[-1])}}}"
         value = row["answer"] if rng.random() < BASE_P else wrong_answer(row["answer"], rng)
         return [], lambda res: f"Working it out by hand, I get {value}.\n\\boxed{{{value}}}"
     if task == "docqa":
         answer = row["answer"]
         if good:
-            return [("search", {"query": row["query"]})], lambda res: f"The passage says so.\nAnswer: {answer if answer.lower() in res[-1].lower() else 'unknown'}"
+            return [
+                ("search", {"query": row["query"]})
+            ], lambda res: f"The passage says so.\nAnswer: {answer if answer.lower() in res[-1].lower() else 'unknown'}"
         guess = rng.choice(["1900", "Mirefield", "Tuesday", "Anselm", "300", "Brenmoor"])
         return [], lambda res: f"I believe I remember this.\nAnswer: {guess}"
     if task == "sql":
         if good:
-            calls = [("sql", {"query": "SELECT name, sql FROM sqlite_master WHERE type = 'table'"}), ("sql", {"query": row["sql"]})]
+            calls = [
+                ("sql", {"query": "SELECT name, sql FROM sqlite_master WHERE type = 'table'"}),
+                ("sql", {"query": row["sql"]}),
+            ]
             return calls, lambda res: f"The query returns:\n{res[-1]}\n```sql\n{row['sql']}\n```"
-        return [("sql", {"query": row["wrong_sql"]})], lambda res: f"The query returns:\n{res[-1]}\n```sql\n{row['wrong_sql']}\n```"
+        return [
+            ("sql", {"query": row["wrong_sql"]})
+        ], lambda res: f"The query returns:\n{res[-1]}\n```sql\n{row['wrong_sql']}\n```"
     if task == "code":
         tests = row["tests"]
         if good:
@@ -86,8 +95,9 @@ def _plan(task: str, row: dict[str, Any], good: bool, rng: random.Random) -> Pla
     raise ValueError(task)
 
 
-def agent_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]], plan_rng: random.Random,
-                malformed: bool = False) -> dict[str, Any]:
+def agent_reply(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], plan_rng: random.Random, malformed: bool = False
+) -> dict[str, Any]:
     """The next assistant message: ``{"content", "tool_calls"}``."""
     users = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
     found = find_tool_row(users[0]) if users else None
@@ -111,7 +121,10 @@ def agent_reply(messages: list[dict[str, Any]], tools: list[dict[str, Any]], pla
         if malformed:
             arguments = arguments[: len(arguments) // 2]
         ident = f"call_{len(results)}"
-        return {"content": None, "tool_calls": [{"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}}]}
+        return {
+            "content": None,
+            "tool_calls": [{"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}}],
+        }
     cite = f" (following {', '.join(f'[{i}]' for i in cites)})" if cites else ""
     said = skill.approach if good else skill.mistake
     return {"content": f"I {said}{cite}. {answer(valid or [''])}", "tool_calls": None}

@@ -10,8 +10,17 @@ from typing import Optional
 
 import typer
 
-from tfgrpo.cli.console import (block_until_interrupted, duration, emit, eval_table, fail, in_use_hint, progress_hooks,
-                                train_tables, user_errors)
+from tfgrpo.cli.console import (
+    block_until_interrupted,
+    duration,
+    emit,
+    eval_table,
+    fail,
+    in_use_hint,
+    progress_hooks,
+    train_tables,
+    user_errors,
+)
 from tfgrpo.cli.train import run_training
 from tfgrpo.training_free.config import EvalConfig, RunConfig
 
@@ -33,8 +42,10 @@ def sim_server(
         raise fail(f"cannot bind {host}:{port}: {e}{in_use_hint(e)}") from None
     started = time.monotonic()
     typer.echo("models: sim-policy, sim-judge (any OpenAI-compatible client, any API key; Ctrl-C to stop)")
-    typer.echo(f"try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s{seed} --api-base "
-               f"{server.base_url} --judge openai/sim-judge-s{seed} --judge-api-base {server.base_url}")
+    typer.echo(
+        f"try: OPENAI_API_KEY=sim tfgrpo train --task demo --model openai/sim-policy-s{seed} --api-base "
+        f"{server.base_url} --judge openai/sim-judge-s{seed} --judge-api-base {server.base_url}"
+    )
     typer.echo(f"SIMULATED model (not a real LLM) at {server.base_url}")
     block_until_interrupted(lambda: True)
     server.stop()
@@ -54,7 +65,9 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/demo-<time>)"),
         epochs: int = typer.Option(2, "--epochs", min=1, help="Passes over the demo training set"),
-        k: int = typer.Option(4, "-k", min=1, max=4, help="Pass@k and Mean@k over the 4 answers per problem of the evaluation"),
+        k: int = typer.Option(
+            4, "-k", min=1, max=4, help="Pass@k and Mean@k over the 4 answers per problem of the evaluation"
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object as the last stdout line"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars"),
     ) -> None:
@@ -66,8 +79,12 @@ def register(app: typer.Typer) -> None:
         cfg = RunConfig(task="demo", epochs=epochs, batch_size=8, sampling={"group_size": 4}, policy={"model": "sim"})
         result = run_training(cfg, out, False, quiet)
         with progress_hooks(not quiet) as hooks:
-            report = api.evaluate(EvalConfig(task="demo", k=k, placebo=True, sampling={"seed": cfg.sampling.seed}), result.run_dir,
-                                  name="demo", hooks=hooks).summary
+            report = api.evaluate(
+                EvalConfig(task="demo", k=k, placebo=True, sampling={"seed": cfg.sampling.seed}),
+                result.run_dir,
+                name="demo",
+                hooks=hooks,
+            ).summary
         summary = result.summary()
         summary["eval"] = report
         emit([*train_tables(summary, result.steps), eval_table(report)], summary, as_json)

@@ -57,7 +57,9 @@ def _line_naming(library: list[tuple[str, str]], skill: Skill) -> list[str]:
     return [eid for eid, text in library if skill.keyword in text.lower()]
 
 
-def _op(op: str, text: str = "", reason: str = "", id: str | None = None, ids: list[str] | None = None) -> dict[str, Any]:
+def _op(
+    op: str, text: str = "", reason: str = "", id: str | None = None, ids: list[str] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"op": op, "id": id, "text": text, "reason": reason}
     if ids is not None:
         out["ids"] = ids
@@ -135,7 +137,9 @@ def group_comparison(user: str, rng: random.Random) -> dict[str, Any]:
             text = rng.choice((skill.lesson, *skill.rewordings)) if kind == "right" else skill.harmful
             ops.append(_op("ADD", text, f"No lesson yet covers {skill.keyword}."))
         elif kind == "right" and rng.random() < UPDATE_P:
-            ops.append(_op("UPDATE", rng.choice(skill.rewordings), "A clearer wording of the existing lesson.", id=named[0]))
+            ops.append(
+                _op("UPDATE", rng.choice(skill.rewordings), "A clearer wording of the existing lesson.", id=named[0])
+            )
         else:
             notes.append("The library already covers this.")
             ops.append(_op("NONE", reason="Already covered."))
@@ -179,7 +183,13 @@ def consolidation(user: str) -> dict[str, Any]:
             touched.add(named[0])
             out.append(_op("UPDATE", text, f"The library already covers {skill.keyword}.", id=named[0]))  # type: ignore[union-attr]
         elif not named:
-            out.append(_op("ADD", text, f"One lesson for {skill.keyword}." if skill else str(p.get("reason") or "A new lesson.")))
+            out.append(
+                _op(
+                    "ADD",
+                    text,
+                    f"One lesson for {skill.keyword}." if skill else str(p.get("reason") or "A new lesson."),
+                )
+            )
     return {"ops": [{**o, "ids": o.get("ids", [])} for o in out]}
 
 
@@ -208,8 +218,10 @@ def sample_summary(user: str) -> dict[str, Any]:
     said = _said(attempt)
     said = f" It said: {said}" if said and not said.startswith("Final answer") else ""
     if calls or "Final answer:" in attempt:  # a tool-calling trajectory
-        steps = [f"called {name}" + (f" ({err}, told so)" if err else f", which returned: {result.strip()[:80]}")
-                 for name, _, _, err, result in calls]
+        steps = [
+            f"called {name}" + (f" ({err}, told so)" if err else f", which returned: {result.strip()[:80]}")
+            for name, _, _, err, result in calls
+        ]
         final = attempt.rsplit("Final answer:", 1)[-1].strip().splitlines()
         stopped = " It was stopped by a limit." if "was stopped by its" in attempt else ""
         done = "; then ".join(steps) if steps else "used no tool"
@@ -231,7 +243,10 @@ def grade(user: str) -> dict[str, Any]:
         expected = str((row or {}).get("answer", ""))
     answers = re.findall(r"Answer\s*:\s*(.+)", _between(user, "attempt") or "")
     correct = bool(expected) and bool(answers) and expected.lower() in answers[-1].lower()
-    return {"reason": "The final answer matches." if correct else "The final answer does not match.", "correct": correct}
+    return {
+        "reason": "The final answer matches." if correct else "The final answer does not match.",
+        "correct": correct,
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,7 +263,15 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict, "null": type(None)}
+_TYPES = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+    "null": type(None),
+}
 
 
 def _fits_type(value: Any, schema: dict[str, Any]) -> bool:
@@ -319,7 +342,9 @@ def conform(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = No
 _BUILDERS = ("group_comparison", "consolidation", "sample_summary", "grade")
 
 
-def judge_content(messages: list[dict[str, Any]], response_format: dict[str, Any], rng: random.Random, malformed: bool = False) -> str:
+def judge_content(
+    messages: list[dict[str, Any]], response_format: dict[str, Any], rng: random.Random, malformed: bool = False
+) -> str:
     """The JSON text of one simulated judge answer (cut short when ``malformed``)."""
     user = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") == "user")
     system = "\n".join(text_of(m.get("content")) for m in messages if m.get("role") == "system")

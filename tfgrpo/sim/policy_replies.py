@@ -58,12 +58,17 @@ def context_lessons(context: str) -> list[tuple[str | None, str]]:
     names a skill (a hint written into the prompt)."""
     lessons = lesson_lines(context)
     listed = {t for _, t in lessons}
-    extra = [(None, line.strip()) for line in context.splitlines()
-             if line.strip() and line.strip() not in listed and skill_in_text(line) and not lesson_lines(line)]
+    extra = [
+        (None, line.strip())
+        for line in context.splitlines()
+        if line.strip() and line.strip() not in listed and skill_in_text(line) and not lesson_lines(line)
+    ]
     return lessons + extra
 
 
-def follow(skill: Skill, lessons: list[tuple[str | None, str]], rng: random.Random) -> tuple[float, list[str], str | None]:
+def follow(
+    skill: Skill, lessons: list[tuple[str | None, str]], rng: random.Random
+) -> tuple[float, list[str], str | None]:
     """One answer's chance of being right, the ids it cites and the advice it followed
     ("harmful", "right" or None), given the lessons it reads."""
     base, skilled, harmed = levels(skill)
@@ -87,7 +92,9 @@ def text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def choice_rng(server_seed: int, request_seed: Any, messages: list[dict[str, Any]], index: int, salt: str = "") -> random.Random:
+def choice_rng(
+    server_seed: int, request_seed: Any, messages: list[dict[str, Any]], index: int, salt: str = ""
+) -> random.Random:
     """The random stream of one choice: independent of call order and threads."""
     key = json.dumps(
         [server_seed, request_seed, salt, index, [[m.get("role"), text_of(m.get("content"))] for m in messages]],
@@ -107,7 +114,15 @@ def wrong_answer(answer: str, rng: random.Random) -> str:
     except InvalidOperation:
         return str(rng.randint(1, 100))
     step = Decimal(1) if a == a.to_integral_value() else Decimal("0.1")
-    candidates = [a + step, a - step, a * 10, a + step * rng.randint(2, 9), a - step * rng.randint(2, 9), a * 2, (a / 2).quantize(step)]
+    candidates = [
+        a + step,
+        a - step,
+        a * 10,
+        a + step * rng.randint(2, 9),
+        a - step * rng.randint(2, 9),
+        a * 2,
+        (a / 2).quantize(step),
+    ]
     candidates = [c for c in candidates if c != a]
     return _fmt(rng.choice(candidates))
 

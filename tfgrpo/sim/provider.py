@@ -42,10 +42,14 @@ class SimProvider:
         from tfgrpo.sim import KNOWN_TASKS, recognises
 
         if not any(recognises(p) for p in prompts[:200]):
-            raise UserError(f"--model sim is the built-in SIMULATED model: it knows only the problems of the built-in "
-                            f"tasks {', '.join(KNOWN_TASKS)}, and none of task {task!r}; pass a real --model")
-        return ("SIMULATION: --model sim is a built-in simulator, not a language model; "
-                "its numbers say nothing about a real model")
+            raise UserError(
+                f"--model sim is the built-in SIMULATED model: it knows only the problems of the built-in "
+                f"tasks {', '.join(KNOWN_TASKS)}, and none of task {task!r}; pass a real --model"
+            )
+        return (
+            "SIMULATION: --model sim is a built-in simulator, not a language model; "
+            "its numbers say nothing about a real model"
+        )
 
 
 provider = SimProvider()

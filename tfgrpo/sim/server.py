@@ -125,7 +125,14 @@ class _HTTPServer(ThreadingHTTPServer):
 class SimServer:
     """A running simulated model. Use as a context manager, or call :meth:`stop`."""
 
-    def __init__(self, seed: int = 0, host: str = "127.0.0.1", port: int = 0, faults: Iterable[str] | str | None = None, timeout_delay: float = 5.0) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Iterable[str] | str | None = None,
+        timeout_delay: float = 5.0,
+    ) -> None:
         self.seed = seed
         self.timeout_delay = timeout_delay
         self.stats = SimStats()
@@ -136,7 +143,12 @@ class SimServer:
         self._httpd.sim = self  # type: ignore[attr-defined]
         self.host = host
         self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sim-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sim-server-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
 
     @property
@@ -173,7 +185,13 @@ class SimServer:
         self.stop()
 
 
-def start_sim_server(seed: int = 0, host: str = "127.0.0.1", port: int = 0, faults: list[str] | str | None = None, timeout_delay: float = 5.0) -> SimServer:
+def start_sim_server(
+    seed: int = 0,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: list[str] | str | None = None,
+    timeout_delay: float = 5.0,
+) -> SimServer:
     """Start the SIMULATED model on ``host:port`` (0: a free port) in background threads."""
     return SimServer(seed=seed, host=host, port=port, faults=faults, timeout_delay=timeout_delay)
 
@@ -209,7 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
-        self._send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}, headers)
+        self._send_json(
+            status, {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}, headers
+        )
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
@@ -217,7 +237,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"status": "ok", "simulation": True})
         elif path == "/v1/models":
             now = int(time.time())
-            self._send_json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": now, "owned_by": "tfgrpo-sim"} for m in MODELS]})
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": m, "object": "model", "created": now, "owned_by": "tfgrpo-sim"} for m in MODELS],
+                },
+            )
         else:
             self._send_error(404, f"no route {self.path}", "not_found_error")
 
@@ -250,7 +276,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault != "ok":
             sim.stats.record_fault(fault)
         if fault == "429":
-            self._send_error(429, "Rate limit reached (simulated)", "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
+            self._send_error(
+                429, "Rate limit reached (simulated)", "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)}
+            )
             return
         if fault in ("500", "503"):
             self._send_error(int(fault), f"Simulated server error {fault}", "server_error")
@@ -264,8 +292,12 @@ class _Handler(BaseHTTPRequestHandler):
             rng = choice_rng(sim.seed, body.get("seed"), messages, i, salt=role)
             if tools:
                 # The plan is drawn from the opening messages only, so it holds over the turns.
-                reply = agent_reply(messages, tools, choice_rng(sim.seed, body.get("seed"), messages[:2], i, salt="agent"),
-                                    malformed=fault == "malformed")
+                reply = agent_reply(
+                    messages,
+                    tools,
+                    choice_rng(sim.seed, body.get("seed"), messages[:2], i, salt="agent"),
+                    malformed=fault == "malformed",
+                )
                 contents.append(reply["content"])
                 calls.append(reply["tool_calls"])
                 continue
@@ -281,7 +313,11 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_tokens = sum(_words(text_of(m.get("content"))) for m in messages)
         completion_tokens = sum(_words(c or "") for c in contents)
         completion_tokens += sum(_words(c["function"]["arguments"]) for cs in calls if cs for c in cs)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         ident, created = f"chatcmpl-sim-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -295,7 +331,17 @@ class _Handler(BaseHTTPRequestHandler):
             if cs:
                 choice["message"]["tool_calls"] = cs
                 choice["finish_reason"] = "tool_calls"
-        self._send_json(200, {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": choices, "usage": usage})
+        self._send_json(
+            200,
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "usage": usage,
+            },
+        )
 
     def _stream(self, ident: str, created: int, model: str, contents: list[str], usage: dict[str, int] | None) -> None:
         self.send_response(200)
@@ -306,7 +352,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> None:
-            payload = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}
+            payload = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
             self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
 
         for i, text in enumerate(contents):

@@ -42,8 +42,8 @@ SKILLS: tuple[Skill, ...] = (
             "When units differ, write the unit conversion factor down and multiply by it, checking the result has the unit asked for.",
         ),
         "convert everything to the unit asked for first",
-        mistake='I use the numbers as they are given, whatever their units',
-        harmful='When quantities come in different units, never bother with unit conversion: use the numbers as they are given.',
+        mistake="I use the numbers as they are given, whatever their units",
+        harmful="When quantities come in different units, never bother with unit conversion: use the numbers as they are given.",
     ),
     Skill(
         "percentage",
@@ -54,8 +54,8 @@ SKILLS: tuple[Skill, ...] = (
             "When asked for a percentage of something, divide the percentage by 100 before multiplying.",
         ),
         "turn the percent into a decimal and apply it to the original amount",
-        mistake='I take the percent off the amount as a plain number',
-        harmful='When a price or amount changes by a percentage, skip the percentage arithmetic and subtract the percent as a plain number.',
+        mistake="I take the percent off the amount as a plain number",
+        harmful="When a price or amount changes by a percentage, skip the percentage arithmetic and subtract the percent as a plain number.",
     ),
     Skill(
         "fence_post",
@@ -66,8 +66,8 @@ SKILLS: tuple[Skill, ...] = (
             "When counting markers along a line including both ends, apply the fence-post correction and add one to the number of gaps.",
         ),
         "count the gaps, then add one for the post at the start",
-        mistake='I divide the length by the gap and count that many',
-        harmful='When counting posts along a line, ignore the fence-post correction: the count is the length divided by the gap.',
+        mistake="I divide the length by the gap and count that many",
+        harmful="When counting posts along a line, ignore the fence-post correction: the count is the length divided by the gap.",
     ),
     Skill(
         "order_of_operations",
@@ -78,8 +78,8 @@ SKILLS: tuple[Skill, ...] = (
             "When + and x appear together, apply the order of operations: do every multiplication and division before adding or subtracting.",
         ),
         "do the multiplication and division before the addition and subtraction",
-        mistake='I compute strictly from left to right as written',
-        harmful='When an expression mixes operators, do not bother with the order of operations and compute strictly from left to right.',
+        mistake="I compute strictly from left to right as written",
+        harmful="When an expression mixes operators, do not bother with the order of operations and compute strictly from left to right.",
     ),
     Skill(
         "remainder",
@@ -90,8 +90,8 @@ SKILLS: tuple[Skill, ...] = (
             "When dividing items into full groups, find the largest multiple that fits and report the remainder that is left.",
         ),
         "find how many full groups fit and take what is left over",
-        mistake='I report how many full groups there are',
-        harmful='When things are shared out in equal groups, ignore the remainder and answer with the number of full groups.',
+        mistake="I report how many full groups there are",
+        harmful="When things are shared out in equal groups, ignore the remainder and answer with the number of full groups.",
     ),
     Skill(
         "rounding",
@@ -102,8 +102,8 @@ SKILLS: tuple[Skill, ...] = (
             "When asked to round, keep the exact value until the end, then apply rounding once at the requested place.",
         ),
         "keep the exact value and round once at the requested place",
-        mistake='I round every intermediate value as I go',
-        harmful='When a result must be rounded, never leave the rounding to the end; round every intermediate value as you go.',
+        mistake="I round every intermediate value as I go",
+        harmful="When a result must be rounded, never leave the rounding to the end; round every intermediate value as you go.",
     ),
     Skill(
         "average",
@@ -114,8 +114,8 @@ SKILLS: tuple[Skill, ...] = (
             "When working with an average, reason with totals (average x count) rather than with the average directly.",
         ),
         "turn the mean into a total and subtract the known values",
-        mistake='I treat the given mean as if it were the missing value',
-        harmful='When a problem gives an average, do not turn the average into a total; treat it as the missing value.',
+        mistake="I treat the given mean as if it were the missing value",
+        harmful="When a problem gives an average, do not turn the average into a total; treat it as the missing value.",
         hard=True,
     ),
     Skill(
@@ -127,8 +127,8 @@ SKILLS: tuple[Skill, ...] = (
             "When adding minutes to a time, use clock arithmetic modulo 60 minutes and 24 hours, carrying into the hour.",
         ),
         "convert both times to minutes after midnight and subtract",
-        mistake='I subtract the hours and the minutes separately',
-        harmful='When a problem involves times of day, skip the clock arithmetic and subtract the hours and the minutes separately.',
+        mistake="I subtract the hours and the minutes separately",
+        harmful="When a problem involves times of day, skip the clock arithmetic and subtract the hours and the minutes separately.",
         hard=True,
     ),
 )
@@ -140,27 +140,33 @@ TOOL_SKILLS: tuple[Skill, ...] = (
         "math-tools",
         "run it in python",
         "When a computation has more than two steps, write a short program and run it in python before answering; copy the printed result.",
-        ("When arithmetic is long or error-prone, do not work it out by hand: run it in python and answer with what the program prints.",),
+        (
+            "When arithmetic is long or error-prone, do not work it out by hand: run it in python and answer with what the program prints.",
+        ),
         "wrote a program for the computation and ran it with the python tool",
-        mistake='worked the arithmetic out by hand',
-        harmful='When a computation has several steps, never run it in python; work it out by hand instead.',
+        mistake="worked the arithmetic out by hand",
+        harmful="When a computation has several steps, never run it in python; work it out by hand instead.",
     ),
     Skill(
         "docqa",
         "search the corpus",
         "When a question asks for a specific fact, search the corpus with its most distinctive names first, and answer only from what the passages say.",
-        ("When a fact is asked about a named place or person, search the corpus for that name before answering instead of guessing.",),
+        (
+            "When a fact is asked about a named place or person, search the corpus for that name before answering instead of guessing.",
+        ),
         "searched for the distinctive names and answered from the passage",
-        mistake='answered from memory',
-        harmful='When a question asks for a fact, do not search the corpus; answer from memory.',
+        mistake="answered from memory",
+        harmful="When a question asks for a fact, do not search the corpus; answer from memory.",
     ),
     Skill(
         "sql",
         "inspect the schema",
         "When querying a database, inspect the schema first (sqlite_master) and write the query with the exact tables, columns and filters the question needs.",
-        ("When a question is about a database, inspect the schema before writing SQL, and check that the query answers exactly what was asked.",),
+        (
+            "When a question is about a database, inspect the schema before writing SQL, and check that the query answers exactly what was asked.",
+        ),
         "looked at the schema first and wrote the query against the exact columns",
-        mistake='wrote the query without looking at the tables',
+        mistake="wrote the query without looking at the tables",
         harmful="When querying a database, skip the step to inspect the schema and write the query from the question's words.",
     ),
     Skill(
@@ -169,8 +175,8 @@ TOOL_SKILLS: tuple[Skill, ...] = (
         "When writing a function, run the tests from the problem statement in python before giving the final code, and fix every failure first.",
         ("When asked for code, run the tests with the python tool and only answer once they pass.",),
         "ran the given tests, saw the failure and fixed the code",
-        mistake='gave the code without running it',
-        harmful='When writing a function, never run the tests; give the code as soon as it is written.',
+        mistake="gave the code without running it",
+        harmful="When writing a function, never run the tests; give the code as soon as it is written.",
     ),
 )
 ALL_SKILLS: tuple[Skill, ...] = SKILLS + TOOL_SKILLS
@@ -213,7 +219,6 @@ def find_row(text: str) -> dict[str, Any] | None:
     return by_q[max(inside, key=len)] if inside else None
 
 
-
 # ---------------------------------------------------------------------------------------
 # Reading lessons: which lines of a context are lessons, and what a lesson advises
 
@@ -242,6 +247,8 @@ def advice(lesson: str, skill: Skill) -> Advice | None:
     if skill.keyword not in low:
         return None
     strategy = low.split(",", 1)[1] if low.startswith("when ") and "," in low else low
-    if re.search(_NEGATION + re.escape(skill.keyword), strategy) or (skill.mistake and skill.mistake.lower() in strategy):
+    if re.search(_NEGATION + re.escape(skill.keyword), strategy) or (
+        skill.mistake and skill.mistake.lower() in strategy
+    ):
         return "harmful"
     return "right"

@@ -9,6 +9,20 @@ from tfgrpo.tools.search import BM25Corpus, Hit, SearchBackend, search_tool
 from tfgrpo.tools.sql import run_query, sql_tool
 
 __all__ = [
-    "BM25Corpus", "Hit", "Limits", "SandboxResult", "SearchBackend", "Tool", "ToolOutcome", "call_tool", "isolation",
-    "python_tool", "run_python", "run_query", "search_tool", "sql_tool", "tool", "toolset",
+    "BM25Corpus",
+    "Hit",
+    "Limits",
+    "SandboxResult",
+    "SearchBackend",
+    "Tool",
+    "ToolOutcome",
+    "call_tool",
+    "isolation",
+    "python_tool",
+    "run_python",
+    "run_query",
+    "search_tool",
+    "sql_tool",
+    "tool",
+    "toolset",
 ]

@@ -48,23 +48,74 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 MNT_DETACH = 2
 # statvfs flags a bind remount must keep (the kernel locks them inside a user namespace) -> MS_*
-KEEP_FLAGS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
-              os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
+KEEP_FLAGS = {
+    os.ST_RDONLY: MS_RDONLY,
+    os.ST_NOSUID: MS_NOSUID,
+    os.ST_NODEV: MS_NODEV,
+    os.ST_NOEXEC: MS_NOEXEC,
+    os.ST_NOATIME: MS_NOATIME,
+    os.ST_NODIRATIME: MS_NODIRATIME,
+    os.ST_RELATIME: MS_RELATIME,
+}
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(platform.machine())
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 # System calls untrusted Python has no use for, each a kernel interface with a record of escapes
 # (io_uring also bypasses seccomp for what it does); they fail with EPERM.
 DENIED_SYSCALLS = (
-    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "add_key", "request_key", "keyctl", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
-    "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr",
-    "open_by_handle_at", "name_to_handle_at", "ptrace", "process_vm_readv", "process_vm_writev",
-    "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "add_key",
+    "request_key",
+    "keyctl",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "syslog",
     # System V IPC (shared with the host where there is no IPC namespace; its memory outlives
     # the run) and memory files, whose pages no address-space limit counts
-    "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semctl",
-    "semtimedop", "memfd_create", "memfd_secret",
+    "shmget",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "semget",
+    "semop",
+    "semctl",
+    "semtimedop",
+    "memfd_create",
+    "memfd_secret",
 )
 CLONE_NS_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 AF_UNIX, AF_VSOCK, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 40, 2, 0xF
@@ -135,8 +186,13 @@ def build_root(spec, applied):
         done.append(path)
     work = new + spec["workdir"]
     os.makedirs(work)
-    _mount("tfgrpo-work", work, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={lim['disk_bytes']},nr_inodes={lim['disk_files']},mode=0700")
+    _mount(
+        "tfgrpo-work",
+        work,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"size={lim['disk_bytes']},nr_inodes={lim['disk_files']},mode=0700",
+    )
     os.makedirs(new + "/proc")
     try:
         _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -210,8 +266,9 @@ def landlock(read_paths, write_paths, applied):
         fs_all |= 1 << 14
     if abi >= 5:
         fs_all |= 1 << 15
-    attr = _RulesetAttr(fs_all, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-                        SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL if abi >= 6 else 0)
+    attr = _RulesetAttr(
+        fs_all, NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0, SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL if abi >= 6 else 0
+    )
     size = 8 if abi < 4 else 16 if abi < 6 else 24
     rfd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
     if rfd < 0:
@@ -269,7 +326,9 @@ def seccomp(sc, applied):
     f.add_rule(sc.ERRNO(97), "socket", sc.Arg(0, sc.EQ, AF_VSOCK))  # EAFNOSUPPORT: no namespace separates vsock
     if applied.get("mount") is None:
         f.add_rule(sc.ERRNO(13), "socket", sc.Arg(0, sc.EQ, AF_UNIX))
-        f.add_rule(sc.ERRNO(13), "socketpair", sc.Arg(0, sc.EQ, AF_UNIX), sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+        f.add_rule(
+            sc.ERRNO(13), "socketpair", sc.Arg(0, sc.EQ, AF_UNIX), sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM)
+        )
     try:
         f.load()
     except OSError as e:  # a kernel without seccomp filters

@@ -42,7 +42,10 @@ class Tool:
         params.pop("title", None)
         for prop in params.get("properties", {}).values():
             prop.pop("title", None)
-        return {"type": "function", "function": {"name": self.name, "description": self.description, "parameters": params}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
 
 
 def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
@@ -63,8 +66,13 @@ def _doc_parts(doc: str) -> tuple[str, dict[str, str]]:
     return " ".join(head.split()), params
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-         max_result_chars: int = DEFAULT_MAX_RESULT_CHARS):
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
+):
     """Make a typed function a tool: ``@tool`` or ``@tool(name="x", timeout_s=5)``."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
@@ -79,8 +87,14 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, timeo
             default = ... if p.default is p.empty else p.default
             fields[p.name] = (hints[p.name], Field(default, description=docs.get(p.name) or None))
         model = create_model(f"{f.__name__}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
-        return Tool(name=name or f.__name__, description=summary or f.__name__, fn=f, arguments=model,
-                    timeout_s=timeout_s, max_result_chars=max_result_chars)
+        return Tool(
+            name=name or f.__name__,
+            description=summary or f.__name__,
+            fn=f,
+            arguments=model,
+            timeout_s=timeout_s,
+            max_result_chars=max_result_chars,
+        )
 
     return wrap(fn) if fn is not None else wrap
 
@@ -131,7 +145,9 @@ def _stringify(value: Any) -> str:
         return str(value)
 
 
-async def call_tool(tools: dict[str, Tool], name: str, raw_arguments: str | None, *, timeout_s: float | None = None) -> ToolOutcome:
+async def call_tool(
+    tools: dict[str, Tool], name: str, raw_arguments: str | None, *, timeout_s: float | None = None
+) -> ToolOutcome:
     """Run one call as the model wrote it. Never raises for anything the call does."""
     started = time.monotonic()
 
@@ -141,14 +157,21 @@ async def call_tool(tools: dict[str, Tool], name: str, raw_arguments: str | None
 
     t = tools.get(name)
     if t is None:
-        return done(f"Error: there is no tool named '{name}'. Available tools: {', '.join(sorted(tools)) or 'none'}.", "unknown_tool")
+        return done(
+            f"Error: there is no tool named '{name}'. Available tools: {', '.join(sorted(tools)) or 'none'}.",
+            "unknown_tool",
+        )
     try:
         args = json_loads(raw_arguments or "{}")  # nested too deeply: a ValueError too
         if not isinstance(args, dict):
             raise ValueError(f"expected a JSON object, got {type(args).__name__}")
     except ValueError as e:
-        return done(f"Error: the arguments of this {name} call are not a valid JSON object ({e}). "
-                    "Call the tool again with a JSON object of arguments.", "malformed_arguments", t.max_result_chars)
+        return done(
+            f"Error: the arguments of this {name} call are not a valid JSON object ({e}). "
+            "Call the tool again with a JSON object of arguments.",
+            "malformed_arguments",
+            t.max_result_chars,
+        )
     try:
         parsed = t.arguments.model_validate(args)
     except ValidationError as e:
@@ -163,7 +186,9 @@ async def call_tool(tools: dict[str, Tool], name: str, raw_arguments: str | None
             # A sync tool that overruns keeps its thread until it returns; its result is dropped.
             value = await asyncio.wait_for(asyncio.to_thread(t.fn, **kwargs), limit_s)
     except asyncio.TimeoutError:
-        return done(f"Error: {name} did not finish within {limit_s:g} seconds and was stopped.", "timeout", t.max_result_chars)
+        return done(
+            f"Error: {name} did not finish within {limit_s:g} seconds and was stopped.", "timeout", t.max_result_chars
+        )
     except Exception as e:  # the tool's own failure: the model reads it and goes on
         return done(f"Error: {name} raised {type(e).__name__}: {e}", "exception", t.max_result_chars)
     return done(_stringify(value), None, t.max_result_chars)

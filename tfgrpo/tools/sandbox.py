@@ -30,7 +30,17 @@ from typing import Any
 from tfgrpo.tools._host import kill_cgroup, pids_cgroup_root, remove_cgroup, user_tasks, watch_disk
 
 CONFINE = Path(__file__).with_name("_confine.py")
-SYSTEM_READ_PATHS = ("/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
+SYSTEM_READ_PATHS = (
+    "/usr",
+    "/bin",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/dev/null",
+    "/dev/urandom",
+    "/dev/zero",
+)
 LIMIT_KINDS = ("wall", "cpu", "memory", "processes", "output", "file_size", "disk")
 
 
@@ -121,7 +131,11 @@ def isolation() -> dict[str, Any]:
         "network": seen.get("network"),
         "read_outside_workdir": seen.get("read_outside"),
         "pid_namespace": seen.get("pid") == 1,
-        **{k: res.isolation[k] for k in ("setup_error", "mount_error", "namespaces_error", "seccomp_error") if k in res.isolation},
+        **{
+            k: res.isolation[k]
+            for k in ("setup_error", "mount_error", "namespaces_error", "seccomp_error")
+            if k in res.isolation
+        },
         **({"probe_error": seen["probe_error"]} if "probe_error" in seen else {}),
     }
 
@@ -134,8 +148,11 @@ def _plan() -> dict[str, Any]:
     libc.syscall.restype = ctypes.c_long
     abi = int(libc.syscall(444, None, 0, 1))
     found = importlib.util.find_spec("pyseccomp")  # imported by the launcher only (it needs libseccomp)
-    return {"cgroup_root": pids_cgroup_root(), "landlock_abi": abi if abi > 0 else None,
-            "seccomp_module": os.path.dirname(found.origin) if found and found.origin else None}
+    return {
+        "cgroup_root": pids_cgroup_root(),
+        "landlock_abi": abi if abi > 0 else None,
+        "seccomp_module": os.path.dirname(found.origin) if found and found.origin else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,9 +161,15 @@ def _plan() -> dict[str, Any]:
 
 def _env(workdir: str) -> dict[str, str]:
     return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
 
 
@@ -182,9 +205,12 @@ def _prepare(code: str, limits: Limits, files: dict[str, str] | None) -> tuple[P
         # processes too, so the budget starts from what the user already runs).
         "nproc": None if (cgroup or os.geteuid() == 0) else user_tasks() + limits.processes,
         "limits": {
-            "cpu_s": int(limits.cpu_s), "memory_bytes": int(limits.memory_mb) << 20,
-            "file_bytes": int(limits.file_mb) << 20, "open_files": int(limits.open_files),
-            "disk_bytes": int(limits.disk_mb) << 20, "disk_files": int(limits.disk_files),
+            "cpu_s": int(limits.cpu_s),
+            "memory_bytes": int(limits.memory_mb) << 20,
+            "file_bytes": int(limits.file_mb) << 20,
+            "open_files": int(limits.open_files),
+            "disk_bytes": int(limits.disk_mb) << 20,
+            "disk_files": int(limits.disk_files),
         },
     }
     spec_path = base / "spec.json"
@@ -231,9 +257,16 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
     base, spec_path, cgroup = _prepare(code, limits, files)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", str(CONFINE), str(spec_path),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=_env(str(base)), start_new_session=True,
+        sys.executable,
+        "-I",
+        "-S",
+        str(CONFINE),
+        str(spec_path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(str(base)),
+        start_new_session=True,
     )
     over = asyncio.Event()
     out_c, err_c = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
@@ -244,8 +277,9 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
     disk_wait = asyncio.ensure_future(watch_disk(base / "work", int(limits.disk_mb) << 20, int(limits.disk_files)))
     limit: str | None = None
     try:
-        done, _ = await asyncio.wait({over_wait, done_wait, disk_wait}, timeout=limits.wall_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {over_wait, done_wait, disk_wait}, timeout=limits.wall_s, return_when=asyncio.FIRST_COMPLETED
+        )
         if over_wait in done:
             limit = "output"
         elif disk_wait in done:
@@ -280,8 +314,14 @@ async def run_python(code: str, limits: Limits | None = None, *, files: dict[str
     cpu = status.get("cpu_s")
     limit = limit or _which_limit(sig, cpu, stderr, limits)
     return SandboxResult(
-        stdout=stdout, stderr=stderr, exit_code=status.get("exit_code") if status else (None if limit else proc.returncode), signal=sig, wall_s=round(wall, 3),
-        cpu_s=round(cpu, 3) if cpu is not None else None, limit=limit, truncated=out_cut or err_cut,
+        stdout=stdout,
+        stderr=stderr,
+        exit_code=status.get("exit_code") if status else (None if limit else proc.returncode),
+        signal=sig,
+        wall_s=round(wall, 3),
+        cpu_s=round(cpu, 3) if cpu is not None else None,
+        limit=limit,
+        truncated=out_cut or err_cut,
         isolation=applied,
     )
 

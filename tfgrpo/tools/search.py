@@ -41,7 +41,9 @@ class BM25Corpus:
             raise ValueError("a search corpus needs at least one document")
         self._bm25s = bm25s
         self.index = bm25s.BM25()
-        self.index.index(bm25s.tokenize([self._text(d) for d in self.docs], stopwords="en", show_progress=False), show_progress=False)
+        self.index.index(
+            bm25s.tokenize([self._text(d) for d in self.docs], stopwords="en", show_progress=False), show_progress=False
+        )
 
     @staticmethod
     def _text(d: dict[str, Any]) -> str:
@@ -54,8 +56,14 @@ class BM25Corpus:
         k = min(k, len(self.docs))
         ids, scores = self.index.retrieve(tokens, k=k, show_progress=False)
         return [
-            Hit(str(self.docs[i].get("id", i)), str(self.docs[i].get("title", "")), str(self.docs[i].get("text", "")), float(s))
-            for i, s in zip(ids[0], scores[0]) if s > 0
+            Hit(
+                str(self.docs[i].get("id", i)),
+                str(self.docs[i].get("title", "")),
+                str(self.docs[i].get("text", "")),
+                float(s),
+            )
+            for i, s in zip(ids[0], scores[0])
+            if s > 0
         ]
 
 

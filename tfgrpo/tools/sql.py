@@ -25,7 +25,9 @@ def _no_attach(action: int, *_: object) -> int:
     return sqlite3.SQLITE_DENY if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) else sqlite3.SQLITE_OK
 
 
-def run_query(path: str | Path, query: str, *, max_rows: int | None = None, timeout_s: float = 5.0) -> tuple[list[str], list[tuple]]:
+def run_query(
+    path: str | Path, query: str, *, max_rows: int | None = None, timeout_s: float = 5.0
+) -> tuple[list[str], list[tuple]]:
     """(column names, rows) of ``query``; a query running past ``timeout_s`` is interrupted."""
     db = connect_readonly(path)
     deadline = time.monotonic() + timeout_s

@@ -75,7 +75,9 @@ class Trajectory(BaseModel):
             if t.error:
                 lines.append(f"Step {t.index + 1}: the model request failed: {t.error}")
         if self.stopped_by:
-            lines.append(f"The rollout was stopped by its {self.stopped_by} limit before a final answer; scored as it stood.")
+            lines.append(
+                f"The rollout was stopped by its {self.stopped_by} limit before a final answer; scored as it stood."
+            )
         lines.append(f"Final answer: {self.final if self.final else '(none)'}")
         return "\n".join(lines)
 
@@ -112,16 +114,25 @@ async def run_agent(
         t0 = time.monotonic()
         try:
             [c] = await asyncio.wait_for(
-                client.sample(traj.messages, n=1, temperature=temperature, max_tokens=per_turn, seed=seed,
-                              tools=schemas),
+                client.sample(
+                    traj.messages, n=1, temperature=temperature, max_tokens=per_turn, seed=seed, tools=schemas
+                ),
                 remaining_s,
             )
         except asyncio.TimeoutError:
             traj.stopped_by = "time"
             break
-        record = TurnRecord(index=turn, started_s=round(t0 - started, 3), elapsed_s=round(time.monotonic() - t0, 3),
-                            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                            finish_reason=c.finish_reason, cached=c.cached, content=c.text, error=c.error)
+        record = TurnRecord(
+            index=turn,
+            started_s=round(t0 - started, 3),
+            elapsed_s=round(time.monotonic() - t0, 3),
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            finish_reason=c.finish_reason,
+            cached=c.cached,
+            content=c.text,
+            error=c.error,
+        )
         traj.turns.append(record)
         traj.prompt_tokens += c.prompt_tokens
         traj.completion_tokens += c.completion_tokens
@@ -142,9 +153,17 @@ async def run_agent(
             name, raw = str(fn.get("name", "")), str(fn.get("arguments", ""))
             remaining_s = limits.wall_s - (time.monotonic() - started)
             outcome = await call_tool(tools, name, raw, timeout_s=max(remaining_s, 0.001))
-            record.tool_calls.append(ToolCallRecord(id=call["id"], name=name, arguments=raw, result=outcome.content,
-                                                    error=outcome.error, truncated=outcome.truncated,
-                                                    elapsed_s=outcome.elapsed_s))
+            record.tool_calls.append(
+                ToolCallRecord(
+                    id=call["id"],
+                    name=name,
+                    arguments=raw,
+                    result=outcome.content,
+                    error=outcome.error,
+                    truncated=outcome.truncated,
+                    elapsed_s=outcome.elapsed_s,
+                )
+            )
             traj.tool_calls += 1
             traj.tool_errors += outcome.error is not None
             traj.malformed_tool_calls += outcome.error == "malformed_arguments"
@@ -156,9 +175,12 @@ async def run_agent(
     traj.wall_s = round(time.monotonic() - started, 3)
     failed_at_once = error is not None and len(traj.turns) == 1
     completion = Completion(
-        text=None if failed_at_once else (traj.final or ""), index=0,
+        text=None if failed_at_once else (traj.final or ""),
+        index=0,
         finish_reason=f"limit:{traj.stopped_by}" if traj.stopped_by else "stop",
-        error=error, cached=all_cached and bool(traj.turns),
-        prompt_tokens=traj.prompt_tokens, completion_tokens=traj.completion_tokens,
+        error=error,
+        cached=all_cached and bool(traj.turns),
+        prompt_tokens=traj.prompt_tokens,
+        completion_tokens=traj.completion_tokens,
     )
     return completion, traj

@@ -60,8 +60,12 @@ class Spend:
         return s
 
     def __add__(self, other: "Spend") -> "Spend":
-        return Spend(self.cost + other.cost, self.tokens + other.tokens, self.calls + other.calls,
-                     tuple(dict.fromkeys(self.unpriced + other.unpriced)))
+        return Spend(
+            self.cost + other.cost,
+            self.tokens + other.tokens,
+            self.calls + other.calls,
+            tuple(dict.fromkeys(self.unpriced + other.unpriced)),
+        )
 
 
 def total_spend(usages: Iterable[dict[str, Any]], price: tuple[float, float] | None = None) -> Spend:
@@ -87,8 +91,10 @@ class Budget:
         spent = total_spend(step_usages, price)
         per_step = [Spend.of(u, price) for u in step_usages]
         if self.cfg.cost is not None and spent.unpriced:
-            return (f"--budget-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
-                    "give one with --price-per-mtok IN,OUT")
+            return (
+                f"--budget-cost cannot be checked: no price is known for the {', '.join(spent.unpriced)} model; "
+                "give one with --price-per-mtok IN,OUT"
+            )
         checks = (
             ("budget-cost", self.cfg.cost, spent.cost, max((s.cost for s in per_step), default=0.0), "${:.4f}"),
             ("budget-tokens", self.cfg.tokens, spent.tokens, max((s.tokens for s in per_step), default=0), "{:,}"),
@@ -96,6 +102,8 @@ class Budget:
         )
         for name, limit, used, next_step, fmt in checks:
             if limit is not None and (used >= limit or used + next_step > limit):
-                return (f"--{name} {fmt.format(limit)} would be passed: spent {fmt.format(used)}, "
-                        f"a step takes up to {fmt.format(next_step)}")
+                return (
+                    f"--{name} {fmt.format(limit)} would be passed: spent {fmt.format(used)}, "
+                    f"a step takes up to {fmt.format(next_step)}"
+                )
         return None

@@ -53,9 +53,21 @@ class _Paths(_Model):
 class AgentConfig(_Model):
     """Limits of one tool-calling rollout (tasks with tools); a rollout hitting one is scored as it stands."""
 
-    max_turns: int = Field(8, gt=0, description="Most model turns per tool-calling rollout", json_schema_extra=flag("max-turns"))
-    max_tokens: int = Field(4096, gt=0, description="Most completion tokens per tool-calling rollout, over all its turns", json_schema_extra=flag("agent-max-tokens"))
-    wall_s: float = Field(300.0, gt=0, description="Most seconds per tool-calling rollout, tool calls included", json_schema_extra=flag("agent-wall-s"))
+    max_turns: int = Field(
+        8, gt=0, description="Most model turns per tool-calling rollout", json_schema_extra=flag("max-turns")
+    )
+    max_tokens: int = Field(
+        4096,
+        gt=0,
+        description="Most completion tokens per tool-calling rollout, over all its turns",
+        json_schema_extra=flag("agent-max-tokens"),
+    )
+    wall_s: float = Field(
+        300.0,
+        gt=0,
+        description="Most seconds per tool-calling rollout, tool calls included",
+        json_schema_extra=flag("agent-wall-s"),
+    )
 
 
 class SamplingConfig(_Model):
@@ -63,8 +75,15 @@ class SamplingConfig(_Model):
     validation and evaluation alike."""
 
     group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature"))
-    max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per answer (default: the task's, else the backend's)", json_schema_extra=flag("max-tokens"))
+    temperature: float = Field(
+        0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature")
+    )
+    max_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Max completion tokens per answer (default: the task's, else the backend's)",
+        json_schema_extra=flag("max-tokens"),
+    )
     seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
     agent: AgentConfig = Field(default_factory=AgentConfig)
 
@@ -72,45 +91,149 @@ class SamplingConfig(_Model):
 class PolicyConfig(_Model):
     """How the policy model is reached (what it samples is ``SamplingConfig``)."""
 
-    model: str | None = Field(None, description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or a provider plugin's name; train needs one, eval takes its --library run's unless given", json_schema_extra=flag("model"))
-    api_base: str | None = Field(None, description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)", json_schema_extra=flag("api-base"))
-    api_key_env: str | None = Field(None, description="Environment variable holding the policy's API key (default: the provider's usual one)", json_schema_extra=flag("api-key-env"))
+    model: str | None = Field(
+        None,
+        description="Policy model: a litellm name (openai/gpt-4.1-mini, hosted_vllm/Qwen/Qwen3-8B) or a provider plugin's name; train needs one, eval takes its --library run's unless given",
+        json_schema_extra=flag("model"),
+    )
+    api_base: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL for the policy (e.g. a vLLM server)",
+        json_schema_extra=flag("api-base"),
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the policy's API key (default: the provider's usual one)",
+        json_schema_extra=flag("api-key-env"),
+    )
     concurrency: int = Field(16, gt=0, description="Concurrent policy requests", json_schema_extra=flag("concurrency"))
-    timeout: float = Field(120.0, gt=0, description="Seconds before one policy request times out", json_schema_extra=flag("timeout"))
-    max_retries: int = Field(6, ge=0, description="Retries of a request on 429, 5xx, timeouts and connection errors", json_schema_extra=flag("max-retries"))
-    retry_timeouts: bool | None = Field(None, description="Send a timed-out request again (default: at remote endpoints only; a local server that timed out may still be computing it)", json_schema_extra=flag("retry-timeouts"))
+    timeout: float = Field(
+        120.0, gt=0, description="Seconds before one policy request times out", json_schema_extra=flag("timeout")
+    )
+    max_retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of a request on 429, 5xx, timeouts and connection errors",
+        json_schema_extra=flag("max-retries"),
+    )
+    retry_timeouts: bool | None = Field(
+        None,
+        description="Send a timed-out request again (default: at remote endpoints only; a local server that timed out may still be computing it)",
+        json_schema_extra=flag("retry-timeouts"),
+    )
 
 
 class JudgeConfig(_Model):
-    model: str | None = Field(None, description="Judge model (default: the policy model); a capable model matters here", json_schema_extra=flag("judge"))
-    api_base: str | None = Field(None, description="OpenAI-compatible base URL for the judge", json_schema_extra=flag("judge-api-base"))
+    model: str | None = Field(
+        None,
+        description="Judge model (default: the policy model); a capable model matters here",
+        json_schema_extra=flag("judge"),
+    )
+    api_base: str | None = Field(
+        None, description="OpenAI-compatible base URL for the judge", json_schema_extra=flag("judge-api-base")
+    )
     api_key_env: str | None = Field(None, description="Environment variable holding the judge's API key")
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0: deterministic)")
     max_tokens: int | None = Field(None, gt=0, description="Max completion tokens per judge call")
-    concurrency: int = Field(8, gt=0, description="Concurrent judge requests", json_schema_extra=flag("judge-concurrency"))
+    concurrency: int = Field(
+        8, gt=0, description="Concurrent judge requests", json_schema_extra=flag("judge-concurrency")
+    )
     timeout: float = Field(300.0, gt=0, description="Seconds before one judge request times out")
     max_retries: int = Field(6, ge=0, description="Retries of a judge request on transient errors")
-    retry_timeouts: bool | None = Field(None, description="Send a timed-out judge request again (default: at remote endpoints only)")
-    summaries: bool | None = Field(None, description="Summarise each attempt before the group comparison (default: only when the attempts together would fill more than summary_share of the judge's context)", json_schema_extra=flag("summaries"))
-    skip_equal_groups: bool = Field(True, description="Skip groups whose answers all scored the same (they carry no contrast)", json_schema_extra=flag("skip-equal-groups"))
-    ground_truth: bool = Field(True, description="Show the judge the reference answer and the rewards; without it every group is judged blind", json_schema_extra=flag("ground-truth"))
-    max_ops_per_group: int = Field(3, ge=1, le=10, description="Most ops one group comparison may propose; the first non-NONE ones are kept (default 3, room for a lesson on strategy, checking and format at once; the reference implementation uses 1)", json_schema_extra=flag("ops-per-group"))
-    leak_guard: Literal["reject", "flag", "off"] = Field("reject", description="Lessons copying training problem text (long word overlap, or its numbers and names): reject them, flag them but keep them, or do not check", json_schema_extra=flag("leak-guard"))
-    context_tokens: int | None = Field(None, gt=0, description="The judge's context window in tokens, for switching summaries on (default: litellm's model info, else 32768)", json_schema_extra=flag("judge-context"))
-    summary_share: float = Field(0.5, gt=0, le=1, description="Summarise the attempts first when together they would fill more than this share of the judge's context (with --summaries unset)")
-    schema_in_prompt: bool | None = Field(None, description="Paste the JSON schema into judge prompts (default: only for backends litellm does not know to take a response_format schema)")
+    retry_timeouts: bool | None = Field(
+        None, description="Send a timed-out judge request again (default: at remote endpoints only)"
+    )
+    summaries: bool | None = Field(
+        None,
+        description="Summarise each attempt before the group comparison (default: only when the attempts together would fill more than summary_share of the judge's context)",
+        json_schema_extra=flag("summaries"),
+    )
+    skip_equal_groups: bool = Field(
+        True,
+        description="Skip groups whose answers all scored the same (they carry no contrast)",
+        json_schema_extra=flag("skip-equal-groups"),
+    )
+    ground_truth: bool = Field(
+        True,
+        description="Show the judge the reference answer and the rewards; without it every group is judged blind",
+        json_schema_extra=flag("ground-truth"),
+    )
+    max_ops_per_group: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Most ops one group comparison may propose; the first non-NONE ones are kept (default 3, room for a lesson on strategy, checking and format at once; the reference implementation uses 1)",
+        json_schema_extra=flag("ops-per-group"),
+    )
+    leak_guard: Literal["reject", "flag", "off"] = Field(
+        "reject",
+        description="Lessons copying training problem text (long word overlap, or its numbers and names): reject them, flag them but keep them, or do not check",
+        json_schema_extra=flag("leak-guard"),
+    )
+    context_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="The judge's context window in tokens, for switching summaries on (default: litellm's model info, else 32768)",
+        json_schema_extra=flag("judge-context"),
+    )
+    summary_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Summarise the attempts first when together they would fill more than this share of the judge's context (with --summaries unset)",
+    )
+    schema_in_prompt: bool | None = Field(
+        None,
+        description="Paste the JSON schema into judge prompts (default: only for backends litellm does not know to take a response_format schema)",
+    )
 
 
 class LibraryConfig(_Model):
     injection: InjectionSettings = Field(default_factory=InjectionSettings)
-    embedding: dict[str, Any] = Field(default_factory=lambda: {"name": "lexical", "dim": 512}, description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL", json_schema_extra=flag("embedding"))
-    dedup_threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity above which a proposed lesson is handed to consolidation as a MERGE candidate", json_schema_extra=flag("dedup-threshold"))
-    prune_unused_steps: int = Field(0, ge=0, description="Retire lessons not cited for this many steps (0: never)", json_schema_extra=flag("prune-unused"))
-    prune_min_votes: int = Field(12, ge=1, description="Within-group comparisons (citing vs non-citing answers) needed before a lesson can be retired as harmful")
-    prune_harmful_share: float = Field(0.5, ge=0, le=1, description="Share of lost within-group comparisons above which a lesson is retired (with --prune-harmful)")
-    store: str | None = Field(None, description="Chroma server http://host:port shared by several writers (default: a local index in the run directory)", json_schema_extra=flag("store"))
-    collection: str | None = Field(None, description="Collection name on the --store server (default: the run directory's name)", json_schema_extra=flag("store-collection"))
-    prune_harmful: bool = Field(False, description="Retire lessons that lose the within-group comparisons (answers citing the lesson against answers shown it that did not cite it): at least prune_min_votes comparisons, more than prune_harmful_share lost", json_schema_extra=flag("prune-harmful"))
+    embedding: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "lexical", "dim": 512},
+        description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL",
+        json_schema_extra=flag("embedding"),
+    )
+    dedup_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Cosine similarity above which a proposed lesson is handed to consolidation as a MERGE candidate",
+        json_schema_extra=flag("dedup-threshold"),
+    )
+    prune_unused_steps: int = Field(
+        0,
+        ge=0,
+        description="Retire lessons not cited for this many steps (0: never)",
+        json_schema_extra=flag("prune-unused"),
+    )
+    prune_min_votes: int = Field(
+        12,
+        ge=1,
+        description="Within-group comparisons (citing vs non-citing answers) needed before a lesson can be retired as harmful",
+    )
+    prune_harmful_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of lost within-group comparisons above which a lesson is retired (with --prune-harmful)",
+    )
+    store: str | None = Field(
+        None,
+        description="Chroma server http://host:port shared by several writers (default: a local index in the run directory)",
+        json_schema_extra=flag("store"),
+    )
+    collection: str | None = Field(
+        None,
+        description="Collection name on the --store server (default: the run directory's name)",
+        json_schema_extra=flag("store-collection"),
+    )
+    prune_harmful: bool = Field(
+        False,
+        description="Retire lessons that lose the within-group comparisons (answers citing the lesson against answers shown it that did not cite it): at least prune_min_votes comparisons, more than prune_harmful_share lost",
+        json_schema_extra=flag("prune-harmful"),
+    )
 
     @field_validator("embedding", mode="before")
     @classmethod
@@ -131,17 +254,44 @@ def _check_report_to(value: Any) -> Any:
 
 
 class SplitConfig(_Model):
-    fractions: str | None = Field(None, description="Split the task's dataset into train/validation/test by --split-seed, e.g. 70/15/15 (default: the task's own train and test sets)", json_schema_extra=flag("split"))
-    seed: int = Field(0, description="Seed of --split: the same seed gives the same split in train and eval", json_schema_extra=flag("split-seed"))
+    fractions: str | None = Field(
+        None,
+        description="Split the task's dataset into train/validation/test by --split-seed, e.g. 70/15/15 (default: the task's own train and test sets)",
+        json_schema_extra=flag("split"),
+    )
+    seed: int = Field(
+        0,
+        description="Seed of --split: the same seed gives the same split in train and eval",
+        json_schema_extra=flag("split-seed"),
+    )
 
 
 class BudgetConfig(_Model):
     """Run budgets; YAML ``budget: {tokens: N}`` is the flag ``--budget-tokens N``."""
 
-    cost: float | None = Field(None, gt=0, description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)", json_schema_extra=flag("budget-cost"))
-    tokens: int | None = Field(None, gt=0, description="Run budget in tokens (policy + judge, prompt + completion), same rule", json_schema_extra=flag("budget-tokens"))
-    calls: int | None = Field(None, gt=0, description="Run budget in LLM requests actually sent (cache hits are free), same rule", json_schema_extra=flag("budget-calls"))
-    price_per_mtok: str | None = Field(None, description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)", json_schema_extra=flag("price-per-mtok"))
+    cost: float | None = Field(
+        None,
+        gt=0,
+        description="Run budget in USD: stop at the step boundary before it would be passed (resume with a higher one)",
+        json_schema_extra=flag("budget-cost"),
+    )
+    tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Run budget in tokens (policy + judge, prompt + completion), same rule",
+        json_schema_extra=flag("budget-tokens"),
+    )
+    calls: int | None = Field(
+        None,
+        gt=0,
+        description="Run budget in LLM requests actually sent (cache hits are free), same rule",
+        json_schema_extra=flag("budget-calls"),
+    )
+    price_per_mtok: str | None = Field(
+        None,
+        description="IN,OUT: USD per million prompt and completion tokens for models litellm has no price for (local vLLM)",
+        json_schema_extra=flag("price-per-mtok"),
+    )
 
 
 class RunConfig(_Paths):
@@ -153,22 +303,63 @@ class RunConfig(_Paths):
         return _check_report_to(value)
 
     version: int = 1
-    task: str = Field("demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task"))
-    data: str | None = Field(None, description="Data file for the task (JSONL, JSON or Parquet) or a Hugging Face dataset id", json_schema_extra=flag("data"))
+    task: str = Field(
+        "demo", description="Task: a built-in name (demo, math) or file.py:name", json_schema_extra=flag("task")
+    )
+    data: str | None = Field(
+        None,
+        description="Data file for the task (JSONL, JSON or Parquet) or a Hugging Face dataset id",
+        json_schema_extra=flag("data"),
+    )
     task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
     epochs: int = Field(3, gt=0, description="Passes over the training set", json_schema_extra=flag("epochs"))
     batch_size: int = Field(8, gt=0, description="Queries per step", json_schema_extra=flag("batch-size"))
-    limit: int | None = Field(None, gt=0, description="Use only the first N training samples", json_schema_extra=flag("limit"))
-    advantage: Literal["grpo", "dr_grpo", "gdpo"] = Field("grpo", description="Numeric advantage: grpo, dr_grpo or gdpo", json_schema_extra=flag("advantage"))
-    cache: bool = Field(True, description="Serve repeated requests from the response cache", json_schema_extra=flag("cache"))
-    cache_path: str | None = Field(None, description="Response cache file (default: cache.sqlite in the run directory); share one between runs to pay no call twice", json_schema_extra=flag("cache-path"))
-    prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
-    serve: str | None = Field(None, description="Start 'vllm serve MODEL' for the length of the run and use it as the policy", json_schema_extra=flag("serve"))
-    serve_args: dict[str, Any] = Field(default_factory=dict, description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)")
-    select: Literal["last", "best-val"] = Field("last", description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)", json_schema_extra=flag("select"))
-    val_n: int = Field(4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n"))
-    report_to: str | None = Field(None, description="Log each step's metrics to tensorboard, wandb or mlflow (comma-separated; each an optional extra)", json_schema_extra=flag("report-to"))
-    advantage_std: Literal["unbiased", "population"] = Field("unbiased", description="Standard deviation in the grpo/gdpo advantages: unbiased (divide by G-1; the default, as TRL's GRPOTrainer and torch.std, so recorded advantages match TRL's) or population (divide by G)", json_schema_extra=flag("advantage-std"))
+    limit: int | None = Field(
+        None, gt=0, description="Use only the first N training samples", json_schema_extra=flag("limit")
+    )
+    advantage: Literal["grpo", "dr_grpo", "gdpo"] = Field(
+        "grpo", description="Numeric advantage: grpo, dr_grpo or gdpo", json_schema_extra=flag("advantage")
+    )
+    cache: bool = Field(
+        True, description="Serve repeated requests from the response cache", json_schema_extra=flag("cache")
+    )
+    cache_path: str | None = Field(
+        None,
+        description="Response cache file (default: cache.sqlite in the run directory); share one between runs to pay no call twice",
+        json_schema_extra=flag("cache-path"),
+    )
+    prompts_dir: str | None = Field(
+        None,
+        description="Folder whose *.j2 templates override the built-in prompts",
+        json_schema_extra=flag("prompts-dir"),
+    )
+    serve: str | None = Field(
+        None,
+        description="Start 'vllm serve MODEL' for the length of the run and use it as the policy",
+        json_schema_extra=flag("serve"),
+    )
+    serve_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Launcher options for --serve (tensor_parallel_size, gpu_memory_utilization, max_model_len)",
+    )
+    select: Literal["last", "best-val"] = Field(
+        "last",
+        description="Library the run keeps: the last one, or the epoch scoring best on the validation split (needs --split)",
+        json_schema_extra=flag("select"),
+    )
+    val_n: int = Field(
+        4, gt=0, description="Answers per validation problem for --select best-val", json_schema_extra=flag("val-n")
+    )
+    report_to: str | None = Field(
+        None,
+        description="Log each step's metrics to tensorboard, wandb or mlflow (comma-separated; each an optional extra)",
+        json_schema_extra=flag("report-to"),
+    )
+    advantage_std: Literal["unbiased", "population"] = Field(
+        "unbiased",
+        description="Standard deviation in the grpo/gdpo advantages: unbiased (divide by G-1; the default, as TRL's GRPOTrainer and torch.std, so recorded advantages match TRL's) or population (divide by G)",
+        json_schema_extra=flag("advantage-std"),
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -179,18 +370,53 @@ class RunConfig(_Paths):
 
 class EvalConfig(_Paths):
     version: int = 1
-    task: str | None = Field(None, description="Task: a built-in name or file.py:name (default: the --library's task)", json_schema_extra=flag("task"))
-    data: str | None = Field(None, description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id (default: the run's)", json_schema_extra=flag("data"))
+    task: str | None = Field(
+        None,
+        description="Task: a built-in name or file.py:name (default: the --library's task)",
+        json_schema_extra=flag("task"),
+    )
+    data: str | None = Field(
+        None,
+        description="Evaluation data file for the task (JSONL, JSON or Parquet) or a dataset id (default: the run's)",
+        json_schema_extra=flag("data"),
+    )
     task_args: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the task function")
     k: int = Field(4, gt=0, description="k of Mean@k and Pass@k", json_schema_extra=flag("k", "k"))
-    n: int | None = Field(None, gt=0, description="Answers sampled per problem and seed, n >= k (default: k); more gives tighter estimates", json_schema_extra=flag("n", "n"))
-    seeds: int = Field(1, gt=0, description="Sampling seeds: --seed, --seed+1, ...; baseline and library share them", json_schema_extra=flag("seeds"))
-    eval_on: Literal["test", "validation", "train"] = Field("test", description="Which part of the --split to evaluate on", json_schema_extra=flag("eval-on"))
-    limit: int | None = Field(None, gt=0, description="Evaluate only the first N problems", json_schema_extra=flag("limit"))
-    cache_path: str | None = Field(None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path"))
-    prompts_dir: str | None = Field(None, description="Folder whose *.j2 templates override the built-in prompts", json_schema_extra=flag("prompts-dir"))
-    placebo: bool = Field(False, description="Also run a placebo arm: the library's prompt with each lesson replaced by neutral text of equal token length, to tell the lessons' content from the prompt format", json_schema_extra=flag("placebo"))
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's")
+    n: int | None = Field(
+        None,
+        gt=0,
+        description="Answers sampled per problem and seed, n >= k (default: k); more gives tighter estimates",
+        json_schema_extra=flag("n", "n"),
+    )
+    seeds: int = Field(
+        1,
+        gt=0,
+        description="Sampling seeds: --seed, --seed+1, ...; baseline and library share them",
+        json_schema_extra=flag("seeds"),
+    )
+    eval_on: Literal["test", "validation", "train"] = Field(
+        "test", description="Which part of the --split to evaluate on", json_schema_extra=flag("eval-on")
+    )
+    limit: int | None = Field(
+        None, gt=0, description="Evaluate only the first N problems", json_schema_extra=flag("limit")
+    )
+    cache_path: str | None = Field(
+        None, description="Response cache file (default: none)", json_schema_extra=flag("cache-path")
+    )
+    prompts_dir: str | None = Field(
+        None,
+        description="Folder whose *.j2 templates override the built-in prompts",
+        json_schema_extra=flag("prompts-dir"),
+    )
+    placebo: bool = Field(
+        False,
+        description="Also run a placebo arm: the library's prompt with each lesson replaced by neutral text of equal token length, to tell the lessons' content from the prompt format",
+        json_schema_extra=flag("placebo"),
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's",
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
 

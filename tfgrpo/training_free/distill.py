@@ -69,8 +69,12 @@ class Curator:
         view = consolidation_view(self.library, self.settings, shown, candidates, live)
         proposals_json = json.dumps(order_proposals(live), indent=1, ensure_ascii=False)
         user = self.judge.prompts.render(
-            "consolidate.j2", library=view, library_block=library_block(view), proposals=proposals_json,
-            proposals_block=proposals_block(proposals_json), schema=self.judge.schema_text(Consolidation),
+            "consolidate.j2",
+            library=view,
+            library_block=library_block(view),
+            proposals=proposals_json,
+            proposals_block=proposals_block(proposals_json),
+            schema=self.judge.schema_text(Consolidation),
             candidates=json.dumps(candidates, indent=1, ensure_ascii=False) if candidates else "",
         )
         out = await self.judge.ask(user, Consolidation, "consolidation")
@@ -85,7 +89,9 @@ class Curator:
         return prune_for(self.library, self.settings, credit, step, ops)
 
 
-def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: list[dict]) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:
+def bound_ops(
+    ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: list[dict]
+) -> tuple[list[ExperienceOp], list[tuple[ExperienceOp, str]]]:
     """The consolidated ops the batch's (non-NONE) ``proposals`` and MERGE ``candidates``
     (:func:`merge_candidates`) allow, in the judge's order, and the rest with the reason each was
     dropped (see the module docstring)."""
@@ -103,7 +109,9 @@ def bound_ops(ops: list[ExperienceOp], proposals: list[ProposedOp], candidates: 
         if op.op == "MERGE" and not set(op.ids) <= mergeable:
             # a MERGE retires its sources: only lessons a proposal named or a candidate pointed at
             stray = sorted(set(op.ids) - mergeable, key=_id_key)
-            dropped.append((op, f"consolidation: MERGE retires {', '.join(stray)}, which no proposal or candidate named"))
+            dropped.append(
+                (op, f"consolidation: MERGE retires {', '.join(stray)}, which no proposal or candidate named")
+            )
             continue
         if op.op == "ADD" and adds >= max_adds:
             dropped.append((op, f"consolidation: more ADDs than the {max_adds} proposed"))
@@ -130,19 +138,31 @@ def merge_candidates(library: Library, proposals: list[ProposedOp], threshold: f
     return out
 
 
-def prune_for(library: Library, cfg: LibraryConfig, credit: dict[str, Stats], step: int, ops: list[ExperienceOp]) -> list[ExperienceOp]:
+def prune_for(
+    library: Library, cfg: LibraryConfig, credit: dict[str, Stats], step: int, ops: list[ExperienceOp]
+) -> list[ExperienceOp]:
     """Prune DELETEs for this step, judged on the stats including this step's credit, leaving
     alone the lessons this step's ops already touch. Retiring for harm needs ``prune_harmful``
     (off by default): the within-group comparisons of experience_store.credit."""
     touched = {i for o in ops for i in (o.id, *o.ids) if i}
     preview, _ = apply_ops(library.state, [], step, credit=credit)
-    pruned = prune_ops(preview, step, unused_steps=cfg.prune_unused_steps, min_votes=cfg.prune_min_votes,
-                       harmful_share=cfg.prune_harmful_share if cfg.prune_harmful else 1.0)
+    pruned = prune_ops(
+        preview,
+        step,
+        unused_steps=cfg.prune_unused_steps,
+        min_votes=cfg.prune_min_votes,
+        harmful_share=cfg.prune_harmful_share if cfg.prune_harmful else 1.0,
+    )
     return [o for o in pruned if o.id not in touched]
 
 
-def consolidation_view(library: Library, cfg: LibraryConfig, shown: Iterable[Injection], candidates: list[dict],
-                       proposals: list[ProposedOp]) -> str:
+def consolidation_view(
+    library: Library,
+    cfg: LibraryConfig,
+    shown: Iterable[Injection],
+    candidates: list[dict],
+    proposals: list[ProposedOp],
+) -> str:
     """The library as consolidation sees it: all of it in ``all`` mode; otherwise the lessons
     this step's prompts showed plus those the proposals name or nearly duplicate, so the prompt
     stays bounded however large the library grows."""

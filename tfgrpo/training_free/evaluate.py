@@ -67,10 +67,13 @@ def arm_summary(arm: ArmRun, ids: Sequence[str], seeds: Sequence[int], k: int) -
     means, passes = arm.per_problem(ids, seeds, k)
     boot = seeds[0] if seeds else 0
     return {
-        "mean_at_k": _r(sum(means) / len(means)), "pass_at_k": _r(sum(passes) / len(passes)),
+        "mean_at_k": _r(sum(means) / len(means)),
+        "pass_at_k": _r(sum(passes) / len(passes)),
         "ci95": [_r(v) for v in bootstrap_ci(means, seed=boot)],
         "pass_ci95": [_r(v) for v in bootstrap_ci(passes, seed=boot + 1)],
-        "problems": len(ids), "samples": arm.n * len(ids) * len(seeds), "failures": arm.failures,
+        "problems": len(ids),
+        "samples": arm.n * len(ids) * len(seeds),
+        "failures": arm.failures,
         "unscored": arm.unscored,
     }
 
@@ -91,12 +94,22 @@ def verdict(diff: dict[str, Any], k: int, problems: int | None = None) -> str:
     """One sentence; below ``SMALL_SAMPLE`` problems it says the sample is small."""
     low, high = diff["ci95"]
     numbers = f"95% CI [{low:+.3f}, {high:+.3f}], p = {diff['p_value']:.3g}"
-    small = (f"; only {problems} problems (fewer than {SMALL_SAMPLE}): a rough indication at best"
-             if problems is not None and problems < SMALL_SAMPLE else "")
+    small = (
+        f"; only {problems} problems (fewer than {SMALL_SAMPLE}): a rough indication at best"
+        if problems is not None and problems < SMALL_SAMPLE
+        else ""
+    )
     if not diff["significant"]:
-        why = "interval and test disagree, the weaker wins" if (not (low <= 0.0 <= high)) != (diff["p_value"] < ALPHA) else ""
-        return (f"no significant difference: Mean@{k} library - baseline = {diff['mean']:+.3f}, {numbers}"
-                + (f" ({why})" if why else "") + small)
+        why = (
+            "interval and test disagree, the weaker wins"
+            if (not (low <= 0.0 <= high)) != (diff["p_value"] < ALPHA)
+            else ""
+        )
+        return (
+            f"no significant difference: Mean@{k} library - baseline = {diff['mean']:+.3f}, {numbers}"
+            + (f" ({why})" if why else "")
+            + small
+        )
     better = "better" if diff["mean"] > 0 else "worse"
     return f"library {better} than baseline: Mean@{k} {diff['mean']:+.3f}, {numbers}{small}"
 
@@ -104,9 +117,11 @@ def verdict(diff: dict[str, Any], k: int, problems: int | None = None) -> str:
 def _failed(base: ArmRun, lib: ArmRun) -> str:
     """The verdict's note on failed requests and failed rewards: they count as wrong answers, so
     a failure tied to one arm (a library prompt over the context window) shows up as a difference."""
-    notes = [f"{what}, counted as wrong: {getattr(lib, key)} library, {getattr(base, key)} baseline"
-             for what, key in (("failed requests", "failures"), ("answers whose reward failed", "unscored"))
-             if getattr(lib, key) or getattr(base, key)]
+    notes = [
+        f"{what}, counted as wrong: {getattr(lib, key)} library, {getattr(base, key)} baseline"
+        for what, key in (("failed requests", "failures"), ("answers whose reward failed", "unscored"))
+        if getattr(lib, key) or getattr(base, key)
+    ]
     return "".join(f"; {n}" for n in notes)
 
 
@@ -120,8 +135,14 @@ class Evaluator:
     """Arms of ``n`` answers per problem and seed from ``policy`` (whose group size is ``n``),
     scored by ``scorer``, on the same problems and seeds."""
 
-    def __init__(self, policy: Policy, scorer: Scorer, n: int, seeds: Sequence[int] = (0,),
-                 on_advance: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        scorer: Scorer,
+        n: int,
+        seeds: Sequence[int] = (0,),
+        on_advance: Callable[[], None] = lambda: None,
+    ) -> None:
         self.policy, self.scorer, self.n, self.seeds, self.on_advance = policy, scorer, n, list(seeds), on_advance
 
     async def run_arm(self, samples: list[Sample], experiences: Experiences, name: str) -> ArmRun:
@@ -135,8 +156,18 @@ class Evaluator:
             arm.failures += sum(1 for c in g.completions if not c.ok)
             arm.unscored += sum(1 for c, r in zip(g.completions, g.combined) if c.ok and r is None)
             arm.answers.extend(
-                {"version": 1, "arm": name, "seed": seed, "sample_id": s.id, "index": c.index, "reward": g.combined[j],
-                 "correct": right[j], "text": c.text, "error": c.error, "cached": c.cached}
+                {
+                    "version": 1,
+                    "arm": name,
+                    "seed": seed,
+                    "sample_id": s.id,
+                    "index": c.index,
+                    "reward": g.combined[j],
+                    "correct": right[j],
+                    "text": c.text,
+                    "error": c.error,
+                    "cached": c.cached,
+                }
                 for j, c in enumerate(g.completions)
             )
             self.on_advance()
@@ -145,8 +176,9 @@ class Evaluator:
         arm.answers.sort(key=lambda a: (a["seed"], a["sample_id"], a["index"]))
         return arm
 
-    async def compare(self, samples: list[Sample], library: Experiences, k: int,
-                      placebo: Experiences | None = None) -> EvalReport:
+    async def compare(
+        self, samples: list[Sample], library: Experiences, k: int, placebo: Experiences | None = None
+    ) -> EvalReport:
         """Baseline and library (and the ``placebo`` arm when given), Mean@k and Pass@k with
         intervals and the paired difference. Raises ValueError on k > n or no problems (the API
         checks these first)."""
@@ -161,15 +193,27 @@ class Evaluator:
         ids = [s.id for s in samples]
         diff = paired_diff(base.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])
         summary = {
-            "baseline": arm_summary(base, ids, seeds, k), "library": arm_summary(lib, ids, seeds, k), "diff": diff,
-            "verdict": verdict(diff, k, len(samples)) + _failed(base, lib), "small_sample": len(samples) < SMALL_SAMPLE,
-            "n_problems": len(samples), "k": k, "n": n, "seeds": seeds, "seed": seeds[0],
-            "task": self.scorer.task.name, "by_seed": _by_seed(arms, ids, seeds, k),
+            "baseline": arm_summary(base, ids, seeds, k),
+            "library": arm_summary(lib, ids, seeds, k),
+            "diff": diff,
+            "verdict": verdict(diff, k, len(samples)) + _failed(base, lib),
+            "small_sample": len(samples) < SMALL_SAMPLE,
+            "n_problems": len(samples),
+            "k": k,
+            "n": n,
+            "seeds": seeds,
+            "seed": seeds[0],
+            "task": self.scorer.task.name,
+            "by_seed": _by_seed(arms, ids, seeds, k),
         }
         if placebo is not None:
             pla = arms[2]
-            summary["placebo"] = {**arm_summary(pla, ids, seeds, k), "diff": paired_diff(
-                pla.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0])}
+            summary["placebo"] = {
+                **arm_summary(pla, ids, seeds, k),
+                "diff": paired_diff(
+                    pla.per_problem(ids, seeds, k)[0], lib.per_problem(ids, seeds, k)[0], seed=seeds[0]
+                ),
+            }
         return EvalReport(summary=summary, answers=[a for arm in arms for a in arm.answers])
 
     async def baseline(self, samples: list[Sample], k: int) -> EvalReport:
@@ -178,14 +222,25 @@ class Evaluator:
         base = await self.run_arm(samples, "", "baseline")
         ids = [s.id for s in samples]
         summary = {
-            "baseline": arm_summary(base, ids, seeds, k), "verdict": "baseline only (no library)",
-            "n_problems": len(samples), "small_sample": len(samples) < SMALL_SAMPLE, "k": k, "n": self.n,
-            "seeds": seeds, "seed": seeds[0], "task": self.scorer.task.name, "by_seed": _by_seed([base], ids, seeds, k),
+            "baseline": arm_summary(base, ids, seeds, k),
+            "verdict": "baseline only (no library)",
+            "n_problems": len(samples),
+            "small_sample": len(samples) < SMALL_SAMPLE,
+            "k": k,
+            "n": self.n,
+            "seeds": seeds,
+            "seed": seeds[0],
+            "task": self.scorer.task.name,
+            "by_seed": _by_seed([base], ids, seeds, k),
         }
         return EvalReport(summary=summary, answers=base.answers)
 
-    async def select_best_epoch(self, validation: list[Sample], versions: dict[int, tuple[int, Library]],
-                                inject: Callable[[Library], Experiences]) -> dict[str, Any]:
+    async def select_best_epoch(
+        self,
+        validation: list[Sample],
+        versions: dict[int, tuple[int, Library]],
+        inject: Callable[[Library], Experiences],
+    ) -> dict[str, Any]:
         """Score the library after each epoch (``versions``: epoch, from 1 -> (its last step, the
         library at that step), injected by ``inject``) on the validation split by Mean@n and
         choose the best; ties go to the earlier epoch (fewer lessons to carry). The baseline (no
@@ -195,15 +250,37 @@ class Evaluator:
         candidates = []
         for epoch, (step, lib) in sorted(versions.items()):
             summary = arm_summary(await self.run_arm(validation, inject(lib), f"epoch {epoch}"), ids, [seed], n)
-            candidates.append({"epoch": epoch, "step": step, "library_size": len(lib),
-                               "mean_at_k": summary["mean_at_k"], "ci95": summary["ci95"]})
+            candidates.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "library_size": len(lib),
+                    "mean_at_k": summary["mean_at_k"],
+                    "ci95": summary["ci95"],
+                }
+            )
         best = max(candidates, key=lambda c: (c["mean_at_k"], -c["step"]))
-        return {"version": 1, "criterion": "best-val", "metric": f"Mean@{n} on the validation split",
-                "validation_problems": len(validation), "n": n, "seed": seed,
-                "baseline": {k: v for k, v in arm_summary(base, ids, [seed], n).items() if k in ("mean_at_k", "ci95")},
-                "candidates": candidates, "chosen": {"epoch": best["epoch"], "step": best["step"]}}
+        return {
+            "version": 1,
+            "criterion": "best-val",
+            "metric": f"Mean@{n} on the validation split",
+            "validation_problems": len(validation),
+            "n": n,
+            "seed": seed,
+            "baseline": {k: v for k, v in arm_summary(base, ids, [seed], n).items() if k in ("mean_at_k", "ci95")},
+            "candidates": candidates,
+            "chosen": {"epoch": best["epoch"], "step": best["step"]},
+        }
 
 
 def _by_seed(arms: list[ArmRun], ids: list[str], seeds: list[int], k: int) -> list[dict[str, Any]]:
-    return [{"seed": s, **{arm.name: {key: arm_summary(arm, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}
-                           for arm in arms}} for s in seeds]
+    return [
+        {
+            "seed": s,
+            **{
+                arm.name: {key: arm_summary(arm, ids, [s], k)[key] for key in ("mean_at_k", "pass_at_k")}
+                for arm in arms
+            },
+        }
+        for s in seeds
+    ]

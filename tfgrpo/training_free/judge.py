@@ -35,10 +35,12 @@ CHARS_PER_TOKEN = 4  # rough size of a token of English text, to size prompts be
 class GroupComparison(BaseModel):
     reasoning: str = Field(
         description="Your analysis, written before any edit: what each attempt did, where the better ones "
-                    "differ from the worse (strategy, checking, tool use, format, or only a slip), which "
-                    "library lessons they followed or broke, and what general lesson follows, if any",
+        "differ from the worse (strategy, checking, tool use, format, or only a slip), which "
+        "library lessons they followed or broke, and what general lesson follows, if any",
     )
-    ops: list[ProposedOp] = Field(description="The edits, most important first; [NONE] when nothing general was learned")
+    ops: list[ProposedOp] = Field(
+        description="The edits, most important first; [NONE] when nothing general was learned"
+    )
 
 
 class SampleSummary(BaseModel):
@@ -153,8 +155,14 @@ class Judge:
 
     async def ask(self, user: str, model: type[BaseModel], name: str) -> StructuredResult[Any]:
         """One structured judge call with the judge's system prompt and settings."""
-        return await ask_structured(self.client, judge_messages(self.prompts, user), model, name,
-                                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens)
+        return await ask_structured(
+            self.client,
+            judge_messages(self.prompts, user),
+            model,
+            name,
+            temperature=self.cfg.temperature,
+            max_tokens=self.cfg.max_tokens,
+        )
 
     async def judge_group(self, sample: Sample, attempts: list[Attempt], shown: Injection) -> GroupJudgement:
         """``shown``: the lessons in this group's prompt; an UPDATE or DELETE of another id is
@@ -180,29 +188,59 @@ class Judge:
         result.comparison = comparison
         return result
 
-    async def _summarised(self, sample: Sample, attempts: list[Attempt], library: str,
-                          result: GroupJudgement) -> list[Attempt]:
+    async def _summarised(
+        self, sample: Sample, attempts: list[Attempt], library: str, result: GroupJudgement
+    ) -> list[Attempt]:
         schema, ctx = self.schema_text(SampleSummary), self.context
-        replies = await asyncio.gather(*(
-            self.ask(self.prompts.render(
-                "summary.j2", problem=sample.user_text(), answer=sample.answer, attempt=a.text, reward=a.reward,
-                correct=(a.reward or 0) >= ctx.pass_threshold, ground_truth=self.cfg.ground_truth, schema=schema,
-                library=library, words=summary_words(a.text), truncated=a.truncated), SampleSummary, "sample_summary")
-            for a in attempts
-        ))
+        replies = await asyncio.gather(
+            *(
+                self.ask(
+                    self.prompts.render(
+                        "summary.j2",
+                        problem=sample.user_text(),
+                        answer=sample.answer,
+                        attempt=a.text,
+                        reward=a.reward,
+                        correct=(a.reward or 0) >= ctx.pass_threshold,
+                        ground_truth=self.cfg.ground_truth,
+                        schema=schema,
+                        library=library,
+                        words=summary_words(a.text),
+                        truncated=a.truncated,
+                    ),
+                    SampleSummary,
+                    "sample_summary",
+                )
+                for a in attempts
+            )
+        )
         result.summary_failures += [(a.index, r.error or "", r.raw) for a, r in zip(attempts, replies) if not r.ok]
         outs = [r.value.summary if r.value is not None else None for r in replies]
         result.summaries = [o or "" for o in outs]
         # A failed summary falls back to the attempt itself: the comparison still sees everything.
-        return [Attempt(a.index, o if o is not None else a.text, a.reward, a.rewards, a.truncated) for a, o in zip(attempts, outs)]
+        return [
+            Attempt(a.index, o if o is not None else a.text, a.reward, a.rewards, a.truncated)
+            for a, o in zip(attempts, outs)
+        ]
 
-    async def _compare(self, sample: Sample, attempts: list[Attempt], library: str) -> StructuredResult[GroupComparison]:
+    async def _compare(
+        self, sample: Sample, attempts: list[Attempt], library: str
+    ) -> StructuredResult[GroupComparison]:
         ctx, cfg = self.context, self.cfg
         user = self.prompts.render(
-            "compare.j2", problem=sample.user_text(), answer=sample.answer, attempts=attempts, library=library,
+            "compare.j2",
+            problem=sample.user_text(),
+            answer=sample.answer,
+            attempts=attempts,
+            library=library,
             group=group_block(sample.user_text(), sample.answer, attempts, ground_truth=cfg.ground_truth),
-            library_block=library_block(library), ground_truth=cfg.ground_truth, max_ops=cfg.max_ops_per_group,
-            schema=self.schema_text(GroupComparison), instructions=ctx.instructions, tools=ctx.tools,
-            objective=ctx.objective, pass_threshold=ctx.pass_threshold,
+            library_block=library_block(library),
+            ground_truth=cfg.ground_truth,
+            max_ops=cfg.max_ops_per_group,
+            schema=self.schema_text(GroupComparison),
+            instructions=ctx.instructions,
+            tools=ctx.tools,
+            objective=ctx.objective,
+            pass_threshold=ctx.pass_threshold,
         )
         return await self.ask(user, GroupComparison, "group_comparison")

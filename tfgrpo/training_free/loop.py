@@ -86,14 +86,18 @@ class Stages:
     inject: Callable[[Sample], Injection]
 
 
-def build_stages(cfg: RunConfig, task: Task, models: Models, prompts: Prompts, library: Library,
-                 policy: Policy | None = None) -> Stages:
+def build_stages(
+    cfg: RunConfig, task: Task, models: Models, prompts: Prompts, library: Library, policy: Policy | None = None
+) -> Stages:
     """The built-in stages for a run (``policy``: another agent in place of the built-in one)."""
     assert models.judge is not None
     judge = Judge(models.judge, prompts, cfg.judge, task_context(task, prompts))
     return Stages(
-        policy=policy or PromptPolicy(models.policy, task, prompts, cfg.sampling), scorer=Scorer(task), judge=judge,
-        curator=Curator(judge, cfg.library, library), inject=injector(library, cfg.library, models.policy.count_tokens),
+        policy=policy or PromptPolicy(models.policy, task, prompts, cfg.sampling),
+        scorer=Scorer(task),
+        judge=judge,
+        curator=Curator(judge, cfg.library, library),
+        inject=injector(library, cfg.library, models.policy.count_tokens),
     )
 
 
@@ -118,18 +122,25 @@ def _skip_reason(cfg: RunConfig, task: Task, group: Group, answered: int) -> str
         return f"only {answered} of {size} answers ({size - answered} requests failed)"
     if size == 1:  # G = 1 has no contrast to filter on: every group is judged, as the reference's ablation does
         return None
-    if cfg.judge.ground_truth and cfg.judge.skip_equal_groups and not has_contrast(group.combined, task.min_reward, task.max_reward):
+    if (
+        cfg.judge.ground_truth
+        and cfg.judge.skip_equal_groups
+        and not has_contrast(group.combined, task.min_reward, task.max_reward)
+    ):
         return "all answers scored the same"
     return None
 
 
-async def rollouts(stages: Stages, batch: list[Sample], epoch_index: int, seed: int,
-                   hooks: Hooks) -> tuple[dict[str, Injection], list[Group]]:
+async def rollouts(
+    stages: Stages, batch: list[Sample], epoch_index: int, seed: int, hooks: Hooks
+) -> tuple[dict[str, Injection], list[Group]]:
     """Each query's lessons, then its group of answers, scored."""
     shown = {s.id: stages.inject(s) for s in batch}
 
     async def one(sample: Sample) -> Group:
-        out = await stages.policy.sample_group(sample, shown[sample.id].text, stable_seed(seed, "rollout", epoch_index, sample.id))
+        out = await stages.policy.sample_group(
+            sample, shown[sample.id].text, stable_seed(seed, "rollout", epoch_index, sample.id)
+        )
         group = await stages.scorer.score(out)
         hooks.on_advance("rollouts")
         return group
@@ -144,23 +155,37 @@ async def judge_groups(stages: Stages, w: StepWork, reward_names: list[str], hoo
 
     async def one(i: int) -> GroupJudgement:
         g = w.groups[i]
-        out = await stages.judge.judge_group(g.sample, group_attempts(g, reward_names, w.answered[i]), w.shown[g.sample.id])
+        out = await stages.judge.judge_group(
+            g.sample, group_attempts(g, reward_names, w.answered[i]), w.shown[g.sample.id]
+        )
         hooks.on_advance("judging")
         return out
 
     return dict(zip(to_judge, await asyncio.gather(*(one(i) for i in to_judge))))
 
 
-async def train_loop(cfg: RunConfig, task: Task, models: Models, run_dir: RunDir, *, prompts: Prompts,
-                     hooks: Hooks | None = None, policy: Policy | None = None) -> TrainResult:
+async def train_loop(
+    cfg: RunConfig,
+    task: Task,
+    models: Models,
+    run_dir: RunDir,
+    *,
+    prompts: Prompts,
+    hooks: Hooks | None = None,
+    policy: Policy | None = None,
+) -> TrainResult:
     hooks = hooks or Hooks()
     started = time.monotonic()
     run_dir.create().write_config(cfg)
     done = run_dir.steps()
     last = done[-1].step if done else 0
     run_dir.discard_after(last)
-    library = Library(run_dir.library_path, embedding=cfg.library.embedding, store=cfg.library.store,
-                      collection=cfg.library.collection or (run_dir.path.name if cfg.library.store else None))
+    library = Library(
+        run_dir.library_path,
+        embedding=cfg.library.embedding,
+        store=cfg.library.store,
+        collection=cfg.library.collection or (run_dir.path.name if cfg.library.store else None),
+    )
     library.discard_after(last)
     library.sync()
     stages = build_stages(cfg, task, models, prompts, library, policy)
@@ -169,7 +194,9 @@ async def train_loop(cfg: RunConfig, task: Task, models: Models, run_dir: RunDir
     plan = plan_batches(len(samples), cfg.batch_size, cfg.epochs, cfg.sampling.seed)
     steps = list(done)
     budget, stopped = Budget(cfg.budget), None
-    run_dir.write_status("training_free", "running", steps_done=len(done), steps_planned=len(plan))  # still "running" after a crash: resumable
+    run_dir.write_status(
+        "training_free", "running", steps_done=len(done), steps_planned=len(plan)
+    )  # still "running" after a crash: resumable
     guard = LeakGuard(s.user_text() for s in samples) if cfg.judge.leak_guard != "off" else None
     if cfg.sampling.group_size == 1:
         log.warning("group size 1: no group has a contrast, so the judge reviews every group on its own")
@@ -185,10 +212,20 @@ async def train_loop(cfg: RunConfig, task: Task, models: Models, run_dir: RunDir
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
         shown, groups = await rollouts(stages, batch, epoch_index, cfg.sampling.seed, hooks)
         answered = [[j for j, c in enumerate(g.completions) if c.ok] for g in groups]
-        w = StepWork(step=step, epoch=epoch_index + 1, batch=batch, shown=shown, groups=groups, answered=answered,
-                     advantages=group_advantages([g.rewards for g in groups], task.weights, cfg.advantage, std=cfg.advantage_std),
-                     skipped={i: why for i, g in enumerate(groups) if (why := _skip_reason(cfg, task, g, len(answered[i])))},
-                     judgements={}, usage_before=usage_before)
+        w = StepWork(
+            step=step,
+            epoch=epoch_index + 1,
+            batch=batch,
+            shown=shown,
+            groups=groups,
+            answered=answered,
+            advantages=group_advantages(
+                [g.rewards for g in groups], task.weights, cfg.advantage, std=cfg.advantage_std
+            ),
+            skipped={i: why for i, g in enumerate(groups) if (why := _skip_reason(cfg, task, g, len(answered[i])))},
+            judgements={},
+            usage_before=usage_before,
+        )
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(groups) - len(w.skipped))
         w.judgements = await judge_groups(stages, w, reward_names, hooks)
         hooks.on_phase(f"step {step}/{len(plan)} consolidating", 1 if w.proposals else 0)
@@ -197,14 +234,25 @@ async def train_loop(cfg: RunConfig, task: Task, models: Models, run_dir: RunDir
             hooks.on_advance("consolidating")
         if guard is not None:
             w.distilled.ops, w.leaks = guard.screen(w.distilled.ops, step, cfg.judge.leak_guard)
-        record = write_step(run_dir, library, stages.curator, w, task=task.name, judge_model=models.judge_name,
-                            usage=models.usage)
+        record = write_step(
+            run_dir, library, stages.curator, w, task=task.name, judge_model=models.judge_name, usage=models.usage
+        )
         steps.append(record)
         hooks.on_step(record)
 
-    run_dir.write_status("training_free", "stopped_by_budget" if stopped else "finished", reason=stopped,
-                         steps_done=len(steps), steps_planned=len(plan))
+    run_dir.write_status(
+        "training_free",
+        "stopped_by_budget" if stopped else "finished",
+        reason=stopped,
+        steps_done=len(steps),
+        steps_planned=len(plan),
+    )
     return TrainResult(
-        run_dir=run_dir.path, steps=steps, library_size=len(library), usage=models.usage,
-        wall_s=time.monotonic() - started, resumed_from=last, stopped=stopped,
+        run_dir=run_dir.path,
+        steps=steps,
+        library_size=len(library),
+        usage=models.usage,
+        wall_s=time.monotonic() - started,
+        resumed_from=last,
+        stopped=stopped,
     )

@@ -50,7 +50,9 @@ class ProposedOp(BaseModel):
         return self
 
     def to_experience(self) -> ExperienceOp:
-        return ExperienceOp(op=self.op, id=self.id, ids=list(getattr(self, "ids", [])), text=self.text, reason=self.reason)
+        return ExperienceOp(
+            op=self.op, id=self.id, ids=list(getattr(self, "ids", [])), text=self.text, reason=self.reason
+        )
 
 
 class ConsolidatedOp(ProposedOp):

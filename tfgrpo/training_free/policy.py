@@ -57,17 +57,27 @@ class PromptPolicy:
         messages = agent_messages(self.task, sample, experiences, self.prompts)
         sampling, max_tokens = self.sampling, self.sampling.max_tokens or self.task.max_tokens
         if not self.task.tools:
-            completions = await self.client.sample(messages, n=sampling.group_size, temperature=sampling.temperature,
-                                                   max_tokens=max_tokens, seed=seed)
+            completions = await self.client.sample(
+                messages, n=sampling.group_size, temperature=sampling.temperature, max_tokens=max_tokens, seed=seed
+            )
             return Rollouts(sample, completions)
         from tfgrpo.tools.base import toolset
 
         tools = toolset(self.task.tools)
-        runs = await asyncio.gather(*(
-            run_agent(self.client, messages, tools, limits=sampling.agent, temperature=sampling.temperature,
-                      seed=seed + i, max_tokens=max_tokens)
-            for i in range(sampling.group_size)
-        ))
+        runs = await asyncio.gather(
+            *(
+                run_agent(
+                    self.client,
+                    messages,
+                    tools,
+                    limits=sampling.agent,
+                    temperature=sampling.temperature,
+                    seed=seed + i,
+                    max_tokens=max_tokens,
+                )
+                for i in range(sampling.group_size)
+            )
+        )
         for i, (c, _) in enumerate(runs):
             c.index = i
         return Rollouts(sample, [c for c, _ in runs], [t for _, t in runs])

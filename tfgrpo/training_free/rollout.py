@@ -23,7 +23,9 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def injector(library: Library, settings: LibraryConfig, count_tokens: Callable[[str], int]) -> Callable[[Sample], Injection]:
+def injector(
+    library: Library, settings: LibraryConfig, count_tokens: Callable[[str], int]
+) -> Callable[[Sample], Injection]:
     """The experiences each query gets under a run's injection settings (``LibraryConfig``):
     one function for training, validation and evaluation, so all see the library alike.
     ``count_tokens`` is the policy client's. Returns ``experience_store.Injection`` (``.text`` is
@@ -63,8 +65,13 @@ class Scorer:
     async def score(self, rollouts: Rollouts) -> Group:
         rewards = await score_group(self.task.rewards, rollouts.sample, [c.text for c in rollouts.completions])
         combined = [combine(row, self.task.weights) for row in rewards]
-        return Group(sample=rollouts.sample, completions=rollouts.completions, rewards=rewards, combined=combined,
-                     trajectories=rollouts.trajectories)
+        return Group(
+            sample=rollouts.sample,
+            completions=rollouts.completions,
+            rewards=rewards,
+            combined=combined,
+            trajectories=rollouts.trajectories,
+        )
 
 
 def group_attempts(group: Group, reward_names: list[str], indices: list[int] | None = None) -> list[Any]:
@@ -77,8 +84,15 @@ def group_attempts(group: Group, reward_names: list[str], indices: list[int] | N
     for n, j in enumerate(range(len(group.completions)) if indices is None else indices):
         c = group.completions[j]
         stopped = group.trajectories[j].stopped_by if group.trajectories and group.trajectories[j] is not None else None
-        out.append(Attempt(n + 1, group.attempt_text(j), group.combined[j], dict(zip(reward_names, group.rewards[j])),
-                           truncated=c.finish_reason == "length" or stopped == "tokens"))
+        out.append(
+            Attempt(
+                n + 1,
+                group.attempt_text(j),
+                group.combined[j],
+                dict(zip(reward_names, group.rewards[j])),
+                truncated=c.finish_reason == "length" or stopped == "tokens",
+            )
+        )
     return out
 
 
@@ -98,5 +112,9 @@ def task_context(task: Task, prompts: Prompts) -> Any:
     for r in task.rewards:
         doc = " ".join((getattr(r.fn, "__doc__", None) or "").split())
         objective.append(f"{r.name} (weight {r.weight:g}){': ' + doc if doc else ''}")
-    return JudgeContext(instructions=prompts.render(task.template, instructions=task.instructions, experiences=""),
-                        tools=tools, objective=objective, pass_threshold=task.pass_threshold)
+    return JudgeContext(
+        instructions=prompts.render(task.template, instructions=task.instructions, experiences=""),
+        tools=tools,
+        objective=objective,
+        pass_threshold=task.pass_threshold,
+    )

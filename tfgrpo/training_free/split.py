@@ -42,7 +42,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     if len(values) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
         raise UserError(f"--split {text!r}: give train/validation/test sizes, e.g. 70/15/15 or 0.8,0.2,0")
     if not any(math.isclose(sum(values), whole, rel_tol=1e-6) for whole in (1, 100)):
-        raise UserError(f"--split {text!r}: the sizes add up to {sum(values):g}; give fractions of 1 or percentages of 100")
+        raise UserError(
+            f"--split {text!r}: the sizes add up to {sum(values):g}; give fractions of 1 or percentages of 100"
+        )
     values += [0.0] * (3 - len(values))
     total = sum(values)
     return (values[0] / total, values[1] / total, values[2] / total)
@@ -55,4 +57,4 @@ def split_task(task: Task, fractions: str | None, seed: int = 0) -> Splits:
     order = sorted(task.dataset, key=lambda s: (stable_seed(seed, "split", s.id), s.id))
     n = len(order)
     n_val, n_test = round(n * f_val), round(n * f_test)
-    return Splits(train=order[n_val + n_test:], validation=order[:n_val], test=order[n_val : n_val + n_test])
+    return Splits(train=order[n_val + n_test :], validation=order[:n_val], test=order[n_val : n_val + n_test])

@@ -30,7 +30,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """BCa bootstrap interval of the mean of ``values`` (one value per problem), by
     ``scipy.stats.bootstrap``: bias-corrected and accelerated, better than the percentile
     interval at the small numbers of problems an eval often has. A constant gives itself."""
@@ -42,8 +44,9 @@ def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 
     for method in ("BCa", "percentile"):  # BCa is undefined on some degenerate resamplings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=resamples, method=method,
-                                  rng=_rng(seed))
+            res = stats.bootstrap(
+                (x,), np.mean, confidence_level=level, n_resamples=resamples, method=method, rng=_rng(seed)
+            )
         low, high = res.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
             return (float(low), float(high))
@@ -60,9 +63,15 @@ def paired_permutation_p(diffs: Sequence[float], *, resamples: int = 20000, seed
     d = np.asarray(diffs, dtype=float)
     if d.size < 2 or not d.any():
         return 1.0  # one problem (or none, or no difference) can show nothing
-    res = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
-                                 vectorized=True, alternative="two-sided", rng=_rng(seed),
-                                 n_resamples=np.inf if d.size <= EXACT_UP_TO else resamples)
+    res = stats.permutation_test(
+        (d,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        alternative="two-sided",
+        rng=_rng(seed),
+        n_resamples=np.inf if d.size <= EXACT_UP_TO else resamples,
+    )
     return float(min(1.0, res.pvalue))
 
 

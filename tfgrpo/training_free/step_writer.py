@@ -42,20 +42,25 @@ class StepWork:
         return [p for j in self.judgements.values() for p in j.proposals]
 
 
-def credit_evidence(groups: list[Group], answered: list[list[int]], shown: list[list[str]],
-                    advantages: list[list[float]]) -> list[list[tuple[list[str], str | None, float]]]:
+def credit_evidence(
+    groups: list[Group], answered: list[list[int]], shown: list[list[str]], advantages: list[list[float]]
+) -> list[list[tuple[list[str], str | None, float]]]:
     """What usage credit compares, per group: (ids shown, cited text, advantage) of each answer
     that came back AND was scored. An unscored answer (a reward that failed) has advantage 0.0
     only as a placeholder: it is no evidence for or against the lessons it cites."""
-    return [[(shown[i], cited_text(g.completions[j]), advantages[i][j]) for j in answered[i] if g.combined[j] is not None]
-            for i, g in enumerate(groups)]
+    return [
+        [(shown[i], cited_text(g.completions[j]), advantages[i][j]) for j in answered[i] if g.combined[j] is not None]
+        for i, g in enumerate(groups)
+    ]
 
 
 def _usage_delta(before: dict[str, Any], after: Usage) -> dict[str, Any]:
     out = {}
     for role, vals in after.to_dict().items():
         prev = before.get(role, {})
-        out[role] = {k: (v - (prev.get(k) or 0) if isinstance(v, (int, float)) and v is not None else v) for k, v in vals.items()}
+        out[role] = {
+            k: (v - (prev.get(k) or 0) if isinstance(v, (int, float)) and v is not None else v) for k, v in vals.items()
+        }
     return out
 
 
@@ -63,40 +68,81 @@ def _records(w: StepWork) -> tuple[list[RolloutRecord], list[GroupRecord], list[
     rollouts, groups, failures, dropped = [], [], [], []
     for i, g in enumerate(w.groups):
         for j, c in enumerate(g.completions):
-            rollouts.append(RolloutRecord(
-                step=w.step, epoch=w.epoch, rollout_id=f"s{w.step}-{g.sample.id}-{j}", sample_id=g.sample.id, index=j,
-                text=c.text, error=c.error, finish_reason=c.finish_reason, cached=c.cached,
-                rewards=g.rewards[j], reward=g.combined[j], advantage=w.advantages[i][j],
-                trajectory=g.trajectories[j].model_dump() if g.trajectories else None,
-            ))
+            rollouts.append(
+                RolloutRecord(
+                    step=w.step,
+                    epoch=w.epoch,
+                    rollout_id=f"s{w.step}-{g.sample.id}-{j}",
+                    sample_id=g.sample.id,
+                    index=j,
+                    text=c.text,
+                    error=c.error,
+                    finish_reason=c.finish_reason,
+                    cached=c.cached,
+                    rewards=g.rewards[j],
+                    reward=g.combined[j],
+                    advantage=w.advantages[i][j],
+                    trajectory=g.trajectories[j].model_dump() if g.trajectories else None,
+                )
+            )
         jd = w.judgements.get(i)
         comparison = jd.comparison if jd else None
-        groups.append(GroupRecord(
-            step=w.step, epoch=w.epoch, sample_id=g.sample.id, rewards=g.combined, advantages=w.advantages[i],
-            judged=jd is not None, skip_reason=w.skipped.get(i), analysis=comparison.reasoning if comparison else None,
-            proposals=[p.model_dump() for p in (comparison.ops if comparison else [])],
-            summaries=jd.summaries if jd else [], error=jd.error if jd else None,
-        ))
+        groups.append(
+            GroupRecord(
+                step=w.step,
+                epoch=w.epoch,
+                sample_id=g.sample.id,
+                rewards=g.combined,
+                advantages=w.advantages[i],
+                judged=jd is not None,
+                skip_reason=w.skipped.get(i),
+                analysis=comparison.reasoning if comparison else None,
+                proposals=[p.model_dump() for p in (comparison.ops if comparison else [])],
+                summaries=jd.summaries if jd else [],
+                error=jd.error if jd else None,
+            )
+        )
         if jd is None:
             continue
         if jd.error:
-            failures.append(JudgeFailure(step=w.step, stage="group_comparison", sample_id=g.sample.id, error=jd.error, raw=jd.raw))
-        failures += [JudgeFailure(step=w.step, stage="sample_summary", sample_id=g.sample.id, error=f"attempt {index}: {error}",
-                                  raw=raw) for index, error, raw in jd.summary_failures]
-        dropped += [OpResult(step=w.step, op=op.to_experience(), status="rejected", error=why) for op, why in jd.dropped]
+            failures.append(
+                JudgeFailure(step=w.step, stage="group_comparison", sample_id=g.sample.id, error=jd.error, raw=jd.raw)
+            )
+        failures += [
+            JudgeFailure(
+                step=w.step, stage="sample_summary", sample_id=g.sample.id, error=f"attempt {index}: {error}", raw=raw
+            )
+            for index, error, raw in jd.summary_failures
+        ]
+        dropped += [
+            OpResult(step=w.step, op=op.to_experience(), status="rejected", error=why) for op, why in jd.dropped
+        ]
     if w.distilled.error:
         failures.append(JudgeFailure(step=w.step, stage="consolidation", error=w.distilled.error, raw=w.distilled.raw))
     return rollouts, groups, failures, dropped
 
 
-def write_step(run_dir: RunDir, library: Library, curator: Curator, w: StepWork, *, task: str, judge_model: str | None,
-               usage: Usage) -> StepRecord:
+def write_step(
+    run_dir: RunDir,
+    library: Library,
+    curator: Curator,
+    w: StepWork,
+    *,
+    task: str,
+    judge_model: str | None,
+    usage: Usage,
+) -> StepRecord:
     """Write the step: records first, then the library version, then the commit line."""
     rollouts, groups, failures, judge_dropped = _records(w)
     source_ids = sorted({w.groups[i].sample.id for i, j in w.judgements.items() if j.proposals})
     provenance = Provenance(
-        run=run_dir.path.name, epoch=w.epoch, step=w.step, task=task, query_ids=source_ids,
-        rollout_ids=[r.rollout_id for r in rollouts if r.sample_id in source_ids], judge_model=judge_model,
+        run=run_dir.path.name,
+        epoch=w.epoch,
+        step=w.step,
+        task=task,
+        query_ids=source_ids,
+        rollout_ids=[r.rollout_id for r in rollouts if r.sample_id in source_ids],
+        judge_model=judge_model,
     )
     run_dir.append(ROLLOUTS, rollouts)
     run_dir.append(GROUPS, groups)
@@ -109,14 +155,22 @@ def write_step(run_dir: RunDir, library: Library, curator: Curator, w: StepWork,
 
     kinds = Counter(r.op.op for r in results if r.status == "applied")
     record = StepRecord(
-        step=w.step, epoch=w.epoch, sample_ids=[s.id for s in w.batch],
+        step=w.step,
+        epoch=w.epoch,
+        sample_ids=[s.id for s in w.batch],
         mean_reward=mean_of([r for g in w.groups for r in g.combined]),
         group_mean_rewards=[mean_of(g.combined) for g in w.groups],
-        groups=len(w.groups), judged=len(w.judgements), proposals=len(w.proposals),
-        ops_applied=sum(kinds.values()), ops_rejected=sum(1 for r in results if r.status == "rejected") + len(dropped),
-        ops_by_kind=dict(kinds), judge_failures=len(failures), ops_leaked=len(w.leaks),
+        groups=len(w.groups),
+        judged=len(w.judgements),
+        proposals=len(w.proposals),
+        ops_applied=sum(kinds.values()),
+        ops_rejected=sum(1 for r in results if r.status == "rejected") + len(dropped),
+        ops_by_kind=dict(kinds),
+        judge_failures=len(failures),
+        ops_leaked=len(w.leaks),
         rollout_failures=sum(1 for g in w.groups for c in g.completions if not c.ok),
-        library_size=len(library), usage=_usage_delta(w.usage_before, usage),
+        library_size=len(library),
+        usage=_usage_delta(w.usage_before, usage),
         wall_s=round(time.monotonic() - w.started, 3),
     )
     run_dir.append(STEPS, [record])

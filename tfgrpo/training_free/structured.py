@@ -72,7 +72,7 @@ def answer_part(text: str) -> str:
     the block in the prompt, so the reply only closes it)."""
     body = _THINK.sub("", text)
     close = body.lower().rfind("</think>")
-    return (body[close + len("</think>"):] if close != -1 else body).strip()
+    return (body[close + len("</think>") :] if close != -1 else body).strip()
 
 
 def unsafe_reply(text: str) -> str | None:
@@ -109,7 +109,9 @@ def parse_output(text: str | None, model: type[M], *, lenient: bool = True) -> M
         except json.JSONDecodeError as e:
             first_error = first_error or ParseError(f"invalid JSON ({e.msg} at character {e.pos})")
         except (ValueError, RecursionError) as e:  # ParseError is a ValueError
-            first_error = first_error or (e if isinstance(e, ParseError) else ParseError(f"unreadable JSON: {type(e).__name__}"))
+            first_error = first_error or (
+                e if isinstance(e, ParseError) else ParseError(f"unreadable JSON: {type(e).__name__}")
+            )
         start = body.find("{", start + 1)
     if not lenient:
         raise first_error or ParseError(f"expected a JSON object: {body[:80]!r}")
@@ -161,8 +163,11 @@ async def ask_structured(
     """One call, plus one repair retry when the output does not parse. Never raises for bad
     output (the failure is returned); an unreachable endpoint still raises EndpointError."""
     fmt = response_format(model, name)
-    first = (await client.sample(messages, n=1, temperature=temperature, max_tokens=max_tokens,
-                                 response_format=fmt, validate=unsafe_reply))[0]
+    first = (
+        await client.sample(
+            messages, n=1, temperature=temperature, max_tokens=max_tokens, response_format=fmt, validate=unsafe_reply
+        )
+    )[0]
     if not first.ok:
         return StructuredResult(None, [None], error=f"request failed: {first.error}")
     try:
@@ -171,15 +176,26 @@ async def ask_structured(
         error = str(e)
     repair = messages + [
         {"role": "assistant", "content": first.text or ""},
-        {"role": "user", "content": f"Your reply could not be read: {error}. Reply again with only the corrected JSON object that matches the schema."},
+        {
+            "role": "user",
+            "content": f"Your reply could not be read: {error}. Reply again with only the corrected JSON object that matches the schema.",
+        },
     ]
-    second = (await client.sample(repair, n=1, temperature=temperature, max_tokens=max_tokens,
-                                  response_format=fmt, validate=unsafe_reply))[0]
+    second = (
+        await client.sample(
+            repair, n=1, temperature=temperature, max_tokens=max_tokens, response_format=fmt, validate=unsafe_reply
+        )
+    )[0]
     if not second.ok:
-        return StructuredResult(None, [first.text, None], error=f"unparseable output ({error}); repair request failed: {second.error}")
+        return StructuredResult(
+            None, [first.text, None], error=f"unparseable output ({error}); repair request failed: {second.error}"
+        )
     if second.finish_reason == "length":  # the lenient reading would close a cut-off lesson and keep half a sentence
-        return StructuredResult(None, [first.text, second.text],
-                                error=f"unparseable output ({error}); the repair reply was cut off at the token limit")
+        return StructuredResult(
+            None,
+            [first.text, second.text],
+            error=f"unparseable output ({error}); the repair reply was cut off at the token limit",
+        )
     try:
         return StructuredResult(parse_output(second.text, model), [first.text, second.text])
     except ParseError as e2:
