@@ -37,6 +37,7 @@ from tfgrpo.params import train_params
 from tfgrpo.training_free.loop import TrainResult, train_loop
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.placebo import placebo_injector
+from tfgrpo.training_free.external import ExternalPolicy, agent_policy
 from tfgrpo.training_free.policy import PromptPolicy
 from tfgrpo.training_free.rollout import Scorer, injector
 from tfgrpo.training_free.split import Splits, split_task
@@ -192,9 +193,10 @@ def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: Run
             hooks = replace(hooks, on_step=lambda record: (shown(record), log(record.step, step_metrics(record))))
 
             async def session() -> TrainResult:
-                result = await train_loop(cfg, task, models, rd, prompts=prompts, hooks=hooks)
-                if cfg.select == "best-val" and not result.stopped:
-                    result.selection = await _select(cfg, task, splits, models, rd, prompts, hooks)
+                async with agent_policy(cfg.agent or task.agent, models.policy, cfg.sampling) as agent:
+                    result = await train_loop(cfg, task, models, rd, prompts=prompts, hooks=hooks, policy=agent)
+                    if cfg.select == "best-val" and not result.stopped:
+                        result.selection = await _select(cfg, task, splits, models, rd, prompts, hooks, agent)
                 return result
 
             return asyncio.run(session())
@@ -207,14 +209,21 @@ def _train(cfg: RunConfig, task: Task, splits: Splits, prompts: Prompts, rd: Run
 
 
 async def _select(
-    cfg: RunConfig, task: Task, splits: Splits, models: Models, rd: RunDir, prompts: Prompts, hooks: Hooks
+    cfg: RunConfig,
+    task: Task,
+    splits: Splits,
+    models: Models,
+    rd: RunDir,
+    prompts: Prompts,
+    hooks: Hooks,
+    agent: ExternalPolicy | None,
 ) -> dict[str, Any]:
     """--select best-val: score each epoch's library on the validation split, write selection.json."""
     epoch_steps = {s.epoch: s.step for s in rd.steps()}
     hooks.on_phase("validation: each epoch's library", len(splits.validation) * (len(epoch_steps) + 1))
     sampling = cfg.sampling.model_copy(update={"group_size": cfg.val_n})
     evaluator = Evaluator(
-        PromptPolicy(models.policy, task, prompts, sampling),
+        agent.with_sampling(sampling) if agent else PromptPolicy(models.policy, task, prompts, sampling),
         Scorer(task),
         cfg.val_n,
         [sampling.seed],
@@ -294,25 +303,30 @@ def evaluate(
     sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent})
     seeds = [sampling.seed + i for i in range(cfg.seeds)]
     with open_models(got.policy, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
-        evaluator = Evaluator(
-            PromptPolicy(models.policy, task, Prompts(cfg.prompts_dir), sampling),
-            Scorer(task),
-            n,
-            seeds,
-            on_advance=lambda: hooks.on_advance("library" if learned else "baseline"),
-        )
-        if learned:
-            inject = injector(src.library, src.injection, models.policy.count_tokens)
-            placebo = placebo_injector(inject, models.policy.count_tokens) if cfg.placebo else None
-            arms = 3 if cfg.placebo else 2
-            hooks.on_phase(
-                "evaluating baseline + library" + (" + placebo" if cfg.placebo else ""),
-                arms * len(samples) * len(seeds),
-            )
-            report = asyncio.run(evaluator.compare(samples, inject, cfg.k, placebo=placebo))
-        else:
-            hooks.on_phase("evaluating baseline", len(samples) * len(seeds))
-            report = asyncio.run(evaluator.baseline(samples, cfg.k))
+
+        async def run() -> Any:
+            async with agent_policy(cfg.agent or task.agent, models.policy, sampling) as agent:
+                policy = agent or PromptPolicy(models.policy, task, Prompts(cfg.prompts_dir), sampling)
+                evaluator = Evaluator(
+                    policy,
+                    Scorer(task),
+                    n,
+                    seeds,
+                    on_advance=lambda: hooks.on_advance("library" if learned else "baseline"),
+                )
+                if not learned:
+                    hooks.on_phase("evaluating baseline", len(samples) * len(seeds))
+                    return await evaluator.baseline(samples, cfg.k)
+                inject = injector(src.library, src.injection, models.policy.count_tokens)
+                placebo = placebo_injector(inject, models.policy.count_tokens) if cfg.placebo else None
+                arms = 3 if cfg.placebo else 2
+                hooks.on_phase(
+                    "evaluating baseline + library" + (" + placebo" if cfg.placebo else ""),
+                    arms * len(samples) * len(seeds),
+                )
+                return await evaluator.compare(samples, inject, cfg.k, placebo=placebo)
+
+        report = asyncio.run(run())
     summary = report.summary
     label = "train" if trained_on else part
     summary.update(split=label, on_training_problems=trained_on, model=got.policy.model, usage=models.usage.to_dict())

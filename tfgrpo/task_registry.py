@@ -71,6 +71,7 @@ class Task:
     instructions: str = ""
     eval_dataset: list[Sample] | None = None
     tools: list[Any] | None = None
+    agent: Any = None  # the user's own agent: async def agent(sample, llm) -> str (tfgrpo.training_free.external)
     pass_threshold: float = 1.0
     min_reward: float = 0.0
     max_reward: float = 1.0

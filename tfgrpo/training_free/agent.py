@@ -61,6 +61,11 @@ class Trajectory(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
+    # an external agent's rollout (tfgrpo.training_free.external): why it failed, the tail of its
+    # stderr, and the calls its endpoint refused (over its limits, or not a chat request)
+    agent_error: str | None = None
+    stderr_tail: str | None = None
+    refused_calls: int = 0
 
     def render(self) -> str:
         """What the agent did, step by step, for the judge."""
@@ -78,6 +83,12 @@ class Trajectory(BaseModel):
             lines.append(
                 f"The rollout was stopped by its {self.stopped_by} limit before a final answer; scored as it stood."
             )
+        if self.refused_calls:
+            lines.append(
+                f"{self.refused_calls} of the agent's model calls were refused (over its limits or malformed)."
+            )
+        if self.stderr_tail and self.stderr_tail.strip():
+            lines.append(f"The agent's error output ended with:\n{self.stderr_tail.strip()[-800:]}")
         lines.append(f"Final answer: {self.final if self.final else '(none)'}")
         return "\n".join(lines)
 

@@ -65,8 +65,14 @@ class AgentConfig(_Model):
     wall_s: float = Field(
         300.0,
         gt=0,
-        description="Most seconds per tool-calling rollout, tool calls included",
+        description="Most seconds per tool-calling rollout, tool calls included (an --agent program is killed after it)",
         json_schema_extra=flag("agent-wall-s"),
+    )
+    processes: int = Field(
+        8,
+        gt=0,
+        description="Most --agent rollouts running at once (processes, or calls of a task's agent function)",
+        json_schema_extra=flag("agent-processes"),
     )
 
 
@@ -333,6 +339,13 @@ class RunConfig(_Paths):
         description="Folder whose *.j2 templates override the built-in prompts",
         json_schema_extra=flag("prompts-dir"),
     )
+    agent: str | None = Field(
+        None,
+        description="Your own agent program, run once per rollout instead of the built-in agent: a shell command given "
+        "the sample as JSON on stdin and an OpenAI-compatible OPENAI_BASE_URL, its answer read from stdout "
+        "(a task's own agent function is used without it)",
+        json_schema_extra=flag("agent"),
+    )
     serve: str | None = Field(
         None,
         description="Start 'vllm serve MODEL' for the length of the run and use it as the policy",
@@ -407,6 +420,13 @@ class EvalConfig(_Paths):
         None,
         description="Folder whose *.j2 templates override the built-in prompts",
         json_schema_extra=flag("prompts-dir"),
+    )
+    agent: str | None = Field(
+        None,
+        description="Your own agent program, run once per rollout instead of the built-in agent: a shell command given "
+        "the sample as JSON on stdin and an OpenAI-compatible OPENAI_BASE_URL, its answer read from stdout "
+        "(never taken from the --library run: name it here)",
+        json_schema_extra=flag("agent"),
     )
     placebo: bool = Field(
         False,
