@@ -311,3 +311,38 @@ def test_the_agent_never_sees_the_reference_answer_or_a_provider_key(sim, tmp_pa
     assert "ANTHROPIC_API_KEY" not in seen["env"] and seen["env"]["OPENAI_API_KEY"] != "sim"
     assert seen["env"]["OPENAI_BASE_URL"].startswith("http://127.0.0.1:")
     assert os.environ["ANTHROPIC_API_KEY"] == "secret-provider-key"
+
+
+def test_a_task_files_agent_function_trains_without_the_flag(tmp_path):
+    import tfgrpo
+
+    tasks = tmp_path / "mine.py"
+    tasks.write_text("""
+from tfgrpo import load_task, task
+
+
+async def agent(sample, llm):
+    r = await llm.client.chat.completions.create(model="m", messages=[{"role": "user", "content": sample.prompt}])
+    return r.choices[0].message.content
+
+
+@task
+def demo_with_my_agent():
+    t = load_task("demo")
+    t.agent = agent
+    return t
+""")
+    result = tfgrpo.train(
+        tfgrpo.RunConfig(
+            task=f"{tasks}:demo_with_my_agent",
+            epochs=1,
+            limit=4,
+            batch_size=4,
+            sampling={"group_size": 2},
+            policy={"model": "sim"},
+        ),
+        out=tmp_path / "run",
+    )
+    assert result.steps[0].rollout_failures == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["trajectory"]["turns"]) == 1 for r in rows)

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,15 +97,24 @@ class ExternalPolicy:
             raise UserError("--agent: give the command that runs your agent, e.g. --agent 'python my_agent.py'")
         self.agent, self.gateway, self.sampling = agent, gateway, sampling
         self.slots = slots or asyncio.Semaphore(sampling.agent.processes)
+        self.http: Any = None  # one connection pool for every callable agent's openai client
 
     def with_sampling(self, sampling: SamplingConfig) -> "ExternalPolicy":
-        return ExternalPolicy(self.agent, self.gateway, sampling, self.slots)
+        twin = ExternalPolicy(self.agent, self.gateway, sampling, self.slots)
+        twin.http = self.http
+        return twin
 
     async def __aenter__(self) -> "ExternalPolicy":
         await self.gateway.start()
+        if not isinstance(self.agent, str):
+            import openai
+
+            self.http = openai.DefaultAsyncHttpxClient(trust_env=False)  # loopback only: no proxy
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        if self.http is not None:
+            await self.http.aclose()
         await self.gateway.close()
 
     async def sample_group(self, sample: Sample, experiences: str, seed: int) -> Rollouts:
@@ -120,7 +130,7 @@ class ExternalPolicy:
                 if isinstance(self.agent, str):
                     out = await run_command(self.agent, sample, session, self.sampling.agent.wall_s)
                 else:
-                    out = await run_callable(self.agent, sample, session, self.sampling.agent.wall_s)
+                    out = await run_callable(self.agent, sample, session, self.sampling.agent.wall_s, self.http)
             finally:
                 self.gateway.end(session)
         if out.error is None and not session.calls:
@@ -139,10 +149,10 @@ class ExternalPolicy:
         ), traj
 
 
-async def run_callable(fn: AgentFn, sample: Sample, session: Session, timeout: float) -> Outcome:
+async def run_callable(fn: AgentFn, sample: Sample, session: Session, timeout: float, http: Any = None) -> Outcome:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=session.base_url, api_key=session.token, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=session.base_url, api_key=session.token, max_retries=0, http_client=http)
     try:
         answer = await asyncio.wait_for(fn(sample, AgentLLM(session.base_url, session.token, client)), timeout)
     except asyncio.TimeoutError:
@@ -150,7 +160,8 @@ async def run_callable(fn: AgentFn, sample: Sample, session: Session, timeout: f
     except Exception as e:  # noqa: BLE001 - the user's agent: any error is its rollout's failure
         return Outcome(None, f"raised {type(e).__name__}: {str(e)[:300]}")
     finally:
-        await client.close()
+        if http is None:
+            await client.close()
     if not isinstance(answer, str):
         return Outcome(None, f"returned {type(answer).__name__}, not the answer text")
     return Outcome(answer)
@@ -239,6 +250,16 @@ async def _exit_code(proc: asyncio.subprocess.Process, timeout: float) -> int | 
         await asyncio.sleep(min(delay, left))
         delay = min(delay * 2, 0.05)
     return proc.returncode
+
+
+def _die_with_parent() -> None:
+    """In the agent's process, before it runs: SIGKILL when tfgrpo dies (Linux), so an agent of a
+    killed run stops instead of calling a gateway that is gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill_group(pid: int) -> None:
