@@ -61,7 +61,7 @@ def _run(tmp_path, faults, **cfg_kw):
 
 def test_injected_429_500_timeouts_are_recovered(tmp_path, monkeypatch):
     monkeypatch.setenv("SIM_KEY", "sim")
-    result, rd, sim = _run(tmp_path, ["429", "500", "timeout", "503"])
+    result, rd, sim = _run(tmp_path, ["429", "500", "timeout", "503"], judge={"check": False})
     summary = result.summary()
     assert summary["steps"] == 4 and summary["rollout_failures"] == 0
     assert summary["usage"]["policy"]["retries"] + summary["usage"]["judge"]["retries"] == 4
@@ -69,20 +69,36 @@ def test_injected_429_500_timeouts_are_recovered(tmp_path, monkeypatch):
 
 
 def test_failed_judge_calls_are_recorded_and_library_unchanged(tmp_path, monkeypatch):
+    """A judge that writes prose for about half of the groups (and NONE for the others):
+    every call for those asks for a repair, and a repair that still does not parse is a recorded
+    failure with the bad output kept; the run goes on."""
+    from openai_stub import StubServer
+
+    none = json.dumps({"reasoning": "Only a slip.", "ops": [{"op": "NONE", "reason": "a slip"}]})
+
+    def answer(messages, i):  # the same for a group's first request and its repair
+        import zlib
+
+        first = next(m["content"] for m in messages if m["role"] == "user")
+        return "What a lovely set of attempts." if zlib.crc32(first.encode()) % 2 else none
+
     monkeypatch.setenv("SIM_KEY", "sim")
-    # Step 1's 8 policy requests succeed; from then on every answer is cut off mid-JSON. The
-    # first reading is strict, so every judge call asks for a repair; a repaired answer that
-    # still does not validate is a recorded failure.
-    result, rd, _ = _run(tmp_path, ["ok"] * 8 + ["malformed"] * 200)
+    with StubServer(answer=answer) as judge, start_sim_server(seed=0) as sim:
+        cfg = RunConfig(task="demo", epochs=1, batch_size=8, sampling={"group_size": 4}, judge={"check": False})
+        cfg.policy.model, cfg.policy.api_base, cfg.policy.api_key_env = "openai/sim-policy-s0", sim.base_url, "SIM_KEY"
+        cfg.judge.model, cfg.judge.api_base, cfg.judge.api_key_env = "openai/prose", judge.base_url, "SIM_KEY"
+        rd = RunDir(tmp_path / "run")
+        with open_models(cfg.policy, cfg.judge) as models:
+            result = asyncio.run(train_loop(cfg, load_task("demo"), models, rd, prompts=Prompts()))
     summary = result.summary()
-    assert summary["judge_failures"] >= 1
-    assert summary["usage"]["judge"]["calls"] >= 2 * sum(s.judged for s in result.steps)  # all repaired once
+    assert summary["judge_failures"] >= 1 and summary["library_size"] == 0
     ops = [json.loads(line) for line in (rd.path / "ops.jsonl").read_text().splitlines()]
     failures = [o for o in ops if o.get("status") == "judge_failed"]
     assert len(failures) == summary["judge_failures"]
     assert all("after one repair" in f["error"] and f["raw"][0] for f in failures)  # bad output kept
     groups = [json.loads(line) for line in (rd.path / "groups.jsonl").read_text().splitlines()]
     assert sum(1 for g in groups if g["error"]) == sum(1 for f in failures if f["stage"] == "group_comparison")
+    assert any(g["judged"] and not g["error"] for g in groups)  # the other groups were judged
 
 
 def test_blind_judging_judges_every_group(tmp_path, monkeypatch):

@@ -59,6 +59,8 @@ RESUMABLE = frozenset(
         "judge.concurrency",
         "judge.timeout",
         "judge.max_retries",
+        "judge.max_tokens",
+        "judge.check",
         "epochs",
         "cache",
         "cache_path",

@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tfgrpo.errors import UserError
 from tfgrpo.rewards import Reward, group_reward, reward
@@ -55,6 +55,8 @@ def self_consistency(extract: Extract, *, name: str = "self_consistency", weight
 
 
 class Grade(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})  # a strict schema (structured.py)
+
     reason: str = Field(description="One sentence: why the answer is right or wrong")
     correct: bool
 

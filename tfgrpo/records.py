@@ -87,3 +87,4 @@ class StepRecord(BaseModel):
     usage: dict[str, Any]
     wall_s: float
     ops_leaked: int = 0  # lessons the leak guard rejected (or flagged) this step
+    identical_groups: int = 0  # groups of two or more answers whose texts were all the same

@@ -99,9 +99,11 @@ def load_run(path: str | Path) -> RunData:
 def run_status(run: RunData) -> str:
     """finished, stopped by budget, running, or interrupted (resumable): stopped by Ctrl-C or
     SIGTERM, or still marked running by a process that is gone (killed, crashed)."""
-    st = (run.status or {}).get("status")
+    st, reason = (run.status or {}).get("status"), (run.status or {}).get("reason")
     if st == "finished":
-        return "finished"
+        return f"finished, learned nothing: {reason}" if reason else "finished"
+    if st == "failed":
+        return f"failed: {str(reason)[:160]}"
     if st == "stopped_by_budget":
         return "stopped by budget"
     if st == "running" and _alive((run.status or {}).get("pid")):

@@ -196,11 +196,11 @@ def two_train_runs_share(ctx) -> None:
     ]
     first = last_json(tfgrpo(*args, "--out", str(ctx.tmp / "a")))
     assert first["library_size"] > 0
-    learned = [e.text for e in Library(ctx.tmp / "a" / "library", store=server, collection="team-lib").experiences]
+    learned = [e.id for e in Library(ctx.tmp / "a" / "library", store=server, collection="team-lib").experiences]
     second = last_json(tfgrpo(*args, "--out", str(ctx.tmp / "b"), "--seed", "1"))
     shared = Library(ctx.tmp / "b" / "library", store=server, collection="team-lib")
     assert second["library_size"] == len(shared)
-    assert set(learned) <= {e.text for e in shared.state.experiences}  # the second run built on the first's lessons
+    assert set(learned) <= {e.id for e in shared.state.experiences}  # the second run built on the first's lessons
     assert commit_steps(shared, "team-lib") == sorted(commit_steps(shared, "team-lib"))
 
 
@@ -335,10 +335,6 @@ def shared_steps(ctx, name: str) -> list[int]:
 def sigkill_then_resume(ctx, kill_after: int, store: bool) -> None:
     server, url = ctx.request.getfixturevalue("sim_server")
     common = ["train", "--task", "demo", "--epochs", "2", "--json"]
-    reference = ctx.tmp / "reference"
-    ref = last_json(tfgrpo(*common, "--model", "sim", "--out", str(reference), *store_args(ctx, store, "ref")))
-    common += store_args(ctx, store, "run")
-    run = ctx.tmp / "killed"
     remote = [
         "--model",
         "openai/sim-policy-s0",
@@ -350,6 +346,10 @@ def sigkill_then_resume(ctx, kill_after: int, store: bool) -> None:
         url,
     ]
     env = {**ENV, "OPENAI_API_KEY": "sim"}  # the simulator takes any key; the openai client wants one
+    reference = ctx.tmp / "reference"  # the same endpoints as the killed run: same prompts, same answers
+    ref = last_json(tfgrpo(*common, *remote, "--out", str(reference), *store_args(ctx, store, "ref"), env=env))
+    common += store_args(ctx, store, "run")
+    run = ctx.tmp / "killed"
     proc = subprocess.Popen(
         [*CMD, *common, *remote, "--out", str(run), "--quiet"],
         stdout=subprocess.DEVNULL,

@@ -217,7 +217,9 @@ def train_tables(summary: dict[str, Any], steps: list[Any]) -> list[Table]:
     tail = Table(show_header=False, box=None)
     tail.add_row("steps", str(summary["steps"]))
     tail.add_row("library size", str(summary["library_size"]))
-    tail.add_row("judge failures", str(summary["judge_failures"]))
+    tail.add_row("judge failures", str(summary["judge_failures"]))  # replies unusable after the repair request
+    if summary.get("learned_nothing"):
+        tail.add_row("learned nothing", str(summary["learned_nothing"]))
     tail.add_row("rollout failures", str(summary["rollout_failures"]))
     tail.add_row("wall time", f"{summary['wall_s']:.1f} s")
     tail.add_row("run directory", summary["run_dir"])

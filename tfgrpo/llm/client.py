@@ -36,7 +36,7 @@ from tfgrpo.llm.cache import ResponseCache, request_key
 from tfgrpo.llm.providers import Capabilities
 from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
 from tfgrpo.llm.reply import Prices, Reply, field_of, prices_of, reply_cost, text_of, tool_calls_of
-from tfgrpo.llm.retry import (CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, refused,
+from tfgrpo.llm.retry import (rejects_format, CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, refused,
                               retry_after, short)  # fmt: skip
 from tfgrpo.llm.usage import Usage, token_count
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CONTEXT_OVERFLOW", "Completion", "LLMClient", "RetryPolicy"]
 
 _N_IGNORED: set[str] = set()  # endpoints (api_base|model) seen answering n>1 with fewer choices
+_FORMAT_REJECTED: set[str] = set()  # endpoints seen refusing a response_format
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "hosted_vllm": "HOSTED_VLLM_API_KEY"}  # litellm's key variables
 
 
@@ -120,6 +121,8 @@ class LLMClient:
     def takes_response_schema(self) -> bool:
         """Whether the backend honours a ``response_format`` JSON schema: its capabilities, else
         litellm's model info; unknown models are assumed not to."""
+        if self._endpoint in _FORMAT_REJECTED:
+            return False
         known = self.capabilities.response_schema
         return known if known is not None else model_info.supports_response_schema(self.model)
 
@@ -137,7 +140,22 @@ class LLMClient:
         return f"{self.api_base or ''}|{self.model}"
 
     # ------------------------------------------------------------------ public
-    async def sample(
+    async def sample(self, messages: list[dict[str, Any]], **kw: Any) -> list[Completion]:
+        """G samples for one prompt (:meth:`_sample`). A ``response_format`` the endpoint rejects
+        (its error names it) is dropped: the request is sent again without it, and the endpoint is
+        remembered (logged once, as for ``n``), so judges paste the schema into the prompt instead."""
+        if kw.get("response_format") is not None and self._endpoint in _FORMAT_REJECTED:
+            kw["response_format"] = None
+        out = await self._sample(messages, **kw)
+        if kw.get("response_format") is not None and out and all(rejects_format(c.error) for c in out):
+            if self._endpoint not in _FORMAT_REJECTED:
+                _FORMAT_REJECTED.add(self._endpoint)
+                log.warning("%s model %s rejects response_format (%s); sending its requests without it and the "
+                            "schema in the prompt", self.role, self.model, (out[0].error or "")[:160])  # fmt: skip
+            out = await self._sample(messages, **{**kw, "response_format": None})
+        return out
+
+    async def _sample(
         self,
         messages: list[dict[str, Any]],
         *,

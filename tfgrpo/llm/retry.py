@@ -145,12 +145,22 @@ def is_timeout(e: Exception) -> bool:
     return isinstance(e, (asyncio.TimeoutError, litellm.Timeout))
 
 
+_FORMAT = re.compile(r"response_format|json_schema|json schema|structured output", re.IGNORECASE)
+
+
+def rejects_format(error: str | None) -> bool:
+    """A failed request's error that names the response format (the server refuses it)."""
+    return bool(error) and bool(_FORMAT.search(error or ""))
+
+
 def classify(e: Exception) -> str:
     """'retry' (transient), 'request' (this request is bad), or 'fatal' (no request can succeed)."""
     import litellm
 
     if getattr(e, "fatal", False):
         return "fatal"  # e.g. an untrusted TLS certificate
+    if rejects_format(str(e)):
+        return "request"  # a server refusing the response_format (even with a 500): sent again without it
     if _CREDENTIALS.search(str(e)):
         return "fatal"  # litellm reports a missing key as a server error; retrying cannot help
 

@@ -297,6 +297,10 @@ def conform(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = No
     for key in ("anyOf", "oneOf"):
         if key in schema:
             branches = [_resolve(b, root) for b in schema[key]]
+            for b in branches:  # a discriminated union: the branch whose enum fields the value matches
+                fixed = {k: sub["enum"] for k, sub in b.get("properties", {}).items() if "enum" in sub}
+                if fixed and isinstance(value, dict) and all(value.get(k) in e for k, e in fixed.items()):
+                    return conform(value, b, root)
             for b in branches:
                 if value is not None or b.get("type") == "null":
                     if _fits_type(value, b):

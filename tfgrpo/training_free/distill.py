@@ -25,10 +25,12 @@ from experience_store import ExperienceOp, Injection, Library, Stats, apply_ops,
 from tfgrpo.training_free.config import LibraryConfig
 from tfgrpo.training_free.judge import Judge
 from tfgrpo.training_free.judge_data import library_block, proposals_block
-from tfgrpo.training_free.ops import TEXT_OPS, ConsolidatedOp, ProposedOp
+from tfgrpo.training_free.ops import STRICT_SCHEMA, TEXT_OPS, ConsolidatedOp, ProposedOp
 
 
 class Consolidation(BaseModel):
+    model_config = STRICT_SCHEMA
+
     ops: list[ConsolidatedOp] = Field(description="The edits to apply; [] for none")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
 from experience_store import Library
+from tfgrpo.errors import UserError
 from tfgrpo.training_free.policy import Policy
 from tfgrpo.training_free.rollout import Scorer, stable_seed
 from tfgrpo.training_free.stats import ALPHA, SMALL_SAMPLE, bootstrap_ci, paired_permutation_p, pass_at_k
@@ -174,6 +175,10 @@ class Evaluator:
 
         await asyncio.gather(*(one(seed, s) for seed in self.seeds for s in samples))
         arm.answers.sort(key=lambda a: (a["seed"], a["sample_id"], a["index"]))
+        if arm.answers and arm.failures == len(arm.answers):
+            raise UserError(f"every policy request of the {name} arm failed ({arm.failures} of {arm.failures}), e.g. "
+                            f"{str(arm.answers[0]['error'])[:300]}; nothing was saved: check --model, --api-base "
+                            "(and --agent) and the server")  # fmt: skip
         return arm
 
     async def compare(

@@ -24,7 +24,7 @@ from tfgrpo.llm.client import CONTEXT_OVERFLOW, LLMClient
 from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.config import JudgeConfig
 from tfgrpo.training_free.judge_data import group_block, library_block
-from tfgrpo.training_free.ops import ProposedOp
+from tfgrpo.training_free.ops import STRICT_SCHEMA, ProposedOp
 from tfgrpo.training_free.prompting import Prompts
 from tfgrpo.training_free.structured import StructuredResult, ask_structured, schema_for
 
@@ -33,6 +33,8 @@ CHARS_PER_TOKEN = 4  # rough size of a token of English text, to size prompts be
 
 
 class GroupComparison(BaseModel):
+    model_config = STRICT_SCHEMA
+
     reasoning: str = Field(
         description="Your analysis, written before any edit: what each attempt did, where the better ones "
         "differ from the worse (strategy, checking, tool use, format, or only a slip), which "
@@ -44,6 +46,8 @@ class GroupComparison(BaseModel):
 
 
 class SampleSummary(BaseModel):
+    model_config = STRICT_SCHEMA
+
     summary: str
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experience_store import Injection, Library
+from tfgrpo.errors import UserError
 from tfgrpo.hooks import Hooks
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
@@ -30,6 +31,7 @@ from tfgrpo.training_free.budget import Budget
 from tfgrpo.training_free.config import RunConfig
 from tfgrpo.training_free.distill import Curator
 from tfgrpo.training_free.judge import GroupJudgement, Judge
+from tfgrpo.training_free.judge_check import check_judge
 from tfgrpo.training_free.leak import LeakGuard
 from tfgrpo.training_free.policy import Policy, PromptPolicy
 from tfgrpo.training_free.prompting import Prompts
@@ -65,6 +67,7 @@ class TrainResult:
             "ops_rejected": sum(s.ops_rejected for s in self.steps),
             "leaks": sum(s.ops_leaked for s in self.steps),
             "status": "stopped_by_budget" if self.stopped else "finished",
+            "learned_nothing": nothing_learned(self.steps) if self.library_size == 0 else None,
             "stopped_reason": self.stopped,
             "resumed_from_step": self.resumed_from,
             "wall_s": round(self.wall_s, 3),
@@ -72,6 +75,41 @@ class TrainResult:
             "library": str(self.run_dir / LIBRARY),
             **({"selected_step": self.selection["chosen"]["step"]} if self.selection else {}),
         }
+
+
+def nothing_learned(steps: list[StepRecord]) -> str | None:
+    """Why a run's library is empty, from its step records (None: no step ran)."""
+    if not steps:
+        return None
+    groups, judged = sum(s.groups for s in steps), sum(s.judged for s in steps)
+    if judged == 0:
+        identical = sum(s.identical_groups for s in steps)
+        if identical == groups:
+            return f"every group's answers were identical ({groups} groups): the endpoint does not seem to sample"
+        return f"no group had a contrast to judge ({groups} groups; {identical} of identical answers)"
+    if sum(s.judge_failures for s in steps) >= judged:
+        return f"the judge gave no usable reply for the {judged} groups it judged (ops.jsonl has them)"
+    if sum(s.proposals for s in steps) == 0:
+        return f"the judge found nothing general to learn in the {judged} groups it judged (NONE)"
+    return "every proposed lesson was rejected (ops.jsonl says why)"
+
+
+def all_failed(step: int, groups: list[Group]) -> str:
+    errors = [c.error or "" for g in groups for c in g.completions]
+    return (f"step {step}: every policy request failed ({len(errors)} of {len(errors)}), e.g. {errors[0][:300]}; "
+            "nothing of this step was kept: check --model (a litellm name carries its provider, e.g. "
+            "openai/NAME), --api-base and the server")  # fmt: skip
+
+
+def judge_unusable(judge: str | None, judgements: list[GroupJudgement]) -> str:
+    return (f"the judge {judge} gave no usable reply for any of the {len(judgements)} groups of step 1 (e.g. "
+            f"{(judgements[0].error or '')[:200]}); nothing was kept: use a more capable --judge, or raise "
+            "--judge-max-tokens if its replies were cut off")  # fmt: skip
+
+
+def is_identical(group: Group) -> bool:
+    texts = [c.text for c in group.completions if c.ok]
+    return len(texts) > 1 and len(set(texts)) == 1
 
 
 @dataclass
@@ -201,6 +239,10 @@ async def train_loop(
     if cfg.sampling.group_size == 1:
         log.warning("group size 1: no group has a contrast, so the judge reviews every group on its own")
     reward_names = [r.name for r in task.rewards]
+    told_identical = False
+    if last == 0 and plan and cfg.judge.check:  # the judge is checked before anything is paid for
+        hooks.on_phase("checking the judge on two canned groups", 0)
+        await check_judge(stages.judge, models.judge_name)
     for step, (epoch_index, indices) in enumerate(plan, start=1):
         if step <= last:
             continue
@@ -211,6 +253,20 @@ async def train_loop(
         batch = [samples[i] for i in indices]
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
         shown, groups = await rollouts(stages, batch, epoch_index, cfg.sampling.seed, hooks)
+        if all(not c.ok for g in groups for c in g.completions):
+            run_dir.write_status("training_free", "failed", reason=(why := all_failed(step, groups)),
+                                 steps_done=len(steps), steps_planned=len(plan))  # fmt: skip
+            raise UserError(why)
+        identical = sum(1 for g in groups if is_identical(g))
+        if identical and identical == sum(1 for g in groups if len(g.completions) > 1) and not told_identical:
+            told_identical = cfg.sampling.temperature > 0
+            if told_identical:
+                hooks.on_notice(
+                    f"warning: step {step}: every group's answers were identical at temperature "
+                    f"{cfg.sampling.temperature:g}, so no group has a contrast to learn from: the endpoint seems not to "
+                    "sample (a server that ignores temperature, or a model served greedily); serve it so that it "
+                    "samples, or try a higher --temperature"
+                )
         answered = [[j for j, c in enumerate(g.completions) if c.ok] for g in groups]
         w = StepWork(
             step=step,
@@ -228,6 +284,8 @@ async def train_loop(
         )
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(groups) - len(w.skipped))
         w.judgements = await judge_groups(stages, w, reward_names, hooks)
+        if step == 1 and w.judgements and all(j.error for j in w.judgements.values()):
+            raise UserError(judge_unusable(models.judge_name, list(w.judgements.values())))
         hooks.on_phase(f"step {step}/{len(plan)} consolidating", 1 if w.proposals else 0)
         w.distilled = await stages.curator.curate(w.proposals, shown.values())
         if w.distilled.called:
@@ -243,7 +301,7 @@ async def train_loop(
     run_dir.write_status(
         "training_free",
         "stopped_by_budget" if stopped else "finished",
-        reason=stopped,
+        reason=stopped or (nothing_learned(steps) if len(library) == 0 else None),
         steps_done=len(steps),
         steps_planned=len(plan),
     )

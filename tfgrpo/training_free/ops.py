@@ -6,12 +6,26 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, field_validator, model_validator
+from pydantic_core import CoreSchema
 
 from experience_store import ExperienceOp
 from experience_store.credit import canonical_id
 
+# A judge reply's model: its JSON schema allows no other keys (as strict structured outputs
+# require); reading a reply still ignores extra keys.
+STRICT_SCHEMA = ConfigDict(json_schema_extra={"additionalProperties": False})
 TEXT_OPS = ("ADD", "UPDATE", "MERGE")  # the kinds that carry a lesson's text
+# What each kind must carry, besides its reason: the JSON schema a judge is sent is one object per
+# kind with exactly these fields required, so a constrained decoder (vLLM's guided decoding,
+# OpenAI's strict mode, llama.cpp grammars) can only write ops the validators below accept.
+NEEDS = {"ADD": ("text",), "UPDATE": ("id", "text"), "DELETE": ("id",), "MERGE": ("ids", "text"), "NONE": ()}
+_FIELDS = {
+    "id": {"type": "string", "description": "The library id of the lesson it changes, e.g. E3"},
+    "ids": {"type": "array", "items": {"type": "string"}, "minItems": 2, "description": "The library ids it replaces"},
+    "text": {"type": "string", "description": "The lesson: 'When <condition>, <strategy>.'"},
+    "reason": {"type": "string", "description": "One sentence: why this edit"},
+}
 
 
 class ProposedOp(BaseModel):
@@ -49,6 +63,12 @@ class ProposedOp(BaseModel):
             raise ValueError("MERGE needs at least two ids")
         return self
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """One object per kind (see ``NEEDS``), every field required and no other allowed."""
+        kinds = cls.model_fields["op"].annotation.__args__  # type: ignore[union-attr]
+        return {"title": cls.__name__, "anyOf": [_kind_schema(kind) for kind in kinds]}
+
     def to_experience(self) -> ExperienceOp:
         return ExperienceOp(
             op=self.op, id=self.id, ids=list(getattr(self, "ids", [])), text=self.text, reason=self.reason
@@ -65,3 +85,13 @@ class ConsolidatedOp(ProposedOp):
     @classmethod
     def _ids(cls, v: Any) -> Any:
         return [canonical_id(i) for i in v] if isinstance(v, list) else v
+
+
+def _kind_schema(kind: str) -> dict[str, Any]:
+    fields = (*NEEDS[kind], "reason")
+    return {
+        "type": "object",
+        "properties": {"op": {"type": "string", "enum": [kind]}, **{f: _FIELDS[f] for f in fields}},
+        "required": ["op", *fields],
+        "additionalProperties": False,
+    }

@@ -36,6 +36,7 @@ class StepWork:
     leaks: list[OpResult] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     usage_before: dict[str, Any] = field(default_factory=dict)
+    identical: int = 0  # groups whose answers were all the same text
 
     @property
     def proposals(self) -> list[Any]:
@@ -168,6 +169,7 @@ def write_step(
         ops_by_kind=dict(kinds),
         judge_failures=len(failures),
         ops_leaked=len(w.leaks),
+        identical_groups=w.identical,
         rollout_failures=sum(1 for g in w.groups for c in g.completions if not c.ok),
         library_size=len(library),
         usage=_usage_delta(w.usage_before, usage),

@@ -32,7 +32,9 @@ def schema_for(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema_for(model), "strict": False}}
+    """``strict``: providers that enforce schemas (OpenAI's strict mode) then allow only valid
+    replies; the judge's models are written for it (every field required, no other keys)."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema_for(model), "strict": True}}
 
 
 def unsafe_reason(text: str) -> str | None:
