@@ -141,3 +141,30 @@ def test_groups_of_identical_answers_are_named_and_the_summary_says_why_nothing_
     assert summary["library_size"] == 0 and "identical" in summary["learned_nothing"]
     runs = tfgrpo("runs", str(tmp_path), "--json")
     assert "learned nothing" in runs.stdout and "identical" in runs.stdout
+
+
+class Recording(StubServer):
+    """A policy that always gives the same answer, recording each request's max_tokens."""
+
+    def __init__(self) -> None:
+        super().__init__(answer=lambda messages, i: "Answer: 3")
+        self.max_tokens: list[int | None] = []
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.max_tokens.append((await request.json()).get("max_tokens"))
+        return await super()._chat(request)
+
+
+def test_an_empty_library_is_named_on_export_and_eval_follows_the_runs_token_cap(tmp_path):
+    run = tmp_path / "run"
+    with Recording() as policy:
+        tfgrpo("train", "--task", "demo", "--model", "openai/same", "--api-base", policy.base_url, "--judge", "sim",
+               "--epochs", "1", "--limit", "8", "--max-tokens", "48", "--out", str(run), "-q")  # fmt: skip
+        assert set(policy.max_tokens) == {48}
+        proc = tfgrpo("pack", "export", str(run), "-o", str(tmp_path / "p.zip"))
+        assert "holds no lessons" in proc.stderr
+        policy.max_tokens.clear()
+        proc = tfgrpo("eval", "--library", str(run), "--api-base", policy.base_url, "--placebo", "-k", "1", "--limit",
+                      "4", "--json", "-q")  # fmt: skip
+        assert "holds no lessons; all three arms (placebo too) will see the same prompt" in proc.stderr
+        assert policy.max_tokens and set(policy.max_tokens) == {48}  # the run's cap, not the task's default

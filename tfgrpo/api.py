@@ -301,8 +301,11 @@ def evaluate(
         raise UserError("no problems to evaluate")
     check_provider(got.policy.model, task, samples, hooks)
     if learned and src.size == 0:
-        hooks.on_notice(f"warning: the library in {src.where} holds no lessons; both arms will see the same prompt")
-    sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent})
+        arms = "all three arms (placebo too)" if cfg.placebo else "both arms"
+        hooks.on_notice(f"warning: the library in {src.where} holds no lessons; {arms} will see the same prompt")
+    # the run's cap on tokens per answer, unless this command sets one: the arms answer as the run's rollouts did
+    max_tokens = cfg.sampling.max_tokens or src.max_tokens
+    sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent, "max_tokens": max_tokens})
     seeds = [sampling.seed + i for i in range(cfg.seeds)]
     with open_models(got.policy, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
 

@@ -39,6 +39,7 @@ class Source:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     injection: LibraryConfig = field(default_factory=LibraryConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    max_tokens: int | None = None  # the run's cap on completion tokens per answer
 
     @property
     def size(self) -> int:
@@ -107,6 +108,7 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
         policy=cfg.policy,
         injection=cfg.library,
         agent=cfg.sampling.agent,
+        max_tokens=cfg.sampling.max_tokens,
     )
 
 

@@ -110,6 +110,9 @@ def register(app: typer.Typer) -> None:
         pack = api.export_pack(
             run, out, step=step, eval_summary=_read_eval(eval_file) if eval_file else None, name=name
         )
+        if not pack.active:
+            err_console.print(plain(f"warning: {out} holds no lessons (the run's library is empty): serving it changes "
+                                    "nothing"), highlight=False, soft_wrap=True)  # fmt: skip
         emit(
             [manifest_table(pack, f"wrote {out}")], {"pack": str(out), **pack.manifest.model_dump(mode="json")}, as_json
         )

@@ -84,6 +84,9 @@ def register(app: typer.Typer) -> None:
         from experience_store.proxy import serve  # aiohttp only for this command
 
         loaded = Pack.load(pack, trust_embedding=trust_embedding)
+        if not loaded.active:
+            err_console.print(plain(f"warning: {pack} holds no lessons: requests are forwarded unchanged"),
+                              highlight=False, soft_wrap=True)  # fmt: skip
         given = {"mode": injection, "budget_tokens": budget, "top_k": top_k}  # checked above and by typer
         settings = loaded.injection_settings().model_copy(update={k: v for k, v in given.items() if v is not None})
         loaded.check_embedding(
