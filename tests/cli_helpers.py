@@ -39,3 +39,22 @@ def ctrl_c_default() -> None:
     """``preexec_fn`` for a child a test sends SIGINT: a shell starts background jobs with SIGINT
     ignored, a child inherits that, and Python then installs no KeyboardInterrupt handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class InProcess:
+    """What :func:`tfgrpo_in_process` returns: the exit code, stdout and stderr apart."""
+
+    def __init__(self, result: Any) -> None:
+        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
+
+
+def tfgrpo_in_process(*args: str, check: bool = True) -> InProcess:
+    """The real command line, run in this process (fast; no subprocess, so no SIGTERM or exit-path checks)."""
+    from typer.testing import CliRunner
+
+    from tfgrpo.cli import build_app
+
+    proc = InProcess(CliRunner().invoke(build_app(), list(args), env={"COLUMNS": "200"}))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tfgrpo {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc

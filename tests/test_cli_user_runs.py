@@ -1,5 +1,6 @@
-"""Issue 13, "the first hour of a real user": no silent simulator, an eval that follows its run,
-strict samples, absolute task paths. Each test reproduces one complaint of the issue."""
+"""The CLI on a user's own run: a model is required and a provider's notice is shown, eval follows
+its run (task, model, held-out problems), samples are strict, task paths are stored absolute,
+config keys follow the flags."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import textwrap
 
 import pytest
 
-from typer.testing import CliRunner
 
 from cli_helpers import last_json
+from cli_helpers import tfgrpo_in_process as tfgrpo
 from tfgrpo import api
-from tfgrpo.cli import build_app
 from tfgrpo.errors import UserError
 from tfgrpo.hooks import Hooks
 from tfgrpo.task_registry import Sample
@@ -31,23 +31,10 @@ TRAIN_ONLY = textwrap.dedent('''
 ''')
 
 
-class Proc:
-    def __init__(self, result):
-        self.returncode, self.stdout, self.stderr = result.exit_code, result.stdout, result.stderr
-
-
-def tfgrpo(*args: str, check: bool = True) -> Proc:
-    """The real command line, in process (fast); stdout and stderr apart."""
-    proc = Proc(CliRunner().invoke(build_app(), list(args), env={"COLUMNS": "200"}))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tfgrpo {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A simulated run on a user task (given by a relative path) that has no test set."""
-    root = tmp_path_factory.mktemp("first-hour")
+    root = tmp_path_factory.mktemp("user-run")
     (root / "mytask.py").write_text(TRAIN_ONLY)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

@@ -1,4 +1,4 @@
-"""Issue 13, parameter mode: a second run never overwrites the first, the default run
+"""Parameter mode's run directory: a second run never overwrites the first, the default run
 directory is new each time, config.yaml records the effective values and re-runs as is, and
 the report reads its steps."""
 
