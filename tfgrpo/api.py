@@ -30,7 +30,7 @@ from tfgrpo.rundir import EVALS, OPS, STEPS, RunDir, library_dir, run_of_library
 from tfgrpo.task_registry import Sample, Task, load_task
 from tfgrpo.tracking import parse_report_to, step_metrics, trackers
 from tfgrpo.training_free.budget import parse_price
-from tfgrpo.training_free.config import EvalConfig, RunConfig, load_run_config
+from tfgrpo.training_free.config import EvalConfig, RunConfig, SamplingConfig, load_run_config
 from tfgrpo.training_free.evaluate import Evaluator
 from tfgrpo.hooks import Hooks
 from tfgrpo.params import train_params
@@ -305,7 +305,7 @@ def evaluate(
         hooks.on_notice(f"warning: the library in {src.where} holds no lessons; {arms} will see the same prompt")
     # the run's cap on tokens per answer, unless this command sets one: the arms answer as the run's rollouts did
     max_tokens = cfg.sampling.max_tokens or src.max_tokens
-    sampling = cfg.sampling.model_copy(update={"group_size": n, "agent": src.agent, "max_tokens": max_tokens})
+    sampling = SamplingConfig(**{**cfg.sampling.model_dump(), "max_tokens": max_tokens}, group_size=n, agent=src.agent)
     seeds = [sampling.seed + i for i in range(cfg.seeds)]
     with open_models(got.policy, cache_path=Path(cfg.cache_path) if cfg.cache_path else None) as models:
 

@@ -77,11 +77,10 @@ class AgentConfig(_Model):
     )
 
 
-class SamplingConfig(_Model):
-    """How answers are sampled: passed whole from the flags to every rollout, in training,
-    validation and evaluation alike."""
+class AnswerSampling(_Model):
+    """How each answer is sampled: what evaluation takes from its flags (answers per problem are
+    its -n; agent limits are its run's)."""
 
-    group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
     temperature: float = Field(
         0.7, ge=0, le=2, description="Sampling temperature of rollouts", json_schema_extra=flag("temperature")
     )
@@ -92,6 +91,13 @@ class SamplingConfig(_Model):
         json_schema_extra=flag("max-tokens"),
     )
     seed: int = Field(0, description="Seed for shuffling and sampling", json_schema_extra=flag("seed"))
+
+
+class SamplingConfig(AnswerSampling):
+    """How answers are sampled: passed whole from the flags to every rollout, in training,
+    validation and evaluation alike."""
+
+    group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
     agent: AgentConfig = Field(default_factory=AgentConfig)
 
 
@@ -334,9 +340,9 @@ class EvalConfig(_Paths):
         description="Also run a placebo arm: the library's prompt with each lesson replaced by neutral text of equal token length, to tell the lessons' content from the prompt format",
         json_schema_extra=flag("placebo"),
     )
-    sampling: SamplingConfig = Field(
-        default_factory=SamplingConfig,
-        description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds); answers per problem are -n, agent limits the run's",
+    sampling: AnswerSampling = Field(
+        default_factory=AnswerSampling,
+        description="Temperature, completion tokens and seed (--seed, --seed+1, ... for --seeds)",
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
