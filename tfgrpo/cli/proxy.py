@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
             False,
             "--trust-embedding",
             help="Use the pack's own embedder when it is not "
-            "the offline lexical one (its model name chooses where queries are sent)",
+            "the offline lexical or e5 ones (its model name chooses where queries are sent)",
         ),
     ) -> None:
         """Serve an OpenAI-compatible endpoint that adds the pack's experiences (retrieved for the

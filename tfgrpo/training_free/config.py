@@ -105,7 +105,7 @@ class LibraryConfig(_Model):
     injection: InjectionSettings = Field(default_factory=InjectionSettings)
     embedding: dict[str, Any] = Field(
         default_factory=lambda: {"name": "lexical", "dim": 512},
-        description="Embedding stored with the library: lexical (offline), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL",
+        description="Embedding stored with the library: lexical (offline), e5 (multilingual-e5-small, offline: the [e5] extra), chroma-default, st:MODEL_OR_PATH (sentence-transformers) or litellm:MODEL",
         json_schema_extra=flag("embedding"),
     )
     dedup_threshold: float = Field(
