@@ -181,3 +181,13 @@ def test_two_replicas_one_stopped_mid_run_the_run_finishes_and_loses_no_rollout(
     # at most the concurrency); everything after that goes to the live replica.
     assert b_total - stopped[0] <= cfg.policy.concurrency
     assert policy["replicas"][a.base_url] > policy["replicas"][b.base_url]
+
+
+def test_a_steps_wall_time_counts_its_rollouts(tmp_path):
+    from openai_stub import StubServer
+
+    with StubServer(latency=0.4, answer=lambda messages, i: f"Answer: {i}") as policy:
+        proc = tfgrpo("train", "--task", "demo", "--model", "openai/slow", "--api-base", policy.base_url, "--judge",
+                      "sim", "--epochs", "1", "--limit", "8", "--out", str(tmp_path / "run"), "--json", "-q")  # fmt: skip
+    step = json.loads((tmp_path / "run" / "steps.jsonl").read_text().splitlines()[0])
+    assert step["wall_s"] >= 0.4 and last_json(proc)["steps"] == 1

@@ -249,7 +249,7 @@ async def train_loop(
         stopped = budget.stop_reason([s.usage for s in steps])
         if stopped:
             break
-        usage_before = models.usage.to_dict()
+        usage_before, started_step = models.usage.to_dict(), time.monotonic()
         batch = [samples[i] for i in indices]
         hooks.on_phase(f"step {step}/{len(plan)} rollouts", len(batch))
         shown, groups = await rollouts(stages, batch, epoch_index, cfg.sampling.seed, hooks)
@@ -281,6 +281,7 @@ async def train_loop(
             skipped={i: why for i, g in enumerate(groups) if (why := _skip_reason(cfg, task, g, len(answered[i])))},
             judgements={},
             usage_before=usage_before,
+            started=started_step,
         )
         hooks.on_phase(f"step {step}/{len(plan)} judging", len(groups) - len(w.skipped))
         w.judgements = await judge_groups(stages, w, reward_names, hooks)
