@@ -85,3 +85,25 @@ def sim_server():
     os.kill(proc.pid, signal.SIGCONT)
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Models the tests fetch (SmolLM2: ~540 MB converted) go to a folder of the test session's,
+    never the user's ~/.cache/tfgrpo: $TFGRPO_TEST_CACHE when CI names one it owns (kept between
+    runs), else a temporary folder removed when the session ends. Conversion happens once per
+    session; the tests' subprocesses get the same folder through the environment."""
+    from tfgrpo.model_files import CACHE_ENV
+
+    owned = os.environ.get("TFGRPO_TEST_CACHE")
+    cache = Path(owned) if owned else tmp_path_factory.mktemp("tfgrpo-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = ENV[CACHE_ENV] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+        ENV.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = ENV[CACHE_ENV] = before
+    if not owned:
+        shutil.rmtree(cache, ignore_errors=True)

