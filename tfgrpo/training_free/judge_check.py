@@ -27,6 +27,7 @@ CANNED = [
     ),
 ]  # fmt: skip
 PLACEHOLDERS = ("<condition>", "<strategy>")
+CHECK_TOKENS = 1024
 
 
 def usable(judgement: GroupJudgement) -> bool:
@@ -41,7 +42,9 @@ async def check_judge(judge: Judge, name: str | None) -> list[GroupJudgement]:
     """Raise a UserError when the judge gives no usable lesson on the canned groups."""
     empty = Injection(text="", ids=[], tokens=0, mode="all")
     # the canned groups' rewards are known: shown even to a judge that judges the run blind
-    seeing = Judge(judge.client, judge.prompts, judge.cfg.model_copy(update={"ground_truth": True}), judge.context)
+    # at most CHECK_TOKENS a reply: a capable judge's reasoning and one lesson fit, a rambling one is cut off cheaply
+    cfg = judge.cfg.model_copy(update={"ground_truth": True, "max_tokens": judge.cfg.max_tokens or CHECK_TOKENS})
+    seeing = Judge(judge.client, judge.prompts, cfg, judge.context)
     out = list(await asyncio.gather(*(seeing.judge_group(sample, attempts, empty) for sample, attempts in CANNED)))
     if any(usable(j) for j in out):
         return out
