@@ -346,3 +346,14 @@ def demo_with_my_agent():
     assert result.steps[0].rollout_failures == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(len(r["trajectory"]["turns"]) == 1 for r in rows)
+
+
+def test_a_missing_or_empty_agent_command_is_one_line(tmp_path):
+    from cli_helpers import tfgrpo
+
+    proc = tfgrpo("train", "--agent", " ", "--model", "sim", "--out", str(tmp_path / "a"), check=False)
+    assert proc.returncode == 2 and "give the command that runs your agent" in proc.stderr
+    proc = tfgrpo("train", "--agent", str(tmp_path / "no-such-agent"), "--model", "sim", "--epochs", "1", "--limit",
+                  "4", "--batch-size", "4", "--out", str(tmp_path / "b"), "-q", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "every rollout of the agent failed (20 of 20)" in proc.stderr, proc.stderr
+    assert "not found" in proc.stderr and not (tmp_path / "b").exists()

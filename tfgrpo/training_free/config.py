@@ -159,6 +159,12 @@ class LibraryConfig(_Model):
             raise ValueError(str(e)) from None
 
 
+def _check_agent(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("give the command that runs your agent, e.g. --agent 'python my_agent.py'")
+    return value
+
+
 def _check_report_to(value: Any) -> Any:
     from tfgrpo.tracking import parse_report_to
 
@@ -214,6 +220,8 @@ class RunConfig(_Paths):
     @classmethod
     def _trackers(cls, value: Any) -> Any:
         return _check_report_to(value)
+
+    _agent = field_validator("agent")(_check_agent)
 
     version: int = 1
     task: str = Field(
@@ -289,6 +297,8 @@ class RunConfig(_Paths):
 
 
 class EvalConfig(_Paths):
+    _agent = field_validator("agent")(_check_agent)
+
     version: int = 1
     task: str | None = Field(
         None,

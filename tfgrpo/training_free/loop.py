@@ -96,6 +96,9 @@ def nothing_learned(steps: list[StepRecord]) -> str | None:
 
 def all_failed(step: int, groups: list[Group]) -> str:
     errors = [c.error or "" for g in groups for c in g.completions]
+    if all(e.startswith("agent:") for e in errors):
+        return (f"step {step}: every rollout of the agent failed ({len(errors)} of {len(errors)}), e.g. {errors[0][:300]}; "
+                "nothing of this step was kept: check --agent (run it by hand with a sample on stdin)")  # fmt: skip
     return (f"step {step}: every policy request failed ({len(errors)} of {len(errors)}), e.g. {errors[0][:300]}; "
             "nothing of this step was kept: check --model (a litellm name carries its provider, e.g. "
             "openai/NAME), --api-base and the server")  # fmt: skip
