@@ -8,11 +8,12 @@ import contextvars
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Union
 
 from tfgrpo.errors import UserError
 from tfgrpo.llm.cache import ResponseCache
 from tfgrpo.llm.client import LLMClient, RetryPolicy
+from tfgrpo.llm.endpoint_config import JudgeConfig, PolicyConfig
 from tfgrpo.llm.providers import Capabilities, Provider, provider_for
 from tfgrpo.llm.replicas import split_bases
 from tfgrpo.llm.retry import is_local
@@ -21,16 +22,7 @@ from tfgrpo.llm.usage import Usage
 LOCAL_KEY = "no-key"  # what a local OpenAI-compatible server is sent when no --api-key-env is given
 
 
-class Endpoint(Protocol):
-    """How one role's model is reached (``PolicyConfig`` and ``JudgeConfig`` of a run are ones)."""
-
-    model: str | None
-    api_base: str | None
-    api_key_env: str | None
-    concurrency: int
-    timeout: float
-    max_retries: int
-    retry_timeouts: bool | None
+Endpoint = Union[PolicyConfig, JudgeConfig]  # how one role's model is reached
 
 
 @dataclass

@@ -18,7 +18,7 @@ from experience_store import InjectionSettings
 from tfgrpo.config import ConfigModel as _Model
 from tfgrpo.config import build, flag, load_yaml
 from tfgrpo.rundir import CONFIG
-from tfgrpo.training_free.endpoint_config import JudgeConfig, PolicyConfig
+from tfgrpo.llm.endpoint_config import JudgeConfig, PolicyConfig
 
 
 def absolute_task(spec: Any) -> Any:

@@ -1,5 +1,6 @@
 """How the policy and the judge are reached (``PolicyConfig``, ``JudgeConfig``), and how the
-judge judges; what the policy samples is ``SamplingConfig`` (config.py)."""
+judge judges; what the policy samples is ``SamplingConfig`` (training_free/config.py). The model
+access layer (endpoints.py) takes them as they are: no protocol restates their fields."""
 
 from __future__ import annotations
 
