@@ -168,3 +168,18 @@ def test_an_empty_library_is_named_on_export_and_eval_follows_the_runs_token_cap
                       "4", "--json", "-q")  # fmt: skip
         assert "holds no lessons; all three arms (placebo too) will see the same prompt" in proc.stderr
         assert policy.max_tokens and set(policy.max_tokens) == {48}  # the run's cap, not the task's default
+
+
+@pytest.mark.slow
+def test_a_model_the_server_does_not_have_stops_train_and_eval_with_one_line(tmp_path):
+    good = tmp_path / "good"
+    tfgrpo("train", "--task", "demo", "--model", "sim", "--epochs", "1", "--limit", "8", "--out", str(good), "-q")
+    with StubServer() as server:
+        server.fail(404, body={"error": {"message": "The model `wrong` does not exist"}}, times=10_000)
+        for args in (["train", "--task", "demo", "--epochs", "1", "--out", str(tmp_path / "run")],
+                     ["eval", "--library", str(good)]):  # fmt: skip
+            proc = tfgrpo(*args, "--model", "openai/wrong", "--api-base", server.base_url, "-q", check=False)
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            assert proc.returncode == 2 and len(errors) == 1 and "The model `wrong` does not exist" in errors[0]
+        assert server.requests <= 2 + 2 * 16  # stopped at the first refusals (16 at once), not after every problem
+    assert not (tmp_path / "run").exists()
