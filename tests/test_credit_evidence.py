@@ -36,6 +36,7 @@ def seeded_run(tmp_path, prune_harmful: bool) -> dict[str, str]:
         prompts_dir=str(silent),
         policy={"model": "sim"},
         library=LibraryConfig(prune_harmful=prune_harmful),
+        judge={"check": False},  # the silenced judge would fail it, as it should
     )
     rd = RunDir(tmp_path / "run")
     lessons = [s.harmful if s.name == HARMED else s.lesson for s in SKILLS]
