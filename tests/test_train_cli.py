@@ -170,6 +170,7 @@ def test_unreachable_endpoint_is_one_line_and_resumable(tmp_path):
         f"http://127.0.0.1:{port}/v1",
         "--max-retries",
         "1",
+        "--no-judge-check",  # the policy's endpoint is what this reaches first (the judge has its own retries)
         "--out",
         str(out),
         "--quiet",
