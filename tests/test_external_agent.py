@@ -120,6 +120,7 @@ def test_callable_agent_gets_its_endpoint_and_a_ready_client(sim):
     assert all(r == "42" for r in results)
 
 
+@pytest.mark.slow  # litellm's import in each agent process
 def test_litellm_agent(sim):
     code = (
         "import json, os, sys, litellm; s = json.load(sys.stdin); "

@@ -27,6 +27,7 @@ REPLY = json.dumps({"reasoning": "The better attempt added the end post.",
                              "reason": "the worse attempt forgot it"}]})  # fmt: skip
 
 
+@pytest.mark.slow  # whole CLI runs
 def test_a_wrong_model_name_stops_train_after_one_step_and_eval_at_once(tmp_path):
     out = tmp_path / "run"
     proc = tfgrpo("train", "--task", "demo", "--model", "smollm2", "--judge", "sim", "--epochs", "1", "--out", str(out),
@@ -50,6 +51,7 @@ class Prose(StubServer):
         super().__init__(answer=lambda messages, i: "Both attempts are interesting and show effort.")
 
 
+@pytest.mark.slow  # whole CLI runs
 def test_a_judge_that_writes_prose_is_stopped_before_anything_is_paid(tmp_path):
     with Prose() as judge:
         out = tmp_path / "run"
@@ -155,6 +157,7 @@ class Recording(StubServer):
         return await super()._chat(request)
 
 
+@pytest.mark.slow  # whole CLI runs
 def test_an_empty_library_is_named_on_export_and_eval_follows_the_runs_token_cap(tmp_path):
     run = tmp_path / "run"
     with Recording() as policy:
