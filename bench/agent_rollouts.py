@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench._progress import Progress  # noqa: E402
+from bench.rollouts import start_server  # noqa: E402  (the same stub process as the rollouts benchmark)
 from tfgrpo.llm import LLMClient, RetryPolicy  # noqa: E402
 from tfgrpo.task_registry import Sample  # noqa: E402
 from tfgrpo.training_free.config import AgentConfig, SamplingConfig  # noqa: E402
@@ -52,16 +52,6 @@ COMMAND_AGENT = (
     "{'Content-Type': 'application/json'}); "
     "print(json.load(urllib.request.urlopen(req))['choices'][0]['message']['content'])"
 )
-
-
-def start_stub(latency: float, slots: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, str(ROOT / "tests" / "openai_stub.py"), "--latency", str(latency), "--slots", str(slots)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    url = (proc.stdout.readline() if proc.stdout else "").strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit(f"stub server did not start: {url!r}")
-    return proc, url
 
 
 def client(url: str, concurrency: int) -> LLMClient:
@@ -142,8 +132,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args()
     progress = Progress("agent rollouts")
-    fast, fast_url = start_stub(0.0, 64)
-    slow, slow_url = start_stub(args.latency, args.concurrency)
+    fast, fast_url = start_server(0.0, 64, ignore_n=False)
+    slow, slow_url = start_server(args.latency, args.concurrency, ignore_n=False)
     try:
         with progress.phase(f"[1/3] gateway overhead, {args.calls} sequential calls each way"):
             result = asyncio.run(overhead(fast_url, args.calls))

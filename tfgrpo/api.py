@@ -301,8 +301,8 @@ def evaluate(
         raise UserError("no problems to evaluate")
     check_provider(got.policy.model, task, samples, hooks)
     if learned and src.size == 0:
-        arms = "all three arms (placebo too)" if cfg.placebo else "both arms"
-        hooks.on_notice(f"warning: the library in {src.where} holds no lessons; {arms} will see the same prompt")
+        which = "all three arms (placebo too)" if cfg.placebo else "both arms"
+        hooks.on_notice(f"warning: the library in {src.where} holds no lessons; {which} will see the same prompt")
     # the run's cap on tokens per answer, unless this command sets one: the arms answer as the run's rollouts did
     max_tokens = cfg.sampling.max_tokens or src.max_tokens
     sampling = SamplingConfig(**{**cfg.sampling.model_dump(), "max_tokens": max_tokens}, group_size=n, agent=src.agent)

@@ -261,15 +261,15 @@ async def train_loop(
                                  steps_done=len(steps), steps_planned=len(plan))  # fmt: skip
             raise UserError(why)
         identical = sum(1 for g in groups if is_identical(g))
-        if identical and identical == sum(1 for g in groups if len(g.completions) > 1) and not told_identical:
-            told_identical = cfg.sampling.temperature > 0
-            if told_identical:
-                hooks.on_notice(
-                    f"warning: step {step}: every group's answers were identical at temperature "
-                    f"{cfg.sampling.temperature:g}, so no group has a contrast to learn from: the endpoint seems not to "
-                    "sample (a server that ignores temperature, or a model served greedily); serve it so that it "
-                    "samples, or try a higher --temperature"
-                )
+        sampled = cfg.sampling.temperature > 0
+        if sampled and not told_identical and identical and identical == sum(len(g.completions) > 1 for g in groups):
+            told_identical = True
+            hooks.on_notice(
+                f"warning: step {step}: every group's answers were identical at temperature "
+                f"{cfg.sampling.temperature:g}, so no group has a contrast to learn from: the endpoint seems not to "
+                "sample (a server that ignores temperature, or a model served greedily); serve it so that it "
+                "samples, or try a higher --temperature"
+            )
         answered = [[j for j, c in enumerate(g.completions) if c.ok] for g in groups]
         w = StepWork(
             step=step,

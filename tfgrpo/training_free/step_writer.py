@@ -32,10 +32,10 @@ class StepWork:
     answered: list[list[int]]  # per group, the answers whose request succeeded
     skipped: dict[int, str]  # group index -> why it was not judged
     judgements: dict[int, GroupJudgement]
+    started: float  # time.monotonic() when the step began: its wall time counts the rollouts
+    usage_before: dict[str, Any]  # the run's usage when the step began: the step's own is the difference
     distilled: Distilled = field(default_factory=Distilled)
     leaks: list[OpResult] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    usage_before: dict[str, Any] = field(default_factory=dict)
     identical: int = 0  # groups whose answers were all the same text
 
     @property
