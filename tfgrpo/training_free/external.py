@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 
-from tfgrpo.errors import UserError
 from tfgrpo.llm.client import Completion, LLMClient
 from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.agent import ToolCallRecord, Trajectory, TurnRecord
@@ -93,8 +92,6 @@ class ExternalPolicy:
     def __init__(
         self, agent: Agent, gateway: Gateway, sampling: SamplingConfig, slots: asyncio.Semaphore | None = None
     ) -> None:
-        if isinstance(agent, str) and not agent.strip():
-            raise UserError("--agent: give the command that runs your agent, e.g. --agent 'python my_agent.py'")
         self.agent, self.gateway, self.sampling = agent, gateway, sampling
         self.slots = slots or asyncio.Semaphore(sampling.agent.processes)
         self.http: Any = None  # one connection pool for every callable agent's openai client
