@@ -63,7 +63,7 @@ def pytest_terminal_summary(terminalreporter):
         counts[area]["not run"] += n
     width = max(len(a) for a in AREAS)
     write = terminalreporter.write_line
-    terminalreporter.section("hostile inputs (issue 14)")
+    terminalreporter.section("hostile inputs")
     write(f"{'area':<{width}} | tried | held | failed | not run")
     total: Counter[str] = Counter()
     for area in AREAS:

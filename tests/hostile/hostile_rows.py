@@ -1,4 +1,4 @@
-"""The table of hostile inputs (issue 14): every input that was tried against tfgrpo is one row,
+"""The table of hostile inputs (issues 14, 18 and 23): every input that was tried against tfgrpo is one row,
 and every row is run by a parametrized test, so none can regress.
 
 A row (:class:`Case`) names its area (the issue's numbered items, and ``held ...`` for what
@@ -46,6 +46,22 @@ AREAS = [  # the order of the closing table
     "review newcomer",
     "review sandbox",
     "review packs and proxy",
+    # issue 23, the third round
+    "r3 01-02 shared run is data",
+    "r3 03-04 bad replies",
+    "r3 05 trackers",
+    "r3 06 proxy memory",
+    "r3 07 loopback",
+    "r3 08 read-only run",
+    "r3 09 full disk",
+    "r3 10 damaged records",
+    "r3 11 server text",
+    "r3 12 chat markers",
+    "r3 13 serve children",
+    "r3 minor resume and config",
+    "r3 minor replicas",
+    "r3 minor fetch",
+    "r3 minor proxy and report",
 ]
 
 
