@@ -14,9 +14,13 @@ provider through litellm.
   (the server may still be computing it) unless ``retry_timeouts``; other errors (bad
   request, context too long) fail that request only and are returned as failed
   completions, never raised.
-* Several ``api_base`` URLs of one model are spread least-busy (:mod:`tfgrpo.llm.replicas`).
+* Several ``api_base`` URLs of one model are spread least-busy (:mod:`tfgrpo.llm.replicas`); one
+  that answers 404 (or 401, 403, a redirect) is retired and the others take its requests.
+* A reply whose choices are not chat choices (:func:`tfgrpo.llm.reply.chat_choices`) is retried
+  like a 502, never read as an empty answer.
 * Usage per role and a SQLite response cache keyed by request and sample index; a reply the
-  caller's ``validate`` rejects is neither cached nor replayed from the cache.
+  caller's ``validate`` rejects, or one not of the shape a reply is cached in, is neither
+  cached nor replayed from the cache.
 
 A model that stays unreachable after the retries raises :class:`EndpointError`: a systemic
 failure that stops the run at a point where it can be resumed.
@@ -35,7 +39,8 @@ from tfgrpo.llm import direct, model_info
 from tfgrpo.llm.cache import ResponseCache, request_key
 from tfgrpo.llm.providers import Capabilities
 from tfgrpo.llm.replicas import Replica, ReplicaSet, split_bases
-from tfgrpo.llm.reply import Prices, Reply, field_of, prices_of, reply_cost, text_of, tool_calls_of
+from tfgrpo.llm.reply import (Prices, Reply, chat_choices, field_of, prices_of, replayable, reply_cost, text_of,
+                              tool_calls_of)  # fmt: skip
 from tfgrpo.llm.retry import (rejects_format, CONTEXT_OVERFLOW, AdaptiveLimit, RetryPolicy, classify, failure_text, is_local, is_timeout, refused,
                               retry_after, short)  # fmt: skip
 from tfgrpo.llm.usage import Usage, token_count
@@ -101,6 +106,8 @@ class LLMClient:
             self.supports_n = model_info.supports_n(self.model)
         self._replicas = ReplicaSet(split_bases(self.api_base) or [""])
         self._local = all(is_local(r.url) for r in self._replicas.replicas)
+        if self._local:  # litellm's clients too reach a local server without the environment's proxy
+            direct.bypass_env_proxy(r.url for r in self._replicas.replicas)
         if self.retry_timeouts is None:
             self.retry_timeouts = not self._local
         if self.transport not in ("auto", "litellm"):
@@ -188,8 +195,8 @@ class LLMClient:
         stats = self.usage.role(self.role)
         out: dict[int, Completion] = {}
         for i, payload in cached.items():
-            if validate is not None and validate(str(payload.get("text") or "")) is not None:
-                continue  # cached before this check existed: ask again rather than replay it
+            if not replayable(payload) or (validate is not None and validate(payload["text"]) is not None):
+                continue  # cached before these checks existed: ask again rather than replay it
             out[i] = Completion(cached=True, index=i, **payload)
         stats.cache_hits += len(out)
         missing = [i for i in indices if i not in out]
@@ -276,6 +283,13 @@ class LLMClient:
                 break
             except Exception as e:  # classified below: retry, fail this request, or stop the run
                 kind = classify(e)
+                if kind == "fatal" and several and replica is not None:
+                    if self._replicas.retire(replica, short(e)):
+                        stats.retries += 1
+                        continue  # another replica takes it; this one answers no request of the model
+                    raise EndpointError(
+                        f"{self.role} model {self.model}: no replica is usable: {self._replicas.why_retired()}"
+                    ) from None
                 if kind == "fatal":
                     raise EndpointError(f"{self.role} model {self.model}: {short(e)}") from None
                 timed_out = is_timeout(e)
@@ -331,7 +345,7 @@ class LLMClient:
             async def direct_send(url: str, timeout: float) -> Reply:
                 reply = await direct.chat(url, body, api_key=key, timeout=timeout, local=self._local)
                 cost = self._prices.cost(reply.get("usage") or {}) if self._prices else None
-                return Reply(reply["choices"], reply.get("usage"), cost)
+                return Reply(chat_choices(reply["choices"]), reply.get("usage"), cost)
 
             return direct_send
 
@@ -346,7 +360,8 @@ class LLMClient:
 
         async def litellm_send(url: str, timeout: float) -> Reply:
             resp = await litellm.acompletion(timeout=timeout, **({"api_base": url} if url else {}), **kwargs)
-            return Reply(list(getattr(resp, "choices", []) or []), getattr(resp, "usage", None), reply_cost(resp))
+            choices = chat_choices(list(getattr(resp, "choices", []) or []))
+            return Reply(choices, getattr(resp, "usage", None), reply_cost(resp))
 
         return litellm_send
 

@@ -1,6 +1,8 @@
 """Several endpoints serving the same model (vLLM replicas, several ``transformers serve``
 processes): each request goes to the least busy live replica; a replica that refuses
-connections is taken out for ``cooldown`` seconds and then tried again.
+connections is taken out for ``cooldown`` seconds and then tried again. One that answers what no
+retry mends (404: it does not serve the model; 401/403; a redirect) is retired for good, and
+its requests go to the others: only when every replica is retired does the model fail.
 
 litellm's Router spreads load the same way but never cools a deployment down on a connection
 error (its cooldown handler skips ``APIConnectionError``), so a dead replica would keep getting
@@ -32,6 +34,7 @@ class Replica:
     in_flight: int = 0
     down_until: float = 0.0
     answered: bool = False  # has answered at least once (the cold start is over)
+    retired: str | None = None  # why it was taken out of rotation for good
 
 
 class ReplicaSet:
@@ -54,6 +57,8 @@ class ReplicaSet:
         return random.choice([r for r in others if r.in_flight == least])
 
     def down(self, replica: Replica, reason: str) -> None:
+        if replica.retired is not None:
+            return
         if len(self.replicas) > 1 and replica.down_until <= time.monotonic():
             log.warning("replica %s taken out for %.0fs: %s", replica.url, self.cooldown, reason)
         replica.down_until = time.monotonic() + self.cooldown
@@ -61,3 +66,15 @@ class ReplicaSet:
     def any_live(self, besides: Replica) -> bool:
         now = time.monotonic()
         return any(r is not besides and r.down_until <= now for r in self.replicas)
+
+    def retire(self, replica: Replica, reason: str) -> bool:
+        """Take ``replica`` out of rotation for good; whether any replica remains in it."""
+        if replica.retired is None:
+            replica.retired, replica.down_until = reason, float("inf")
+            if any(r.retired is None for r in self.replicas):
+                log.warning("replica %s taken out of rotation: %s; its requests go to the others", replica.url, reason)
+        return any(r.retired is None for r in self.replicas)
+
+    def why_retired(self) -> str:
+        """Each retired replica and why, for the error once none is left."""
+        return "; ".join(f"{r.url}: {r.retired}" for r in self.replicas if r.retired is not None)

@@ -1,5 +1,10 @@
 """What a chat reply carries, whichever way it came: litellm's response objects or the plain
-JSON dict of an OpenAI-compatible server (:mod:`tfgrpo.llm.direct`), and what it cost."""
+JSON dict of an OpenAI-compatible server (:mod:`tfgrpo.llm.direct`), and what it cost.
+
+A reply's choices are checked against the shape of a chat choice (:func:`chat_choices`) before
+anything is read from them: a choice that is 42, null or a string, one without a message, or a
+``finish_reason`` that is an object, is a bad reply (retried like a 502), never an empty answer
+that is judged and cached. A cached reply is checked the same way (:func:`replayable`)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from tfgrpo.llm.direct import BadReply
 from tfgrpo.llm.usage import MAX_COST_PER_REPLY, server_number, token_count
 
 
@@ -16,6 +24,63 @@ class Reply:
     choices: list[Any]  # each a dict or an object with message / finish_reason
     usage: Any  # a dict, an object or None
     cost: float | None  # USD, None when no price is known
+
+
+class _Message(BaseModel):
+    """The part of a choice's message that is read: its text (a string, a list of content
+    parts, or null when the model only called tools or ran out of tokens while reasoning)."""
+
+    model_config = ConfigDict(from_attributes=True)  # a dict, or litellm's Message object
+    content: str | list[Any] | None = None
+
+
+class _Choice(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    message: _Message
+    finish_reason: str | None = None
+
+
+_CHOICES = TypeAdapter(list[_Choice])
+
+
+def chat_choices(choices: Any) -> list[Any]:
+    """``choices`` as they came, once each is a chat choice: a message whose content is text,
+    parts or null, and a finish_reason that is a string or null. Else :class:`BadReply`, which
+    the client retries like a 502, naming the first thing wrong."""
+    try:
+        _CHOICES.validate_python(choices, from_attributes=True)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(p for p in loc[1:] if p in ("message", "content", "finish_reason"))
+        choice = f"reply choice {loc[0] if loc else 0}"
+        if err["type"] == "missing":
+            raise BadReply(f"{choice} has no {where}") from None
+        what = f"{choice}{' ' + where if where else ''} is {err['input']!r:.80}"
+        raise BadReply(f"{what}: {err['msg'][0].lower()}{err['msg'][1:]}") from None
+    return list(choices)
+
+
+class _Cached(BaseModel):
+    """One reply as the client caches it: exactly these keys, of exactly these types."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None
+
+
+def replayable(payload: Any) -> bool:
+    """Whether a cached reply can be replayed: one an older version cached with a finish_reason
+    that is an object, or keys no reply has, is asked for again instead of ending the run."""
+    try:
+        _Cached.model_validate(payload)
+    except ValidationError:
+        return False
+    return True
 
 
 def field_of(obj: Any, name: str) -> Any:

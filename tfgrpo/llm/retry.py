@@ -216,9 +216,25 @@ def retry_after(e: Exception, upper: float = 3600.0) -> float | None:
     return server_number(value, upper=upper, default=None)
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def _without_traceback(text: str) -> str:
+    """A message that carries a Python traceback (litellm's "Invalid response object Traceback
+    (most recent call last): ...") as its words and the traceback's last line only."""
+    head, found, tail = text.partition(_TRACEBACK)
+    if not found:
+        return text
+    lines = tail.split("\n\n", 1)[0].splitlines()
+    last = next((line.strip() for line in reversed(lines) if line.strip() and not line.startswith(" ")), "")
+    return f"{head.strip()} ({last})" if last else head.strip()
+
+
 def short(e: Exception) -> str:
-    """``RateLimitError: <message>``, without the chain of prefixes litellm stacks up."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    """``RateLimitError: <message>``, without the chain of prefixes litellm stacks up, nor a
+    traceback litellm put in the message."""
+    text = _without_traceback(str(e).strip())
+    msg = text.splitlines()[0] if text else ""
     while True:
         trimmed = _PREFIX.sub("", msg, count=1)
         if trimmed == msg:
