@@ -32,7 +32,9 @@ err_console = Console(stderr=True)
 
 def configure_logging() -> None:
     """Log level from TFGRPO_LOG (default WARNING); the chatty libraries only show errors."""
-    logging.basicConfig(level=os.environ.get("TFGRPO_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Escaped("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=os.environ.get("TFGRPO_LOG", "WARNING"), handlers=[handler])
     for noisy in ("LiteLLM", "litellm", "httpx", "chromadb"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -47,6 +49,14 @@ def escape_controls(text: str) -> str:
         c.encode("unicode_escape", "backslashreplace").decode("ascii") if unicodedata.category(c) in _UNPRINTABLE else c
         for c in text
     )
+
+
+class _Escaped(logging.Formatter):
+    """Log lines with control characters escaped (:func:`escape_controls`): a warning may quote
+    a server's error text, which must not clear the screen or set the window title."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 def plain(*parts: Any) -> Text:
