@@ -4,15 +4,18 @@
 last user message are added to the system message (a new system message when there is none),
 and the request goes upstream; the response (status, body, usage, errors; a stream chunk by
 chunk) comes back unchanged. Every other path (``GET /v1/models``, embeddings, ...) is
-forwarded unchanged. An agent gets the learned experience by changing its base URL.
+forwarded unchanged; a request target in absolute form (``GET http://host:port/v1/models``) is
+forwarded as its path. An agent gets the learned experience by changing its base URL.
 
 Guards: a Host header must be ``localhost``, an IP address or the bound host (a DNS-rebinding
 page cannot reach the proxy through a name it controls); with a ``token``, every request needs
 ``Authorization: Bearer TOKEN`` (which is then not forwarded; ``upstream_key`` is sent
 instead); a chat body that is not a JSON object with a list of message objects, or is nested
-deeper than ``MAX_JSON_DEPTH``, gets 400; upstream reads time out (504 before the response
-starts); a client that disconnects cancels its request upstream; retrieval runs in a worker
-thread, never on the event loop.
+deeper than ``MAX_JSON_DEPTH``, gets 400; a body over ``max_body`` bytes gets 413 (at once when
+its Content-Length says so); upstream reads time out (504 before the response starts); a client that disconnects cancels its request upstream; retrieval runs in a worker
+thread, never on the event loop. Memory per request is a few times its body: the retrieval
+query is cut to ``retrieval.MAX_QUERY_CHARS``. A request aiohttp cannot parse (malformed HTTP)
+gets its 400 and one log line, not a traceback.
 
 Needs aiohttp (imported here only, not by ``experience_store``).
 """
@@ -30,6 +33,7 @@ from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from experience_store.pack import Pack
@@ -56,6 +60,7 @@ _SKIP = {
     "trailer",
 }
 MAX_JSON_DEPTH = 64
+MAX_BODY = 64 << 20  # bytes of a request body; tfgrpo proxy --max-body-mb has the same default
 READ_TIMEOUT_S = 600.0  # tfgrpo proxy --upstream-timeout has the same default
 WILDCARD = ("", "0.0.0.0", "::")
 
@@ -66,6 +71,34 @@ class BadRequest(Exception):
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": f"proxy: {message}", "type": "proxy_error"}}, status=status)
+
+
+def _too_large(limit: int) -> web.Response:
+    return _error(413, f"Maximum request body size {limit / (1 << 20):g} MiB exceeded (tfgrpo proxy --max-body-mb)")
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server log, where a request it could not parse (malformed HTTP from a client,
+    answered 400) is one warning line with the reason instead of an error with a traceback."""
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            reason = " ".join(str(exc_info.message).split())[:200]
+            self.warning(f"{msg}: bad request ({exc_info.code}): %s", *args, reason)
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _target(raw: str) -> tuple[str, str | None]:
+    """The path (and query) of a request target as the client encoded it, and the host an
+    absolute-form target names (``http://host:port/path``; None for the usual ``/path``)."""
+    if raw.startswith("/"):
+        return raw, None
+    url = URL(raw, encoded=True)
+    if not url.absolute or url.scheme not in ("http", "https"):
+        raise BadRequest(f"request target {raw[:80]!r} is neither a path nor an http URL")
+    query = url.raw_query_string
+    return url.raw_path + (f"?{query}" if query else ""), (url.host or "").lower().rstrip(".")
 
 
 def _hostname(host: str | None) -> str:
@@ -121,9 +154,11 @@ class InjectingProxy:
         token: str | None = None,
         upstream_key: str | None = None,
         read_timeout: float = READ_TIMEOUT_S,
+        max_body: int = MAX_BODY,
     ):
         """``settings`` default to the pack's (``Pack.injection_settings``); ``host`` is the
-        address the proxy is bound to (a name allowed in Host headers)."""
+        address the proxy is bound to (a name allowed in Host headers); ``max_body`` the largest
+        request body accepted, in bytes."""
         self.pack = pack
         self.upstream = upstream.rstrip("/")
         self.settings = settings or pack.injection_settings()
@@ -131,10 +166,11 @@ class InjectingProxy:
         self.token = token
         self.upstream_key = upstream_key
         self.read_timeout = read_timeout
+        self.max_body = max_body
         self._session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._guard])
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._guard])
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -157,7 +193,11 @@ class InjectingProxy:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-        name = _hostname(request.headers.get("Host"))
+        try:  # an absolute-form target's host stands for the Host header (RFC 9112 3.2.2)
+            named = _target(request.raw_path)[1]
+        except BadRequest as e:
+            return _error(400, str(e))
+        name = _hostname(request.headers.get("Host")) if named is None else named
         if name not in self.hosts and not _is_ip(name):
             return _error(
                 403, f"Host {name[:80]!r} is not served here (only localhost, IP addresses and the bound host)"
@@ -185,7 +225,12 @@ class InjectingProxy:
         return headers
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        if (request.content_length or 0) > self.max_body:
+            return _too_large(self.max_body)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # a body without a length that ran past the limit
+            return _too_large(self.max_body)
         if request.method == "POST" and request.path.rstrip("/").endswith("/chat/completions"):
             try:
                 body = await asyncio.get_running_loop().run_in_executor(None, self.rewrite, body)
@@ -194,7 +239,7 @@ class InjectingProxy:
         assert self._session is not None
         try:
             # the path as the client encoded it: decoded, %2F, %3F and %2E%2E would change or leave the upstream path
-            path, _, query = request.raw_path.partition("?")
+            path, _, query = _target(request.raw_path)[0].partition("?")  # checked by _guard
             upstream = await self._session.request(
                 request.method,
                 URL(self.target(path, query), encoded=True),
@@ -239,13 +284,18 @@ class InjectingProxy:
         injected = self.pack.inject(_text(users[-1].get("content")), self.settings)
         req["messages"] = inject_messages(messages, injected.text)
         log.info("injected %s (%d tokens)", injected.ids, injected.tokens)
-        return json.dumps(req).encode()
+        try:  # non-ASCII text as UTF-8, not as 6-byte escapes: the body stays about its size
+            return json.dumps(req, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate (\ud800) in the request: escaped, as it came
+            return json.dumps(req).encode()
 
 
 async def start(proxy: InjectingProxy, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Listen on ``host:port`` (0: a free port); returns the runner and the port bound. Handlers
     are cancelled when their client disconnects (so is the upstream request)."""
-    runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(
+        proxy.app(), handler_cancellation=True, access_log=None, logger=_ServerLog(logging.getLogger("aiohttp.server"))
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -266,12 +316,20 @@ def serve(
     token: str | None = None,
     upstream_key: str | None = None,
     read_timeout: float = READ_TIMEOUT_S,
+    max_body: int = MAX_BODY,
     on_ready: Callable[[str], Any] = print,
 ) -> None:
     """Run the proxy until interrupted (SIGINT/SIGTERM); ``on_ready`` gets its base URL once it
     listens (with the real port when ``port`` is 0)."""
     proxy = InjectingProxy(
-        pack, upstream, settings, host=host, token=token, upstream_key=upstream_key, read_timeout=read_timeout
+        pack,
+        upstream,
+        settings,
+        host=host,
+        token=token,
+        upstream_key=upstream_key,
+        read_timeout=read_timeout,
+        max_body=max_body,
     )
 
     async def main() -> None:

@@ -6,6 +6,11 @@ the budget; ``auto`` injects everything while the library fits the budget and re
 
 Tokens are counted by a ``count_tokens(text) -> int`` the caller gives (the toolkit passes the
 policy model's tokenizer where it is known); without one, an estimate of 4 characters a token.
+
+A query longer than ``MAX_QUERY_CHARS`` is cut to its start and its end before it is embedded
+(``bounded_query``): a question comes first or last in a long message (a pasted file, a tool's
+output), embedders read a few hundred tokens at most, and the lexical one would otherwise
+hold every word of a 60 MB message in memory at once.
 """
 
 from __future__ import annotations
@@ -26,6 +31,17 @@ TokenCounter = Callable[[str], int]
 def estimate_tokens(text: str) -> int:
     """About 4 characters a token (English prose with common tokenizers); never 0 for text."""
     return (len(text) + 3) // 4
+
+
+MAX_QUERY_CHARS = 8192  # of a retrieval query: its first and last 4096 characters
+
+
+def bounded_query(text: str, limit: int = MAX_QUERY_CHARS) -> str:
+    """``text`` if it is at most ``limit`` characters, else its first and last ``limit // 2``."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n{text[len(text) - (limit - half - 1) :]}"
 
 
 EXACT_UP_TO = 20_000  # lessons searched exactly (a 20000 x 512 float32 matrix is 40 MB); HNSW beyond
@@ -184,7 +200,7 @@ class Selector:
                 return Injection(block, list(self.by_id), tokens, "all")
         if self._index is None or not self.active:
             return Injection("", [], 0, "retrieve")
-        hits = [(i, s) for i, s in self._index().search(query, settings.top_k) if i in self.by_id]
+        hits = [(i, s) for i, s in self._index().search(bounded_query(query), settings.top_k) if i in self.by_id]
         chosen: list[Experience] = []
         used = 0
         for exp_id, _ in hits:

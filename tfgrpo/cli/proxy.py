@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
             min=1,
             help="Seconds to wait for upstream data before answering 504 (or cutting a stream)",
         ),
+        max_body_mb: int = typer.Option(
+            64, "--max-body-mb", min=1, help="Largest request body accepted, in MiB (413 beyond it)"
+        ),
         injection: Optional[str] = typer.Option(
             None, "--injection", help=f"{' | '.join(MODES)}; default: the pack's run's, else {_default('mode')}"
         ),
@@ -121,6 +124,7 @@ def register(app: typer.Typer) -> None:
                 token=token,
                 upstream_key=upstream_key,
                 read_timeout=upstream_timeout,
+                max_body=max_body_mb << 20,
                 on_ready=lambda url: err_console.print(plain(f"proxy: listening; base URL {url}")),
             )
         except OSError as e:
