@@ -43,6 +43,14 @@ def _usage(priced: bool) -> dict:
     }
 
 
+# the rest of a step record (tfgrpo.records.StepRecord), which the report checks each line against
+FILLER = {
+    "sample_ids": ["q1", "q2", "q3"],
+    **dict.fromkeys(("groups", "judged", "proposals", "ops_applied", "ops_rejected"), 0),
+    **dict.fromkeys(("judge_failures", "rollout_failures", "wall_s"), 0),
+}
+
+
 def _training_free_run(root, priced: bool = True, ops: bool = True):
     rd = RunDir(root)
     rd.path.mkdir(parents=True)
@@ -52,6 +60,7 @@ def _training_free_run(root, priced: bool = True, ops: bool = True):
         "steps.jsonl",
         [
             {
+                **FILLER,
                 "step": i,
                 "epoch": 1,
                 "mean_reward": 0.3 + 0.1 * i,

@@ -1,8 +1,11 @@
 """What a run did, for people: PNG plots and one self-contained ``report.html``.
 
 ``write_report(run_dir, out_dir)`` reads whatever the run directory holds and renders it;
-a missing or unreadable file is listed in the report instead of stopping it. Plots use
-matplotlib's headless Agg backend:
+a missing file is listed in the report instead of stopping it, and so is a damaged record (a
+file that cannot be read, a key of the wrong type: checked against the models of
+``tfgrpo.records``, the config's and the library's), named in one line and left out. Only a
+steps.jsonl line that is not a record of this version stops it (one line, as it stops a
+resume). Plots use matplotlib's headless Agg backend:
 
 * ``reward.png``   mean reward per step, the spread of group mean rewards (min-max and
                    quartiles) around it, epoch boundaries
@@ -20,16 +23,24 @@ The plots live in ``tfgrpo.report_plots``.
 from __future__ import annotations
 
 import base64
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel
 
+from experience_store import LibraryState
+from tfgrpo.config import build, load_yaml
+from tfgrpo.errors import UserError
+from tfgrpo.nesting import json_loads
+from tfgrpo.records import EvalSummaryRead, ParamsStepRead, SelectionRead, StatusRead, StepRead, read_as
 from tfgrpo.report_plots import plot_evals, plot_library, plot_reward, plot_usage
-from tfgrpo.rundir import CONFIG, OPS, STEPS, RunDir
+from tfgrpo.rundir import CONFIG, EVALS, OPS, SELECTION, STATUS, STEPS, RunDir
 from tfgrpo.training_free.budget import total_spend
+
+M = TypeVar("M", bound=BaseModel)
 
 
 # ---------------------------------------------------------------------------- reading a run
@@ -40,12 +51,12 @@ class RunData:
     path: Path
     config: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
-    ops: list[dict[str, Any]] = field(default_factory=list)
-    library: dict[str, Any] | None = None  # the latest library version (LibraryState JSON)
+    library: dict[str, Any] | None = None  # the latest readable library version (LibraryState JSON)
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
     status: dict[str, Any] | None = None
     missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # one line each: file, line or key, what is wrong
 
     mode: str = "training_free"
 
@@ -55,45 +66,113 @@ class RunData:
 
     @property
     def models(self) -> tuple[str | None, str | None]:
-        """(policy, judge); parameter mode has no judge."""
+        """(policy, judge); parameter mode has no judge. Read from the config as written, so a
+        damaged config still shows the models it names."""
         cfg = self.config or {}
         if self.params_mode:
-            return cfg.get("model"), None
-        policy = (cfg.get("policy") or {}).get("model")
-        return policy, (cfg.get("judge") or {}).get("model") or policy
+            return _text(cfg, "model"), None
+        policy = _text(cfg, "policy", "model")
+        return policy, _text(cfg, "judge", "model") or policy
 
     @property
     def spend(self):
         return total_spend(s.get("usage") or {} for s in self.steps)
 
+    def damage(self, path: Path, what: str, line: int | None = None) -> None:
+        self.damaged.append(f"{path.relative_to(self.path)}{f':{line}' if line else ''}: {what}")
+
+
+def _text(mapping: Any, *keys: str) -> str | None:
+    """The text at ``keys`` of a config as written (None where it is no text, e.g. damaged)."""
+    for key in keys:
+        mapping = mapping.get(key) if isinstance(mapping, dict) else None
+    return mapping if isinstance(mapping, str) else None
+
 
 def load_run(path: str | Path) -> RunData:
-    """Everything readable in a run directory; what is absent or unreadable goes to ``missing``."""
+    """Everything readable in a run directory. What is absent goes to ``missing``; a damaged
+    record (a file that cannot be read, a key of the wrong type) goes to ``damaged``, named in
+    one line, and is left out: the rest of the run still shows. Raises UserError (one line) for
+    a steps.jsonl line that is not a record of this version."""
     rd = RunDir(path)
-    p = rd.path
-    run = RunData(path=p, mode=rd.mode)
+    run = RunData(path=rd.path)
+    status = _record(run, rd.file(STATUS), StatusRead)
+    run.status = status.model_dump() if status else None
+    run.mode = (status.mode if status else None) or rd.mode
     for name in (CONFIG, STEPS) if run.params_mode else (CONFIG, STEPS, OPS):
         if not rd.file(name).exists() and not (name == OPS and rd.file(STEPS).exists()):  # a run may propose no op
             run.missing.append(name)
-    run.config = rd.read_config() if rd.exists() else None
-    if rd.exists() and not run.config:
-        run.missing.append(f"{CONFIG} (unreadable)")
-    run.steps = rd.step_rows()
-    run.status = rd.read_status()
+    if rd.exists():
+        run.config = _config(run, rd)
+    run.steps = _steps(run, rd)
     if run.params_mode:  # weights were trained: there is no library and no ops to miss
         return run
-    run.ops = rd.read(OPS)
-    versions = sorted((rd.library_path / "versions").glob("*.json")) if (rd.library_path / "versions").is_dir() else []
-    if versions:
-        try:
-            run.library = json.loads(versions[-1].read_text())
-        except (OSError, ValueError) as e:
-            run.missing.append(f"{versions[-1].relative_to(p)} (unreadable: {type(e).__name__})")
-    else:
+    versions = sorted((rd.library_path / "versions").glob("*.json"))
+    for version in reversed(versions):  # a damaged newest version: the one before it is shown
+        if state := _record(run, version, LibraryState, salvage=False):  # not without its lessons
+            run.library = state.model_dump(mode="json")
+            break
+    if not versions:
         run.missing.append("library/versions")
-    run.evals = rd.saved_evals()
-    run.selection = rd.read_selection()
+    for p in sorted(rd.path.glob(f"{EVALS}/*/summary.json"), key=lambda p: p.stat().st_mtime):
+        if summary := _record(run, p, EvalSummaryRead):
+            run.evals[p.parent.name] = summary.model_dump(exclude_none=True)
+    selection = _record(run, rd.file(SELECTION), SelectionRead)
+    run.selection = selection.model_dump() if selection else None
     return run
+
+
+def _record(run: RunData, path: Path, model: type[M], *, salvage: bool = True) -> M | None:
+    """The JSON file at ``path`` as ``model``; None when absent or when it cannot be read (then
+    named in ``run.damaged``). A key of the wrong type is named and, with ``salvage``, left out."""
+    try:
+        data = json_loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        run.damage(path, f"cannot read it: {e.strerror or e}")
+        return None
+    except ValueError as e:
+        run.damage(path, f"not JSON ({str(e)[:80]})")
+        return None
+    record, problem = read_as(model, data, salvage=salvage)
+    if problem:
+        run.damage(path, problem)
+    return record
+
+
+def _config(run: RunData, rd: RunDir) -> dict[str, Any] | None:
+    """config.yaml as written (shown as it is), checked against the mode's config model."""
+    from tfgrpo.params.config import ParamsConfig
+    from tfgrpo.training_free.config import RunConfig
+
+    try:
+        data = load_yaml(rd.config_path)
+    except UserError as e:
+        run.damaged.append(str(e).replace(f"{run.path}{os.sep}", ""))  # the run directory left out of the path
+        return None
+    try:
+        build(ParamsConfig if run.params_mode else RunConfig, data)
+    except UserError as e:
+        run.damage(rd.config_path, str(e))
+    return data
+
+
+def _steps(run: RunData, rd: RunDir) -> list[dict[str, Any]]:
+    """The step records of either mode of the right types; parameter mode's ``reward_mean`` is
+    also its ``mean_reward``. A line that is not a record, or a record of another version
+    (a run of an older tfgrpo), stops the report with the reader's one line, as it stops a resume."""
+    out = []
+    for n, _, row in rd._lines(STEPS):
+        step, problem = read_as(ParamsStepRead if run.params_mode else StepRead, row)
+        if problem:
+            run.damage(rd.file(STEPS), problem, line=n)
+        if step is None:
+            continue
+        out.append(step.model_dump())
+        if isinstance(step, ParamsStepRead):
+            out[-1]["mean_reward"] = step.reward_mean
+    return out
 
 
 def run_status(run: RunData) -> str:
@@ -112,8 +191,6 @@ def run_status(run: RunData) -> str:
 
 
 def _alive(pid: Any) -> bool:
-    import os
-
     if not isinstance(pid, int):
         return False
     try:
@@ -126,21 +203,14 @@ def _alive(pid: Any) -> bool:
 
 
 def best_eval(run: RunData) -> dict[str, Any] | None:
-    """The saved eval whose library scored the highest Mean@k."""
-    scored = [e for e in run.evals.values() if isinstance(e.get("library"), dict)]
+    """The saved eval (with both arms) whose library scored the highest Mean@k."""
+    scored = [
+        e for e in run.evals.values() if isinstance(e.get("library"), dict) and isinstance(e.get("baseline"), dict)
+    ]
     return max(scored, key=lambda e: e["library"].get("mean_at_k", 0.0), default=None)
 
 
 # ---------------------------------------------------------------------------- HTML
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}
-td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}
-th{background:#f4f4f4} img{max-width:100%;display:block;margin:.5em 0 1.5em}
-.missing{background:#fff4e5;border:1px solid #f0c36d;padding:.5em 1em} pre{background:#f7f7f7;padding:1em;overflow:auto}
-.retired{color:#999}
-"""
 
 
 def _cell(v: Any) -> str:
@@ -339,6 +409,7 @@ class Report:
     html: Path
     plots: list[Path]
     missing: list[str]
+    damaged: list[str]
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Report:
@@ -355,15 +426,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
                 (plot_library(run.steps, out), "library per step"),
                 (plot_usage(run.steps, out), "tokens and cost per step"),
             ]
-    if any(isinstance(e.get("library"), dict) for e in run.evals.values()):
+    if best_eval(run) is not None:  # an eval of both arms to plot
         plots.append((plot_evals(run.evals, out), "evaluation, baseline vs library"))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
     env.filters["cell"] = _cell
     page = env.get_template("report.html.j2").render(
         name=run.path.name,
-        css=CSS,
         facts=_table(None, _facts(run)),
         missing=run.missing,
+        damaged=run.damaged,
         params_mode=run.params_mode,
         plots=[{"alt": alt, "data": base64.b64encode(p.read_bytes()).decode()} for p, alt in plots],
         evals=_evals(run),
@@ -373,4 +444,4 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Repo
     )
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
-    return Report(html=html_path, plots=[p for p, _ in plots], missing=run.missing)
+    return Report(html=html_path, plots=[p for p, _ in plots], missing=run.missing, damaged=run.damaged)

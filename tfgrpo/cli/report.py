@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 
-from tfgrpo.cli.console import err_console, user_errors
+from tfgrpo.cli.console import err_console, plain, user_errors
 from tfgrpo.errors import UserError
 
 
@@ -42,4 +43,6 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+        for d in rep.damaged:  # one line each: the file, its line or key, what is wrong
+            err_console.print(Text.assemble(("damaged: ", "yellow"), plain(d)), soft_wrap=True)
         typer.echo(str(rep.html))

@@ -9,11 +9,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from tfgrpo.cli.console import plain, user_errors
+from tfgrpo.cli.console import err_console, plain, user_errors
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import CONFIG
-
 
 COLUMNS = ("run", "task", "policy / judge", "steps", "library", "best eval (library vs baseline)", "cost", "status")
 
@@ -34,9 +34,9 @@ def register(app: typer.Typer) -> None:
         paths = sorted(p for p in folder.iterdir() if (p / CONFIG).is_file())
         rows, records = [], []
         for p in paths:
-            try:
+            try:  # a damaged record is named in run.damaged and left out; the rest is listed
                 run = load_run(p)
-            except UserError as e:  # one damaged run does not hide the others
+            except UserError as e:  # steps.jsonl cannot be read: one damaged run does not hide the others
                 rows.append((p.name, "", "", "", "", "", "", f"unreadable: {e}"))
                 records.append({"run": p.name, "path": str(p), "status": "unreadable", "error": str(e)})
                 continue
@@ -58,6 +58,8 @@ def register(app: typer.Typer) -> None:
             planned = (run.status or {}).get("steps_planned")
             library = run.steps[-1].get("library_size") if run.steps else None
             status = run_status(run)
+            if run.damaged:
+                status += f", unreadable: {', '.join(sorted({_file_of(d) for d in run.damaged}))}"
             rows.append(
                 (
                     p.name,
@@ -91,6 +93,7 @@ def register(app: typer.Typer) -> None:
                     else None,
                     "cost_usd": spend.cost if priced else None,
                     "tokens": spend.tokens if run.steps and not run.params_mode else None,
+                    "damaged": run.damaged,
                 }
             )
         if as_json:
@@ -105,3 +108,11 @@ def register(app: typer.Typer) -> None:
         for row in rows:
             t.add_row(*(plain(cell) for cell in row))
         Console(width=None if sys.stdout.isatty() else 160).print(t)  # piped: wide enough for every column
+        for p, r in zip(paths, records):  # one line each: the run, the file, its line or key, what is wrong
+            for d in r.get("damaged", []):
+                err_console.print(Text.assemble(("damaged: ", "yellow"), plain(p.name, "/", d)), soft_wrap=True)
+
+
+def _file_of(damage: str) -> str:
+    """The file a line of ``RunData.damaged`` names (``eval/x/summary.json:3: ...`` -> ``summary.json``)."""
+    return Path(damage.split(":", 1)[0]).name
