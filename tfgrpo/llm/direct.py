@@ -23,6 +23,7 @@ import asyncio
 import functools
 import os
 import weakref
+from collections.abc import Iterable, MutableMapping
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -152,6 +153,25 @@ def _env_proxy(base_url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
     except LookupError:
         return None, None
     return str(proxy), auth
+
+
+PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def bypass_env_proxy(urls: Iterable[str], env: MutableMapping[str, str] | None = None) -> None:
+    """Local endpoints (this machine or network) never go through the environment's proxy, also
+    where litellm sends the request (its httpx and aiohttp clients read ``HTTP_PROXY`` and
+    ``ALL_PROXY`` themselves) or an agent program we start does: when a proxy variable is set in
+    ``env`` (default: ours), the URLs' hosts are added to its ``NO_PROXY`` and ``no_proxy``."""
+    env = os.environ if env is None else env
+    if not any(env.get(var) for var in PROXY_VARS):
+        return
+    hosts = [URL(u).host for u in urls if u]
+    for var in ("NO_PROXY", "no_proxy"):
+        have = [h.strip() for h in env.get(var, "").split(",") if h.strip()]
+        add = [h for h in dict.fromkeys(hosts) if h and h not in have]
+        if add:
+            env[var] = ",".join(have + add)
 
 
 def _error_message(raw: bytes) -> str:

@@ -26,12 +26,12 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 
+from tfgrpo.llm import direct
 from tfgrpo.llm.client import Completion, LLMClient
 from tfgrpo.task_registry import Sample
 from tfgrpo.training_free.agent import ToolCallRecord, Trajectory, TurnRecord
@@ -188,6 +188,7 @@ async def run_command(cmd: str, sample: Sample, session: Session, timeout: float
             "AZURE_API_KEY",
         ):
             env.pop(provider_key, None)  # the agent reaches the model through its rollout's endpoint only
+        direct.bypass_env_proxy([session.base_url], env)  # a loopback endpoint: never through a proxy
         try:
             proc = await asyncio.create_subprocess_shell(
                 cmd,
@@ -247,16 +248,6 @@ async def _exit_code(proc: asyncio.subprocess.Process, timeout: float) -> int | 
         await asyncio.sleep(min(delay, left))
         delay = min(delay * 2, 0.05)
     return proc.returncode
-
-
-def _die_with_parent() -> None:
-    """In the agent's process, before it runs: SIGKILL when tfgrpo dies (Linux), so an agent of a
-    killed run stops instead of calling a gateway that is gone."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill_group(pid: int) -> None:
