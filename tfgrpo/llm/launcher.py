@@ -1,12 +1,17 @@
 """Launch a local OpenAI-compatible server as a child process and wait until it answers
 ``/health``: ``vllm serve`` on GPU machines, ``transformers serve`` (continuous batching) on CPU.
 
-The child never outlives us: it gets ``PR_SET_PDEATHSIG`` (Linux) so the kernel sends it
-SIGTERM when we die, even by SIGKILL; it runs in its own session so a Ctrl-C in the terminal
-reaches only us, and we stop it ourselves (SIGTERM to its process group, then SIGKILL);
-an ``atexit`` hook stops it on a normal exit. Started with ``start(background=True)`` it is
-the exception: it keeps running after we exit (``tfgrpo serve --background``), until its
-process group is sent SIGTERM.
+Neither the server nor any process it starts outlives us: the server runs under a keeper
+(:mod:`tfgrpo.keeper`) that the kernel signals when we die, even by SIGKILL, and that then stops
+the server's whole process group (SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds); it also
+stops the workers a server leaves behind when it exits by itself. The keeper runs in its own
+session, so a Ctrl-C in the terminal reaches only us; we stop the server by sending the keeper
+SIGTERM, and an ``atexit`` hook does so on a normal exit. Started with ``start(background=True)``
+the server is the exception: it runs without a keeper and keeps running after we exit
+(``tfgrpo serve --background``), until its process group is sent SIGTERM.
+
+The health check goes straight to the server, never through the environment's proxy
+(``HTTP_PROXY``, ``ALL_PROXY``): the server is on this machine.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Sequence
 
 import httpx
 
+from tfgrpo import keeper
 from tfgrpo.errors import UserError
 
 EXECUTABLE_ENV = "TFGRPO_VLLM_EXECUTABLE"
@@ -41,14 +47,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _resolve_executable(
@@ -83,6 +81,7 @@ class LocalServer:
 
     engine = "server"
     client_prefix = "openai/"
+    STOP_GRACE = 30.0  # seconds a server's process group gets to stop after SIGTERM, before SIGKILL
 
     def __init__(
         self,
@@ -135,8 +134,9 @@ class LocalServer:
 
     def start(self, background: bool = False) -> "LocalServer":
         """Start the process and block until ``/health`` answers 200. ``background``: the server
-        outlives this process (no parent-death signal, no stop at exit); it is stopped here only
-        if it does not become healthy."""
+        outlives this process (no keeper, no stop at exit); it is stopped here only if it does
+        not become healthy. Otherwise ``process`` is the keeper, which the server's exit status
+        passes through."""
         if self.process is not None:
             return self
         cmd = self.command()
@@ -145,9 +145,8 @@ class LocalServer:
             log.write(("$ " + shlex.join(cmd) + "\n").encode())  # the log says what was started
             log.flush()
             self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.environment(),
-                cwd=self.working_directory(), start_new_session=True,
-                preexec_fn=None if background else _die_with_parent,
+                cmd if background else keeper.command(cmd, self.STOP_GRACE), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=self.environment(), cwd=self.working_directory(), start_new_session=True,
             )  # fmt: skip
         self.started_at = time.monotonic()
         atexit.register(self.stop)
@@ -163,7 +162,7 @@ class LocalServer:
     def _wait_healthy(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.health_timeout
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, trust_env=False) as client:  # never through a proxy
             while True:
                 code = self.process.poll()
                 if code is not None:
@@ -185,13 +184,15 @@ class LocalServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM to the process group, wait up to ``grace`` seconds, then SIGKILL."""
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM to the process group (the keeper's, which stops the server's group), wait up to
+        ``grace`` seconds (default ``STOP_GRACE``, plus the keeper's own wait), then SIGKILL."""
         proc, self.process = self.process, None
         atexit.unregister(self.stop)
         if proc is None or proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        grace = self.STOP_GRACE if grace is None else grace
+        for sig, wait in ((signal.SIGTERM, grace + 10.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
