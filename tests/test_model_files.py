@@ -71,13 +71,21 @@ def test_the_converted_directory_samples_by_default(fake_index, tmp_path):
     assert marker["conversion"] == model_files.CONVERSION and marker["sha256"] == _spec().sha256
 
 
-def test_an_older_conversion_gets_the_sampling_defaults_in_place(fake_index, tmp_path):
-    path = model_files.model_dir(_spec(), tmp_path)
-    # as conversion 1 left it: no sampling defaults, no version in the marker
+def _as_older_conversion(path: Path, files: bool) -> None:
+    """``path`` as conversion 2 left it: no sampling defaults, no files recorded (``files``: the
+    files recorded anyway, as a later conversion bump would find them)."""
     (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
     marker = json.loads((path / model_files.MARKER).read_text())
-    del marker["conversion"]
+    marker["conversion"] = 2
+    marker.pop("files")
+    if files:
+        marker["files"] = model_files._files(path)
     (path / model_files.MARKER).write_text(json.dumps(marker))
+
+
+def test_an_intact_older_conversion_gets_the_sampling_defaults_in_place(fake_index, tmp_path):
+    path = model_files.model_dir(_spec(), tmp_path)
+    _as_older_conversion(path, files=True)
     assert not model_files.is_ready(path, _spec())
     weights = (path / "config.json").stat().st_mtime_ns
     assert model_files.model_dir(_spec(), tmp_path) == path
@@ -85,6 +93,15 @@ def test_an_older_conversion_gets_the_sampling_defaults_in_place(fake_index, tmp
     assert model_files.is_ready(path, _spec()) and (path / "config.json").stat().st_mtime_ns == weights
     assert fake_index == {"download": 1, "convert": 1}  # brought up to date, not fetched or converted again
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "generation_config.json", model_files.MARKER]
+
+
+def test_an_older_conversion_that_recorded_no_hashes_is_converted_again(fake_index, tmp_path):
+    """Its files cannot be checked against anything: it might be any folder with a copied marker."""
+    path = model_files.model_dir(_spec(), tmp_path)
+    _as_older_conversion(path, files=False)
+    assert model_files.model_dir(_spec(), tmp_path) == path and model_files.is_ready(path, _spec())
+    assert json.loads((path / "generation_config.json").read_text())["do_sample"] is True
+    assert fake_index == {"download": 2, "convert": 2}
 
 
 def test_concurrent_callers_convert_once(fake_index, tmp_path):
