@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+if (
+    "TFGRPO_STATE" not in os.environ
+):  # the runs tfgrpo wrote (tfgrpo.trust) are listed in the tests' folder, not the user's
+    os.environ["TFGRPO_STATE"] = tempfile.mkdtemp(prefix="tfgrpo-test-state-")
+    atexit.register(shutil.rmtree, os.environ["TFGRPO_STATE"], True)
 ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
 CMD = [sys.executable, "-m", "tfgrpo"]
 

@@ -23,10 +23,10 @@ from pydantic import ValidationError
 
 from tfgrpo.config import build, setting_name
 from tfgrpo.errors import EndpointError, UserError
-from tfgrpo.eval_source import library_at, open_source, resolve
+from tfgrpo.eval_source import library_at, open_source, resolve, task_key
 from tfgrpo.llm.endpoints import Models, open_models
 from tfgrpo.llm.providers import provider_for
-from tfgrpo.rundir import EVALS, OPS, STEPS, RunDir, library_dir, run_of_library, save_eval
+from tfgrpo.rundir import EVALS, OPS, STEPS, RunDir, check_writable, library_dir, run_of_library, save_eval
 from tfgrpo.task_registry import Sample, Task, load_task
 from tfgrpo.tracking import parse_report_to, step_metrics, trackers
 from tfgrpo.training_free.budget import parse_price
@@ -132,6 +132,12 @@ def train(
         rd = RunDir(out)
         if not rd.exists():
             raise UserError(f"nothing to resume: {out} has no config.yaml")
+        if rd.config_edited():
+            raise UserError(
+                f"{rd.config_path} was edited after tfgrpo wrote it, and a resumed run keeps its settings: "
+                "restore the file and pass what may change as flags (e.g. --epochs, budgets, endpoints), "
+                "or start a new run"
+            )
         fixed = sorted(_changed(load_run_config(out).model_dump(mode="json"), cfg.model_dump(mode="json")) - RESUMABLE)
         if fixed:
             raise UserError(
@@ -257,6 +263,7 @@ def evaluate(
     hooks: Hooks | None = None,
     baseline_only: bool = False,
     on_training_problems: bool = False,
+    trust_run: bool = False,
 ) -> EvalResult:
     """Baseline vs library on the same problems and seeds (Mean@k, Pass@k, intervals, paired test).
 
@@ -266,13 +273,15 @@ def evaluate(
     the library's is an error. ``step`` picks the library version (default: the one ``--select
     best-val`` kept, else the latest). Scoring the problems the library was trained on needs
     ``on_training_problems`` and is labelled so. Results go under ``eval/NAME/`` of the run (or
-    ``save_dir``); a run's newest summary of its own task is also its ``eval.json``."""
+    ``save_dir``); a run's newest summary of its own task is also its ``eval.json``. A run not
+    made here is data: its endpoint, key variable, task code and embedder are used only with
+    ``trust_run`` (``tfgrpo.eval_source``)."""
     cfg = build(EvalConfig, config)
     hooks = hooks or Hooks()
     n = cfg.n or cfg.k
     if cfg.k > n:
         raise UserError(f"-k {cfg.k} is larger than -n {n}: sample at least k answers per problem")
-    src = open_source(library, step)
+    src = open_source(library, step, trust_run)
     got = resolve(cfg, src)
     task = build_task(got.task, got.task_args, got.data)
     _check_task(src.lessons(), task.name, src.where)
@@ -295,6 +304,8 @@ def evaluate(
             f"these are the problems the library was trained on ({why}): pass held-out problems with "
             "--data, or score them anyway, labelled as training problems, with --on-training-problems"
         )
+    root = Path(save_dir) if save_dir is not None else (src.run.path if src.run is not None else Path("."))
+    check_writable(root / EVALS, "pass --save-dir DIR (save_dir=...) to keep the results elsewhere")
     samples = split_task(task, got.split.fractions, got.split.seed).part(part)
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:
@@ -338,14 +349,13 @@ def evaluate(
     if learned:
         summary.update(library_size=src.size, library_path=str(src.where), library_step=src.step, library_kind=src.kind)
     name = name or f"{label}-k{cfg.k}-n{n}" + (f"-step{src.step}" if learned else "-baseline")
-    run = src.run
-    root = Path(save_dir) if save_dir is not None else (run.path if run is not None else Path("."))
-    dest = root / EVALS / name
+    run, dest = src.run, root / EVALS / name
     summary["saved"] = str(dest)
-    save_eval(dest, summary, report.answers)
-    if run is not None and save_dir is None and learned:  # the run's latest eval, which `pack export` records
+    if (saved := save_eval(dest, summary, report.answers)) != dest:
+        hooks.on_notice(f"warning: could not write {dest}; the results are in {saved}")
+    elif run is not None and save_dir is None and learned:  # the run's latest eval, which `pack export` records
         run.write_latest_eval(summary)
-    return EvalResult(summary=summary, saved=dest)
+    return EvalResult(summary=summary, saved=saved)
 
 
 def check_provider(model: str | None, task: Task, samples: list[Sample], hooks: Hooks) -> None:
@@ -423,7 +433,7 @@ def pack_from_run(
         history,
         name=name or rd.path.name,
         toolkit_version=__version__,
-        task=cfg.task if cfg else None,
+        task=task_key(cfg.task) if cfg else None,  # a task file's path means nothing elsewhere
         policy_model=policy,
         judge_model=(cfg.judge.model or policy) if cfg else None,
         source_run=rd.path.name,

@@ -1,6 +1,11 @@
 """Where ``tfgrpo eval`` takes its settings from: the run that learned the library (its
 ``config.yaml``) or a pack's manifest. Task, data, split, model and injection follow the
 source unless the user overrides them; a task other than the library's is refused.
+
+A source is data unless it is the user's own run (``tfgrpo.trust``) or ``--trust-run`` says so:
+from a run made elsewhere, or a pack, only the model's name, a registered task's name, data,
+split and injection are taken. Its endpoint and key variable, a task given as a Python file, and
+an embedder other than the offline ones are never used: eval asks for the user's own instead.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experience_store import Library, Pack, PackError
+from experience_store import Library, Pack, PackError, spec_label
+from experience_store.embedding import LOCAL_KINDS
 
+from tfgrpo import trust
 from tfgrpo.errors import UserError
 from tfgrpo.rundir import RunDir, library_dir, run_of_library
 from tfgrpo.training_free.config import (
@@ -40,6 +47,8 @@ class Source:
     injection: LibraryConfig = field(default_factory=LibraryConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     max_tokens: int | None = None  # the run's cap on completion tokens per answer
+    foreign_task: str | None = None  # a task file named by a source that is not the user's own
+    foreign_endpoint: str | None = None  # the endpoint it names (not used)
 
     @property
     def size(self) -> int:
@@ -63,8 +72,9 @@ def is_pack(path: Path) -> bool:
     return (path.is_file() and path.suffix == ".zip") or (path / "manifest.json").is_file()
 
 
-def open_source(library: str | Path | None, step: int | None) -> Source:
-    """The library to evaluate and the settings it was learned with."""
+def open_source(library: str | Path | None, step: int | None, trust_run: bool = False) -> Source:
+    """The library to evaluate and the settings it was learned with (see the module's note on
+    what is taken from a source that is not the user's own)."""
     if library is None:
         return Source(kind="none")
     where = Path(library)
@@ -85,6 +95,7 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
             where=where,
             library=pack,
             task=m.task,
+            foreign_task=m.task if m.task and is_task_file(m.task) and not trust_run else None,
             policy=PolicyConfig(model=m.policy_model) if m.policy_model else PolicyConfig(),
             injection=LibraryConfig(injection=pack.injection_settings()),
         )
@@ -94,8 +105,12 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
         step = run.selected_step()
     lib = library_at(lib_dir, step, where)
     if run is None:
+        _check_embedder(lib, LibraryConfig(), where, trust_run)
         return Source(kind="library", where=where, library=lib)
     cfg = load_run_config(run.path)
+    own = trust_run or trust.is_own(run.config_path)
+    _check_embedder(lib, cfg.library, where, own)
+    endpoint = cfg.policy.api_base or (cfg.policy.api_key_env and f"key from ${cfg.policy.api_key_env}")
     return Source(
         kind="run",
         where=where,
@@ -105,10 +120,31 @@ def open_source(library: str | Path | None, step: int | None) -> Source:
         data=cfg.data,
         task_args=cfg.task_args,
         split=cfg.split,
-        policy=cfg.policy,
+        policy=cfg.policy if own else PolicyConfig(model=cfg.policy.model),
         injection=cfg.library,
         agent=cfg.sampling.agent,
         max_tokens=cfg.sampling.max_tokens,
+        foreign_task=None if own or not is_task_file(cfg.task) else cfg.task,
+        foreign_endpoint=None if own else endpoint or None,
+    )
+
+
+def is_task_file(spec: str) -> bool:
+    """``path/tasks.py:name`` (code to import) rather than a registered task's name."""
+    head, sep, _ = spec.rpartition(":")
+    return bool(sep) and head.endswith(".py")
+
+
+def _check_embedder(lib: Library, settings: LibraryConfig, where: Path, trusted: bool) -> None:
+    """A library made elsewhere is retrieved from with an offline embedder only: another one
+    (``litellm:``, ``st:``) sends the queries where the library's author chose."""
+    spec = lib.state.embedding
+    if trusted or settings.injection.mode == "all" or spec.get("name") in LOCAL_KINDS:
+        return
+    raise UserError(
+        f"the library in {where} was not made here and names the embedding {spec_label(spec)}, which would send "
+        "your queries to a model its author chose: export it as a pack and import it with --embedding lexical, "
+        "or pass --trust-run"
     )
 
 
@@ -123,8 +159,7 @@ def library_at(lib_dir: Path, step: int | None, where: str | Path) -> Library:
 
 def task_key(spec: str) -> str:
     """``demo`` -> demo; ``path/tasks.py:mine`` -> mine (a run records the spec it was given)."""
-    head, _, name = spec.rpartition(":")
-    return name if head.endswith(".py") else spec
+    return spec.rpartition(":")[2] if is_task_file(spec) else spec
 
 
 @dataclass
@@ -142,6 +177,17 @@ def resolve(cfg: EvalConfig, src: Source) -> Resolved:
     task = cfg.task or src.task
     if task is None:
         raise UserError("which task? pass --task NAME (the library records none)")
+    if not cfg.task and src.foreign_task:
+        raise UserError(
+            f"{src.where} was not made here and names its task as code ({src.foreign_task}), which eval does "
+            f"not run: pass your own --task (a task name, or your file.py:{task_key(src.foreign_task)}), "
+            "or --trust-run"
+        )
+    if cfg.policy.model is None and src.foreign_endpoint:
+        raise UserError(
+            f"{src.where} was not made here and names its own endpoint ({src.foreign_endpoint}), which eval "
+            "does not use: pass your own --model (and --api-base), or --trust-run"
+        )
     if src.task and task_key(task) != task_key(src.task):
         raise UserError(
             f"the library in {src.where} was learned on task {task_key(src.task)!r}, not "

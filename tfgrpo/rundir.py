@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -44,6 +45,7 @@ import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
+from tfgrpo import trust
 from tfgrpo.errors import UserError
 from tfgrpo.nesting import json_loads
 from tfgrpo.records import StepRecord, version_problem
@@ -58,6 +60,7 @@ GROUPS = "groups.jsonl"
 OPS = "ops.jsonl"
 LIBRARY = "library"
 CACHE = "cache.sqlite"
+CACHE_FILES = (CACHE, f"{CACHE}-wal", f"{CACHE}-shm")  # with SQLite's write-ahead log and shared memory
 SELECTION = "selection.json"
 LATEST_EVAL = "eval.json"
 EVALS = "eval"
@@ -125,17 +128,26 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            pid = (self.read_status() or {}).get("pid")
+            pid = self._lock_holder()
             raise UserError(
                 f"{self.path} is in use by another tfgrpo process{f' (pid {pid})' if pid else ''}: "
                 "wait for it to end or stop it, or choose another --out"
             ) from None
         except OSError as e:
             raise UserError(f"cannot lock run directory {self.path}: {e.strerror or e}") from None
+        with contextlib.suppress(OSError):  # the holder's pid, in the lock file itself (status.json's may be old)
+            self.file(LOCK).write_text(str(os.getpid()))
         try:
             yield self
         finally:
             lock.release()
+
+    def _lock_holder(self) -> int | None:
+        """The pid the lock's holder wrote, if that process is alive."""
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(pid := int(self.file(LOCK).read_text().strip()), 0)
+            return pid
+        return None
 
     def has_steps(self) -> bool:
         """Whether a step has finished here (a run to resume, not a failed start)."""
@@ -145,7 +157,7 @@ class RunDir:
         """After a start that finished no step: remove what it wrote (config, status, lock,
         records, a library with no version, the response cache it created) and the directory it
         created when nothing else is in it (a model server's log, an imported pack stay)."""
-        for name in (CONFIG, STATUS, LOCK, *RECORD_FILES, STEPS, *([CACHE] if created_cache else [])):
+        for name in (CONFIG, STATUS, LOCK, *RECORD_FILES, STEPS, *(CACHE_FILES if created_cache else [])):
             with contextlib.suppress(OSError):
                 self.file(name).unlink()
         versions = self.library_path / "versions"
@@ -157,8 +169,14 @@ class RunDir:
 
     # -- config
     def write_config(self, cfg: BaseModel) -> None:
-        """The resolved settings, so what a resume changed (epochs, budgets, endpoints) is kept."""
-        _atomic_write(self.config_path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        """The resolved settings, so what a resume changed (epochs, budgets, endpoints) is kept;
+        signed and recorded as this user's own (``tfgrpo.trust``)."""
+        _atomic_write(self.config_path, trust.signed(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
+        trust.remember(self.config_path)
+
+    def config_edited(self) -> bool:
+        """Whether config.yaml was changed since tfgrpo wrote it (a hand edit)."""
+        return self.config_path.is_file() and trust.edited(self.config_path.read_text(errors="replace"))
 
     def read_config(self) -> dict[str, Any]:
         """config.yaml as a mapping ({} when absent or unreadable)."""
@@ -292,7 +310,7 @@ class RunDir:
 
     def read_status(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.file(STATUS).read_text())
+            data = json_loads(self.file(STATUS).read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -310,7 +328,7 @@ class RunDir:
 
     def read_selection(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.file(SELECTION).read_text())
+            data = json_loads(self.file(SELECTION).read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -331,7 +349,7 @@ class RunDir:
 
     def read_latest_eval(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.file(LATEST_EVAL).read_text())
+            data = json_loads(self.file(LATEST_EVAL).read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -341,18 +359,36 @@ class RunDir:
         out: dict[str, dict[str, Any]] = {}
         for p in sorted((self.path / EVALS).glob("*/summary.json"), key=lambda p: p.stat().st_mtime):
             try:
-                out[p.parent.name] = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
+                out[p.parent.name] = json_loads(p.read_text())
+            except (OSError, ValueError):
                 continue
         return out
 
 
+def check_writable(directory: Path, advice: str) -> None:
+    """UserError (with ``advice``) unless files can be made in ``directory``, or in its nearest
+    existing parent when it is not there yet: asked before hours of work, not after."""
+    probe = next(p for p in (directory, *directory.parents) if p.exists() or p == p.parent)
+    try:
+        tempfile.TemporaryFile(dir=probe).close()  # NotADirectoryError for a file
+    except OSError as e:
+        raise UserError(f"cannot save results in {directory} ({probe}: {e.strerror or e}); {advice}") from None
+
+
 def save_eval(directory: Path, summary: dict[str, Any], answers: list[dict[str, Any]]) -> Path:
-    """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / "results.jsonl", "".join(jsonl_line(a) for a in answers))
-    _atomic_write(directory / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
-    return directory
+    """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``; when that
+    fails (a disk filled meanwhile), in a new temporary folder instead: the caller says where."""
+    for where in (directory, None):
+        try:
+            where = where or Path(tempfile.mkdtemp(prefix="tfgrpo-eval-"))
+            where.mkdir(parents=True, exist_ok=True)
+            _atomic_write(where / "results.jsonl", "".join(jsonl_line(a) for a in answers))
+            _atomic_write(where / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
+            return where
+        except OSError:
+            if where is not directory:
+                raise
+    raise AssertionError("unreachable")
 
 
 def library_dir(path: str | Path) -> Path:
@@ -395,5 +431,10 @@ def jsonl_line(record: BaseModel | dict[str, Any]) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:  # e.g. a full disk: no half-written file is left beside the old one
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -50,6 +50,11 @@ def register(app: typer.Typer) -> None:
             "--step",
             help="Use the library as it was after this step (default: the one --select best-val kept, else the latest)",
         ),
+        trust_run: bool = typer.Option(
+            False,
+            "--trust-run",
+            help="Use the --library run's endpoint, key variable, task file and embedder although tfgrpo did not write its config.yaml here (a run someone handed you)",
+        ),
         name: Optional[str] = typer.Option(
             None, "--name", help="Save results under eval/NAME/ (default: <split>-k<k>-n<n>-step<step>)"
         ),
@@ -81,6 +86,7 @@ def register(app: typer.Typer) -> None:
                 hooks=hooks,
                 baseline_only=baseline_only,
                 on_training_problems=on_training_problems,
+                trust_run=trust_run,
             )
         emit([eval_table(result.summary)], result.summary, as_json)
         notice(f"results saved in {result.saved}")

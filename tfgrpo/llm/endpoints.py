@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -112,7 +113,13 @@ def open_models(
     if policy.model is None and not serve:
         raise UserError("which model? pass --model NAME (a litellm name such as openai/gpt-4.1-mini)")
     usage = Usage()
-    cache = ResponseCache(cache_path) if cache_path is not None else None
+    try:
+        cache = ResponseCache(cache_path) if cache_path is not None else None
+    except (OSError, sqlite3.Error) as e:  # a directory, /proc, a read-only or full disk
+        raise UserError(
+            f"cannot open the response cache {cache_path}: {getattr(e, 'strerror', None) or e}; "
+            "pass another --cache-path, or --no-cache"
+        ) from None
     with contextlib.ExitStack() as stack:
         if cache is not None:
             stack.callback(cache.close)

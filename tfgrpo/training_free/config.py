@@ -97,7 +97,9 @@ class SamplingConfig(AnswerSampling):
     """How answers are sampled: passed whole from the flags to every rollout, in training,
     validation and evaluation alike."""
 
-    group_size: int = Field(5, gt=0, description="Answers sampled per query (G)", json_schema_extra=flag("group-size"))
+    group_size: int = Field(
+        5, gt=0, le=256, description="Answers sampled per query (G, at most 256)", json_schema_extra=flag("group-size")
+    )
     agent: AgentConfig = Field(default_factory=AgentConfig)
 
 
