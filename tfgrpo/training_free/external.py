@@ -10,7 +10,8 @@ A command gets the sample (id, prompt or messages, metadata; never the reference
 on stdin and in ``TFGRPO_SAMPLE``, the endpoint in ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` (a
 token of this rollout, not a provider key), and a file path in ``TFGRPO_OUTPUT``: its answer is
 that file's content when it wrote one (a JSON object's ``answer``, a JSON string, or the text),
-else its stdout. It runs in a process group of its own, killed whole when the rollout ends.
+else its stdout. It runs in a process group of its own, killed whole when the rollout ends, or by
+the run's reaper (``agent_reaper``) if tfgrpo dies first, even by ``kill -9``.
 A callable is ``async def agent(sample, llm) -> str`` with ``llm.base_url``, ``llm.api_key``
 and ``llm.client`` (an ``openai.AsyncOpenAI``).
 
@@ -34,6 +35,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Union
 from tfgrpo.llm import direct
 from tfgrpo.llm.client import Completion, LLMClient
 from tfgrpo.task_registry import Sample
+from tfgrpo.training_free import agent_reaper
 from tfgrpo.training_free.agent import ToolCallRecord, Trajectory, TurnRecord
 from tfgrpo.training_free.config import SamplingConfig
 from tfgrpo.training_free.gateway import Gateway, Session
@@ -201,6 +203,7 @@ async def run_command(cmd: str, sample: Sample, session: Session, timeout: float
             )
         except OSError as e:
             return Outcome(None, f"cannot start {cmd!r}: {e.strerror or e}")
+        agent_reaper.watch(proc.pid)  # its group (start_new_session: the group's id is its pid)
         stdout, stderr = _Bounded(MAX_OUTPUT, keep="head"), _Bounded(STDERR_TAIL, keep="tail")
         readers = [asyncio.create_task(stdout.drain(proc.stdout)), asyncio.create_task(stderr.drain(proc.stderr))]
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -217,6 +220,7 @@ async def run_command(cmd: str, sample: Sample, session: Session, timeout: float
                 error = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         finally:
             _kill_group(proc.pid)  # children it left behind too (they may hold its output open)
+            agent_reaper.forget(proc.pid)
         await asyncio.wait(readers, timeout=5)
         with contextlib.suppress(ProcessLookupError):
             await asyncio.wait_for(proc.wait(), 5)
