@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tfgrpo.errors import UserError
+from tfgrpo.errors import UserError, disk_full
 
 from tfgrpo.hooks import Hooks
 
@@ -101,6 +101,9 @@ def user_errors(fn: Callable) -> Callable:
         except Exception as e:
             if isinstance(e, UserError) or _store_error(e):
                 raise fail(str(e)) from None
+            full = disk_full(e)  # wherever a write found the disk full (a run's own writes say how to resume)
+            if full is not None:
+                raise fail(f"{full}: free some space, then run the command again") from None
             raise
         except KeyboardInterrupt:
             err_console.print("interrupted")

@@ -2,17 +2,23 @@
 
 Keyed by the canonical request (model, messages, sampling parameters, response format) and
 the sample index within the group, so sample 3 of a group of 5 is one row. Each row is
-committed as soon as it arrives, so a run killed mid-step keeps every finished call.
+committed as soon as it arrives, so a run killed mid-step keeps every finished call. A full
+disk is the ``OSError`` of one (ENOSPC, naming the cache's file), not SQLite's own error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from tfgrpo.errors import disk_full
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -26,26 +32,42 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT NOT NULL, idx INTEGER NOT NULL, "
-            "payload TEXT NOT NULL, PRIMARY KEY (key, idx))"
-        )
+        with self._no_space():
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            with self._no_space():
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS responses (key TEXT NOT NULL, idx INTEGER NOT NULL, "
+                    "payload TEXT NOT NULL, PRIMARY KEY (key, idx))"
+                )
+        except BaseException:
+            self._db.close()  # closed, so a failed start can remove the file and its -wal and -shm
+            raise
+
+    @contextlib.contextmanager
+    def _no_space(self) -> Iterator[None]:
+        """SQLite's "database or disk is full" as the OSError a full disk is everywhere else."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if disk_full(e) is None:
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) from e
 
     def get_many(self, key: str, indices: list[int]) -> dict[int, dict[str, Any]]:
         if not indices:
             return {}
         marks = ",".join("?" * len(indices))
-        with self._lock:
+        with self._lock, self._no_space():
             rows = self._db.execute(
                 f"SELECT idx, payload FROM responses WHERE key = ? AND idx IN ({marks})", [key, *indices]
             ).fetchall()
         return {idx: json.loads(payload) for idx, payload in rows}
 
     def put(self, key: str, idx: int, payload: dict[str, Any]) -> None:
-        with self._lock:
+        with self._lock, self._no_space():
             self._db.execute(
                 "INSERT OR REPLACE INTO responses (key, idx, payload) VALUES (?, ?, ?)",
                 (key, idx, json.dumps(payload, ensure_ascii=False)),

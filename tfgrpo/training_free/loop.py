@@ -11,6 +11,7 @@ finished call is paid twice and the library ends exactly as an uninterrupted run
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experience_store import Injection, Library
-from tfgrpo.errors import UserError
+from tfgrpo.errors import UserError, disk_full
 from tfgrpo.hooks import Hooks
 from tfgrpo.llm.endpoints import Models
 from tfgrpo.llm.usage import Usage
@@ -172,6 +173,20 @@ def _skip_reason(cfg: RunConfig, task: Task, group: Group, answered: int) -> str
     return None
 
 
+async def _every(aws: list[Any]) -> list[Any]:
+    """``asyncio.gather``, except that when one fails the others are cancelled and awaited here:
+    none ends later with an error nobody reads (e.g. the same full disk), which asyncio prints
+    as a traceback when the run stops."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def rollouts(
     stages: Stages, batch: list[Sample], epoch_index: int, seed: int, hooks: Hooks
 ) -> tuple[dict[str, Injection], list[Group]]:
@@ -186,7 +201,7 @@ async def rollouts(
         hooks.on_advance("rollouts")
         return group
 
-    return shown, list(await asyncio.gather(*(one(s) for s in batch)))
+    return shown, await _every([one(s) for s in batch])
 
 
 async def judge_groups(stages: Stages, w: StepWork, reward_names: list[str], hooks: Hooks) -> dict[int, GroupJudgement]:
@@ -202,9 +217,32 @@ async def judge_groups(stages: Stages, w: StepWork, reward_names: list[str], hoo
         hooks.on_advance("judging")
         return out
 
-    return dict(zip(to_judge, await asyncio.gather(*(one(i) for i in to_judge))))
+    return dict(zip(to_judge, await _every([one(i) for i in to_judge])))
 
 
+def _full_disk_resumable(train: Callable[..., Any]) -> Callable[..., Any]:
+    """A write that finds the disk full (records, library, response cache, status) stops the run
+    with one line saying how to go on; what finished is kept, as after a kill."""
+
+    @functools.wraps(train)
+    async def run(cfg: RunConfig, task: Task, models: Models, run_dir: RunDir, **kwargs: Any) -> TrainResult:
+        try:
+            return await train(cfg, task, models, run_dir, **kwargs)
+        except Exception as e:
+            full = disk_full(e)
+            if full is None:
+                raise
+            go_on = (
+                f"every finished step is saved: tfgrpo train --resume {run_dir.path}"
+                if run_dir.has_steps()
+                else "no step finished, so nothing was kept: run the same command again"
+            )
+            raise UserError(f"{full}: free some space; {go_on}") from None
+
+    return run
+
+
+@_full_disk_resumable
 async def train_loop(
     cfg: RunConfig,
     task: Task,
