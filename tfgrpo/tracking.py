@@ -11,15 +11,26 @@ the run directory and keep its config.
   with ``mlflow ui --backend-store-uri sqlite:///RUN/mlflow.db``); experiment
   ``$MLFLOW_EXPERIMENT_NAME`` (default ``tfgrpo``); the run ends FINISHED, or FAILED/KILLED
   when training raised or was interrupted.
+
+A tracker is an observer. One that fails mid-run (a tracking server down, overloaded or silent, a
+full disk under ``RUN/tensorboard/``) is logged once and dropped, and training goes on; one that
+fails to close is logged, and never hides what ended the run; one that cannot start is a one-line
+error before anything is paid for. A tracking server gets few retries (MLflow's own would wait
+about 8.5 minutes for a dead one; its ``MLFLOW_HTTP_REQUEST_*`` variables still win when set) and
+each call to it at most :data:`MLFLOW_CALL_S` seconds, so it cannot hold a run up for minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from tfgrpo.errors import UserError
 
@@ -27,6 +38,19 @@ REPORT_TO = ("tensorboard", "wandb", "mlflow")
 PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb", "mlflow": "mlflow"}
 
 Log = Callable[[int, dict[str, float]], None]
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# MLflow's defaults are 7 retries with exponential backoff and 120 s per request: minutes of
+# waiting on a dead server, per call. Set when unset (only for a tracking server).
+MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+MLFLOW_CALL_S = 20.0  # the longest one call to a tracking server may hold up a step (a Retry-After of an hour too)
+MLFLOW_START_S = 60.0  # the same for starting the run there (several calls)
 
 
 def parse_report_to(value: str | None) -> list[str]:
@@ -76,52 +100,126 @@ def _need(kind: str):
 Close = Callable[[BaseException | None], None]  # called with what ended the run (None: it finished)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:300]
+
+
+def _start(kind: str, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close]:
+    lib = _need(kind)
+    try:
+        return {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[kind](lib, run_dir, config)
+    except (ImportError, UserError):
+        raise
+    except Exception as e:  # the tracker's own failure (no login, unreachable server): one line, not a traceback
+        raise UserError(f"--report-to {kind}: {_first_line(e)}") from None
+
+
 @contextlib.contextmanager
 def trackers(kinds: list[str], run_dir: Path, config: dict[str, Any]) -> Iterator[Log]:
-    """One ``log(step, metrics)`` that writes to every tracker in ``kinds``; closed on exit."""
-    logs: list[Log] = []
-    closes: list[Close] = []
+    """One ``log(step, metrics)`` that writes to every tracker in ``kinds``; closed on exit. A
+    tracker that fails to log is dropped with one warning (it is not called again, not even to
+    close); one that fails to close is warned about. Neither stops training nor replaces the
+    error that ended it."""
+    live: dict[str, tuple[Log, Close]] = {}
     ended: BaseException | None = None
     try:
         for kind in kinds:
-            lib = _need(kind)
-            try:
-                log_one, close = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[kind](
-                    lib, run_dir, config
-                )
-            except (ImportError, UserError):
-                raise
-            except (
-                Exception
-            ) as e:  # the tracker's own failure (no login, unreachable server): one line, not a traceback
-                raise UserError(
-                    f"--report-to {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                ) from None
-            logs.append(log_one)
-            closes.append(close)
+            live[kind] = _start(kind, run_dir, config)
 
-        def log(step: int, metrics: dict[str, float]) -> None:
-            for one in logs:
-                one(step, metrics)
+        def log_all(step: int, metrics: dict[str, float]) -> None:
+            for kind, (one, _) in list(live.items()):
+                try:
+                    one(step, metrics)
+                except Exception as e:
+                    del live[kind]
+                    log.warning(
+                        "--report-to %s failed at step %d (%s): it is dropped, training goes on without it",
+                        kind,
+                        step,
+                        _first_line(e),
+                    )
 
-        yield log
+        yield log_all
     except BaseException as e:
         ended = e
         raise
     finally:
-        for close in reversed(closes):
-            close(ended)
+        for kind, (_, close) in reversed(list(live.items())):
+            try:
+                close(ended)
+            except Exception as e:
+                log.warning("--report-to %s failed to close (%s)", kind, _first_line(e))
+
+
+def _bounded(seconds: float | None, call: Callable[[], T]) -> T:
+    """``call()``, given at most ``seconds`` (None: no limit) in a daemon thread: a server that
+    never answers, or asks to be retried in an hour, costs the run that long once and is left
+    behind."""
+    if seconds is None:
+        return call()
+    out: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            out.append((True, call()))
+        except BaseException as e:
+            out.append((False, e))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="tfgrpo-tracker", daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+class _EventFile:
+    """A TensorBoard event file written in the caller's thread, one ``os.write`` per step: a full
+    disk is an error of that step's call, after which the file is closed and nothing is left to
+    retry (tensorboardX's SummaryWriter writes from a thread of its own and flushes a failed
+    buffer again at exit, printing tracebacks). Records are tensorboardX's protobufs, framed as
+    TFRecords (length and data, each with its masked CRC32C)."""
+
+    def __init__(self, directory: Path):
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.record_writer import masked_crc32c
+
+        self._event, self._summary, self._crc = Event, Summary, masked_crc32c
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"  # the name TensorBoard looks for
+        self._fd: int | None = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        values = [self._summary.Value(tag=f"train/{k}", simple_value=v) for k, v in metrics.items()]
+        self._write(self._event(wall_time=time.time(), step=step, summary=self._summary(value=values)))
+
+    def _write(self, event: Any) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        view = memoryview(header + struct.pack("<I", self._crc(header)) + data + struct.pack("<I", self._crc(data)))
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self, ended: BaseException | None = None) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 def _tensorboard(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close]:
-    writer = lib.SummaryWriter(logdir=str(run_dir / "tensorboard"))
-
-    def log(step: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            writer.add_scalar(f"train/{key}", value, step)
-        writer.flush()
-
-    return log, lambda ended: writer.close()
+    events = _EventFile(run_dir / "tensorboard")
+    return events.log, events.close
 
 
 def _wandb(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close]:
@@ -149,30 +247,39 @@ def _mlflow(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close
                 "pip install 'tfgrpo[mlflow]', or set MLFLOW_TRACKING_URI to your tracking server"
             ) from None
         run_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=f"sqlite:///{(run_dir / 'mlflow.db').resolve()}" if own_store else None)
-    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if not experiment_id:
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tfgrpo"
-        found = client.get_experiment_by_name(name)
-        experiment_id = (
-            found.experiment_id
-            if found
-            else client.create_experiment(
-                name, artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if own_store else None
+    else:
+        for key, value in MLFLOW_HTTP.items():
+            os.environ.setdefault(key, value)
+    limit = None if own_store else MLFLOW_CALL_S
+
+    def start() -> tuple[Any, str]:
+        client = MlflowClient(tracking_uri=f"sqlite:///{(run_dir / 'mlflow.db').resolve()}" if own_store else None)
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if not experiment_id:
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tfgrpo"
+            found = client.get_experiment_by_name(name)
+            experiment_id = (
+                found.experiment_id
+                if found
+                else client.create_experiment(
+                    name, artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if own_store else None
+                )
             )
-        )
-    run_id = client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-    params = [Param(k, v[:6000]) for k, v in _flat(config).items()]
-    for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-        client.log_batch(run_id, params=params[i : i + 100])
+        run_id = client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        params = [Param(k, v[:6000]) for k, v in _flat(config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+            client.log_batch(run_id, params=params[i : i + 100])
+        return client, run_id
+
+    client, run_id = _bounded(None if own_store else MLFLOW_START_S, start)
 
     def log(step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        _bounded(limit, lambda: client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()]))
 
     def close(ended: BaseException | None) -> None:
         status = "FINISHED" if ended is None else "KILLED" if isinstance(ended, KeyboardInterrupt) else "FAILED"
-        client.set_terminated(run_id, status=status)
+        _bounded(limit, lambda: client.set_terminated(run_id, status=status))
 
     return log, close
 
