@@ -143,10 +143,10 @@ class RunDir:
             lock.release()
 
     def _lock_holder(self) -> int | None:
-        """The pid the lock's holder wrote, if that process is alive."""
+        """The pid the lock's holder wrote, if that process is alive (and not this one)."""
         with contextlib.suppress(OSError, ValueError):
             os.kill(pid := int(self.file(LOCK).read_text().strip()), 0)
-            return pid
+            return pid if pid != os.getpid() else None
         return None
 
     def has_steps(self) -> bool:
