@@ -134,8 +134,9 @@ def in_use_hint(e: BaseException) -> str:
 
 
 def notice(line: str) -> None:
-    """One line the user must see (a provider's notice, warnings), on stderr, printed as plain text."""
-    err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    """One line the user must see (a provider's notice, warnings), on stderr, printed as plain text
+    (a server's words in it may hold escape sequences: shown escaped)."""
+    err_console.print(plain(line), highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -182,7 +183,7 @@ def progress_hooks(enabled: bool = True) -> Iterator[Hooks]:
             on_phase=on_phase,
             on_advance=on_advance,
             on_step=on_step,
-            on_notice=lambda line: progress.console.print(line, highlight=False, markup=False, soft_wrap=True),
+            on_notice=lambda line: progress.console.print(plain(line), highlight=False, soft_wrap=True),
         )
 
 

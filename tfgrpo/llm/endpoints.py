@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
-from tfgrpo.errors import UserError
+from tfgrpo.errors import UserError, disk_full
 from tfgrpo.llm.cache import ResponseCache
 from tfgrpo.llm.client import LLMClient, RetryPolicy
 from tfgrpo.llm.endpoint_config import JudgeConfig, PolicyConfig
@@ -115,7 +115,9 @@ def open_models(
     usage = Usage()
     try:
         cache = ResponseCache(cache_path) if cache_path is not None else None
-    except (OSError, sqlite3.Error) as e:  # a directory, /proc, a read-only or full disk
+    except (OSError, sqlite3.Error) as e:  # a directory, /proc, a read-only disk (a full one: the caller says)
+        if disk_full(e):
+            raise
         raise UserError(
             f"cannot open the response cache {cache_path}: {getattr(e, 'strerror', None) or e}; "
             "pass another --cache-path, or --no-cache"
