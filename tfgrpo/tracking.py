@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -178,21 +177,21 @@ def _bounded(seconds: float | None, call: Callable[[], T]) -> T:
 
 
 class _EventFile:
-    """A TensorBoard event file written in the caller's thread, one ``os.write`` per step: a full
-    disk is an error of that step's call, after which the file is closed and nothing is left to
-    retry (tensorboardX's SummaryWriter writes from a thread of its own and flushes a failed
-    buffer again at exit, printing tracebacks). Records are tensorboardX's protobufs, framed as
-    TFRecords (length and data, each with its masked CRC32C)."""
+    """A TensorBoard event file written and flushed in the caller's thread, one record per step,
+    with tensorboardX's own record writer and protobufs: a full disk is an error of that step's
+    call, after which the file is closed and nothing is left to retry (tensorboardX's
+    SummaryWriter writes from a thread of its own and flushes a failed buffer again at exit,
+    printing tracebacks)."""
 
     def __init__(self, directory: Path):
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.proto.summary_pb2 import Summary
-        from tensorboardX.record_writer import masked_crc32c
+        from tensorboardX.record_writer import RecordWriter
 
-        self._event, self._summary, self._crc = Event, Summary, masked_crc32c
+        self._event, self._summary = Event, Summary
         directory.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"  # the name TensorBoard looks for
-        self._fd: int | None = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._writer: Any = RecordWriter(str(directory / name))
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -200,21 +199,18 @@ class _EventFile:
         self._write(self._event(wall_time=time.time(), step=step, summary=self._summary(value=values)))
 
     def _write(self, event: Any) -> None:
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        view = memoryview(header + struct.pack("<I", self._crc(header)) + data + struct.pack("<I", self._crc(data)))
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
-            os.fsync(self._fd)
+            self._writer.write(event.SerializeToString())
+            self._writer.flush()
         except BaseException:
             self.close()
             raise
 
     def close(self, ended: BaseException | None = None) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(OSError):  # the bytes a full disk refused are not tried again
+                writer.close()
 
 
 def _tensorboard(lib: Any, run_dir: Path, config: dict[str, Any]) -> tuple[Log, Close]:
