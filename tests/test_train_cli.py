@@ -35,7 +35,7 @@ def test_train_json_summary(trained):
     assert summary["calls"]["judge"] > 0 and summary["tokens"]["judge"] > 0
     assert summary["library_size"] == len(library_texts(out)) > 0
     rewards = summary["reward_by_step"]
-    assert sum(rewards[-3:]) / 3 > sum(rewards[:2]) / 2  # the simulator's lessons raise its reward
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:2]) / 2 + 0.2
     for name in ("config.yaml", "rollouts.jsonl", "groups.jsonl", "ops.jsonl", "steps.jsonl", "cache.sqlite"):
         assert (out / name).is_file(), name
     assert len((out / "steps.jsonl").read_text().splitlines()) == 8

@@ -185,14 +185,6 @@ class SimServer:
         self.stop()
 
 
-def choice_seed(seed: Any, i: int) -> tuple[Any, int]:
-    """The (seed, index) choice ``i`` of a request is drawn with. A seeded request's choice ``i``
-    is the choice a request seeded ``seed + i`` gives first, as vLLM's engine seeds its parallel
-    samples: so the missing samples of a partly cached group, asked later with ``seed + m``,
-    are the ones an uninterrupted run got."""
-    return (seed + i, 0) if isinstance(seed, int) and not isinstance(seed, bool) else (seed, i)
-
-
 def start_sim_server(
     seed: int = 0,
     host: str = "127.0.0.1",
@@ -297,14 +289,13 @@ class _Handler(BaseHTTPRequestHandler):
         contents = []
         calls: list[Any] = []
         for i in range(max(1, n)):
-            seed, index = choice_seed(body.get("seed"), i)
-            rng = choice_rng(sim.seed, seed, messages, index, salt=role)
+            rng = choice_rng(sim.seed, body.get("seed"), messages, i, salt=role)
             if tools:
                 # The plan is drawn from the opening messages only, so it holds over the turns.
                 reply = agent_reply(
                     messages,
                     tools,
-                    choice_rng(sim.seed, seed, messages[:2], index, salt="agent"),
+                    choice_rng(sim.seed, body.get("seed"), messages[:2], i, salt="agent"),
                     malformed=fault == "malformed",
                 )
                 contents.append(reply["content"])
