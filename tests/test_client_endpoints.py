@@ -196,10 +196,10 @@ async def test_two_replicas_one_killed_mid_run_loses_no_rollout():
         assert json.loads(json.dumps(c.usage.to_dict()))["policy"]["replicas"] == role.replicas
 
 
-async def test_a_group_partly_cached_gets_distinct_answers_as_a_fresh_one_would(tmp_path):
-    """Samples 0-1 cached, 2-3 asked for: not with the group's seed again (a seeded server would
-    give back samples 0-1), but as a fresh request of four would give them; scattered gaps
-    (0 and 2 cached) are asked for one by one with their own seeds."""
+async def test_a_group_partly_cached_gets_the_answers_a_fresh_one_would(tmp_path):
+    """Samples 0-1 cached, 2-3 asked for: as a fresh request of four gives them (the group's own
+    request, its cached choices dropped), not copies of samples 0-1; scattered gaps (0 and 2
+    cached) likewise."""
     from tfgrpo.llm import LLMClient, ResponseCache
     from tfgrpo.llm.cache import request_key
     from tfgrpo.sim import start_sim_server
@@ -222,8 +222,11 @@ async def test_a_group_partly_cached_gets_distinct_answers_as_a_fresh_one_would(
         for c in (first[0], first[2]):
             partial.put(key, c.index, {"text": c.text, "finish_reason": c.finish_reason})
         refilled = await make(partial).sample(msgs, n=4, seed=9, temperature=1.0)
+        fresh = await make(None).sample(msgs, n=4, seed=5, temperature=1.0)
     assert [o.cached for o in grown] == [True, True, False, False] and len({o.text for o in grown}) == 4
-    assert [o.cached for o in refilled] == [True, False, True, False] and len({o.text for o in refilled}) == 4
+    assert [o.text for o in grown] == [o.text for o in fresh]
+    assert [o.cached for o in refilled] == [True, False, True, False]
+    assert [o.text for o in refilled] == [o.text for o in first]
 
 
 async def test_queued_requests_pick_their_replica_when_they_get_a_slot():

@@ -221,20 +221,21 @@ class LLMClient:
         """The ``missing`` samples: one request with ``n`` where it is honoured, and separate
         requests (at once) for any sample the server left out."""
         got: list[Completion] = []
-        # One request with n for a contiguous run of samples from m, seeded seed + m: choice j is
-        # then sample m + j as a fresh request would give it (vLLM seeds choice j with seed + j).
-        # Scattered ones (cached neighbours) go one by one, each with seed + i: the same seed
-        # for another index would bring back answers already cached, copies in one group.
-        contiguous = missing == list(range(missing[0], missing[0] + len(missing)))
-        if self.n_honoured and len(missing) > 1 and contiguous:
-            got = await self._request(
-                request, missing, n=len(missing), seed=None if seed is None else seed + missing[0]
-            )
-            if len(got) < len(missing):
+        # Seeded, the missing samples of a group cut short (a resume) come from the group's own
+        # request (seed, n = the last missing index + 1), keeping only the missing choices: a
+        # server that draws choice j from (seed, j), as vLLM does (it seeds choice j with
+        # seed + j), gives each the answer an uninterrupted run got. The cached neighbours are
+        # generated again for that (paid, not kept); asking seed + m for sample m would hold only
+        # for vLLM's convention.
+        want = list(range(missing[-1] + 1)) if seed is not None else missing
+        if self.n_honoured and len(want) > 1:
+            got = await self._request(request, want, n=len(want), seed=seed)
+            if len(got) < len(want):
                 if self._endpoint not in _N_IGNORED:
                     _N_IGNORED.add(self._endpoint)
                     log.warning("%s model %s answered %d of %d choices: it ignores n; asking one request per sample from now on",
-                                self.role, self.model, len(got), len(missing))  # fmt: skip
+                                self.role, self.model, len(got), len(want))  # fmt: skip
+            got = [c for c in got if c.index in missing]
         have = {c.index for c in got}
         rest = [i for i in missing if i not in have]
         if rest:

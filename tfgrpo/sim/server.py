@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -110,6 +111,12 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._conn_lock:
             self.open_connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a run that stopped mid-request) is not news; anything else
+        is printed as socketserver does."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def drop_connections(self) -> None:
         """Cut every open (keep-alive) connection, as a killed server's would be."""
