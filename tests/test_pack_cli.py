@@ -16,6 +16,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # whole CLI commands on a trained run
 def test_library_log_show_diff(run):
     log = last_json(tfgrpo("library", "log", str(run), "--json"))
     rows = log["versions"]
@@ -35,6 +36,7 @@ def test_library_log_show_diff(run):
     assert bad.returncode == 2 and "no library version for step 99" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # whole CLI commands on a trained run
 def test_export_verify_show_import(run, tmp_path):
     evals = tmp_path / "eval.json"
     evals.write_text(json.dumps({"baseline": {"mean_at_k": 0.4}, "library": {"mean_at_k": 0.7}}))
@@ -104,6 +106,7 @@ def test_bad_pack_is_refused_in_one_line_and_nothing_is_written(run, tmp_path):
     assert not (tmp_path / "target").exists() and not (tmp_path.parent / "escape.sh").exists()
 
 
+@pytest.mark.slow  # whole CLI commands on a trained run
 def test_pack_diff_and_merge(run, tmp_path):
     a, b = tmp_path / "a.zip", tmp_path / "b.zip"
     tfgrpo("pack", "export", str(run), "--out", str(a), "--step", "1")

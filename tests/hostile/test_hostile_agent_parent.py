@@ -58,7 +58,7 @@ def agent_dies_with_tfgrpo(ctx) -> None:
 
 CASES = [
     Case("r3 13 serve children", "tfgrpo SIGKILLed while 4 agent commands run",
-         "every agent process ends within seconds", agent_dies_with_tfgrpo),
+         "every agent process ends within seconds", agent_dies_with_tfgrpo, slow=True),
 ]  # fmt: skip
 
 

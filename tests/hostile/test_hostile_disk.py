@@ -642,7 +642,14 @@ CASES = [
         for leave in (0, 24 << 10, 96 << 10, 320 << 10)
     ),
     *(
-        Case(DISK, f"ENOSPC injected: {where}", "one line; resumed as uninterrupted", full_disk_injected, (where,))
+        Case(
+            DISK,
+            f"ENOSPC injected: {where}",
+            "one line; resumed as uninterrupted",
+            full_disk_injected,
+            (where,),
+            slow=True,
+        )
         for where in FULL_AT
     ),
     Case(DISK, "the response cache cannot be made (disk full)", "one line, no cache files left", cache_cannot_be_made),

@@ -7,6 +7,7 @@ unbroken lesson wraps inside the report page instead of widening it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -267,6 +268,9 @@ CASES = [
     Case(M, "a 2,000-character unbroken lesson → report", "the lesson cell wraps: the page keeps its width",
          long_lesson),
 ]  # fmt: skip
+# Every row damages a copy of one trained run (about 10 s to make, each row under 1 s): the slow
+# mark keeps the default test run short; CI runs them all.
+CASES = [dataclasses.replace(c, slow=True) for c in CASES]
 
 
 @pytest.mark.parametrize("case", rows(CASES))
