@@ -12,8 +12,9 @@ page cannot reach the proxy through a name it controls); with a ``token``, every
 ``Authorization: Bearer TOKEN`` (which is then not forwarded; ``upstream_key`` is sent
 instead); a chat body that is not a JSON object with a list of message objects, or is nested
 deeper than ``MAX_JSON_DEPTH``, gets 400; a body over ``max_body`` bytes gets 413 (at once when
-its Content-Length says so); upstream reads time out (504 before the response starts); a client that disconnects cancels its request upstream; retrieval runs in a worker
-thread, never on the event loop. Memory per request is a few times its body: the retrieval
+its Content-Length says so); upstream reads time out (504 before the response starts); a client
+that disconnects cancels its request upstream; retrieval runs in a worker thread, never on the
+event loop. Memory per request is a few times its body: the retrieval
 query is cut to ``retrieval.MAX_QUERY_CHARS``. A request aiohttp cannot parse (malformed HTTP)
 gets its 400 and one log line, not a traceback.
 

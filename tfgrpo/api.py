@@ -350,7 +350,6 @@ def evaluate(
         summary.update(library_size=src.size, library_path=str(src.where), library_step=src.step, library_kind=src.kind)
     name = name or f"{label}-k{cfg.k}-n{n}" + (f"-step{src.step}" if learned else "-baseline")
     run, dest = src.run, root / EVALS / name
-    summary["saved"] = str(dest)
     if (saved := save_eval(dest, summary, report.answers)) != dest:
         hooks.on_notice(f"warning: could not write {dest}; the results are in {saved}")
     elif run is not None and save_dir is None and learned:  # the run's latest eval, which `pack export` records

@@ -37,7 +37,7 @@ from tfgrpo.errors import UserError
 from tfgrpo.nesting import json_loads
 from tfgrpo.records import EvalSummaryRead, ParamsStepRead, SelectionRead, StatusRead, StepRead, read_as
 from tfgrpo.report_plots import plot_evals, plot_library, plot_reward, plot_usage
-from tfgrpo.rundir import CONFIG, EVALS, OPS, SELECTION, STATUS, STEPS, RunDir
+from tfgrpo.rundir import CONFIG, OPS, SELECTION, STATUS, STEPS, RunDir
 from tfgrpo.training_free.budget import total_spend
 
 M = TypeVar("M", bound=BaseModel)
@@ -114,7 +114,7 @@ def load_run(path: str | Path) -> RunData:
             break
     if not versions:
         run.missing.append("library/versions")
-    for p in sorted(rd.path.glob(f"{EVALS}/*/summary.json"), key=lambda p: p.stat().st_mtime):
+    for p in rd.eval_summaries():
         if summary := _record(run, p, EvalSummaryRead):
             run.evals[p.parent.name] = summary.model_dump(exclude_none=True)
     selection = _record(run, rd.file(SELECTION), SelectionRead)
@@ -163,7 +163,7 @@ def _steps(run: RunData, rd: RunDir) -> list[dict[str, Any]]:
     also its ``mean_reward``. A line that is not a record, or a record of another version
     (a run of an older tfgrpo), stops the report with the reader's one line, as it stops a resume."""
     out = []
-    for n, _, row in rd._lines(STEPS):
+    for n, _, row in rd.lines(STEPS):
         step, problem = read_as(ParamsStepRead if run.params_mode else StepRead, row)
         if problem:
             run.damage(rd.file(STEPS), problem, line=n)

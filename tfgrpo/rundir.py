@@ -64,6 +64,7 @@ CACHE_FILES = (CACHE, f"{CACHE}-wal", f"{CACHE}-shm")  # with SQLite's write-ahe
 SELECTION = "selection.json"
 LATEST_EVAL = "eval.json"
 EVALS = "eval"
+EVAL_SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 FINAL_MODEL = "final"
 LOCK = "run.lock"
@@ -171,8 +172,9 @@ class RunDir:
     def write_config(self, cfg: BaseModel) -> None:
         """The resolved settings, so what a resume changed (epochs, budgets, endpoints) is kept;
         signed and recorded as this user's own (``tfgrpo.trust``)."""
-        _atomic_write(self.config_path, trust.signed(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
-        trust.remember(self.config_path)
+        text = trust.signed(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        _atomic_write(self.config_path, text)
+        trust.remember(text)
 
     def config_edited(self) -> bool:
         """Whether config.yaml was changed since tfgrpo wrote it (a hand edit)."""
@@ -196,9 +198,9 @@ class RunDir:
             f.flush()
 
     def read(self, name: str) -> list[dict[str, Any]]:
-        return [row for _, _, row in self._lines(name)]
+        return [row for _, _, row in self.lines(name)]
 
-    def _lines(self, name: str) -> list[tuple[int, str, dict[str, Any]]]:
+    def lines(self, name: str) -> list[tuple[int, str, dict[str, Any]]]:
         """(line number, line, record) of every complete line of a JSONL file."""
         p = self.file(name)
         try:
@@ -237,7 +239,7 @@ class RunDir:
     def steps(self) -> list[StepRecord]:
         """Training-free step records (the commit marks)."""
         out = []
-        for n, _, row in self._lines(STEPS):
+        for n, _, row in self.lines(STEPS):
             try:
                 out.append(StepRecord.model_validate(row))
             except ValidationError as e:
@@ -263,7 +265,7 @@ class RunDir:
             p = self.file(name)
             if not p.is_file():
                 continue
-            keep = [line for _, line, r in self._lines(name) if not isinstance(r.get("step"), int) or r["step"] <= step]
+            keep = [line for _, line, r in self.lines(name) if not isinstance(r.get("step"), int) or r["step"] <= step]
             _atomic_write(p, "".join(_escape_separators(line) + "\n" for line in keep))
 
     # -- status
@@ -354,15 +356,10 @@ class RunDir:
             return None
         return data if isinstance(data, dict) else None
 
-    def saved_evals(self) -> dict[str, dict[str, Any]]:
-        """Every ``eval/<name>/summary.json``, by name (oldest first)."""
-        out: dict[str, dict[str, Any]] = {}
-        for p in sorted((self.path / EVALS).glob("*/summary.json"), key=lambda p: p.stat().st_mtime):
-            try:
-                out[p.parent.name] = json_loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-        return out
+    def eval_summaries(self) -> list[Path]:
+        """Every saved evaluation's ``eval/<name>/summary.json``, oldest first (the reader names
+        one it cannot read)."""
+        return sorted((self.path / EVALS).glob(f"*/{EVAL_SUMMARY}"), key=lambda p: p.stat().st_mtime)
 
 
 def check_writable(directory: Path, advice: str) -> None:
@@ -376,19 +373,21 @@ def check_writable(directory: Path, advice: str) -> None:
 
 
 def save_eval(directory: Path, summary: dict[str, Any], answers: list[dict[str, Any]]) -> Path:
-    """``results.jsonl`` (one line per answer) and ``summary.json`` in ``directory``; when that
-    fails (a disk filled meanwhile), in a new temporary folder instead: the caller says where."""
-    for where in (directory, None):
-        try:
-            where = where or Path(tempfile.mkdtemp(prefix="tfgrpo-eval-"))
-            where.mkdir(parents=True, exist_ok=True)
-            _atomic_write(where / "results.jsonl", "".join(jsonl_line(a) for a in answers))
-            _atomic_write(where / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False))
-            return where
-        except OSError:
-            if where is not directory:
-                raise
-    raise AssertionError("unreachable")
+    """``results.jsonl`` (one line per answer) and ``summary.json`` (its ``saved`` key naming
+    where) in ``directory``; when that fails (a disk filled meanwhile), in a new temporary folder
+    instead. Returns where they went: the caller says so when it is not ``directory``."""
+    try:
+        return _write_eval(directory, summary, answers)
+    except OSError:
+        return _write_eval(Path(tempfile.mkdtemp(prefix="tfgrpo-eval-")), summary, answers)
+
+
+def _write_eval(directory: Path, summary: dict[str, Any], answers: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    summary["saved"] = str(directory)
+    _atomic_write(directory / "results.jsonl", "".join(jsonl_line(a) for a in answers))
+    _atomic_write(directory / EVAL_SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False))
+    return directory
 
 
 def library_dir(path: str | Path) -> Path:

@@ -52,12 +52,13 @@ def edited(text: str) -> bool:
     return head[len(HEADER) :].strip() != digest(body.encode())
 
 
-def remember(config_file: Path) -> None:
-    """Record ``config_file`` (as it is now) as written by this user's tfgrpo. A state folder
-    that cannot be written costs only the convenience: logged once, the run goes on."""
+def remember(written: str) -> None:
+    """Record a config.yaml tfgrpo just wrote (its text, as :func:`signed` made it) as this
+    user's own. A state folder that cannot be written costs only the convenience: logged once,
+    the run goes on."""
     where = state_dir() / OWN_RUNS
+    line = digest(written.encode()) + "\n"
     try:
-        line = digest(config_file.read_bytes()) + "\n"
         where.parent.mkdir(parents=True, exist_ok=True)
         with where.open("a", encoding="ascii") as f:
             f.write(line)

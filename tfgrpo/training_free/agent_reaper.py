@@ -23,10 +23,12 @@ _lock = threading.Lock()
 _reaper: subprocess.Popen | None = None
 
 
-def _send(line: str) -> None:
+def _send(line: str, start: bool) -> None:
     global _reaper
     with _lock, contextlib.suppress(OSError):  # no reaper (cannot start one) costs only this guarantee
         if _reaper is None or _reaper.poll() is not None:
+            if not start:  # nothing it would hold
+                return
             _reaper = subprocess.Popen(
                 [sys.executable, "-I", os.path.abspath(__file__)],
                 stdin=subprocess.PIPE,
@@ -41,11 +43,11 @@ def _send(line: str) -> None:
 
 def watch(group: int) -> None:
     """Kill process group ``group`` if this process dies before :func:`forget` is called."""
-    _send(f"+{group}\n")
+    _send(f"+{group}\n", start=True)
 
 
 def forget(group: int) -> None:
-    _send(f"-{group}\n")
+    _send(f"-{group}\n", start=False)
 
 
 def main() -> None:
