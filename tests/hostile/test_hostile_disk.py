@@ -192,24 +192,20 @@ def warned_once(stderr: str, kind: str) -> None:
     assert len(said) == 1 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
 
 
+def train_reporting_to(server, run: Path, *flags: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """A small run into ``run`` reporting to the MLflow ``server``, and how long it took."""
+    started = time.monotonic()
+    proc = tfgrpo(*train_args(1), "--out", str(run), "--report-to", "mlflow", *flags,
+                  env=mlflow_env(server.url, **env), check=False, timeout=90)  # fmt: skip
+    return proc, time.monotonic() - started
+
+
 def mlflow_fails_mid_run(ctx, fail: str, retries: str | None, at_end: bool = False) -> None:
     """Steps 1 and 2 are logged, then the server fails: the run still ends with every step."""
     run = ctx.tmp / "run"
     extra = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": retries} if retries is not None else {}
     with FakeMlflow(fail, after=99 if at_end else 2, at_end=at_end) as server:
-        started = time.monotonic()
-        proc = tfgrpo(
-            *train_args(1),
-            "--out",
-            str(run),
-            "--report-to",
-            "mlflow",
-            "--json",
-            env=mlflow_env(server.url, **extra),
-            check=False,
-            timeout=90,
-        )
-        took = time.monotonic() - started
+        proc, took = train_reporting_to(server, run, "--json", **extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warned_once(proc.stderr, "mlflow")
     assert last_json(proc)["steps"] == 4 and json.loads((run / "status.json").read_text())["status"] == "finished"
@@ -222,18 +218,7 @@ def mlflow_fails_mid_run(ctx, fail: str, retries: str | None, at_end: bool = Fal
 def mlflow_fails_at_start(ctx) -> None:
     run = ctx.tmp / "run"
     with FakeMlflow("503", after=-1) as server:
-        started = time.monotonic()
-        proc = tfgrpo(
-            *train_args(1),
-            "--out",
-            str(run),
-            "--report-to",
-            "mlflow",
-            env=mlflow_env(server.url),
-            check=False,
-            timeout=90,
-        )
-        took = time.monotonic() - started
+        proc, took = train_reporting_to(server, run)
     assert "--report-to mlflow" in one_error(proc)
     assert took < 45, f"the tracker held the start up for {took:.0f} s"
     assert not run.exists()  # a failed start leaves nothing
